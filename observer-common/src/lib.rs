@@ -1,0 +1,201 @@
+//! The one ABI shared by the kernel programs (observer-ebpf) and the agent (observer).
+//!
+//! Every type here is `#[repr(C)]` with fixed-width fields and explicit padding, and has a
+//! `const` size assertion, so a layout change on either side fails to compile instead of
+//! silently misreading records. With the `user` feature the agent gets `aya::Pod` impls and a
+//! length-checked decoder (`decode`), which never transmutes a byte slice.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+pub mod hist;
+
+/// Length of `task_struct.comm` (include/linux/sched.h, v6.18: `TASK_COMM_LEN`).
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Components a thread-level pause episode is made of. Each is measured in the kernel.
+/// Values are part of the ABI (indexes into `components_ns` and `ProcStats::components`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    /// Runnable but not running: after a wakeup, or after involuntary preemption.
+    Runq = 0,
+    /// Uninterruptible sleep (D state). Its reason (I/O, fault, reclaim) comes with issue 3.
+    Blocked = 1,
+    /// Stopped or traced (T/t state) until woken by SIGCONT or the tracer.
+    Stopped = 2,
+}
+
+/// Number of per-thread components carried on every episode.
+pub const NUM_COMPONENTS: usize = 3;
+
+impl Component {
+    pub const ALL: [Component; NUM_COMPONENTS] =
+        [Component::Runq, Component::Blocked, Component::Stopped];
+
+    /// Stable snake_case name used in JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Component::Runq => "runq",
+            Component::Blocked => "blocked",
+            Component::Stopped => "stopped",
+        }
+    }
+}
+
+/// Index of the whole-episode aggregate in `ProcStats::components` (after the components).
+pub const STAT_EPISODE: usize = NUM_COMPONENTS;
+/// Number of aggregates per process: one per component plus the whole episode.
+pub const NUM_STATS: usize = NUM_COMPONENTS + 1;
+
+/// How an episode began.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpisodeStart {
+    /// Switched out while still runnable (preempted, or yielded with work left).
+    Preempted = 1,
+    /// Woken from a voluntary sleep: only the run-queue wait afterwards is a pause.
+    Wakeup = 2,
+    /// A newly created task waiting for its first run.
+    New = 3,
+    /// Switched out in uninterruptible sleep.
+    Blocked = 4,
+    /// Switched out stopped or traced.
+    Stopped = 5,
+}
+
+impl EpisodeStart {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Preempted,
+            2 => Self::Wakeup,
+            3 => Self::New,
+            4 => Self::Blocked,
+            5 => Self::Stopped,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Preempted => "preempted",
+            Self::Wakeup => "wakeup",
+            Self::New => "new_task",
+            Self::Blocked => "blocked",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Kind tag: the first `u32` of every ring-buffer record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Pause = 1,
+}
+
+/// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropCause {
+    /// A scheduler pause episode did not fit in the ring buffer.
+    Sched = 0,
+    /// A per-process aggregate could not be created (map full even after LRU eviction failed).
+    SchedAggregate = 1,
+}
+pub const NUM_DROP_CAUSES: usize = 2;
+
+impl DropCause {
+    pub const ALL: [DropCause; NUM_DROP_CAUSES] = [DropCause::Sched, DropCause::SchedAggregate];
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropCause::Sched => "sched",
+            DropCause::SchedAggregate => "sched_aggregate",
+        }
+    }
+}
+
+/// One streamed pause episode of one thread (episodes at or above `--min-pause`).
+///
+/// `components_ns` sum exactly to `duration_ns`: the kernel closes a phase where the next begins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PauseRecord {
+    /// `RecordKind::Pause`.
+    pub kind: u32,
+    /// CPU the thread resumed on.
+    pub cpu: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) when the episode began.
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    /// Indexed by `Component`.
+    pub components_ns: [u64; NUM_COMPONENTS],
+    /// CPU the thread last left (differs from `cpu` when it migrated while waiting).
+    pub prev_cpu: u32,
+    /// `EpisodeStart`.
+    pub start_reason: u32,
+    /// For `Preempted`: the thread that took the CPU (0 when unknown).
+    pub preempted_by_tid: u32,
+    pub _pad0: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub preempted_by_comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PauseRecord>() == 104);
+
+/// Count, total, max and a log-linear histogram (see `hist`) of one component for one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComponentStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub hist: [u64; hist::BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<ComponentStats>() == 8 * (3 + hist::BUCKETS));
+
+/// In-kernel per-process aggregate, keyed by tgid in the `PROC_STATS` LRU hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Indexed by `Component`, then `STAT_EPISODE` for whole episodes.
+    pub stats: [ComponentStats; NUM_STATS],
+    /// Episodes of this process that were at or above the threshold but did not fit in the ring.
+    pub dropped_records: u64,
+    /// Name of the thread group leader when the entry was created.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(
+    core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 24
+);
+
+/// Per-thread state of an episode in progress, keyed by tid in the `THREADS` LRU hash.
+/// Kernel-private, but kept here so its size is checked once and visible to the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadState {
+    pub episode_start_ns: u64,
+    /// Start of the phase in progress (`phase`).
+    pub phase_start_ns: u64,
+    pub components_ns: [u64; NUM_COMPONENTS],
+    pub tgid: u32,
+    /// `Component` of the phase in progress.
+    pub phase: u32,
+    /// `EpisodeStart`.
+    pub start_reason: u32,
+    pub prev_cpu: u32,
+    pub preempted_by_tid: u32,
+    pub _pad0: u32,
+    pub preempted_by_comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 80);
+
+/// Trims a NUL-padded `comm` to its bytes.
+pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+    &comm[..end]
+}
+
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::*;

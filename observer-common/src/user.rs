@@ -1,0 +1,123 @@
+//! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
+
+use crate::{PauseRecord, ProcStats, RecordKind};
+
+// SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
+// fields, so every bit pattern is a valid value and there are no implicit padding bytes.
+unsafe impl aya::Pod for PauseRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ProcStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::ThreadState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::ComponentStats {}
+
+/// A decoded ring-buffer record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Pause(PauseRecord),
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short to hold a kind tag")]
+    NoKind { len: usize },
+    #[error("record kind {kind} is unknown (agent and kernel programs from different builds?)")]
+    UnknownKind { kind: u32 },
+    #[error("record kind {kind} has {len} bytes, expected {expected}")]
+    WrongSize { kind: u32, len: usize, expected: usize },
+}
+
+/// Reads a `T` from exactly `size_of::<T>()` bytes.
+fn read_exact<T: aya::Pod>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
+    let expected = core::mem::size_of::<T>();
+    if bytes.len() != expected {
+        return Err(DecodeError::WrongSize { kind, len: bytes.len(), expected });
+    }
+    // SAFETY: the length was checked above, read_unaligned has no alignment requirement, and
+    // T: Pod means any bit pattern is a valid T.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record, checking its kind and exact length.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let Some(tag) = bytes.get(..4) else {
+        return Err(DecodeError::NoKind { len: bytes.len() });
+    };
+    let kind = u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]);
+    match kind {
+        k if k == RecordKind::Pause as u32 => Ok(Record::Pause(read_exact(kind, bytes)?)),
+        _ => Err(DecodeError::UnknownKind { kind }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EpisodeStart, NUM_COMPONENTS, TASK_COMM_LEN};
+
+    fn sample() -> PauseRecord {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..4].copy_from_slice(b"java");
+        PauseRecord {
+            kind: RecordKind::Pause as u32,
+            cpu: 1,
+            tid: 4243,
+            tgid: 4242,
+            start_mono_ns: 1_000_000,
+            duration_ns: 7_000_000,
+            components_ns: [6_000_000, 1_000_000, 0],
+            prev_cpu: 0,
+            start_reason: EpisodeStart::Blocked as u32,
+            preempted_by_tid: 0,
+            _pad0: 0,
+            comm,
+            preempted_by_comm: [0; TASK_COMM_LEN],
+        }
+    }
+
+    fn bytes_of(r: &PauseRecord) -> Vec<u8> {
+        // SAFETY: PauseRecord is Pod with no implicit padding; we copy exactly its size.
+        unsafe {
+            core::slice::from_raw_parts((r as *const PauseRecord).cast::<u8>(), core::mem::size_of::<PauseRecord>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn roundtrip() {
+        let r = sample();
+        assert_eq!(decode(&bytes_of(&r)), Ok(Record::Pause(r)));
+        assert_eq!(r.components_ns.iter().sum::<u64>(), r.duration_ns);
+        assert_eq!(NUM_COMPONENTS, 3);
+    }
+
+    #[test]
+    fn decodes_from_unaligned_buffers() {
+        let r = sample();
+        let mut buf = vec![0u8; 1];
+        buf.extend(bytes_of(&r));
+        assert_eq!(decode(&buf[1..]), Ok(Record::Pause(r)));
+    }
+
+    #[test]
+    fn rejects_short_long_and_unknown() {
+        let b = bytes_of(&sample());
+        assert_eq!(decode(&b[..3]), Err(DecodeError::NoKind { len: 3 }));
+        assert!(matches!(decode(&b[..50]), Err(DecodeError::WrongSize { len: 50, .. })));
+        let mut long = b.clone();
+        long.push(0);
+        assert!(matches!(decode(&long), Err(DecodeError::WrongSize { .. })));
+        let mut unknown = b;
+        unknown[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 99 }));
+    }
+
+    #[test]
+    fn field_offsets_are_stable() {
+        assert_eq!(core::mem::offset_of!(PauseRecord, start_mono_ns), 16);
+        assert_eq!(core::mem::offset_of!(PauseRecord, components_ns), 32);
+        assert_eq!(core::mem::offset_of!(PauseRecord, comm), 72);
+    }
+}

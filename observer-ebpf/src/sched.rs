@@ -1,0 +1,391 @@
+//! Scheduler pauses: run-queue wait, uninterruptible (D) sleep and stopped time per thread.
+//!
+//! Per-thread state machine (kernel/sched/core.c, v6.18):
+//!
+//! ```text
+//!  sched_switch, prev runnable (preempted/yield) ──► Runq ──────────────┐
+//!  sched_switch, prev in D (not TASK_NOLOAD) ──► Blocked ─ wakeup ─► Runq ┤ sched_switch in:
+//!  sched_switch, prev stopped/traced ─────────► Stopped ─ wakeup ─► Runq ┤ episode ends,
+//!  sched_wakeup of a voluntary sleeper ───────────────────────────► Runq ┤ aggregated, and
+//!  sched_wakeup_new (fork) ───────────────────────────────────────► Runq ┘ streamed if ≥ min
+//! ```
+//!
+//! Each transition closes the phase in progress, so the components sum exactly to the episode.
+//! Voluntary sleep (S) is not a pause: a thread switched out in S has no state until woken.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use observer_common::{
+    Component, DropCause, EpisodeStart, NUM_DROP_CAUSES, PauseRecord, ProcStats, RecordKind,
+    STAT_EPISODE, TASK_COMM_LEN, ThreadState, hist,
+};
+
+use crate::{
+    config,
+    task::{self, TaskPtr},
+};
+
+// task->__state bits (include/linux/sched.h, v6.18).
+const TASK_RUNNING: u32 = 0x0000;
+const TASK_UNINTERRUPTIBLE: u32 = 0x0002;
+const TASK_STOPPED: u32 = 0x0004;
+const TASK_TRACED: u32 = 0x0008;
+/// Set with TASK_UNINTERRUPTIBLE for TASK_IDLE sleepers (idle kworkers, rcu threads): D state
+/// that does not count towards load and is not a pause.
+const TASK_NOLOAD: u32 = 0x0400;
+/// cgroup freezer (kernel/freezer.c): counted as stopped; told apart in a later issue.
+const TASK_FROZEN: u32 = 0x8000;
+
+/// Episodes in progress, one per thread. Only threads inside an episode have an entry (a
+/// voluntary sleeper has none), and entries are deleted when consumed; LRU bounds what is left
+/// behind by threads that exit mid-episode.
+#[map]
+static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-process aggregates, keyed by tgid. LRU: on a host with more live processes than
+/// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
+#[map]
+static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(4096, 0);
+
+/// Processes under observation with `--pid` (and the children they fork afterwards).
+#[map]
+static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+
+/// Streamed records, read by the agent through epoll.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Records that could not be streamed, per `DropCause`.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_DROP_CAUSES as u32, 0);
+
+/// Zeroed template for new `PROC_STATS` entries: too large for the 512-byte BPF stack.
+#[map]
+static PROC_STATS_INIT: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 0);
+
+// ---- entry points: tp_btf where the kernel allows BPF_PROG_TYPE_TRACING, raw_tp otherwise.
+// Both receive the same arguments:
+//   sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+//                unsigned int prev_state)
+//   sched_wakeup(struct task_struct *p), sched_wakeup_new(struct task_struct *p)
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    on_switch(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
+    on_wakeup(ctx.arg(0), EpisodeStart::Wakeup);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
+    on_wakeup(ctx.arg(0), EpisodeStart::New);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    on_switch(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup(ctx.arg(0), EpisodeStart::Wakeup);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup(ctx.arg(0), EpisodeStart::New);
+    0
+}
+
+// ---- logic
+
+/// Whether a process is traced at all.
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    if tgid == config::self_tgid() {
+        return false;
+    }
+    if !config::filter_pids() {
+        return true;
+    }
+    // SAFETY: read-only lookup of a u8 flag; a concurrent delete can only make us read a stale
+    // but valid byte.
+    unsafe { WATCHED.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions. CLOCK_MONOTONIC, shared by all CPUs, so a thread
+    // that migrates between wakeup and switch-in is still measured correctly.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn cpu() -> u32 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+#[inline(always)]
+fn on_switch(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+    let ts = now();
+    switch_out(ts, preempt, prev, next, prev_state);
+    switch_in(ts, next);
+}
+
+/// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
+#[inline(always)]
+fn switch_out(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+    // The idle tasks are pid 0 on every CPU: never a victim, and never a shared key.
+    let Some(tid) = task::tid(prev) else { return };
+    if tid == 0 {
+        return;
+    }
+    let Some(tgid) = task::tgid(prev) else { return };
+    if !is_traced(tgid) {
+        return;
+    }
+    let (phase, reason) = if preempt || prev_state == TASK_RUNNING {
+        // Still runnable: preempted, or yielded/cond_resched'ed with work left. Waits like
+        // this are what /proc/<pid>/schedstat's run_delay counts, as do we.
+        (Component::Runq, EpisodeStart::Preempted)
+    } else if prev_state & TASK_UNINTERRUPTIBLE != 0 && prev_state & TASK_NOLOAD == 0 {
+        (Component::Blocked, EpisodeStart::Blocked)
+    } else if prev_state & (TASK_STOPPED | TASK_TRACED | TASK_FROZEN) != 0 {
+        (Component::Stopped, EpisodeStart::Stopped)
+    } else {
+        // Voluntary sleep (S, TASK_IDLE) or exit (TASK_DEAD): not a pause. Forget any stale
+        // state so a later wakeup starts a fresh episode.
+        let _ = THREADS.remove(&tid);
+        return;
+    };
+    let mut st = ThreadState {
+        episode_start_ns: ts,
+        phase_start_ns: ts,
+        components_ns: [0; observer_common::NUM_COMPONENTS],
+        tgid,
+        phase: phase as u32,
+        start_reason: reason as u32,
+        prev_cpu: cpu(),
+        preempted_by_tid: 0,
+        _pad0: 0,
+        preempted_by_comm: [0; TASK_COMM_LEN],
+    };
+    if phase == Component::Runq {
+        if let Some(by) = task::tid(next) {
+            st.preempted_by_tid = by;
+            if by != 0 {
+                st.preempted_by_comm = task::comm(next);
+            }
+        }
+    }
+    // An insert can only fail with an allocation failure in the LRU (never "full"); the
+    // episode is then not measured, which a missing record cannot hide: it is not counted.
+    let _ = THREADS.insert(&tid, &st, 0);
+}
+
+/// `p` is woken: close its D/stopped phase and start its run-queue wait.
+#[inline(always)]
+fn on_wakeup(p: TaskPtr, reason: EpisodeStart) {
+    let Some(tid) = task::tid(p) else { return };
+    if tid == 0 {
+        return;
+    }
+    let Some(tgid) = task::tgid(p) else { return };
+    if !is_traced(tgid) {
+        if reason == EpisodeStart::New && config::filter_pids() && follow_fork(tgid) {
+            // A new process forked by a watched one: now watched too.
+        } else {
+            return;
+        }
+    }
+    let ts = now();
+    if let Some(st) = THREADS.get_ptr_mut(&tid) {
+        // SAFETY: pointer to a value in our own map; concurrent updates of one thread's entry
+        // are serialised by the runqueue lock held around sched_switch and ttwu.
+        let st = unsafe { &mut *st };
+        if st.phase != Component::Runq as u32 {
+            add_phase(st, ts);
+            st.phase = Component::Runq as u32;
+            st.phase_start_ns = ts;
+        }
+        // Already waiting in the run queue (woken while preempted): nothing changes.
+        return;
+    }
+    // A voluntary sleeper (or a new task): the pause is only the wait that starts now. A
+    // wakeup of a thread that is still on its CPU (ttwu_runnable) also lands here; its next
+    // sched_switch out replaces or deletes this entry, so it is never counted as a pause.
+    let st = ThreadState {
+        episode_start_ns: ts,
+        phase_start_ns: ts,
+        components_ns: [0; observer_common::NUM_COMPONENTS],
+        tgid,
+        phase: Component::Runq as u32,
+        start_reason: reason as u32,
+        prev_cpu: cpu(),
+        preempted_by_tid: 0,
+        _pad0: 0,
+        preempted_by_comm: [0; TASK_COMM_LEN],
+    };
+    let _ = THREADS.insert(&tid, &st, 0);
+}
+
+/// In `sched_wakeup_new` the current task is the parent (`wake_up_new_task` is called from
+/// `kernel_clone`, kernel/fork.c v6.18): if the parent's process is watched, so is the child.
+#[inline(always)]
+fn follow_fork(child_tgid: u32) -> bool {
+    // SAFETY: helper without preconditions; returns the current task_struct pointer.
+    let parent = unsafe { bpf_get_current_task() } as TaskPtr;
+    let Some(parent_tgid) = task::tgid(parent) else { return false };
+    // SAFETY: read-only lookup of a u8 flag.
+    if parent_tgid == child_tgid || unsafe { WATCHED.get(&parent_tgid).is_none() } {
+        return false;
+    }
+    // Full map: the child is not followed (WATCHED is sized far above what --pid needs).
+    WATCHED.insert(&child_tgid, &1, 0).is_ok()
+}
+
+/// Closes the phase in progress at `ts`. Timestamps are monotonic; the saturating sub guards
+/// against a stale entry of a reused tid rather than letting it underflow to 2^64.
+#[inline(always)]
+fn add_phase(st: &mut ThreadState, ts: u64) {
+    let d = ts.saturating_sub(st.phase_start_ns);
+    match st.phase {
+        0 => st.components_ns[0] += d,
+        1 => st.components_ns[1] += d,
+        _ => st.components_ns[2] += d,
+    }
+}
+
+/// `next` gets the CPU: its episode (if any) ends now.
+#[inline(always)]
+fn switch_in(ts: u64, next: TaskPtr) {
+    let Some(tid) = task::tid(next) else { return };
+    if tid == 0 {
+        return;
+    }
+    let Some(stp) = THREADS.get_ptr_mut(&tid) else {
+        // No episode: it was not traced, or its wakeup was missed (e.g. attached mid-sleep).
+        return;
+    };
+    // SAFETY: pointer into our own map; the runqueue lock serialises this thread's updates.
+    let st = unsafe { &mut *stp };
+    // A missing wakeup (D/stopped phase still open) counts up to now as that phase.
+    add_phase(st, ts);
+    let st = *st;
+    // Consumed: the start timestamps must not be reused by a later episode.
+    let _ = THREADS.remove(&tid);
+    let duration = ts.saturating_sub(st.episode_start_ns);
+    let streamed = duration >= config::min_pause_ns();
+    let dropped = streamed && !emit(tid, next, &st, duration);
+    aggregate(&st, duration, next, dropped);
+}
+
+/// Streams one episode; returns false (and counts the drop) when the ring buffer is full.
+#[inline(always)]
+fn emit(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<PauseRecord>(0) else {
+        count_drop(DropCause::Sched);
+        return false;
+    };
+    entry.write(PauseRecord {
+        kind: RecordKind::Pause as u32,
+        cpu: cpu(),
+        tid,
+        tgid: st.tgid,
+        start_mono_ns: st.episode_start_ns,
+        duration_ns: duration,
+        components_ns: st.components_ns,
+        prev_cpu: st.prev_cpu,
+        start_reason: st.start_reason,
+        preempted_by_tid: st.preempted_by_tid,
+        _pad0: 0,
+        comm: task::comm(next),
+        preempted_by_comm: st.preempted_by_comm,
+    });
+    entry.submit(0);
+    true
+}
+
+#[inline(always)]
+fn count_drop(cause: DropCause) {
+    if let Some(c) = DROPS.get_ptr_mut(cause as u32) {
+        // SAFETY: per-CPU slot; no other CPU writes it and preemption is off in BPF programs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds one episode to its process's aggregate. Counters are updated with atomic adds (several
+/// CPUs can finish episodes of one process at once); `max` is a racy read-compare-write, which
+/// can lose a concurrent larger value but never produce an invalid one.
+#[inline(always)]
+fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, dropped: bool) {
+    let ps = match PROC_STATS.get_ptr_mut(&st.tgid) {
+        Some(p) => p,
+        None => {
+            let Some(init) = PROC_STATS_INIT.get_ptr_mut(0) else { return };
+            // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` is
+            // ever written, so its counters stay zero.
+            unsafe { (*init).comm = task::leader_comm(next) };
+            // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
+            // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
+            let _ = PROC_STATS.insert(&st.tgid, unsafe { &*init }, BPF_NOEXIST as u64);
+            match PROC_STATS.get_ptr_mut(&st.tgid) {
+                Some(p) => p,
+                None => {
+                    count_drop(DropCause::SchedAggregate);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: pointer into our own map value, valid for this invocation.
+    let ps = unsafe { &mut *ps };
+    if dropped {
+        atomic_add(&mut ps.dropped_records, 1);
+    }
+    let c = &st.components_ns;
+    if c[0] > 0 {
+        add_stat(&mut ps.stats[0], c[0]);
+    }
+    if c[1] > 0 {
+        add_stat(&mut ps.stats[1], c[1]);
+    }
+    if c[2] > 0 {
+        add_stat(&mut ps.stats[2], c[2]);
+    }
+    add_stat(&mut ps.stats[STAT_EPISODE], duration);
+}
+
+#[inline(always)]
+fn add_stat(s: &mut observer_common::ComponentStats, v: u64) {
+    atomic_add(&mut s.count, 1);
+    atomic_add(&mut s.total_ns, v);
+    if v > s.max_ns {
+        s.max_ns = v;
+    }
+    let b = hist::bucket(v);
+    if let Some(slot) = s.hist.get_mut(b) {
+        atomic_add(slot, 1);
+    }
+}
+
+#[inline(always)]
+fn atomic_add(p: &mut u64, v: u64) {
+    // SAFETY: `p` is a valid, 8-byte-aligned u64 inside a map value; the BPF atomic add is the
+    // kernel's __sync_fetch_and_add, safe against other CPUs updating the same counter.
+    // (core::sync::atomic has no RMW on the BPF target; the intrinsic lowers to BPF_ATOMIC add.)
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
+}

@@ -1,0 +1,205 @@
+//! The agent loop: owns the probes, the model and the output; reacts to the ring buffer (epoll),
+//! a one-second tick (aggregates, clock), signals, the deadline and, in the live view, keys.
+use std::{
+    io::{BufWriter, Stdout},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::RingBuf;
+use observer_common::{NUM_DROP_CAUSES, Record};
+use serde_json::json;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::{
+    export::ndjson::NdjsonWriter,
+    model::{episode::Episode, process::ProcessTable},
+    probe::Probes,
+    source::{clock::WallClock, harvest::Harvester, ringbuf},
+    tui,
+};
+
+pub enum Output {
+    Json(NdjsonWriter<BufWriter<Stdout>>),
+    Live(tui::Live),
+}
+
+pub struct Settings {
+    pub duration: Option<Duration>,
+    pub max_processes: usize,
+    pub pids: Vec<u32>,
+    pub min_pause: Duration,
+}
+
+/// What the loop knows besides the process table.
+pub struct AgentState {
+    pub table: ProcessTable,
+    pub next_episode_id: u64,
+    pub decode_errors: u64,
+    pub kernel_drops: [u64; NUM_DROP_CAUSES],
+    pub clock: WallClock,
+    /// Most recent streamed episodes, newest last (bounded).
+    pub recent: std::collections::VecDeque<Episode>,
+    pub mechanism: &'static str,
+    pub notices: Vec<String>,
+    pub started_mono_ns: u64,
+}
+
+const RECENT_EPISODES: usize = 256;
+
+impl AgentState {
+    fn on_batch(&mut self, batch: ringbuf::Batch, out: &mut Output) {
+        for rec in batch {
+            match rec {
+                Ok(Record::Pause(r)) => {
+                    self.next_episode_id += 1;
+                    let ep = Episode::from_record(self.next_episode_id, &r);
+                    self.table.note_episode(&ep);
+                    if let Output::Json(w) = out {
+                        w.pause(&self.clock, &ep);
+                    }
+                    if self.recent.len() >= RECENT_EPISODES {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(ep);
+                }
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+    }
+
+    fn on_harvest(&mut self, harvester: &mut Harvester) {
+        let h = harvester.collect();
+        for (pid, comm, stats) in &h.procs {
+            self.table.apply_snapshot(*pid, comm, stats);
+        }
+        for pid in h.retired {
+            self.table.retire(pid);
+        }
+        self.kernel_drops = h.drops;
+    }
+}
+
+pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> anyhow::Result<()> {
+    let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+    // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd, so the fd stays open
+    // (and is not reused) for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e.into_parts().1))?;
+    let mut harvester = Harvester::new(&mut probes.ebpf)?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let deadline = settings.duration.map(|d| Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut draw = tokio::time::interval(Duration::from_millis(250));
+    draw.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let (key_tx, mut keys) = mpsc::channel(16);
+    if let Output::Live(live) = &mut out {
+        live.spawn_input(key_tx);
+    }
+
+    let mut st = AgentState {
+        table: ProcessTable::new(settings.max_processes),
+        next_episode_id: 0,
+        decode_errors: 0,
+        kernel_drops: [0; NUM_DROP_CAUSES],
+        clock: WallClock::sample(),
+        recent: Default::default(),
+        mechanism: probes.sched_mechanism,
+        notices: probes.notices.clone(),
+        started_mono_ns: WallClock::mono_now(),
+    };
+
+    if let Output::Json(w) = &mut out {
+        for n in &probes.notices {
+            w.notice(&st.clock, "warn", "degraded", n, json!({}));
+        }
+        let pids = &settings.pids;
+        w.notice(
+            &st.clock,
+            "info",
+            "attached",
+            &format!("scheduler programs attached via {}", probes.sched_mechanism),
+            json!({ "mechanism": probes.sched_mechanism, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
+        );
+        w.flush();
+    }
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let (batch, more) = ringbuf::drain(guard.get_inner_mut());
+                if !more {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                st.on_batch(batch, &mut out);
+                if let Output::Json(w) = &mut out {
+                    w.flush();
+                }
+            }
+            _ = tick.tick() => {
+                st.clock = WallClock::sample();
+                st.on_harvest(&mut harvester);
+            }
+            _ = draw.tick(), if matches!(out, Output::Live(_)) => {
+                if let Output::Live(live) = &mut out {
+                    live.draw(&st, &probes.costs())?;
+                }
+            }
+            Some(key) = keys.recv() => {
+                if let Output::Live(live) = &mut out {
+                    if live.on_key(key) == tui::KeyOutcome::Quit {
+                        break;
+                    }
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break,
+        }
+    }
+
+    // Final drain and harvest while the programs are still attached: nothing written before
+    // this point is lost.
+    loop {
+        let (batch, more) = ringbuf::drain(ring.get_mut());
+        st.on_batch(batch, &mut out);
+        if !more {
+            break;
+        }
+    }
+    st.clock = WallClock::sample();
+    st.on_harvest(&mut harvester);
+    let costs = probes.costs();
+    drop(ring);
+    drop(harvester);
+    // Detach everything and turn BPF statistics off (if we turned them on) before reporting.
+    drop(probes);
+
+    match out {
+        Output::Json(mut w) => {
+            let now = WallClock::mono_now();
+            for p in st.table.sorted() {
+                w.summary(&st.clock, now, p);
+            }
+            w.drops(&st.clock, &st.kernel_drops, st.decode_errors, st.table.evicted);
+            w.self_cost(&st.clock, &costs, st.mechanism);
+            w.flush();
+        }
+        Output::Live(live) => {
+            live.finish();
+            print!("{}", tui::report::text(&st, &costs));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! Exporters: NDJSON today; Prometheus arrives with issue 8.
+pub mod ndjson;

@@ -1,0 +1,204 @@
+//! NDJSON lines (docs/ndjson-schema.md). One object per line, every line with `schema`, `type`,
+//! `host`, `ts_mono_ns`, `wall_ns` and `wall_err_ns`.
+use std::io::Write;
+
+use observer_common::{Component, DropCause, NUM_DROP_CAUSES, STAT_EPISODE};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    model::{episode::Episode, process::ProcessEntry, stats::Aggregate},
+    probe::ProgramCost,
+    source::clock::WallClock,
+};
+
+/// Version of the line format; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct StatJson {
+    count: u64,
+    total_ns: u64,
+    max_ns: u64,
+    p50_ns: Option<u64>,
+    p99_ns: Option<u64>,
+}
+
+fn stat_json(a: &Aggregate) -> StatJson {
+    StatJson { count: a.count, total_ns: a.total_ns, max_ns: a.max_ns, p50_ns: a.percentile(0.5), p99_ns: a.percentile(0.99) }
+}
+
+/// Writes lines to any sink, counting lines it could not write (a full disk, a closed pipe)
+/// instead of stopping the agent.
+pub struct NdjsonWriter<W: Write> {
+    out: W,
+    host: String,
+    pub failed_lines: u64,
+}
+
+impl<W: Write> NdjsonWriter<W> {
+    pub fn new(out: W, host: String) -> Self {
+        Self { out, host, failed_lines: 0 }
+    }
+
+    fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
+        let mut obj = json!({
+            "schema": SCHEMA_VERSION,
+            "type": kind,
+            "host": self.host,
+            "ts_mono_ns": ts_mono_ns,
+            "wall_ns": clock.wall_ns(ts_mono_ns),
+            "wall_err_ns": clock.err_ns,
+        });
+        if let (Some(o), Value::Object(b)) = (obj.as_object_mut(), body) {
+            o.extend(b);
+        }
+        let ok = serde_json::to_writer(&mut self.out, &obj).is_ok() && self.out.write_all(b"\n").is_ok();
+        if !ok {
+            self.failed_lines += 1;
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.failed_lines += 1;
+        }
+    }
+
+    pub fn notice(&mut self, clock: &WallClock, level: &str, event: &str, message: &str, extra: Value) {
+        let mut body = json!({ "level": level, "event": event, "message": message });
+        if let (Some(o), Value::Object(e)) = (body.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        self.line("notice", WallClock::mono_now(), clock, body);
+    }
+
+    pub fn pause(&mut self, clock: &WallClock, ep: &Episode) {
+        let components: serde_json::Map<String, Value> = Component::ALL
+            .iter()
+            .map(|&c| (format!("{}_ns", c.name()), json!(ep.component(c))))
+            .collect();
+        let body = json!({
+            "id": ep.id,
+            "pid": ep.pid,
+            "tid": ep.tid,
+            "comm": ep.comm,
+            "cpu": ep.cpu,
+            "prev_cpu": ep.prev_cpu,
+            "start_mono_ns": ep.start_mono_ns,
+            "end_mono_ns": ep.end_mono_ns(),
+            "duration_ns": ep.duration_ns,
+            "components": components,
+            "dominant": ep.dominant().name(),
+            "start_reason": ep.start_reason.map(|r| r.name()),
+            "preempted_by": ep.preempted_by.as_ref().map(|(tid, comm)| json!({"tid": tid, "comm": comm})),
+        });
+        self.line("pause", ep.start_mono_ns, clock, body);
+    }
+
+    pub fn summary(&mut self, clock: &WallClock, ts_mono_ns: u64, p: &ProcessEntry) {
+        let components: serde_json::Map<String, Value> = Component::ALL
+            .iter()
+            .map(|&c| (c.name().to_string(), json!(stat_json(&p.stat(c as usize)))))
+            .collect();
+        let body = json!({
+            "pid": p.pid,
+            "comm": p.comm,
+            "exited": p.exited,
+            "episodes": stat_json(&p.stat(STAT_EPISODE)),
+            "components": components,
+            "streamed": p.streamed,
+            "dropped_records": p.dropped_records(),
+        });
+        self.line("summary", ts_mono_ns, clock, body);
+    }
+
+    pub fn drops(&mut self, clock: &WallClock, kernel: &[u64; NUM_DROP_CAUSES], decode_errors: u64, evicted: u64) {
+        let ring: serde_json::Map<String, Value> =
+            DropCause::ALL.iter().map(|c| (c.name().to_string(), json!(kernel[*c as usize]))).collect();
+        let failed = self.failed_lines;
+        let body = json!({
+            "kernel": ring,
+            "decode_errors": decode_errors,
+            "evicted_processes": evicted,
+            "output_failed_lines": failed,
+        });
+        self.line("drops", WallClock::mono_now(), clock, body);
+    }
+
+    pub fn self_cost(&mut self, clock: &WallClock, costs: &[ProgramCost], mechanism: &str) {
+        let programs: Vec<Value> = costs
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "run_count": c.run_count,
+                    "run_time_ns": c.run_time_ns,
+                    "mean_ns": c.run_time_ns.checked_div(c.run_count),
+                })
+            })
+            .collect();
+        let body = json!({ "mechanism": mechanism, "programs": programs });
+        self.line("self_cost", WallClock::mono_now(), clock, body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::{EpisodeStart, NUM_COMPONENTS};
+
+    fn clock() -> WallClock {
+        WallClock { offset_ns: 1_700_000_000_000_000_000, err_ns: 5_000, unsynced: false }
+    }
+
+    #[test]
+    fn pause_lines_carry_schema_type_and_units() {
+        let mut w = NdjsonWriter::new(Vec::new(), "h1".into());
+        let ep = Episode {
+            id: 7,
+            tid: 11,
+            pid: 10,
+            comm: "pg".into(),
+            cpu: 1,
+            prev_cpu: 0,
+            start_mono_ns: 1_000,
+            duration_ns: 6_000_000,
+            components_ns: [6_000_000, 0, 0],
+            start_reason: Some(EpisodeStart::Preempted),
+            preempted_by: Some((99, "hog".into())),
+        };
+        assert_eq!(NUM_COMPONENTS, 3);
+        w.pause(&clock(), &ep);
+        let text = String::from_utf8(w.out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["type"], "pause");
+        assert_eq!(v["host"], "h1");
+        assert_eq!(v["wall_ns"], 1_700_000_000_000_001_000i64);
+        assert_eq!(v["wall_err_ns"], 5_000);
+        assert_eq!(v["components"]["runq_ns"], 6_000_000);
+        assert_eq!(v["preempted_by"]["comm"], "hog");
+        assert_eq!(v["start_reason"], "preempted");
+        assert_eq!(v["dominant"], "runq");
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::other("disk full"))
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_is_counted_not_fatal() {
+        let mut w = NdjsonWriter::new(Broken, "h".into());
+        w.notice(&clock(), "info", "attached", "x", json!({}));
+        w.flush();
+        assert_eq!(w.failed_lines, 2);
+    }
+}

@@ -1,0 +1,63 @@
+//! pausewatch: wiring only. Parse, check the environment, load the probes, run the loop.
+mod agent;
+mod cli;
+mod export;
+mod model;
+mod probe;
+mod source;
+mod tui;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pausewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves each `--pid` to its process (a thread id is accepted and mapped to its process).
+fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let status = procfs::process::Process::new(pid as i32).and_then(|p| p.status()).map_err(|_| {
+            anyhow::anyhow!("no process with pid {pid}: it does not exist or has already exited (check with `ps -p {pid}`)")
+        })?;
+        let tgid = status.tgid as u32;
+        if !out.contains(&tgid) {
+            out.push(tgid);
+        }
+    }
+    Ok(out)
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let pids = resolve_pids(&cli.pids)?;
+    if !cli.btf.exists() {
+        bail!(
+            "kernel BTF not found at {}: pausewatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (it reads struct offsets from /sys/kernel/btf/vmlinux)",
+            cli.btf.display()
+        );
+    }
+    probe::privileges::check()?;
+    let min_pause_ns = u64::try_from(cli.min_pause.as_nanos()).unwrap_or(u64::MAX);
+    let probes = probe::load(&probe::LoadOptions { btf_path: &cli.btf, min_pause_ns, pids: &pids, attach: cli.attach })?;
+
+    let json = cli.json || !std::io::stdout().is_terminal();
+    let output = if json {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        agent::Output::Json(export::ndjson::NdjsonWriter::new(std::io::BufWriter::new(std::io::stdout()), host))
+    } else {
+        agent::Output::Live(tui::Live::start())
+    };
+    let settings = agent::Settings { duration: cli.duration, max_processes: cli.max_processes, pids, min_pause: cli.min_pause };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(agent::run(probes, settings, output))
+}

@@ -1,0 +1,4 @@
+//! Pure model: no tokio, no aya, no terminal, no clock reads. Time is a field of each input.
+pub mod episode;
+pub mod process;
+pub mod stats;

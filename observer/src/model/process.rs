@@ -1,0 +1,193 @@
+//! Per-process view of the in-kernel aggregates, robust to LRU eviction and process exit.
+//!
+//! The kernel keeps cumulative counters per tgid in an LRU map. The agent reads them every
+//! second. An entry can disappear (evicted, or deleted by the agent once the process exited)
+//! and be recreated from zero; the table notices the reset and keeps the earlier incarnation in
+//! `base`, so totals never go backwards and nothing already counted is lost.
+use std::collections::HashMap;
+
+use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE};
+
+use super::{episode::Episode, stats::Aggregate};
+
+#[derive(Debug, Clone, Default)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub comm: String,
+    base: [Aggregate; NUM_STATS],
+    base_dropped: u64,
+    current: [Aggregate; NUM_STATS],
+    current_dropped: u64,
+    /// The process is gone; its kernel entry was read one last time and deleted.
+    pub exited: bool,
+    /// Episodes at or above the threshold that reached the agent.
+    pub streamed: u64,
+}
+
+impl ProcessEntry {
+    /// Cumulative aggregate `i` (a `Component` index or `STAT_EPISODE`).
+    pub fn stat(&self, i: usize) -> Aggregate {
+        let mut a = self.base[i].clone();
+        a.merge(&self.current[i]);
+        a
+    }
+
+    /// Episodes at or above the threshold that the kernel could not stream.
+    pub fn dropped_records(&self) -> u64 {
+        self.base_dropped + self.current_dropped
+    }
+
+    fn fold_current_into_base(&mut self) {
+        for (b, c) in self.base.iter_mut().zip(self.current.iter_mut()) {
+            b.merge(c);
+            *c = Aggregate::default();
+        }
+        self.base_dropped += std::mem::take(&mut self.current_dropped);
+    }
+}
+
+#[derive(Debug)]
+pub struct ProcessTable {
+    entries: HashMap<u32, ProcessEntry>,
+    max_entries: usize,
+    /// Processes dropped from the table to stay within `max_entries`.
+    pub evicted: u64,
+}
+
+impl ProcessTable {
+    pub fn new(max_entries: usize) -> Self {
+        Self { entries: HashMap::new(), max_entries: max_entries.max(1), evicted: 0 }
+    }
+
+    fn entry(&mut self, pid: u32) -> &mut ProcessEntry {
+        self.entries.entry(pid).or_insert_with(|| ProcessEntry { pid, ..Default::default() })
+    }
+
+    /// Applies one cumulative kernel snapshot for `pid`.
+    pub fn apply_snapshot(&mut self, pid: u32, comm: &str, s: &ProcStats) {
+        let e = self.entry(pid);
+        let fresh: [Aggregate; NUM_STATS] = std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
+        if fresh[STAT_EPISODE].count < e.current[STAT_EPISODE].count {
+            // The kernel entry was recreated since the last read (LRU eviction).
+            e.fold_current_into_base();
+        }
+        e.current = fresh;
+        e.current_dropped = s.dropped_records;
+        e.exited = false;
+        if e.comm.is_empty() || !comm.is_empty() {
+            e.comm = comm.to_string();
+        }
+        self.enforce_bound();
+    }
+
+    /// The process exited and its kernel entry (already applied) was deleted.
+    pub fn retire(&mut self, pid: u32) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.fold_current_into_base();
+            e.exited = true;
+        }
+    }
+
+    pub fn note_episode(&mut self, ep: &Episode) {
+        let e = self.entry(ep.pid);
+        e.streamed += 1;
+        if e.comm.is_empty() {
+            e.comm = ep.comm.clone();
+        }
+        self.enforce_bound();
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcessEntry> {
+        self.entries.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries sorted by pid.
+    pub fn sorted(&self) -> Vec<&ProcessEntry> {
+        let mut v: Vec<_> = self.entries.values().collect();
+        v.sort_by_key(|e| e.pid);
+        v
+    }
+
+    /// Keeps the table bounded on hosts with many short-lived processes: first drops exited
+    /// processes with the least paused time, then, if needed, the least paused live ones.
+    fn enforce_bound(&mut self) {
+        while self.entries.len() > self.max_entries {
+            let victim = self
+                .entries
+                .values()
+                .min_by_key(|e| (!e.exited, e.stat(STAT_EPISODE).total_ns))
+                .map(|e| e.pid);
+            let Some(pid) = victim else { break };
+            self.entries.remove(&pid);
+            self.evicted += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::{ComponentStats, TASK_COMM_LEN, hist};
+
+    fn snap(episodes: u64, total: u64) -> ProcStats {
+        let zero = ComponentStats { count: 0, total_ns: 0, max_ns: 0, hist: [0; hist::BUCKETS] };
+        let mut s = ProcStats { stats: [zero; NUM_STATS], dropped_records: 0, comm: [0; TASK_COMM_LEN] };
+        s.stats[STAT_EPISODE].count = episodes;
+        s.stats[STAT_EPISODE].total_ns = total;
+        s.stats[STAT_EPISODE].hist[hist::bucket(total / episodes.max(1))] = episodes;
+        s.stats[0] = s.stats[STAT_EPISODE];
+        s
+    }
+
+    #[test]
+    fn cumulative_snapshots_replace_each_other() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "a", &snap(2, 100));
+        t.apply_snapshot(1, "a", &snap(5, 400));
+        assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 400);
+    }
+
+    #[test]
+    fn an_evicted_kernel_entry_is_not_lost() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "a", &snap(5, 400));
+        t.apply_snapshot(1, "a", &snap(1, 30)); // recreated from zero
+        let s = t.get(1).unwrap().stat(STAT_EPISODE);
+        assert_eq!((s.count, s.total_ns), (6, 430));
+        assert_eq!(s.hist.iter().sum::<u64>(), 6);
+    }
+
+    #[test]
+    fn retire_then_reuse_keeps_totals() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "a", &snap(5, 400));
+        t.retire(1);
+        assert!(t.get(1).unwrap().exited);
+        assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 400);
+        t.apply_snapshot(1, "a", &snap(5, 100));
+        assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 500);
+    }
+
+    #[test]
+    fn bounded_evicting_exited_least_paused_first() {
+        let mut t = ProcessTable::new(2);
+        t.apply_snapshot(1, "big", &snap(1, 1_000));
+        t.apply_snapshot(2, "small-exited", &snap(1, 500));
+        t.retire(2);
+        t.apply_snapshot(3, "tiny-live", &snap(1, 10));
+        assert_eq!(t.len(), 2);
+        assert!(t.get(2).is_none(), "exited process goes first even if it paused more");
+        assert_eq!(t.evicted, 1);
+        t.apply_snapshot(4, "x", &snap(1, 50));
+        assert!(t.get(3).is_none(), "then the least paused live one");
+        assert_eq!(t.evicted, 2);
+    }
+}

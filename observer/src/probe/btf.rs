@@ -1,0 +1,262 @@
+//! Kernel struct field offsets from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE field relocations, so the offsets the programs need are read here at
+//! startup and passed as globals. aya-obj parses BTF but keeps type and member access private,
+//! and the one dedicated crate (btf-rs) is LGPL, so this is a small length-checked reader of
+//! just what we need: named struct → member → bit offset, through anonymous unions/structs.
+//! Format: include/uapi/linux/btf.h, v6.18 (Documentation/bpf/btf.rst).
+use std::path::Path;
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF at {path}: {source}; pausewatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not BTF ({what})")]
+    Malformed { path: String, what: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF: {strukt}.{member} is a bitfield")]
+    Bitfield { strukt: String, member: String },
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+/// One parsed type: its kind, name, `size_or_type` and where its trailing data starts.
+#[derive(Clone, Copy, Debug)]
+struct TypeEntry {
+    kind: u32,
+    vlen: u32,
+    kind_flag: bool,
+    name_off: u32,
+    size_or_type: u32,
+    extra: usize,
+}
+
+pub struct Btf {
+    path: String,
+    data: Vec<u8>,
+    str_start: usize,
+    str_len: usize,
+    /// Index = type id − 1.
+    types: Vec<TypeEntry>,
+}
+
+impl Btf {
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let p = path.display().to_string();
+        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: p.clone(), source })?;
+        Self::parse(p, data)
+    }
+
+    fn parse(path: String, data: Vec<u8>) -> Result<Self, BtfError> {
+        let bad = |what: &str| BtfError::Malformed { path: path.clone(), what: what.to_string() };
+        let u32_at = |d: &[u8], at: usize| -> Option<u32> {
+            d.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let magic = data.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]])).ok_or_else(|| bad("file too short"))?;
+        if magic != BTF_MAGIC {
+            return Err(bad("bad magic; only little-endian BTF is supported"));
+        }
+        let hdr_len = u32_at(&data, 4).ok_or_else(|| bad("truncated header"))? as usize;
+        let field = |i: usize| u32_at(&data, 8 + 4 * i).map(|v| v as usize).ok_or_else(|| bad("truncated header"));
+        let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
+        let type_start = hdr_len.checked_add(type_off).ok_or_else(|| bad("type section offset"))?;
+        let type_end = type_start.checked_add(type_len).ok_or_else(|| bad("type section length"))?;
+        let str_start = hdr_len.checked_add(str_off).ok_or_else(|| bad("string section offset"))?;
+        if type_end > data.len() || str_start.checked_add(str_len).is_none_or(|e| e > data.len()) {
+            return Err(bad("section past end of file"));
+        }
+        let mut types = Vec::new();
+        let mut at = type_start;
+        while at < type_end {
+            let (Some(name_off), Some(info), Some(size_or_type)) =
+                (u32_at(&data, at), u32_at(&data, at + 4), u32_at(&data, at + 8))
+            else {
+                return Err(bad("truncated type"));
+            };
+            let kind = (info >> 24) & 0x1f;
+            let vlen = info & 0xffff;
+            let extra = at + 12;
+            let trailing = match kind {
+                1 | 14 | 17 => 4,                   // INT, VAR, DECL_TAG
+                3 => 12,                            // ARRAY
+                4 | 5 | 15 | 19 => 12 * vlen as usize, // STRUCT, UNION, DATASEC, ENUM64
+                6 | 13 => 8 * vlen as usize,        // ENUM, FUNC_PROTO
+                2 | 7..=12 | 16 | 18 => 0,          // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                _ => return Err(bad(&format!("unknown type kind {kind}"))),
+            };
+            types.push(TypeEntry { kind, vlen, kind_flag: info >> 31 == 1, name_off, size_or_type, extra });
+            at = extra + trailing;
+        }
+        if at != type_end {
+            return Err(bad("type section does not end on a type boundary"));
+        }
+        Ok(Self { path, data, str_start, str_len, types })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let start = self.str_start + off as usize;
+        let end = self.str_start + self.str_len;
+        let Some(s) = self.data.get(start..end) else { return b"" };
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn ty(&self, id: u32) -> Option<&TypeEntry> {
+        self.types.get((id as usize).checked_sub(1)?)
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        // In range: parse() checked that each type's trailing data lies inside the section.
+        self.data.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Follows typedef/const/volatile/restrict/type_tag to the underlying type id.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.ty(id) {
+                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                    id = t.size_or_type
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset of `member` in `struct strukt`, looking inside anonymous unions and structs.
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let sid = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == strukt.as_bytes())
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+        let bits = self
+            .find_member(sid as u32 + 1, member.as_bytes(), 0, 0)
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), member: member.into() })?;
+        if bits % 8 != 0 {
+            return Err(BtfError::Bitfield { strukt: strukt.into(), member: member.into() });
+        }
+        Ok(bits / 8)
+    }
+
+    fn find_member(&self, id: u32, member: &[u8], base_bits: u32, depth: u32) -> Option<u32> {
+        let t = self.ty(id)?;
+        if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        // First the direct members, then the anonymous ones, so a same-named member of a
+        // nested anonymous aggregate never shadows a direct one.
+        let members = (0..t.vlen as usize).map(|i| {
+            let at = t.extra + 12 * i;
+            let off = self.u32_at(at + 8);
+            let bit_off = if t.kind_flag { off & 0x00ff_ffff } else { off };
+            (self.u32_at(at), self.u32_at(at + 4), base_bits + bit_off)
+        });
+        if let Some((_, _, bits)) = members.clone().find(|&(n, _, _)| self.name(n) == member) {
+            return Some(bits);
+        }
+        members
+            .filter(|&(n, _, _)| self.name(n).is_empty())
+            .find_map(|(_, ty, bits)| self.find_member(self.resolve(ty), member, bits, depth + 1))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// The `task_struct` offsets the scheduler programs read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: u32,
+    pub group_leader: u32,
+}
+
+impl TaskOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            pid: btf.member_offset("task_struct", "pid")?,
+            tgid: btf.member_offset("task_struct", "tgid")?,
+            comm: btf.member_offset("task_struct", "comm")?,
+            group_leader: btf.member_offset("task_struct", "group_leader")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob: `struct outer { int a; union { int x; struct { int y; int z; }; }; char c[16]; }`.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0x\0y\0z\0c\0".to_vec();
+        let s = |name: &str| strings.windows(name.len() + 2).position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0).unwrap() as u32 + 1;
+        let mut t = Vec::new();
+        let mut ty = |name_off: u32, kind: u32, vlen: u32, size: u32, extra: &[u32]| {
+            for v in [name_off, (kind << 24) | vlen, size].iter().chain(extra) {
+                t.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        ty(s("int"), 1, 0, 4, &[32]); // 1: int
+        ty(0, 4, 2, 8, &[s("y"), 1, 0, s("z"), 1, 32]); // 2: anon struct {y, z}
+        ty(0, 5, 2, 8, &[s("x"), 1, 0, 0, 2, 0]); // 3: anon union {x; struct}
+        ty(0, 3, 0, 0, &[1, 1, 16]); // 4: char[16] (elem type int, good enough)
+        ty(s("outer"), 4, 3, 32, &[s("a"), 1, 0, 0, 3, 64, s("c"), 4, 128]); // 5: outer
+        let mut d = Vec::new();
+        d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        d.extend_from_slice(&[1, 0]);
+        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d.extend(t);
+        d.extend(strings);
+        d
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse("sample".into(), sample()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "z").unwrap(), 12);
+        assert_eq!(btf.member_offset("outer", "c").unwrap(), 16);
+        assert!(matches!(btf.member_offset("outer", "nope"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn rejects_truncated_and_garbage_input() {
+        let good = sample();
+        for cut in [0, 1, 5, 20, 30, good.len() - 1] {
+            assert!(Btf::parse("t".into(), good[..cut].to_vec()).is_err(), "cut at {cut} accepted");
+        }
+        assert!(Btf::parse("t".into(), b"not btf at all, really not".to_vec()).is_err());
+    }
+
+    /// The running kernel's offsets are plausible and ordered as in include/linux/sched.h.
+    #[test]
+    fn reads_the_running_kernels_task_struct_when_present() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return; // Unit tests also run on build hosts without BTF; privileged tests cover it.
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let off = TaskOffsets::from_btf(&btf).unwrap();
+        assert_eq!(off.tgid, off.pid + 4, "pid and tgid are adjacent pid_t fields");
+        assert!(off.comm > off.tgid && off.group_leader > off.tgid);
+    }
+}

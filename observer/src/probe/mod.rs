@@ -1,0 +1,168 @@
+//! Loading and attaching the kernel programs, feature probing, privileges.
+pub mod btf;
+pub mod privileges;
+
+use std::{os::fd::OwnedFd, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{BtfTracePoint, Program, RawTracePoint},
+};
+
+/// The kernel object built by build.rs (empty when built with PAUSEWATCH_SKIP_EBPF=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pausewatch"));
+
+/// How tracepoint programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tp_btf where the kernel allows it, raw tracepoints otherwise.
+    Auto,
+    /// BTF-typed tracepoints only (BPF_PROG_TYPE_TRACING).
+    Btf,
+    /// Raw tracepoints only: same arguments, older kernels, hosts that restrict TRACING programs.
+    Raw,
+}
+
+/// What the loader needs from the command line.
+pub struct LoadOptions<'a> {
+    pub btf_path: &'a Path,
+    pub min_pause_ns: u64,
+    pub pids: &'a [u32],
+    pub attach: AttachMode,
+}
+
+/// A loaded and attached set of programs. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    /// Tracepoint mechanism in use for the scheduler programs ("tp_btf" or "raw_tp").
+    pub sched_mechanism: &'static str,
+    /// Keeps BPF run-time statistics on while pausewatch runs; the kernel turns them off again
+    /// (if nobody else holds them) when this fd closes. None when the kernel refused.
+    pub stats_fd: Option<OwnedFd>,
+    /// Names of the programs attached, for cost reporting.
+    pub attached: Vec<&'static str>,
+    pub notices: Vec<String>,
+}
+
+const SCHED: [(&str, &str, &str); 3] = [
+    ("sched_switch", "sched_switch_btf", "sched_switch_raw"),
+    ("sched_wakeup", "sched_wakeup_btf", "sched_wakeup_raw"),
+    ("sched_wakeup_new", "sched_wakeup_new_btf", "sched_wakeup_new_raw"),
+];
+
+/// Whether this binary carries real kernel programs.
+pub fn has_object() -> bool {
+    !OBJECT.is_empty()
+}
+
+pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
+    if !has_object() {
+        bail!("this pausewatch was built with PAUSEWATCH_SKIP_EBPF=1 and has no eBPF programs; rebuild it after `cargo xtask setup`");
+    }
+    let kbtf = btf::Btf::from_file(opts.btf_path)?;
+    let off = btf::TaskOffsets::from_btf(&kbtf)?;
+    let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
+        .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
+
+    let filter: u32 = u32::from(!opts.pids.is_empty());
+    let self_tgid = std::process::id();
+    let (pid_off, tgid_off, comm_off, leader_off) =
+        (u64::from(off.pid), u64::from(off.tgid), u64::from(off.comm), u64::from(off.group_leader));
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("TASK_PID_OFF", &pid_off, true)
+        .override_global("TASK_TGID_OFF", &tgid_off, true)
+        .override_global("TASK_COMM_OFF", &comm_off, true)
+        .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
+        .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
+        .override_global("FILTER_PIDS", &filter, true)
+        .override_global("SELF_TGID", &self_tgid, true)
+        .load(OBJECT)
+        .context("loading the eBPF object into the kernel")?;
+
+    if !opts.pids.is_empty() {
+        let mut watched: BpfHashMap<&mut MapData, u32, u8> =
+            BpfHashMap::try_from(ebpf.map_mut("WATCHED").context("map WATCHED missing")?)?;
+        for &pid in opts.pids {
+            watched.insert(pid, 1, 0).with_context(|| format!("watching pid {pid}"))?;
+        }
+    }
+
+    let mut notices = Vec::new();
+    let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            notices.push(format!("BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"));
+            None
+        }
+    };
+
+    let (mechanism, attached) = match opts.attach {
+        AttachMode::Btf => ("tp_btf", attach_btf(&mut ebpf, &aya_btf)?),
+        AttachMode::Raw => ("raw_tp", attach_raw(&mut ebpf)?),
+        AttachMode::Auto => match attach_btf(&mut ebpf, &aya_btf) {
+            Ok(a) => ("tp_btf", a),
+            Err(e) => {
+                notices.push(format!("tp_btf unavailable ({e:#}); using raw tracepoints for the scheduler"));
+                // Programs attached before the failure are detached when their links drop.
+                for (_, btf_name, _) in SCHED {
+                    if let Some(Program::BtfTracePoint(p)) = ebpf.program_mut(btf_name) {
+                        let _ = p.unload();
+                    }
+                }
+                ("raw_tp", attach_raw(&mut ebpf)?)
+            }
+        },
+    };
+    Ok(Probes { ebpf, sched_mechanism: mechanism, stats_fd, attached, notices })
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<Vec<&'static str>> {
+    let mut names = Vec::new();
+    for (tp, prog, _) in SCHED {
+        let p: &mut BtfTracePoint =
+            ebpf.program_mut(prog).with_context(|| format!("program {prog} missing"))?.try_into()?;
+        p.load(tp, btf).with_context(|| format!("loading tp_btf/{tp}"))?;
+        p.attach().with_context(|| format!("attaching tp_btf/{tp}"))?;
+        names.push(prog);
+    }
+    Ok(names)
+}
+
+fn attach_raw(ebpf: &mut Ebpf) -> anyhow::Result<Vec<&'static str>> {
+    let mut names = Vec::new();
+    for (tp, _, prog) in SCHED {
+        let p: &mut RawTracePoint =
+            ebpf.program_mut(prog).with_context(|| format!("program {prog} missing"))?.try_into()?;
+        p.load().with_context(|| format!("loading raw_tp/{tp}"))?;
+        p.attach(tp).with_context(|| format!("attaching raw_tp/{tp}"))?;
+        names.push(prog);
+    }
+    Ok(names)
+}
+
+/// Run-time statistics of one program since it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub name: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl Probes {
+    /// Cost of every attached program so far (zeros when stats are unavailable).
+    pub fn costs(&self) -> Vec<ProgramCost> {
+        let mut out = Vec::new();
+        for name in &self.attached {
+            let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else { continue };
+            out.push(ProgramCost {
+                name,
+                run_count: info.run_count(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,57 @@
+//! Periodic reads of the in-kernel aggregates and drop counters.
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+};
+use observer_common::{NUM_DROP_CAUSES, ProcStats, comm_bytes};
+
+pub struct Harvester {
+    procs: BpfHashMap<MapData, u32, ProcStats>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+/// One read of the kernel's aggregates.
+#[derive(Default)]
+pub struct Harvest {
+    /// (tgid, comm, cumulative stats) for every process the kernel has an entry for.
+    pub procs: Vec<(u32, String, ProcStats)>,
+    /// Processes that have exited: read above for the last time, and now deleted in the kernel.
+    pub retired: Vec<u32>,
+    /// Ring-buffer and aggregate drops per `DropCause`, summed over CPUs.
+    pub drops: [u64; NUM_DROP_CAUSES],
+}
+
+impl Harvester {
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let procs = BpfHashMap::try_from(ebpf.take_map("PROC_STATS").context("map PROC_STATS missing")?)?;
+        let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
+        Ok(Self { procs, drops })
+    }
+
+    /// Reads every aggregate; entries of processes that no longer exist are deleted after this
+    /// final read, which frees their LRU slot for live processes.
+    pub fn collect(&mut self) -> Harvest {
+        let mut h = Harvest::default();
+        // Entries can be deleted by LRU eviction while we iterate: a failed lookup of one key
+        // is skipped, not fatal.
+        for (tgid, stats) in self.procs.iter().flatten() {
+            let comm = String::from_utf8_lossy(comm_bytes(&stats.comm)).into_owned();
+            h.procs.push((tgid, comm, stats));
+        }
+        for &(tgid, _, _) in &h.procs {
+            if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+                h.retired.push(tgid);
+            }
+        }
+        for tgid in &h.retired {
+            let _ = self.procs.remove(tgid);
+        }
+        for (i, slot) in h.drops.iter_mut().enumerate() {
+            if let Ok(values) = self.drops.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        h
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources: everything that reads the kernel or the system and turns it into owned messages.
+pub mod clock;
+pub mod harvest;
+pub mod ringbuf;
