@@ -161,7 +161,7 @@ pub struct ProcStats {
     pub stats: [ComponentStats; NUM_STATS],
     /// Episodes of this process that were at or above the threshold but did not fit in the ring.
     pub dropped_records: u64,
-    /// Name of the thread group leader when the entry was created.
+    /// Name of the thread group leader when the entry was created or last streamed an episode.
     pub comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(

@@ -290,7 +290,7 @@ fn switch_in(ts: u64, next: TaskPtr) {
     let duration = ts.saturating_sub(st.episode_start_ns);
     let streamed = duration >= config::min_pause_ns();
     let dropped = streamed && !emit(tid, next, &st, duration);
-    aggregate(&st, duration, next, dropped);
+    aggregate(&st, duration, next, streamed, dropped);
 }
 
 /// Streams one episode; returns false (and counts the drop) when the ring buffer is full.
@@ -331,7 +331,7 @@ fn count_drop(cause: DropCause) {
 /// CPUs can finish episodes of one process at once); `max` is a racy read-compare-write, which
 /// can lose a concurrent larger value but never produce an invalid one.
 #[inline(always)]
-fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, dropped: bool) {
+fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
     let ps = match PROC_STATS.get_ptr_mut(&st.tgid) {
         Some(p) => p,
         None => {
@@ -355,6 +355,11 @@ fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, dropped: bool) {
     let ps = unsafe { &mut *ps };
     if dropped {
         atomic_add(&mut ps.dropped_records, 1);
+    }
+    if streamed {
+        // Processes rename themselves (exec, prctl) after their first episode; refreshing on
+        // the rare streamed episode keeps the name current without a read on every switch.
+        ps.comm = task::leader_comm(next);
     }
     let c = &st.components_ns;
     if c[0] > 0 {

@@ -1,1 +1,145 @@
+//! Harness for the privileged tests: runs the real `pausewatch` binary (real eBPF, the running
+//! kernel) and collects its NDJSON. These tests never skip: without root, or with a binary
+//! that cannot load its programs, they fail with the reason.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
+
+/// The pausewatch binary under test: $PAUSEWATCH_BIN, else target/debug/pausewatch.
+pub fn pausewatch_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PAUSEWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pausewatch");
+    assert!(p.exists(), "{} missing: build it first (`cargo build -p observer`, or run `cargo xtask test`)", p.display());
+    p
+}
+
+/// The workload helper built with these tests: cargo puts it in the profile directory, one
+/// level above the test executables in deps/.
+pub fn workload_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("pw-workload");
+    assert!(p.exists(), "{} missing: it is built by `cargo test -p pausewatch-tests`", p.display());
+    p
+}
+
+/// Fails (never skips) when not root: these tests exist to load real eBPF.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "privileged tests must run as root (they load eBPF): run `sudo cargo xtask test`");
+}
+
+/// Both CPUs the tests pin to must exist; pausewatch itself is left unpinned.
+pub fn test_cpu() -> usize {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if n > 1 { 1 } else { 0 }
+}
+
+/// A running pausewatch whose stdout lines are collected as JSON.
+pub struct Pausewatch {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Pausewatch {
+    /// Starts `pausewatch --json ARGS` and waits until it reports its programs attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(pausewatch_bin())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning pausewatch");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                l.lock().unwrap().push(v);
+            }
+        });
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut pw = Self { child, lines, stderr };
+        pw.wait_for(Duration::from_secs(60), |v| v["type"] == "notice" && v["event"] == "attached");
+        pw
+    }
+
+    /// Waits until a line matching `pred` arrives; panics with stderr if pausewatch exits first.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("pausewatch exited ({status}) before the expected line; stderr:\n{}", self.stderr.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for a line; stderr:\n{}", self.stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait for exit 0, and return every line it wrote.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for pausewatch");
+        std::thread::sleep(Duration::from_millis(300)); // let the reader threads finish
+        assert!(status.success(), "pausewatch exited with {status}; stderr:\n{}", self.stderr.lock().unwrap());
+        let lines = self.lines.lock().unwrap().clone();
+        for v in &lines {
+            assert_eq!(v["schema"], 1, "line without schema 1: {v}");
+            assert!(v["type"].is_string() && v["wall_ns"].is_i64() && v["wall_err_ns"].is_u64(), "bad line: {v}");
+        }
+        lines
+    }
+}
+
+/// Lines of one type.
+pub fn of_type<'a>(lines: &'a [Value], ty: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    lines.iter().filter(move |v| v["type"] == ty)
+}
+
+/// The summary line of a process.
+pub fn summary_of(lines: &[Value], pid: u64) -> Option<&Value> {
+    of_type(lines, "summary").find(|v| v["pid"] == pid)
+}
+
+/// Runs a workload to completion and parses the JSON it prints.
+pub fn run_workload(args: &[&str]) -> Value {
+    let out = Command::new(workload_bin()).args(args).output().expect("running pw-workload");
+    assert!(out.status.success(), "pw-workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("pw-workload output")
+}
+
+/// Starts CPU hogs pinned to `cpu` for `secs` (they exit by themselves).
+pub fn start_hogs(n: usize, cpu: usize, secs: f64) -> Vec<Child> {
+    (0..n)
+        .map(|i| {
+            Command::new(workload_bin())
+                .args(["spin", &secs.to_string(), &cpu.to_string(), &format!("pw-hog{i}"), "1"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawning hog")
+        })
+        .collect()
+}

@@ -1,0 +1,54 @@
+//! Error paths of the real binary: one clear line on stderr, a non-zero exit, nothing loaded.
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use pausewatch_tests::*;
+
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().expect("running pausewatch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got {} (stderr: {err})", out.status);
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    assert!(out.stdout.is_empty(), "nothing may be written to stdout on error: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn pw() -> Command {
+    let mut c = Command::new(pausewatch_bin());
+    c.arg("--json");
+    c
+}
+
+#[test]
+fn a_pid_that_does_not_exist() {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let free = (2..pid_max).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
+    fails_with(pw().args(["--pid", &free.to_string()]), &format!("no process with pid {free}"));
+}
+
+#[test]
+fn missing_btf() {
+    fails_with(pw().args(["--btf", "/nonexistent/vmlinux"]), "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn bad_arguments() {
+    fails_with(pw().args(["--duration", "soon"]), "not a duration");
+    fails_with(pw().args(["--pid", "12abc"]), "not a process id");
+    fails_with(pw().args(["--attach", "kprobe"]), "invalid value");
+}
+
+/// Without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN the message says which capabilities are needed.
+#[test]
+fn not_root_names_the_capabilities() {
+    require_root();
+    let mut cmd = pw();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    fails_with(&mut cmd, "needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)");
+}

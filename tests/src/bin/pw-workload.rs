@@ -1,0 +1,111 @@
+//! Workloads for the privileged tests. Each makes real pauses and reports the kernel's own
+//! accounting of them, so tests compare pausewatch with ground truth, not with expectations.
+//!
+//!   pw-workload spin SECS CPU NAME THREADS   spin THREADS threads pinned to CPU for SECS, then
+//!                                            print {"pid", "threads":[{tid, comm, run_delay_ns}]}
+//!                                            with each thread's /proc/thread-self/schedstat
+//!   pw-workload fork-on-stdin SECS CPU       wait for a line on stdin, fork a child that spins
+//!                                            pinned for SECS, spin too, print {"pid","child"}
+use std::{
+    io::BufRead,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            panic!("sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn set_name(name: &str) {
+    let c = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]).unwrap();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+fn spin_until(stop: &AtomicBool, deadline: Instant) {
+    let mut x = 0u64;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        for i in 0..1000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+/// This thread's run-queue wait so far: field 2 of /proc/thread-self/schedstat.
+fn own_run_delay() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("run_delay field")
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn spin(secs: f64, cpu: usize, name: &str, threads: usize) {
+    pin(cpu);
+    set_name(name);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (1..threads)
+        .map(|i| {
+            let stop = stop.clone();
+            let tname = format!("{name}-t{i}");
+            std::thread::spawn(move || {
+                pin(cpu);
+                set_name(&tname);
+                spin_until(&stop, deadline);
+                // Last act of the thread: read the kernel's number, then exit.
+                serde_json::json!({"tid": gettid(), "comm": tname, "run_delay_ns": own_run_delay()})
+            })
+        })
+        .collect();
+    spin_until(&stop, deadline);
+    let mut out = vec![serde_json::json!({"tid": gettid(), "comm": name, "run_delay_ns": own_run_delay()})];
+    for h in handles {
+        out.push(h.join().expect("thread"));
+    }
+    println!("{}", serde_json::json!({"pid": std::process::id(), "threads": out}));
+}
+
+fn fork_on_stdin(secs: f64, cpu: usize) {
+    set_name("pw-parent");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("stdin");
+    // SAFETY: single-threaded process; the child only spins and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        pin(cpu);
+        set_name("pw-child");
+        spin_until(&AtomicBool::new(false), Instant::now() + Duration::from_secs_f64(secs));
+        // SAFETY: leave the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    pin(cpu);
+    println!("{}", serde_json::json!({"pid": std::process::id(), "child": child}));
+    spin_until(&AtomicBool::new(false), Instant::now() + Duration::from_secs_f64(secs));
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).unwrap_or_else(|| panic!("missing argument {i}; see the module docs"));
+    match args.get(1).map(String::as_str) {
+        Some("spin") => spin(arg(2).parse().unwrap(), arg(3).parse().unwrap(), arg(4), arg(5).parse().unwrap()),
+        Some("fork-on-stdin") => fork_on_stdin(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        _ => panic!("usage: pw-workload spin SECS CPU NAME THREADS | fork-on-stdin SECS CPU"),
+    }
+}
