@@ -10,12 +10,12 @@ use serde_json::Value;
 
 /// A two-thread victim pinned with two hogs to one CPU waits for it about 3/4 of the time; the
 /// run-queue wait pausewatch attributes to it must equal the kernel's run_delay within 5%.
-fn runq_matches_schedstat(attach: &str) {
+fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
     require_root();
     let cpu = test_cpu();
     let pw = Pausewatch::start(&["--attach", attach, "--min-pause", "1ms"]);
     let mut hogs = start_hogs(2, cpu, 3.5);
-    let report = run_workload(&["spin", "2", &cpu.to_string(), "pw-victim", "2"]);
+    let report = run_workload(&["spin", "2", &cpu.to_string(), "pw-victim", "2", &sleep_us.to_string()]);
     for h in &mut hogs {
         h.wait().unwrap();
     }
@@ -28,7 +28,7 @@ fn runq_matches_schedstat(attach: &str) {
     let truth: u64 = threads.iter().map(|t| t["run_delay_ns"].as_u64().unwrap()).sum();
     let summary = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
     let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
-    assert!(truth > 500_000_000, "the victim barely waited ({truth} ns): the test did not create contention");
+    assert!(truth > 300_000_000, "the victim barely waited ({truth} ns): the test did not create contention");
     let err = (measured as f64 - truth as f64).abs() / truth as f64;
     eprintln!("{attach}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)", err * 100.0);
     assert!(err <= 0.05, "pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart", err * 100.0);
@@ -56,17 +56,33 @@ fn runq_matches_schedstat(attach: &str) {
         assert!(pauses.iter().any(|p| p["tid"] == t["tid"] && p["comm"] == t["comm"]), "no episode streamed for thread {t} under its name");
     }
     // A pinned preempted thread waited behind something on its CPU: that is named.
-    assert!(pauses.iter().any(|p| p["start_reason"] == "preempted" && p["preempted_by"]["comm"].is_string()));
+    let reason = if sleep_us == 0 { "preempted" } else { "wakeup" };
+    assert!(pauses.iter().any(|p| p["start_reason"] == reason), "no {reason} episode streamed");
+    if sleep_us == 0 {
+        assert!(pauses.iter().any(|p| p["preempted_by"]["comm"].is_string()), "no preemptor named");
+    }
 }
 
 #[test]
 fn runq_matches_schedstat_tp_btf() {
-    runq_matches_schedstat("btf");
+    runq_matches_schedstat("btf", 0);
 }
 
 #[test]
 fn runq_matches_schedstat_raw_tracepoints() {
-    runq_matches_schedstat("raw");
+    runq_matches_schedstat("raw", 0);
+}
+
+/// The victim sleeps voluntarily every 500 µs, so most of its waits follow a wakeup (the
+/// sched_wakeup path, including wakeups of a thread still on its CPU), not a preemption.
+#[test]
+fn runq_after_wakeups_matches_schedstat_tp_btf() {
+    runq_matches_schedstat("btf", 200);
+}
+
+#[test]
+fn runq_after_wakeups_matches_schedstat_raw_tracepoints() {
+    runq_matches_schedstat("raw", 200);
 }
 
 /// `--pid` observes that process and a child it forks after pausewatch started, and nothing

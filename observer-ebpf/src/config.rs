@@ -11,6 +11,8 @@ static TASK_TGID_OFF: u64 = 0;
 static TASK_COMM_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_GROUP_LEADER_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_ON_CPU_OFF: u64 = 0;
 
 /// Episodes at or above this many nanoseconds are streamed; shorter ones are only aggregated.
 #[unsafe(no_mangle)]
@@ -44,6 +46,10 @@ pub fn task_comm_off() -> usize {
 #[inline(always)]
 pub fn task_group_leader_off() -> usize {
     get(&TASK_GROUP_LEADER_OFF) as usize
+}
+#[inline(always)]
+pub fn task_on_cpu_off() -> usize {
+    get(&TASK_ON_CPU_OFF) as usize
 }
 #[inline(always)]
 pub fn min_pause_ns() -> u64 {

@@ -75,37 +75,37 @@ static PROC_STATS_INIT: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    on_switch::<true>(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.arg(0), EpisodeStart::Wakeup);
+    on_wakeup::<true>(ctx.arg(0), EpisodeStart::Wakeup);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.arg(0), EpisodeStart::New);
+    on_wakeup::<true>(ctx.arg(0), EpisodeStart::New);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
-    on_switch(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    on_switch::<false>(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
-    on_wakeup(ctx.arg(0), EpisodeStart::Wakeup);
+    on_wakeup::<false>(ctx.arg(0), EpisodeStart::Wakeup);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
 pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
-    on_wakeup(ctx.arg(0), EpisodeStart::New);
+    on_wakeup::<false>(ctx.arg(0), EpisodeStart::New);
     0
 }
 
@@ -139,22 +139,18 @@ fn cpu() -> u32 {
 }
 
 #[inline(always)]
-fn on_switch(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+fn on_switch<const D: bool>(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     let ts = now();
-    switch_out(ts, preempt, prev, next, prev_state);
-    switch_in(ts, next);
+    switch_out::<D>(ts, preempt, prev, next, prev_state);
+    switch_in::<D>(ts, next);
 }
 
 /// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
 #[inline(always)]
-fn switch_out(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+fn switch_out<const D: bool>(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     // The idle tasks are pid 0 on every CPU: never a victim, and never a shared key.
-    let Some(tid) = task::tid(prev) else { return };
-    if tid == 0 {
-        return;
-    }
-    let Some(tgid) = task::tgid(prev) else { return };
-    if !is_traced(tgid) {
+    let Some((tid, tgid)) = task::ids::<D>(prev) else { return };
+    if tid == 0 || !is_traced(tgid) {
         return;
     }
     let (phase, reason) = if preempt || prev_state == TASK_RUNNING {
@@ -166,9 +162,10 @@ fn switch_out(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: 
     } else if prev_state & (TASK_STOPPED | TASK_TRACED | TASK_FROZEN) != 0 {
         (Component::Stopped, EpisodeStart::Stopped)
     } else {
-        // Voluntary sleep (S, TASK_IDLE) or exit (TASK_DEAD): not a pause. Forget any stale
-        // state so a later wakeup starts a fresh episode.
-        let _ = THREADS.remove(&tid);
+        // Voluntary sleep (S, TASK_IDLE) or exit (TASK_DEAD): not a pause. The thread has no
+        // entry to clear: its last episode was consumed when it got the CPU, and on_wakeup
+        // creates none for a thread still on a CPU. (No map operation on this, the most
+        // common, path.)
         return;
     };
     let mut st = ThreadState {
@@ -184,10 +181,10 @@ fn switch_out(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: 
         preempted_by_comm: [0; TASK_COMM_LEN],
     };
     if phase == Component::Runq {
-        if let Some(by) = task::tid(next) {
+        if let Some(by) = task::tid::<D>(next) {
             st.preempted_by_tid = by;
             if by != 0 {
-                st.preempted_by_comm = task::comm(next);
+                st.preempted_by_comm = task::comm::<D>(next);
             }
         }
     }
@@ -198,14 +195,13 @@ fn switch_out(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: 
 
 /// `p` is woken: close its D/stopped phase and start its run-queue wait.
 #[inline(always)]
-fn on_wakeup(p: TaskPtr, reason: EpisodeStart) {
-    let Some(tid) = task::tid(p) else { return };
+fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
+    let Some((tid, tgid)) = task::ids::<D>(p) else { return };
     if tid == 0 {
         return;
     }
-    let Some(tgid) = task::tgid(p) else { return };
     if !is_traced(tgid) {
-        if reason == EpisodeStart::New && config::filter_pids() && follow_fork(tgid) {
+        if reason == EpisodeStart::New && config::filter_pids() && follow_fork::<D>(tgid) {
             // A new process forked by a watched one: now watched too.
         } else {
             return;
@@ -224,9 +220,13 @@ fn on_wakeup(p: TaskPtr, reason: EpisodeStart) {
         // Already waiting in the run queue (woken while preempted): nothing changes.
         return;
     }
-    // A voluntary sleeper (or a new task): the pause is only the wait that starts now. A
-    // wakeup of a thread that is still on its CPU (ttwu_runnable) also lands here; its next
-    // sched_switch out replaces or deletes this entry, so it is never counted as a pause.
+    // A wakeup of a thread that is still on its CPU (ttwu_runnable: it set its state to sleep
+    // but had not yet switched out) is not a wait; creating an entry for it would leave a stale
+    // start behind when it next sleeps voluntarily.
+    if task::on_cpu::<D>(p) {
+        return;
+    }
+    // A voluntary sleeper (or a new task): the pause is only the wait that starts now.
     let st = ThreadState {
         episode_start_ns: ts,
         phase_start_ns: ts,
@@ -245,10 +245,11 @@ fn on_wakeup(p: TaskPtr, reason: EpisodeStart) {
 /// In `sched_wakeup_new` the current task is the parent (`wake_up_new_task` is called from
 /// `kernel_clone`, kernel/fork.c v6.18): if the parent's process is watched, so is the child.
 #[inline(always)]
-fn follow_fork(child_tgid: u32) -> bool {
-    // SAFETY: helper without preconditions; returns the current task_struct pointer.
+fn follow_fork<const D: bool>(child_tgid: u32) -> bool {
+    // SAFETY: helper without preconditions; returns the current task_struct pointer. It is an
+    // untyped scalar to the verifier, so it is always read through bpf_probe_read_kernel.
     let parent = unsafe { bpf_get_current_task() } as TaskPtr;
-    let Some(parent_tgid) = task::tgid(parent) else { return false };
+    let Some((_, parent_tgid)) = task::ids::<false>(parent) else { return false };
     // SAFETY: read-only lookup of a u8 flag.
     if parent_tgid == child_tgid || unsafe { WATCHED.get(&parent_tgid).is_none() } {
         return false;
@@ -271,8 +272,8 @@ fn add_phase(st: &mut ThreadState, ts: u64) {
 
 /// `next` gets the CPU: its episode (if any) ends now.
 #[inline(always)]
-fn switch_in(ts: u64, next: TaskPtr) {
-    let Some(tid) = task::tid(next) else { return };
+fn switch_in<const D: bool>(ts: u64, next: TaskPtr) {
+    let Some(tid) = task::tid::<D>(next) else { return };
     if tid == 0 {
         return;
     }
@@ -289,13 +290,13 @@ fn switch_in(ts: u64, next: TaskPtr) {
     let _ = THREADS.remove(&tid);
     let duration = ts.saturating_sub(st.episode_start_ns);
     let streamed = duration >= config::min_pause_ns();
-    let dropped = streamed && !emit(tid, next, &st, duration);
-    aggregate(&st, duration, next, streamed, dropped);
+    let dropped = streamed && !emit::<D>(tid, next, &st, duration);
+    aggregate::<D>(&st, duration, next, streamed, dropped);
 }
 
 /// Streams one episode; returns false (and counts the drop) when the ring buffer is full.
 #[inline(always)]
-fn emit(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
+fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<PauseRecord>(0) else {
         count_drop(DropCause::Sched);
         return false;
@@ -312,7 +313,7 @@ fn emit(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
         start_reason: st.start_reason,
         preempted_by_tid: st.preempted_by_tid,
         _pad0: 0,
-        comm: task::comm(next),
+        comm: task::comm::<D>(next),
         preempted_by_comm: st.preempted_by_comm,
     });
     entry.submit(0);
@@ -331,14 +332,14 @@ fn count_drop(cause: DropCause) {
 /// CPUs can finish episodes of one process at once); `max` is a racy read-compare-write, which
 /// can lose a concurrent larger value but never produce an invalid one.
 #[inline(always)]
-fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
+fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
     let ps = match PROC_STATS.get_ptr_mut(&st.tgid) {
         Some(p) => p,
         None => {
             let Some(init) = PROC_STATS_INIT.get_ptr_mut(0) else { return };
             // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` is
             // ever written, so its counters stay zero.
-            unsafe { (*init).comm = task::leader_comm(next) };
+            unsafe { (*init).comm = task::leader_comm::<D>(next) };
             // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
             // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
             let _ = PROC_STATS.insert(&st.tgid, unsafe { &*init }, BPF_NOEXIST as u64);
@@ -359,7 +360,7 @@ fn aggregate(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dro
     if streamed {
         // Processes rename themselves (exec, prctl) after their first episode; refreshing on
         // the rare streamed episode keeps the name current without a read on every switch.
-        ps.comm = task::leader_comm(next);
+        ps.comm = task::leader_comm::<D>(next);
     }
     let c = &st.components_ns;
     if c[0] > 0 {

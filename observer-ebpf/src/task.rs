@@ -1,4 +1,10 @@
 //! Reading `task_struct` fields at offsets supplied by the loader.
+//!
+//! Two ways, chosen per program at compile time (`DIRECT`):
+//! - tp_btf programs receive BTF-typed task pointers, so a plain load is allowed: the verifier
+//!   checks the offset against the struct's BTF (the offsets are constants from frozen .rodata)
+//!   and emits a fault-tolerant PROBE_MEM load. No helper call: the cheapest read there is.
+//! - raw_tp programs receive untyped pointers and must go through bpf_probe_read_kernel.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use observer_common::TASK_COMM_LEN;
 
@@ -8,38 +14,60 @@ use crate::config;
 pub type TaskPtr = *const u8;
 
 #[inline(always)]
-fn read<T>(task: TaskPtr, off: usize) -> Option<T> {
+fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T> {
     if task.is_null() {
         return None;
     }
-    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
-    // address yields an error, never a fault. The offset comes from the running kernel's BTF.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(off).cast::<T>()).ok() }
+    let p = task.wrapping_add(off).cast::<T>();
+    if DIRECT {
+        // SAFETY: only used from tp_btf programs, where `task` is a BTF-typed pointer and the
+        // verifier turns this load into a PROBE_MEM load (a bad address reads as zero instead
+        // of faulting) after checking the access lies within a task_struct member.
+        Some(unsafe { core::ptr::read_volatile(p) })
+    } else {
+        // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
+        // address yields an error, never a fault. The offset comes from the running kernel's BTF.
+        unsafe { bpf_probe_read_kernel(p).ok() }
+    }
 }
 
-/// `task->pid`: the thread id. 0 for the per-CPU idle tasks.
+/// `(task->pid, task->tgid)`: thread and process id. pid is 0 for the per-CPU idle tasks.
+/// Through probe reads the adjacent pid_t fields are fetched in one helper call; direct loads
+/// must stay within one member (the verifier checks each access against the struct's BTF).
 #[inline(always)]
-pub fn tid(task: TaskPtr) -> Option<u32> {
-    read::<i32>(task, config::task_pid_off()).map(|v| v as u32)
+pub fn ids<const DIRECT: bool>(task: TaskPtr) -> Option<(u32, u32)> {
+    let off = config::task_pid_off();
+    if !DIRECT && config::task_tgid_off() == off + 4 {
+        let v: u64 = read::<DIRECT, u64>(task, off)?;
+        Some((v as u32, (v >> 32) as u32))
+    } else {
+        Some((read::<DIRECT, u32>(task, off)?, read::<DIRECT, u32>(task, config::task_tgid_off())?))
+    }
 }
 
-/// `task->tgid`: the process id.
+/// `task->pid`.
 #[inline(always)]
-pub fn tgid(task: TaskPtr) -> Option<u32> {
-    read::<i32>(task, config::task_tgid_off()).map(|v| v as u32)
+pub fn tid<const DIRECT: bool>(task: TaskPtr) -> Option<u32> {
+    read::<DIRECT, u32>(task, config::task_pid_off())
+}
+
+/// `task->on_cpu`: non-zero while the task is running (or switching) on a CPU.
+#[inline(always)]
+pub fn on_cpu<const DIRECT: bool>(task: TaskPtr) -> bool {
+    read::<DIRECT, i32>(task, config::task_on_cpu_off()).is_some_and(|v| v != 0)
 }
 
 /// `task->comm`.
 #[inline(always)]
-pub fn comm(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
-    read::<[u8; TASK_COMM_LEN]>(task, config::task_comm_off()).unwrap_or([0; TASK_COMM_LEN])
+pub fn comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
+    read::<DIRECT, [u8; TASK_COMM_LEN]>(task, config::task_comm_off()).unwrap_or([0; TASK_COMM_LEN])
 }
 
 /// `task->group_leader->comm`: the process name rather than the thread name.
 #[inline(always)]
-pub fn leader_comm(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
-    match read::<TaskPtr>(task, config::task_group_leader_off()) {
-        Some(leader) => comm(leader),
-        None => comm(task),
+pub fn leader_comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
+    match read::<DIRECT, TaskPtr>(task, config::task_group_leader_off()) {
+        Some(leader) if !leader.is_null() => comm::<DIRECT>(leader),
+        _ => comm::<DIRECT>(task),
     }
 }

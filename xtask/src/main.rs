@@ -1,1 +1,106 @@
-fn main() {}
+//! What cargo alone can't do: toolchain setup, the privileged test run, benchmarks.
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install, idempotently, what building the eBPF programs needs: rust-src for the nightly
+    /// toolchain and bpf-linker built against that nightly's own libLLVM.
+    Setup,
+    /// Set up, build pausewatch (release) and run it as root with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test: unit tests, then the privileged suite (root, real eBPF).
+    Test,
+    /// Benchmarks; writes a Markdown report to target/bench/.
+    Bench {
+        /// Which benchmark: `sched`.
+        #[arg(default_value = "sched")]
+        which: String,
+        /// Rounds of (without, with) pausewatch per workload.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+pub fn root_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with its name on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let desc = format!("{cmd:?}");
+    let status = cmd.current_dir(root_dir()).status().with_context(|| format!("starting {desc}"))?;
+    if !status.success() {
+        bail!("{desc} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "observer"]))?;
+    Ok(root_dir().join("target/release/pausewatch"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Run { args } => {
+            setup::setup()?;
+            let bin = build_release()?;
+            if !is_root() {
+                bail!("pausewatch loads eBPF programs: run this as root (sudo -E cargo xtask run)");
+            }
+            let err = std::os::unix::process::CommandExt::exec(Command::new(&bin).args(&args));
+            bail!("executing {}: {err}", bin.display())
+        }
+        Cmd::Test => {
+            setup::setup()?;
+            if !is_root() {
+                bail!("the privileged tests load eBPF into the running kernel: run `sudo -E cargo xtask test` as root");
+            }
+            // Unit, model, ABI, TUI and CLI-parsing tests (no privileges needed).
+            run(cargo().args(["test", "--workspace", "--exclude", "pausewatch-tests", "--all-features"]))?;
+            // The privileged suite, against the debug binary built with real eBPF. Serial:
+            // each test pins workloads to one CPU and must not compete with the others.
+            run(cargo().args(["build", "-p", "observer"]))?;
+            let bin = root_dir().join("target/debug/pausewatch");
+            run(cargo().args(["test", "-p", "pausewatch-tests", "--", "--test-threads=1"]).env("PAUSEWATCH_BIN", bin))
+        }
+        Cmd::Bench { which, rounds } => {
+            setup::setup()?;
+            match which.as_str() {
+                "sched" => bench::sched(rounds),
+                other => bail!("unknown benchmark {other:?}: available: sched"),
+            }
+        }
+    }
+}

@@ -184,6 +184,7 @@ pub struct TaskOffsets {
     pub tgid: u32,
     pub comm: u32,
     pub group_leader: u32,
+    pub on_cpu: u32,
 }
 
 impl TaskOffsets {
@@ -193,6 +194,7 @@ impl TaskOffsets {
             tgid: btf.member_offset("task_struct", "tgid")?,
             comm: btf.member_offset("task_struct", "comm")?,
             group_leader: btf.member_offset("task_struct", "group_leader")?,
+            on_cpu: btf.member_offset("task_struct", "on_cpu")?,
         })
     }
 }

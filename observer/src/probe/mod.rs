@@ -68,14 +68,20 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
 
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
-    let (pid_off, tgid_off, comm_off, leader_off) =
-        (u64::from(off.pid), u64::from(off.tgid), u64::from(off.comm), u64::from(off.group_leader));
+    let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
+        u64::from(off.pid),
+        u64::from(off.tgid),
+        u64::from(off.comm),
+        u64::from(off.group_leader),
+        u64::from(off.on_cpu),
+    );
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("TASK_PID_OFF", &pid_off, true)
         .override_global("TASK_TGID_OFF", &tgid_off, true)
         .override_global("TASK_COMM_OFF", &comm_off, true)
         .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
+        .override_global("TASK_ON_CPU_OFF", &on_cpu_off, true)
         .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("SELF_TGID", &self_tgid, true)

@@ -1,9 +1,12 @@
 //! Workloads for the privileged tests. Each makes real pauses and reports the kernel's own
 //! accounting of them, so tests compare pausewatch with ground truth, not with expectations.
 //!
-//!   pw-workload spin SECS CPU NAME THREADS   spin THREADS threads pinned to CPU for SECS, then
-//!                                            print {"pid", "threads":[{tid, comm, run_delay_ns}]}
-//!                                            with each thread's /proc/thread-self/schedstat
+//!   pw-workload spin SECS CPU NAME THREADS [SLEEP_US]
+//!                                            spin THREADS threads pinned to CPU for SECS (with
+//!                                            SLEEP_US: alternate 500 µs of work with a sleep, so
+//!                                            waits follow wakeups), then print {"pid", "threads":
+//!                                            [{tid, comm, run_delay_ns}]} from each thread's
+//!                                            /proc/thread-self/schedstat
 //!   pw-workload fork-on-stdin SECS CPU       wait for a line on stdin, fork a child that spins
 //!                                            pinned for SECS, spin too, print {"pid","child"}
 use std::{
@@ -33,8 +36,18 @@ fn set_name(name: &str) {
 }
 
 fn spin_until(stop: &AtomicBool, deadline: Instant) {
+    spin_sleep_until(stop, deadline, 0);
+}
+
+/// Spins until the deadline; with `sleep_us` > 0, sleeps that long after every ~500 µs of work.
+fn spin_sleep_until(stop: &AtomicBool, deadline: Instant, sleep_us: u64) {
     let mut x = 0u64;
+    let mut burst = Instant::now();
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if sleep_us > 0 && burst.elapsed() >= Duration::from_micros(500) {
+            std::thread::sleep(Duration::from_micros(sleep_us));
+            burst = Instant::now();
+        }
         for i in 0..1000 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
         }
@@ -53,7 +66,7 @@ fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-fn spin(secs: f64, cpu: usize, name: &str, threads: usize) {
+fn spin(secs: f64, cpu: usize, name: &str, threads: usize, sleep_us: u64) {
     pin(cpu);
     set_name(name);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -65,13 +78,13 @@ fn spin(secs: f64, cpu: usize, name: &str, threads: usize) {
             std::thread::spawn(move || {
                 pin(cpu);
                 set_name(&tname);
-                spin_until(&stop, deadline);
+                spin_sleep_until(&stop, deadline, sleep_us);
                 // Last act of the thread: read the kernel's number, then exit.
                 serde_json::json!({"tid": gettid(), "comm": tname, "run_delay_ns": own_run_delay()})
             })
         })
         .collect();
-    spin_until(&stop, deadline);
+    spin_sleep_until(&stop, deadline, sleep_us);
     let mut out = vec![serde_json::json!({"tid": gettid(), "comm": name, "run_delay_ns": own_run_delay()})];
     for h in handles {
         out.push(h.join().expect("thread"));
@@ -104,7 +117,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).unwrap_or_else(|| panic!("missing argument {i}; see the module docs"));
     match args.get(1).map(String::as_str) {
-        Some("spin") => spin(arg(2).parse().unwrap(), arg(3).parse().unwrap(), arg(4), arg(5).parse().unwrap()),
+        Some("spin") => spin(
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4),
+            arg(5).parse().unwrap(),
+            args.get(6).map_or(0, |s| s.parse().unwrap()),
+        ),
         Some("fork-on-stdin") => fork_on_stdin(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         _ => panic!("usage: pw-workload spin SECS CPU NAME THREADS | fork-on-stdin SECS CPU"),
     }

@@ -1,0 +1,161 @@
+//! `cargo xtask bench sched`: cost of the scheduler programs.
+//!
+//! - Per program: mean ns per invocation from the kernel's BPF run-time statistics (the
+//!   `self_cost` line pausewatch writes at exit).
+//! - Workload slowdown: a context-switch-heavy workload timed without and with pausewatch,
+//!   alternating in one run (order flipped every round so drift cancels), reported as the ratio
+//!   of medians with the spread of per-round ratios. Machines are shared and noisy: compare
+//!   ratios from one run, never absolute times across runs.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{build_release, is_root, root_dir, run};
+
+struct Workload {
+    name: &'static str,
+    args: &'static [&'static str],
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload { name: "perf bench sched pipe (200k round trips)", args: &["bench", "sched", "pipe", "-l", "200000"] },
+    Workload { name: "perf bench sched messaging (10 groups, 400 loops)", args: &["bench", "sched", "messaging", "-g", "10", "-l", "400"] },
+];
+
+fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("perf").args(w.args).stdout(Stdio::null()).stderr(Stdio::piped()).output().context("running perf")?;
+    if !out.status.success() {
+        bail!("perf {:?} failed: {}", w.args, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed())
+}
+
+/// pausewatch running in the background; `stop` returns its `self_cost` line.
+struct Running {
+    child: std::process::Child,
+    cost: mpsc::Receiver<serde_json::Value>,
+}
+
+fn start(bin: &std::path::Path) -> anyhow::Result<Running> {
+    let mut child = Command::new(bin)
+        .args(["--json", "--min-pause", "5ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting pausewatch")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (ready_tx, ready) = mpsc::channel();
+    let (cost_tx, cost) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if v["event"] == "attached" {
+                let _ = ready_tx.send(());
+            }
+            if v["type"] == "self_cost" {
+                let _ = cost_tx.send(v);
+            }
+        }
+    });
+    ready.recv_timeout(Duration::from_secs(60)).context("pausewatch did not attach within 60 s")?;
+    Ok(Running { child, cost })
+}
+
+impl Running {
+    fn stop(mut self) -> anyhow::Result<serde_json::Value> {
+        // SAFETY: signalling our own child.
+        unsafe { kill(self.child.id() as i32, 15) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("pausewatch exited with {status}");
+        }
+        self.cost.recv_timeout(Duration::from_secs(10)).context("no self_cost line")
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn ensure_perf() -> anyhow::Result<()> {
+    if Command::new("perf").args(["bench", "sched", "pipe", "-l", "10"]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    println!("bench: perf missing: installing Debian's linux-perf");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "linux-perf"]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub fn sched(rounds: usize) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF: run it as root");
+    }
+    ensure_perf()?;
+    let bin = build_release()?;
+    let mut report = String::from("# pausewatch benchmark: sched\n\n");
+    report += &format!(
+        "Command: `cargo xtask bench sched --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
+    let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for w in &WORKLOADS {
+        time_workload(w)?; // warm-up: page cache, CPU frequency
+        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let mut one = |on: bool| -> anyhow::Result<f64> {
+                if !on {
+                    return Ok(time_workload(w)?.as_secs_f64());
+                }
+                let pw = start(&bin)?;
+                let t = time_workload(w)?.as_secs_f64();
+                let cost = pw.stop()?;
+                for p in cost["programs"].as_array().into_iter().flatten() {
+                    let e = prog.entry(p["name"].as_str().unwrap_or("?").to_string()).or_default();
+                    e.0 += p["run_count"].as_u64().unwrap_or(0);
+                    e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
+                }
+                Ok(t)
+            };
+            let (a, b) = if r % 2 == 0 { (one(false)?, one(true)?) } else {
+                let b = one(true)?;
+                (one(false)?, b)
+            };
+            println!("bench: {} round {r}: without {a:.3}s, with {b:.3}s", w.name);
+            without.push(a);
+            with.push(b);
+            ratios.push(b / a - 1.0);
+        }
+        let (mw, mp) = (median(&mut without), median(&mut with));
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        report += &format!(
+            "| {} | {mw:.3} s | {mp:.3} s | {:+.2}% | {:+.2}% … {:+.2}% |\n",
+            w.name,
+            (mp / mw - 1.0) * 100.0,
+            ratios[0] * 100.0,
+            ratios[ratios.len() - 1] * 100.0
+        );
+    }
+    report += "\nPer-program cost over all runs with pausewatch (kernel BPF run-time statistics, which add their own two clock reads per run):\n\n| program | invocations | mean ns per invocation |\n|---|---|---|\n";
+    for (name, (n, t)) in &prog {
+        report += &format!("| {name} | {n} | {} |\n", t.checked_div(*n).map_or("-".into(), |m| m.to_string()));
+    }
+    let dir = root_dir().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("sched.md"), &report)?;
+    println!("\n{report}\nwritten to {}", dir.join("sched.md").display());
+    Ok(())
+}
