@@ -46,8 +46,8 @@ pub struct AgentState {
     /// Most recent streamed episodes, newest last (bounded).
     pub recent: std::collections::VecDeque<Episode>,
     pub mechanism: &'static str,
+    /// Degraded-mode notices from loading (shown in the live view's header).
     pub notices: Vec<String>,
-    pub started_mono_ns: u64,
 }
 
 const RECENT_EPISODES: usize = 256;
@@ -114,7 +114,6 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         recent: Default::default(),
         mechanism: probes.sched_mechanism,
         notices: probes.notices.clone(),
-        started_mono_ns: WallClock::mono_now(),
     };
 
     if let Output::Json(w) = &mut out {
@@ -181,6 +180,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
     let costs = probes.costs();
+    let stats_enabled = probes.stats_fd.is_some();
     drop(ring);
     drop(harvester);
     // Detach everything and turn BPF statistics off (if we turned them on) before reporting.
@@ -193,7 +193,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 w.summary(&st.clock, now, p);
             }
             w.drops(&st.clock, &st.kernel_drops, st.decode_errors, st.table.evicted);
-            w.self_cost(&st.clock, &costs, st.mechanism);
+            w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();
         }
         Output::Live(live) => {

@@ -126,7 +126,7 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("drops", WallClock::mono_now(), clock, body);
     }
 
-    pub fn self_cost(&mut self, clock: &WallClock, costs: &[ProgramCost], mechanism: &str) {
+    pub fn self_cost(&mut self, clock: &WallClock, costs: &[ProgramCost], mechanism: &str, stats_enabled: bool) {
         let programs: Vec<Value> = costs
             .iter()
             .map(|c| {
@@ -138,7 +138,7 @@ impl<W: Write> NdjsonWriter<W> {
                 })
             })
             .collect();
-        let body = json!({ "mechanism": mechanism, "programs": programs });
+        let body = json!({ "mechanism": mechanism, "stats_enabled": stats_enabled, "programs": programs });
         self.line("self_cost", WallClock::mono_now(), clock, body);
     }
 }

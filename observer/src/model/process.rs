@@ -97,6 +97,7 @@ impl ProcessTable {
         self.enforce_bound();
     }
 
+    #[cfg(test)]
     pub fn get(&self, pid: u32) -> Option<&ProcessEntry> {
         self.entries.get(&pid)
     }

@@ -45,7 +45,6 @@ struct TypeEntry {
 }
 
 pub struct Btf {
-    path: String,
     data: Vec<u8>,
     str_start: usize,
     str_len: usize,
@@ -103,7 +102,7 @@ impl Btf {
         if at != type_end {
             return Err(bad("type section does not end on a type boundary"));
         }
-        Ok(Self { path, data, str_start, str_len, types })
+        Ok(Self { data, str_start, str_len, types })
     }
 
     fn name(&self, off: u32) -> &[u8] {
@@ -170,10 +169,6 @@ impl Btf {
         members
             .filter(|&(n, _, _)| self.name(n).is_empty())
             .find_map(|(_, ty, bits)| self.find_member(self.resolve(ty), member, bits, depth + 1))
-    }
-
-    pub fn path(&self) -> &str {
-        &self.path
     }
 }
 

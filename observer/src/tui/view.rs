@@ -54,6 +54,11 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         )),
     ];
     f.render_widget(Paragraph::new(header), head);
+    if st.table.is_empty() {
+        f.render_widget(Paragraph::new("no pauses observed yet"), body);
+        f.render_widget(Paragraph::new("q quit  f freeze"), foot);
+        return;
+    }
 
     let mut procs = st.table.sorted();
     procs.sort_by_key(|p| std::cmp::Reverse(p.stat(STAT_EPISODE).total_ns));
@@ -93,7 +98,11 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         )
         .block(Block::default());
     f.render_widget(table, body);
-    f.render_widget(Paragraph::new("q quit  f freeze"), foot);
+    let footer = match st.notices.first() {
+        Some(n) => format!("q quit  f freeze  | ! {n}"),
+        None => "q quit  f freeze".to_string(),
+    };
+    f.render_widget(Paragraph::new(footer), foot);
 }
 
 #[cfg(test)]
@@ -120,7 +129,6 @@ pub(crate) mod tests {
             recent: Default::default(),
             mechanism: "tp_btf",
             notices: vec![],
-            started_mono_ns: 0,
         }
     }
 
@@ -144,7 +152,7 @@ pub(crate) mod tests {
         let mut st = state();
         st.table = ProcessTable::new(1);
         let s = screen(80, 24, &st);
-        assert!(s.contains("PID"));
+        assert!(s.contains("no pauses observed yet"), "{s}");
         let s = screen(10, 2, &state());
         assert!(s.contains("pausewatch"));
         let _ = screen(1, 1, &state());
