@@ -145,6 +145,23 @@ fn on_switch<const D: bool>(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_st
     switch_in::<D>(ts, next);
 }
 
+/// A fresh episode starting at `ts` in `phase`, on this CPU.
+#[inline(always)]
+fn new_episode(ts: u64, tgid: u32, phase: Component, reason: EpisodeStart) -> ThreadState {
+    ThreadState {
+        episode_start_ns: ts,
+        phase_start_ns: ts,
+        components_ns: [0; observer_common::NUM_COMPONENTS],
+        tgid,
+        phase: phase as u32,
+        start_reason: reason as u32,
+        prev_cpu: cpu(),
+        preempted_by_tid: 0,
+        _pad0: 0,
+        preempted_by_comm: [0; TASK_COMM_LEN],
+    }
+}
+
 /// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
 #[inline(always)]
 fn switch_out<const D: bool>(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
@@ -168,18 +185,7 @@ fn switch_out<const D: bool>(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPt
         // common, path.)
         return;
     };
-    let mut st = ThreadState {
-        episode_start_ns: ts,
-        phase_start_ns: ts,
-        components_ns: [0; observer_common::NUM_COMPONENTS],
-        tgid,
-        phase: phase as u32,
-        start_reason: reason as u32,
-        prev_cpu: cpu(),
-        preempted_by_tid: 0,
-        _pad0: 0,
-        preempted_by_comm: [0; TASK_COMM_LEN],
-    };
+    let mut st = new_episode(ts, tgid, phase, reason);
     if phase == Component::Runq {
         if let Some(by) = task::tid::<D>(next) {
             st.preempted_by_tid = by;
@@ -227,18 +233,7 @@ fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
         return;
     }
     // A voluntary sleeper (or a new task): the pause is only the wait that starts now.
-    let st = ThreadState {
-        episode_start_ns: ts,
-        phase_start_ns: ts,
-        components_ns: [0; observer_common::NUM_COMPONENTS],
-        tgid,
-        phase: Component::Runq as u32,
-        start_reason: reason as u32,
-        prev_cpu: cpu(),
-        preempted_by_tid: 0,
-        _pad0: 0,
-        preempted_by_comm: [0; TASK_COMM_LEN],
-    };
+    let st = new_episode(ts, tgid, Component::Runq, reason);
     let _ = THREADS.insert(&tid, &st, 0);
 }
 
