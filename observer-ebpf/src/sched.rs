@@ -141,8 +141,12 @@ fn cpu() -> u32 {
 #[inline(always)]
 fn on_switch<const D: bool>(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     let ts = now();
-    switch_out::<D>(ts, preempt, prev, next, prev_state);
-    switch_in::<D>(ts, next);
+    // Read once: switch_out names it as the preemptor, switch_in ends its episode.
+    let next_tid = task::tid::<D>(next);
+    switch_out::<D>(ts, preempt, prev, next, next_tid, prev_state);
+    if let Some(tid) = next_tid {
+        switch_in::<D>(ts, next, tid);
+    }
 }
 
 /// A fresh episode starting at `ts` in `phase`, on this CPU.
@@ -164,7 +168,14 @@ fn new_episode(ts: u64, tgid: u32, phase: Component, reason: EpisodeStart) -> Th
 
 /// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
 #[inline(always)]
-fn switch_out<const D: bool>(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+fn switch_out<const D: bool>(
+    ts: u64,
+    preempt: bool,
+    prev: TaskPtr,
+    next: TaskPtr,
+    next_tid: Option<u32>,
+    prev_state: u32,
+) {
     // The idle tasks are pid 0 on every CPU: never a victim, and never a shared key.
     let Some((tid, tgid)) = task::ids::<D>(prev) else { return };
     if tid == 0 || !is_traced(tgid) {
@@ -187,7 +198,7 @@ fn switch_out<const D: bool>(ts: u64, preempt: bool, prev: TaskPtr, next: TaskPt
     };
     let mut st = new_episode(ts, tgid, phase, reason);
     if phase == Component::Runq {
-        if let Some(by) = task::tid::<D>(next) {
+        if let Some(by) = next_tid {
             st.preempted_by_tid = by;
             if by != 0 {
                 st.preempted_by_comm = task::comm::<D>(next);
@@ -267,8 +278,7 @@ fn add_phase(st: &mut ThreadState, ts: u64) {
 
 /// `next` gets the CPU: its episode (if any) ends now.
 #[inline(always)]
-fn switch_in<const D: bool>(ts: u64, next: TaskPtr) {
-    let Some(tid) = task::tid::<D>(next) else { return };
+fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
     if tid == 0 {
         return;
     }

@@ -46,7 +46,7 @@ pub struct AgentState {
     /// Most recent streamed episodes, newest last (bounded).
     pub recent: std::collections::VecDeque<Episode>,
     pub mechanism: &'static str,
-    /// Degraded-mode notices from loading (shown in the live view's header).
+    /// Degraded-mode notices from loading (shown in the live view's footer).
     pub notices: Vec<String>,
 }
 

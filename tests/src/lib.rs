@@ -53,7 +53,12 @@ pub struct Pausewatch {
 impl Pausewatch {
     /// Starts `pausewatch --json ARGS` and waits until it reports its programs attached.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(pausewatch_bin())
+        Self::start_bin(&pausewatch_bin(), args)
+    }
+
+    /// As `start`, with a given binary (the benchmark runs the release build).
+    pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .arg("--json")
             .args(args)
             .stdin(Stdio::null())

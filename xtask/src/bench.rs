@@ -7,13 +7,12 @@
 //!   of medians with the spread of per-round ratios. Machines are shared and noisy: compare
 //!   ratios from one run, never absolute times across runs.
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use pausewatch_tests::{Pausewatch, of_type};
 
 use crate::{build_release, is_root, root_dir, run};
 
@@ -34,53 +33,6 @@ fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
         bail!("perf {:?} failed: {}", w.args, String::from_utf8_lossy(&out.stderr));
     }
     Ok(t.elapsed())
-}
-
-/// pausewatch running in the background; `stop` returns its `self_cost` line.
-struct Running {
-    child: std::process::Child,
-    cost: mpsc::Receiver<serde_json::Value>,
-}
-
-fn start(bin: &std::path::Path) -> anyhow::Result<Running> {
-    let mut child = Command::new(bin)
-        .args(["--json", "--min-pause", "5ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting pausewatch")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let (ready_tx, ready) = mpsc::channel();
-    let (cost_tx, cost) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if v["event"] == "attached" {
-                let _ = ready_tx.send(());
-            }
-            if v["type"] == "self_cost" {
-                let _ = cost_tx.send(v);
-            }
-        }
-    });
-    ready.recv_timeout(Duration::from_secs(60)).context("pausewatch did not attach within 60 s")?;
-    Ok(Running { child, cost })
-}
-
-impl Running {
-    fn stop(mut self) -> anyhow::Result<serde_json::Value> {
-        // SAFETY: signalling our own child.
-        unsafe { kill(self.child.id() as i32, 15) };
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("pausewatch exited with {status}");
-        }
-        self.cost.recv_timeout(Duration::from_secs(10)).context("no self_cost line")
-    }
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -120,9 +72,10 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
                 if !on {
                     return Ok(time_workload(w)?.as_secs_f64());
                 }
-                let pw = start(&bin)?;
+                let pw = Pausewatch::start_bin(&bin, &["--min-pause", "5ms"]);
                 let t = time_workload(w)?.as_secs_f64();
-                let cost = pw.stop()?;
+                let lines = pw.stop();
+                let cost = of_type(&lines, "self_cost").next().context("pausewatch wrote no self_cost line")?;
                 for p in cost["programs"].as_array().into_iter().flatten() {
                     let e = prog.entry(p["name"].as_str().unwrap_or("?").to_string()).or_default();
                     e.0 += p["run_count"].as_u64().unwrap_or(0);

@@ -54,9 +54,13 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         )),
     ];
     f.render_widget(Paragraph::new(header), head);
+    let footer = match st.notices.first() {
+        Some(n) => format!("q quit  f freeze  | ! {n}"),
+        None => "q quit  f freeze".to_string(),
+    };
+    f.render_widget(Paragraph::new(footer), foot);
     if st.table.is_empty() {
         f.render_widget(Paragraph::new("no pauses observed yet"), body);
-        f.render_widget(Paragraph::new("q quit  f freeze"), foot);
         return;
     }
 
@@ -98,11 +102,6 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         )
         .block(Block::default());
     f.render_widget(table, body);
-    let footer = match st.notices.first() {
-        Some(n) => format!("q quit  f freeze  | ! {n}"),
-        None => "q quit  f freeze".to_string(),
-    };
-    f.render_widget(Paragraph::new(footer), foot);
 }
 
 #[cfg(test)]
