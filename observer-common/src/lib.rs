@@ -90,6 +90,11 @@ impl EpisodeStart {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Pause = 1,
+    /// `StopRecord`: one whole-process stop, from its first thread stopping to its last
+    /// thread resuming.
+    Stop = 2,
+    /// `SignalRecord`: a signal generated for an observed process.
+    Signal = 3,
 }
 
 /// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
@@ -100,18 +105,140 @@ pub enum DropCause {
     Sched = 0,
     /// A per-process aggregate could not be created (map full even after LRU eviction failed).
     SchedAggregate = 1,
+    /// A whole-process stop record did not fit in the ring buffer.
+    Stop = 2,
+    /// A signal record did not fit in the ring buffer.
+    Signal = 3,
+    /// A process's stop could not be tracked (the `PROC_STOPS` map was full).
+    StopTracking = 4,
 }
-pub const NUM_DROP_CAUSES: usize = 2;
+pub const NUM_DROP_CAUSES: usize = 5;
 
 impl DropCause {
-    pub const ALL: [DropCause; NUM_DROP_CAUSES] = [DropCause::Sched, DropCause::SchedAggregate];
+    pub const ALL: [DropCause; NUM_DROP_CAUSES] =
+        [DropCause::Sched, DropCause::SchedAggregate, DropCause::Stop, DropCause::Signal, DropCause::StopTracking];
     pub const fn name(self) -> &'static str {
         match self {
             DropCause::Sched => "sched",
             DropCause::SchedAggregate => "sched_aggregate",
+            DropCause::Stop => "stop",
+            DropCause::Signal => "signal",
+            DropCause::StopTracking => "stop_tracking",
         }
     }
 }
+
+/// What kept a stopped process stopped, from the state its threads left the CPU in
+/// (include/linux/sched.h, v6.18).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// Job-control stop (`__TASK_STOPPED`): SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU.
+    Signal = 1,
+    /// ptrace stop (`__TASK_TRACED`): a debugger or profiler holds the thread.
+    Ptrace = 2,
+    /// cgroup v1 freezer (`TASK_FROZEN`).
+    Freezer = 3,
+}
+
+impl StopKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Signal,
+            2 => Self::Ptrace,
+            3 => Self::Freezer,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::Ptrace => "ptrace",
+            Self::Freezer => "freezer",
+        }
+    }
+}
+
+/// A task as seen by the kernel at one moment: who sent a signal, who resumed a process.
+/// `tid == 0` means unknown (e.g. the stop began before pausewatch attached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TaskId {
+    pub tid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub _pad0: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<TaskId>() == 32);
+
+/// One whole-process stop: from the first of its threads leaving the CPU stopped, traced or
+/// frozen, to the last of them being woken. One record per process, however many threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopRecord {
+    /// `RecordKind::Stop`.
+    pub kind: u32,
+    /// `StopKind` of the first thread that stopped.
+    pub stop_kind: u32,
+    pub tgid: u32,
+    /// Threads that stopped in this episode.
+    pub threads: u32,
+    /// CLOCK_MONOTONIC when the first thread stopped.
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    /// The stop signal that preceded the stop (0 when none was seen).
+    pub stop_sig: u32,
+    pub _pad0: u32,
+    /// Sender of `stop_sig`.
+    pub stopped_by: TaskId,
+    /// The task that woke the last stopped thread: the SIGCONT sender, the tracer, the thawer.
+    pub resumed_by: TaskId,
+    /// Process name (thread group leader's comm).
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<StopRecord>() == 120);
+
+/// A signal generated for a thread of an observed process (tracepoint signal_generate,
+/// include/trace/events/signal.h, v6.18), in the sender's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalRecord {
+    /// `RecordKind::Signal`.
+    pub kind: u32,
+    pub sig: u32,
+    /// `TRACE_SIGNAL_*`: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lost info.
+    pub result: u32,
+    /// Non-zero when sent to the whole thread group (kill) rather than one thread (tgkill).
+    pub group: u32,
+    /// CLOCK_MONOTONIC.
+    pub ts_mono_ns: u64,
+    pub target_tid: u32,
+    pub target_tgid: u32,
+    pub target_comm: [u8; TASK_COMM_LEN],
+    pub sender: TaskId,
+}
+const _: () = assert!(core::mem::size_of::<SignalRecord>() == 80);
+
+/// Kernel-private state of one process's stop, keyed by tgid in `PROC_STOPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStop {
+    /// Episode clock of the first thread's stop; 0 while not stopped.
+    pub start_ns: u64,
+    /// Threads currently stopped (atomic).
+    pub stopped_threads: u64,
+    /// Threads that ever stopped (atomic); minus `threads_at_open`: threads in this stop.
+    pub threads_total: u64,
+    pub threads_at_open: u64,
+    /// `StopKind` of the first thread.
+    pub stop_kind: u32,
+    /// Last stop signal generated for the process, and its sender.
+    pub stop_sig: u32,
+    pub stopped_by: TaskId,
+}
+const _: () = assert!(core::mem::size_of::<ProcStop>() == 72);
 
 /// One streamed pause episode of one thread (episodes at or above `--min-pause`).
 ///

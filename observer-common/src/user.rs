@@ -1,6 +1,6 @@
 //! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
 
-use crate::{PauseRecord, ProcStats, RecordKind};
+use crate::{PauseRecord, ProcStats, RecordKind, SignalRecord, StopRecord};
 
 // SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
 // fields, so every bit pattern is a valid value and there are no implicit padding bytes.
@@ -11,11 +11,17 @@ unsafe impl aya::Pod for ProcStats {}
 unsafe impl aya::Pod for crate::ThreadState {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::ComponentStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for StopRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SignalRecord {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
     Pause(PauseRecord),
+    Stop(StopRecord),
+    Signal(SignalRecord),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -48,6 +54,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let kind = u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]);
     match kind {
         k if k == RecordKind::Pause as u32 => Ok(Record::Pause(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Stop as u32 => Ok(Record::Stop(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Signal as u32 => Ok(Record::Signal(read_exact(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -112,6 +120,31 @@ mod tests {
         let mut unknown = b;
         unknown[..4].copy_from_slice(&99u32.to_ne_bytes());
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 99 }));
+    }
+
+    #[test]
+    fn stop_and_signal_records_decode_by_kind_and_size() {
+        let mut stop = StopRecord {
+            kind: RecordKind::Stop as u32,
+            stop_kind: crate::StopKind::Signal as u32,
+            tgid: 7,
+            threads: 3,
+            start_mono_ns: 10,
+            duration_ns: 500_000_000,
+            stop_sig: 19,
+            _pad0: 0,
+            stopped_by: crate::TaskId { tid: 1, tgid: 1, uid: 0, _pad0: 0, comm: [b'k'; TASK_COMM_LEN] },
+            resumed_by: crate::TaskId::default(),
+            comm: [0; TASK_COMM_LEN],
+        };
+        // SAFETY: Pod, exact size.
+        let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
+        assert_eq!(decode(&b), Ok(Record::Stop(stop)));
+        assert!(matches!(decode(&b[..104]), Err(DecodeError::WrongSize { expected: 120, .. })));
+        stop.kind = RecordKind::Signal as u32;
+        // SAFETY: as above.
+        let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
+        assert!(matches!(decode(&b), Err(DecodeError::WrongSize { expected: 80, .. })), "a stop-sized record tagged signal is rejected");
     }
 
     #[test]

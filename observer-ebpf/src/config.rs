@@ -13,6 +13,13 @@ static TASK_COMM_OFF: u64 = 0;
 static TASK_GROUP_LEADER_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_ON_CPU_OFF: u64 = 0;
+/// `task->se.cfs_rq`, `cfs_rq->rq`, `rq->clock` (0 in all three: read bpf_ktime_get_ns).
+#[unsafe(no_mangle)]
+static TASK_CFS_RQ_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static CFS_RQ_RQ_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_CLOCK_OFF: u64 = 0;
 
 /// Episodes at or above this many nanoseconds are streamed; shorter ones are only aggregated.
 #[unsafe(no_mangle)]
@@ -62,4 +69,16 @@ pub fn filter_pids() -> bool {
 #[inline(always)]
 pub fn self_tgid() -> u32 {
     get(&SELF_TGID)
+}
+#[inline(always)]
+pub fn task_cfs_rq_off() -> usize {
+    get(&TASK_CFS_RQ_OFF) as usize
+}
+#[inline(always)]
+pub fn cfs_rq_rq_off() -> usize {
+    get(&CFS_RQ_RQ_OFF) as usize
+}
+#[inline(always)]
+pub fn rq_clock_off() -> usize {
+    get(&RQ_CLOCK_OFF) as usize
 }

@@ -10,7 +10,10 @@
 #![allow(internal_features)]
 
 mod config;
+mod episodes;
+mod output;
 mod sched;
+mod stops;
 mod task;
 
 #[cfg(not(test))]

@@ -16,16 +16,16 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
-    Component, DropCause, EpisodeStart, NUM_DROP_CAUSES, PauseRecord, ProcStats, RecordKind,
-    STAT_EPISODE, TASK_COMM_LEN, ThreadState, hist,
+    Component, DropCause, EpisodeStart, PauseRecord, ProcStats, RecordKind, STAT_EPISODE,
+    StopKind, TASK_COMM_LEN, ThreadState, hist,
 };
 
 use crate::{
-    config,
+    config, episodes, output, stops,
     task::{self, TaskPtr},
 };
 
@@ -40,12 +40,6 @@ const TASK_NOLOAD: u32 = 0x0400;
 /// cgroup freezer (kernel/freezer.c): counted as stopped; told apart in a later issue.
 const TASK_FROZEN: u32 = 0x8000;
 
-/// Episodes in progress, one per thread. Only threads inside an episode have an entry (a
-/// voluntary sleeper has none), and entries are deleted when consumed; LRU bounds what is left
-/// behind by threads that exit mid-episode.
-#[map]
-static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
-
 /// Per-process aggregates, keyed by tgid. LRU: on a host with more live processes than
 /// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
 #[map]
@@ -54,14 +48,6 @@ static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(409
 /// Processes under observation with `--pid` (and the children they fork afterwards).
 #[map]
 static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
-
-/// Streamed records, read by the agent through epoll.
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-
-/// Records that could not be streamed, per `DropCause`.
-#[map]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_DROP_CAUSES as u32, 0);
 
 /// Zeroed template for new `PROC_STATS` entries: too large for the 512-byte BPF stack.
 #[map]
@@ -113,7 +99,7 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 
 /// Whether a process is traced at all.
 #[inline(always)]
-fn is_traced(tgid: u32) -> bool {
+pub fn is_traced(tgid: u32) -> bool {
     if tgid == config::self_tgid() {
         return false;
     }
@@ -126,21 +112,48 @@ fn is_traced(tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: helper without preconditions. CLOCK_MONOTONIC, shared by all CPUs, so a thread
     // that migrates between wakeup and switch-in is still measured correctly.
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Whether episode boundaries are run-queue clock readings (tp_btf with the offsets
+/// configured) rather than CLOCK_MONOTONIC.
 #[inline(always)]
-fn cpu() -> u32 {
+pub fn uses_rq_clock<const D: bool>() -> bool {
+    D && config::rq_clock_off() != 0
+}
+
+/// Timestamp of an episode boundary of `task`, which is on (or being queued on) this CPU's or
+/// the wakeup target's run queue, whose lock the scheduler holds and whose clock it has just
+/// updated. The run-queue clock (sched_clock, synchronised across CPUs when the TSC is stable)
+/// is what schedstat's run_delay uses, and three loads are far cheaper than
+/// bpf_ktime_get_ns on virtual machines (measured: ~70 ns per clock read on our VMs, see the
+/// README's benchmark). Every boundary of an episode comes from the same clock, chosen per
+/// program at load time; only streamed records are converted to CLOCK_MONOTONIC (`emit`).
+/// CLOCK_MONOTONIC start of an interval that began at episode-clock `start` and lasted
+/// `duration` up to now.
+#[inline(always)]
+pub fn to_mono<const D: bool>(start: u64, duration: u64) -> u64 {
+    if uses_rq_clock::<D>() { now().saturating_sub(duration) } else { start }
+}
+
+#[inline(always)]
+pub fn clock<const D: bool>(task: TaskPtr) -> Option<u64> {
+    if uses_rq_clock::<D>() { task::rq_clock::<D>(task) } else { Some(now()) }
+}
+
+#[inline(always)]
+pub fn cpu() -> u32 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_get_smp_processor_id() }
 }
 
 #[inline(always)]
 fn on_switch<const D: bool>(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
-    let ts = now();
+    // prev and next share this CPU's run queue.
+    let Some(ts) = clock::<D>(next) else { return };
     // Read once: switch_out names it as the preemptor, switch_in ends its episode.
     let next_tid = task::tid::<D>(next);
     switch_out::<D>(ts, preempt, prev, next, next_tid, prev_state);
@@ -196,6 +209,16 @@ fn switch_out<const D: bool>(
         // common, path.)
         return;
     };
+    if phase == Component::Stopped {
+        let kind = if prev_state & TASK_TRACED != 0 {
+            StopKind::Ptrace
+        } else if prev_state & TASK_FROZEN != 0 {
+            StopKind::Freezer
+        } else {
+            StopKind::Signal
+        };
+        stops::thread_stopped(tgid, ts, kind);
+    }
     let mut st = new_episode(ts, tgid, phase, reason);
     if phase == Component::Runq {
         if let Some(by) = next_tid {
@@ -205,9 +228,7 @@ fn switch_out<const D: bool>(
             }
         }
     }
-    // An insert can only fail with an allocation failure in the LRU (never "full"); the
-    // episode is then not measured, which a missing record cannot hide: it is not counted.
-    let _ = THREADS.insert(&tid, &st, 0);
+    episodes::start::<D>(prev, tid, &st);
 }
 
 /// `p` is woken: close its D/stopped phase and start its run-queue wait.
@@ -224,12 +245,17 @@ fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
             return;
         }
     }
-    let ts = now();
-    if let Some(st) = THREADS.get_ptr_mut(&tid) {
-        // SAFETY: pointer to a value in our own map; concurrent updates of one thread's entry
+    let Some(ts) = clock::<D>(p) else { return };
+    let (slot, active) = episodes::slot::<D>(p, tid);
+    if let (Some(st), true) = (slot, active) {
+        // SAFETY: pointer to this thread's episode; concurrent updates of one thread's entry
         // are serialised by the runqueue lock held around sched_switch and ttwu.
         let st = unsafe { &mut *st };
         if st.phase != Component::Runq as u32 {
+            if st.phase == Component::Stopped as u32 {
+                // The waker (current task) resumed it: SIGCONT sender, tracer or thawer.
+                stops::thread_resumed::<D>(p, tgid, ts, true);
+            }
             add_phase(st, ts);
             st.phase = Component::Runq as u32;
             st.phase_start_ns = ts;
@@ -238,14 +264,14 @@ fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
         return;
     }
     // A wakeup of a thread that is still on its CPU (ttwu_runnable: it set its state to sleep
-    // but had not yet switched out) is not a wait; creating an entry for it would leave a stale
-    // start behind when it next sleeps voluntarily.
+    // but had not yet switched out) is not a wait; creating an episode for it would leave a
+    // stale start behind when it next sleeps voluntarily.
     if task::on_cpu::<D>(p) {
         return;
     }
     // A voluntary sleeper (or a new task): the pause is only the wait that starts now.
     let st = new_episode(ts, tgid, Component::Runq, reason);
-    let _ = THREADS.insert(&tid, &st, 0);
+    episodes::start_in::<D>(slot, tid, &st);
 }
 
 /// In `sched_wakeup_new` the current task is the parent (`wake_up_new_task` is called from
@@ -282,19 +308,23 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
     if tid == 0 {
         return;
     }
-    let Some(stp) = THREADS.get_ptr_mut(&tid) else {
+    let Some(stp) = episodes::get::<D>(next, tid) else {
         // No episode: it was not traced, or its wakeup was missed (e.g. attached mid-sleep).
         return;
     };
     // SAFETY: pointer into our own map; the runqueue lock serialises this thread's updates.
     let st = unsafe { &mut *stp };
     // A missing wakeup (D/stopped phase still open) counts up to now as that phase.
+    if st.phase == Component::Stopped as u32 {
+        stops::thread_resumed::<D>(next, st.tgid, ts, false);
+    }
     add_phase(st, ts);
     let st = *st;
     // Consumed: the start timestamps must not be reused by a later episode.
-    let _ = THREADS.remove(&tid);
+    episodes::end::<D>(stp, tid);
     let duration = ts.saturating_sub(st.episode_start_ns);
-    let streamed = duration >= config::min_pause_ns();
+    // Stops are streamed once per process (stops.rs), not once per stopped thread.
+    let streamed = duration >= config::min_pause_ns() && st.components_ns[Component::Stopped as usize] == 0;
     let dropped = streamed && !emit::<D>(tid, next, &st, duration);
     aggregate::<D>(&st, duration, next, streamed, dropped);
 }
@@ -302,35 +332,24 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
 /// Streams one episode; returns false (and counts the drop) when the ring buffer is full.
 #[inline(always)]
 fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<PauseRecord>(0) else {
-        count_drop(DropCause::Sched);
-        return false;
-    };
-    entry.write(PauseRecord {
-        kind: RecordKind::Pause as u32,
-        cpu: cpu(),
-        tid,
-        tgid: st.tgid,
-        start_mono_ns: st.episode_start_ns,
-        duration_ns: duration,
-        components_ns: st.components_ns,
-        prev_cpu: st.prev_cpu,
-        start_reason: st.start_reason,
-        preempted_by_tid: st.preempted_by_tid,
-        _pad0: 0,
-        comm: task::comm::<D>(next),
-        preempted_by_comm: st.preempted_by_comm,
-    });
-    entry.submit(0);
-    true
-}
-
-#[inline(always)]
-fn count_drop(cause: DropCause) {
-    if let Some(c) = DROPS.get_ptr_mut(cause as u32) {
-        // SAFETY: per-CPU slot; no other CPU writes it and preemption is off in BPF programs.
-        unsafe { *c += 1 };
-    }
+    output::emit(
+        PauseRecord {
+            kind: RecordKind::Pause as u32,
+            cpu: cpu(),
+            tid,
+            tgid: st.tgid,
+            start_mono_ns: to_mono::<D>(st.episode_start_ns, duration),
+            duration_ns: duration,
+            components_ns: st.components_ns,
+            prev_cpu: st.prev_cpu,
+            start_reason: st.start_reason,
+            preempted_by_tid: st.preempted_by_tid,
+            _pad0: 0,
+            comm: task::comm::<D>(next),
+            preempted_by_comm: st.preempted_by_comm,
+        },
+        DropCause::Sched,
+    )
 }
 
 /// Adds one episode to its process's aggregate. Counters are updated with atomic adds (several
@@ -351,7 +370,7 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
             match PROC_STATS.get_ptr_mut(&st.tgid) {
                 Some(p) => p,
                 None => {
-                    count_drop(DropCause::SchedAggregate);
+                    output::count_drop(DropCause::SchedAggregate);
                     return;
                 }
             }
@@ -399,4 +418,18 @@ fn atomic_add(p: &mut u64, v: u64) {
     // kernel's __sync_fetch_and_add, safe against other CPUs updating the same counter.
     // (core::sync::atomic has no RMW on the BPF target; the intrinsic lowers to BPF_ATOMIC add.)
     unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
+}
+
+// ---- cost calibration (attached only with --bpf-stats)
+
+/// Does nothing: its mean run time in the kernel's BPF statistics is the statistics' own
+/// overhead, which the cost report subtracts from the other programs' means.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn stats_floor_btf(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn stats_floor_raw(_ctx: RawTracePointContext) -> i32 {
+    0
 }

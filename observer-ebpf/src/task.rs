@@ -71,3 +71,16 @@ pub fn leader_comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
         _ => comm::<DIRECT>(task),
     }
 }
+
+/// `task->se.cfs_rq->rq->clock`: the run-queue clock of the CPU the task is queued on, in
+/// sched_clock nanoseconds. None when the chain is not configured or a load faulted (a
+/// PROBE_MEM load that faults yields 0).
+#[inline(always)]
+pub fn rq_clock<const DIRECT: bool>(task: TaskPtr) -> Option<u64> {
+    if config::rq_clock_off() == 0 {
+        return None;
+    }
+    let cfs_rq = read::<DIRECT, TaskPtr>(task, config::task_cfs_rq_off())?;
+    let rq = read::<DIRECT, TaskPtr>(cfs_rq, config::cfs_rq_rq_off())?;
+    read::<DIRECT, u64>(rq, config::rq_clock_off()).filter(|&t| t != 0)
+}

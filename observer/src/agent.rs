@@ -18,7 +18,11 @@ use tokio::{
 
 use crate::{
     export::ndjson::NdjsonWriter,
-    model::{episode::Episode, process::ProcessTable},
+    model::{
+        episode::Episode,
+        process::ProcessTable,
+        stop::{Signal, Stop},
+    },
     probe::Probes,
     source::{clock::WallClock, harvest::Harvester, ringbuf},
     tui,
@@ -45,6 +49,8 @@ pub struct AgentState {
     pub clock: WallClock,
     /// Most recent streamed episodes, newest last (bounded).
     pub recent: std::collections::VecDeque<Episode>,
+    /// Most recent whole-process stops, newest last (bounded).
+    pub recent_stops: std::collections::VecDeque<Stop>,
     pub mechanism: &'static str,
     /// Degraded-mode notices from loading (shown in the live view's footer).
     pub notices: Vec<String>,
@@ -67,6 +73,25 @@ impl AgentState {
                         self.recent.pop_front();
                     }
                     self.recent.push_back(ep);
+                }
+                Ok(Record::Stop(r)) => {
+                    self.next_episode_id += 1;
+                    let stop = Stop::from_record(self.next_episode_id, &r);
+                    self.table.note_stop(&stop);
+                    if let Output::Json(w) = out {
+                        w.stop(&self.clock, &stop);
+                    }
+                    if self.recent_stops.len() >= RECENT_EPISODES {
+                        self.recent_stops.pop_front();
+                    }
+                    self.recent_stops.push_back(stop);
+                }
+                Ok(Record::Signal(r)) => {
+                    let sig = Signal::from_record(&r);
+                    self.table.note_signal(&sig);
+                    if let Output::Json(w) = out {
+                        w.signal(&self.clock, &sig);
+                    }
                 }
                 Err(_) => self.decode_errors += 1,
             }
@@ -112,6 +137,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         kernel_drops: [0; NUM_DROP_CAUSES],
         clock: WallClock::sample(),
         recent: Default::default(),
+        recent_stops: Default::default(),
         mechanism: probes.sched_mechanism,
         notices: probes.notices.clone(),
     };

@@ -35,6 +35,12 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
     pub btf: PathBuf,
 
+    /// Turn on the kernel's BPF run-time statistics while running and report pausewatch's own
+    /// cost per program at exit. Off by default: while on, every BPF program on the host (not
+    /// only ours) pays two clock reads per run.
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first).
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_processes: usize,
@@ -76,6 +82,7 @@ mod tests {
         assert_eq!(c.min_pause, Duration::from_millis(5));
         assert_eq!(c.duration, None);
         assert_eq!(c.attach, AttachMode::Auto);
+        assert!(!c.bpf_stats);
     }
 
     #[test]

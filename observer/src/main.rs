@@ -48,7 +48,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     }
     probe::privileges::check()?;
     let min_pause_ns = u64::try_from(cli.min_pause.as_nanos()).unwrap_or(u64::MAX);
-    let probes = probe::load(&probe::LoadOptions { btf_path: &cli.btf, min_pause_ns, pids: &pids, attach: cli.attach })?;
+    let probes = probe::load(&probe::LoadOptions { btf_path: &cli.btf, min_pause_ns, pids: &pids, attach: cli.attach, bpf_stats: cli.bpf_stats })?;
 
     let json = cli.json || !std::io::stdout().is_terminal();
     let output = if json {

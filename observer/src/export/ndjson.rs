@@ -7,8 +7,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    model::{episode::Episode, process::ProcessEntry, stats::Aggregate},
-    probe::ProgramCost,
+    model::{
+        episode::Episode,
+        process::ProcessEntry,
+        stats::Aggregate,
+        stop::{Actor, Signal, Stop, signal_name},
+    },
+    probe::cost::{ProgramCost, is_stats_floor, stats_floor_ns},
     source::clock::WallClock,
 };
 
@@ -22,6 +27,10 @@ struct StatJson {
     max_ns: u64,
     p50_ns: Option<u64>,
     p99_ns: Option<u64>,
+}
+
+fn actor_json(a: &Actor) -> Value {
+    json!({ "pid": a.pid, "tid": a.tid, "uid": a.uid, "comm": a.comm })
 }
 
 fn stat_json(a: &Aggregate) -> StatJson {
@@ -96,6 +105,38 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("pause", ep.start_mono_ns, clock, body);
     }
 
+    pub fn stop(&mut self, clock: &WallClock, stop: &Stop) {
+        let body = json!({
+            "id": stop.id,
+            "pid": stop.pid,
+            "comm": stop.comm,
+            "kind": stop.kind.map(|k| k.name()),
+            "threads": stop.threads,
+            "start_mono_ns": stop.start_mono_ns,
+            "end_mono_ns": stop.end_mono_ns(),
+            "duration_ns": stop.duration_ns,
+            "signal": stop.signal.map(signal_name),
+            "stopped_by": stop.stopped_by.as_ref().map(actor_json),
+            "resumed_by": stop.resumed_by.as_ref().map(actor_json),
+            "description": stop.describe(),
+        });
+        self.line("stop", stop.start_mono_ns, clock, body);
+    }
+
+    pub fn signal(&mut self, clock: &WallClock, sig: &Signal) {
+        let body = json!({
+            "pid": sig.pid,
+            "tid": sig.tid,
+            "comm": sig.comm,
+            "signal": signal_name(sig.sig),
+            "signo": sig.sig,
+            "group": sig.group,
+            "result": sig.result_name(),
+            "sender": sig.sender.as_ref().map(actor_json),
+        });
+        self.line("signal", sig.ts_mono_ns, clock, body);
+    }
+
     pub fn summary(&mut self, clock: &WallClock, ts_mono_ns: u64, p: &ProcessEntry) {
         let components: serde_json::Map<String, Value> = Component::ALL
             .iter()
@@ -109,6 +150,8 @@ impl<W: Write> NdjsonWriter<W> {
             "components": components,
             "streamed": p.streamed,
             "dropped_records": p.dropped_records(),
+            "stops": stat_json(&p.stops),
+            "signals_received": p.signals,
         });
         self.line("summary", ts_mono_ns, clock, body);
     }
@@ -127,18 +170,22 @@ impl<W: Write> NdjsonWriter<W> {
     }
 
     pub fn self_cost(&mut self, clock: &WallClock, costs: &[ProgramCost], mechanism: &str, stats_enabled: bool) {
+        let floor = stats_floor_ns(costs);
         let programs: Vec<Value> = costs
             .iter()
+            .filter(|c| !is_stats_floor(c.name))
             .map(|c| {
+                let mean = c.run_time_ns.checked_div(c.run_count);
                 json!({
                     "name": c.name,
                     "run_count": c.run_count,
                     "run_time_ns": c.run_time_ns,
-                    "mean_ns": c.run_time_ns.checked_div(c.run_count),
+                    "mean_ns": mean,
+                    "net_ns": mean.zip(floor).map(|(m, f)| m.saturating_sub(f)),
                 })
             })
             .collect();
-        let body = json!({ "mechanism": mechanism, "stats_enabled": stats_enabled, "programs": programs });
+        let body = json!({ "mechanism": mechanism, "stats_enabled": stats_enabled, "stats_floor_ns": floor, "programs": programs });
         self.line("self_cost", WallClock::mono_now(), clock, body);
     }
 }

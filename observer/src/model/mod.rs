@@ -2,3 +2,5 @@
 pub mod episode;
 pub mod process;
 pub mod stats;
+pub mod stop;
+pub mod units;

@@ -8,7 +8,11 @@ use std::collections::HashMap;
 
 use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE};
 
-use super::{episode::Episode, stats::Aggregate};
+use super::{
+    episode::Episode,
+    stats::Aggregate,
+    stop::{Signal, Stop},
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct ProcessEntry {
@@ -22,6 +26,10 @@ pub struct ProcessEntry {
     pub exited: bool,
     /// Episodes at or above the threshold that reached the agent.
     pub streamed: u64,
+    /// Whole-process stops (one per stop, however many threads), by duration.
+    pub stops: Aggregate,
+    /// Signals generated for the process while observed.
+    pub signals: u64,
 }
 
 impl ProcessEntry {
@@ -93,6 +101,24 @@ impl ProcessTable {
         e.streamed += 1;
         if e.comm.is_empty() {
             e.comm = ep.comm.clone();
+        }
+        self.enforce_bound();
+    }
+
+    pub fn note_stop(&mut self, stop: &Stop) {
+        let e = self.entry(stop.pid);
+        e.stops.record(stop.duration_ns);
+        if e.comm.is_empty() {
+            e.comm = stop.comm.clone();
+        }
+        self.enforce_bound();
+    }
+
+    pub fn note_signal(&mut self, sig: &Signal) {
+        let e = self.entry(sig.pid);
+        e.signals += 1;
+        if e.comm.is_empty() {
+            e.comm = sig.comm.clone();
         }
         self.enforce_bound();
     }

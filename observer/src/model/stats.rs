@@ -32,8 +32,7 @@ impl Aggregate {
         }
     }
 
-    /// Records one value (aggregates built in userspace, e.g. from fixtures).
-    #[cfg(test)]
+    /// Records one value (aggregates built in userspace: process stops, fixtures).
     pub fn record(&mut self, v: u64) {
         self.count += 1;
         self.total_ns += v;

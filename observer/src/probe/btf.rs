@@ -194,6 +194,30 @@ impl TaskOffsets {
     }
 }
 
+/// The chain `task->se.cfs_rq->rq->clock`: the run queue clock the scheduler updated just
+/// before `sched_switch`/`sched_wakeup` fire (update_rq_clock in __schedule, ttwu_queue and
+/// wake_up_new_task, kernel/sched/core.c v6.18). Reading it costs three loads instead of a
+/// clock read, and it is the clock `/proc/<pid>/schedstat` run_delay is measured with.
+/// `cfs_rq->rq` exists only with CONFIG_FAIR_GROUP_SCHED; without it the programs read
+/// `bpf_ktime_get_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RqClockOffsets {
+    /// `task_struct.se` + `sched_entity.cfs_rq`.
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
+}
+
+impl RqClockOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            task_cfs_rq: btf.member_offset("task_struct", "se")? + btf.member_offset("sched_entity", "cfs_rq")?,
+            cfs_rq_rq: btf.member_offset("cfs_rq", "rq")?,
+            rq_clock: btf.member_offset("rq", "clock")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +279,7 @@ mod tests {
         let off = TaskOffsets::from_btf(&btf).unwrap();
         assert_eq!(off.tgid, off.pid + 4, "pid and tgid are adjacent pid_t fields");
         assert!(off.comm > off.tgid && off.group_leader > off.tgid);
+        let rq = RqClockOffsets::from_btf(&btf).unwrap();
+        assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
     }
 }

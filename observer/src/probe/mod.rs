@@ -1,10 +1,13 @@
 //! Loading and attaching the kernel programs, feature probing, privileges.
 pub mod btf;
+pub mod cost;
 pub mod privileges;
 
 use std::{os::fd::OwnedFd, path::Path};
 
 use anyhow::{Context as _, bail};
+
+use self::cost::{ProgramCost, STATS_FLOOR};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap as BpfHashMap, MapData},
@@ -31,6 +34,8 @@ pub struct LoadOptions<'a> {
     pub min_pause_ns: u64,
     pub pids: &'a [u32],
     pub attach: AttachMode,
+    /// Turn on BPF run-time statistics (and attach the empty calibration program).
+    pub bpf_stats: bool,
 }
 
 /// A loaded and attached set of programs. Dropping it detaches everything.
@@ -52,6 +57,10 @@ const SCHED: [(&str, &str, &str); 3] = [
     ("sched_wakeup_new", "sched_wakeup_new_btf", "sched_wakeup_new_raw"),
 ];
 
+/// Optional tracepoints: (tracepoint, tp_btf program, raw_tp program). The scheduler's
+/// mechanism is used for them too, so every episode boundary comes from one clock.
+const SIGNAL: [(&str, &str, &str); 1] = [("signal_generate", "signal_generate_btf", "signal_generate_raw")];
+
 /// Whether this binary carries real kernel programs.
 pub fn has_object() -> bool {
     !OBJECT.is_empty()
@@ -66,6 +75,14 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
 
+    let mut notices = Vec::new();
+    // Zeros make the programs read bpf_ktime_get_ns instead of the run-queue clock.
+    let rq = btf::RqClockOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
+        notices.push(format!("run-queue clock not reachable through BTF ({e}); timing with bpf_ktime_get_ns, which costs more per event"));
+        btf::RqClockOffsets { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 }
+    });
+    let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off) =
+        (u64::from(rq.task_cfs_rq), u64::from(rq.cfs_rq_rq), u64::from(rq.rq_clock));
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
     let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
@@ -77,11 +94,17 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     );
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
+        // TASK_EPISODES (task-local storage) has no userspace API in aya 0.14; only the kernel
+        // programs use it.
+        .allow_unsupported_maps()
         .override_global("TASK_PID_OFF", &pid_off, true)
         .override_global("TASK_TGID_OFF", &tgid_off, true)
         .override_global("TASK_COMM_OFF", &comm_off, true)
         .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
         .override_global("TASK_ON_CPU_OFF", &on_cpu_off, true)
+        .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
+        .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
+        .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
         .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("SELF_TGID", &self_tgid, true)
@@ -96,13 +119,16 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         }
     }
 
-    let mut notices = Vec::new();
-    let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            notices.push(format!("BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"));
-            None
+    let stats_fd = if opts.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                notices.push(format!("BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"));
+                None
+            }
         }
+    } else {
+        None
     };
 
     let (mechanism, attached) = match opts.attach {
@@ -122,7 +148,12 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             }
         },
     };
-    Ok(Probes { ebpf, sched_mechanism: mechanism, stats_fd, attached, notices })
+    let mut probes = Probes { ebpf, sched_mechanism: mechanism, stats_fd, attached, notices };
+    probes.attach_optional(&SIGNAL, &aya_btf, "signals (senders of stops, every signal to an observed process)");
+    if probes.stats_fd.is_some() {
+        probes.attach_stats_floor(&aya_btf);
+    }
+    Ok(probes)
 }
 
 fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<Vec<&'static str>> {
@@ -149,15 +180,61 @@ fn attach_raw(ebpf: &mut Ebpf) -> anyhow::Result<Vec<&'static str>> {
     Ok(names)
 }
 
-/// Run-time statistics of one program since it was loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramCost {
-    pub name: &'static str,
-    pub run_count: u64,
-    pub run_time_ns: u64,
-}
-
 impl Probes {
+    /// Attaches a cause family's programs with the scheduler's mechanism. A kernel without them
+    /// loses that cause only: a notice names it, and everything else keeps working.
+    fn attach_optional(&mut self, progs: &[(&'static str, &'static str, &'static str)], btf: &Btf, what: &str) {
+        let btf_mode = self.sched_mechanism == "tp_btf";
+        let mut done = Vec::new();
+        let r: anyhow::Result<()> = progs.iter().try_for_each(|&(tp, btf_prog, raw_prog)| {
+            if btf_mode {
+                let p: &mut BtfTracePoint = self.ebpf.program_mut(btf_prog).with_context(|| format!("program {btf_prog} missing"))?.try_into()?;
+                p.load(tp, btf).with_context(|| format!("loading tp_btf/{tp}"))?;
+                p.attach().with_context(|| format!("attaching tp_btf/{tp}"))?;
+                done.push(btf_prog);
+            } else {
+                let p: &mut RawTracePoint = self.ebpf.program_mut(raw_prog).with_context(|| format!("program {raw_prog} missing"))?.try_into()?;
+                p.load().with_context(|| format!("loading raw_tp/{tp}"))?;
+                p.attach(tp).with_context(|| format!("attaching raw_tp/{tp}"))?;
+                done.push(raw_prog);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => self.attached.extend(done),
+            Err(e) => {
+                // Whatever did attach stays: each program stands alone.
+                self.attached.extend(done);
+                self.notices.push(format!("{what} not observed: {e:#}"));
+            }
+        }
+    }
+
+    /// Attaches the empty `stats_floor` program to sched_switch with the scheduler programs'
+    /// mechanism. The run-time statistics time each run with sched_clock() around the program,
+    /// so they include about one clock read of their own (measured ~70 ns on our VMs); the
+    /// floor program's mean is that overhead, measured in the same run, and `net_ns` in the
+    /// cost report subtracts it. Failing to attach it only loses the calibration.
+    fn attach_stats_floor(&mut self, btf: &Btf) {
+        let r: anyhow::Result<&'static str> = (|| {
+            if self.sched_mechanism == "tp_btf" {
+                let p: &mut BtfTracePoint = self.ebpf.program_mut(STATS_FLOOR.0).context("program missing")?.try_into()?;
+                p.load("sched_switch", btf)?;
+                p.attach()?;
+                Ok(STATS_FLOOR.0)
+            } else {
+                let p: &mut RawTracePoint = self.ebpf.program_mut(STATS_FLOOR.1).context("program missing")?.try_into()?;
+                p.load()?;
+                p.attach("sched_switch")?;
+                Ok(STATS_FLOOR.1)
+            }
+        })();
+        match r {
+            Ok(name) => self.attached.push(name),
+            Err(e) => self.notices.push(format!("cost calibration program not attached ({e:#}): costs include the statistics' own clock read")),
+        }
+    }
+
     /// Cost of every attached program so far (zeros when stats are unavailable).
     pub fn costs(&self) -> Vec<ProgramCost> {
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::DefaultTerminal;
 use tokio::sync::mpsc;
 
-use crate::{agent::AgentState, probe::ProgramCost};
+use crate::{agent::AgentState, probe::cost::ProgramCost};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOutcome {

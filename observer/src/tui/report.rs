@@ -3,8 +3,8 @@ use std::fmt::Write as _;
 
 use observer_common::{Component, STAT_EPISODE};
 
-use super::view::{fmt_ns, mean_cost_ns};
-use crate::{agent::AgentState, probe::ProgramCost};
+use super::view::fmt_ns;
+use crate::{agent::AgentState, probe::cost::ProgramCost};
 
 pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
     let mut s = String::new();
@@ -33,7 +33,7 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
     }
     let drops: u64 = st.kernel_drops.iter().sum();
     let _ = writeln!(s, "drops: {drops} kernel, {} undecodable", st.decode_errors);
-    if let Some(c) = mean_cost_ns(costs) {
+    if let Some(c) = crate::probe::cost::mean_net_ns(costs) {
         let _ = writeln!(s, "own cost: {c} ns per program run");
     }
     s

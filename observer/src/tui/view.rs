@@ -8,23 +8,8 @@ use ratatui::{
     widgets::{Block, Cell, Paragraph, Row, Table},
 };
 
-use crate::{agent::AgentState, probe::ProgramCost};
-
-pub fn fmt_ns(ns: u64) -> String {
-    match ns {
-        n if n >= 10_000_000_000 => format!("{:.0}s", n as f64 / 1e9),
-        n if n >= 1_000_000_000 => format!("{:.2}s", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1}ms", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.0}µs", n as f64 / 1e3),
-        n => format!("{n}ns"),
-    }
-}
-
-/// Mean cost per invocation over all programs, in ns.
-pub fn mean_cost_ns(costs: &[ProgramCost]) -> Option<u64> {
-    let (n, t) = costs.iter().fold((0u64, 0u64), |(n, t), c| (n + c.run_count, t + c.run_time_ns));
-    t.checked_div(n)
-}
+pub use crate::model::units::fmt_ns;
+use crate::{agent::AgentState, probe::cost::ProgramCost};
 
 pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost]) {
     if area.width < 20 || area.height < 4 {
@@ -34,7 +19,7 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
     let [head, body, foot] =
         Layout::vertical([Constraint::Length(2), Constraint::Min(1), Constraint::Length(1)]).areas(area);
     let drops: u64 = st.kernel_drops.iter().sum();
-    let cost = mean_cost_ns(costs).map_or("n/a".to_string(), |n| format!("{n} ns/event"));
+    let cost = crate::probe::cost::mean_net_ns(costs).map_or("n/a".to_string(), |n| format!("{n} ns/event"));
     let header = vec![
         Line::from(format!(
             "pausewatch  sched via {}  processes {}  episodes streamed {}  clock ±{}{}",
@@ -126,6 +111,7 @@ pub(crate) mod tests {
             kernel_drops: [0; observer_common::NUM_DROP_CAUSES],
             clock: WallClock { offset_ns: 0, err_ns: 1_000_000, unsynced: false },
             recent: Default::default(),
+            recent_stops: Default::default(),
             mechanism: "tp_btf",
             notices: vec![],
         }

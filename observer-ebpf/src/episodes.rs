@@ -1,0 +1,127 @@
+//! Where a thread's episode in progress lives.
+//!
+//! - tp_btf programs (`DIRECT`): BPF task-local storage. The kernel keeps the value in the
+//!   task itself (`task->bpf_storage`, kernel/bpf/bpf_task_storage.c, v6.18): a lookup is a
+//!   pointer walk with no hashing and no locks, an entry is allocated once per task lifetime
+//!   (never per episode), and it is freed with the task, so threads that exit mid-episode leave
+//!   nothing behind and a reused tid can never see a predecessor's start timestamp.
+//!   "No episode" is `episode_start_ns == 0` (ktime is never 0 once the kernel runs).
+//! - raw_tp programs: an LRU hash keyed by tid, whose entries are deleted when consumed. The
+//!   task-storage helpers need a BTF-typed task pointer, which raw tracepoints do not provide.
+//!
+//! aya-ebpf 0.2 has no task-storage map type, so the map is declared the way libbpf (and newer
+//! aya-ebpf's `btf_maps`) do: a struct in `.maps` whose members' BTF types encode the map type,
+//! key, value and flags. The kernel insists on BTF for local-storage maps, which this provides.
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
+    helpers::generated::bpf_task_storage_get,
+    macros::map,
+    maps::LruHashMap,
+};
+use observer_common::ThreadState;
+
+use crate::task::TaskPtr;
+
+/// BTF-defined task-storage map: member types carry the definition, values are never read.
+#[repr(C)]
+pub struct TaskStorageDef {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const ThreadState,
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are null placeholders only the loader interprets; the program never reads
+// or writes them (the map pointer is the static's address, rewritten to the map by relocation).
+unsafe impl Sync for TaskStorageDef {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "TASK_EPISODES")]
+static TASK_EPISODES: TaskStorageDef = TaskStorageDef {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
+/// Episodes in progress for the raw_tp programs, one per thread inside an episode. LRU bounds
+/// what threads that exit mid-episode leave behind.
+#[map]
+static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn storage<const CREATE: bool>(task: TaskPtr) -> Option<*mut ThreadState> {
+    let map = core::ptr::from_ref(&TASK_EPISODES).cast_mut().cast();
+    let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
+    // SAFETY: `task` is the BTF-typed task_struct pointer of a tp_btf argument (the verifier
+    // rejects anything else); a NULL value with F_CREATE zero-fills a new entry. A NULL return
+    // (no entry, allocation failure, or the helper's recursion guard) is handled by the caller.
+    let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
+    if p.is_null() { None } else { Some(p.cast()) }
+}
+
+/// The episode in progress of `task` (thread `tid`), if any.
+#[inline(always)]
+pub fn get<const DIRECT: bool>(task: TaskPtr, tid: u32) -> Option<*mut ThreadState> {
+    if DIRECT {
+        // SAFETY: pointer into this task's own storage, valid for the program's run.
+        storage::<false>(task).filter(|&p| unsafe { (*p).episode_start_ns } != 0)
+    } else {
+        THREADS.get_ptr_mut(&tid)
+    }
+}
+
+/// Where `task`'s episode is or would go: `(slot, active)`. tp_btf: its task storage, created
+/// on first use (once per task lifetime) so a following `start_in` needs no second helper
+/// call; raw_tp: the map entry, which exists only while an episode is active.
+#[inline(always)]
+pub fn slot<const DIRECT: bool>(task: TaskPtr, tid: u32) -> (Option<*mut ThreadState>, bool) {
+    if DIRECT {
+        let p = storage::<true>(task);
+        // SAFETY: pointer into this task's own storage, valid for the program's run.
+        let active = p.is_some_and(|p| unsafe { (*p).episode_start_ns } != 0);
+        (p, active)
+    } else {
+        let p = THREADS.get_ptr_mut(&tid);
+        (p, p.is_some())
+    }
+}
+
+/// Starts the episode of `task` in a slot from `slot` that was not active.
+#[inline(always)]
+pub fn start_in<const DIRECT: bool>(slot: Option<*mut ThreadState>, tid: u32, st: &ThreadState) {
+    if DIRECT {
+        if let Some(p) = slot {
+            // SAFETY: as in `start`.
+            unsafe { *p = *st };
+        }
+    } else {
+        let _ = THREADS.insert(&tid, st, 0);
+    }
+}
+
+/// Starts (or replaces) the episode of `task`. A failed insert (allocation failure) leaves the
+/// episode unmeasured; it is then not counted either, so nothing false is reported.
+#[inline(always)]
+pub fn start<const DIRECT: bool>(task: TaskPtr, tid: u32, st: &ThreadState) {
+    if DIRECT {
+        if let Some(p) = storage::<true>(task) {
+            // SAFETY: pointer into this task's own storage; updates of one thread's episode are
+            // serialised by the runqueue lock held around sched_switch and try_to_wake_up.
+            unsafe { *p = *st };
+        }
+    } else {
+        let _ = THREADS.insert(&tid, st, 0);
+    }
+}
+
+/// Marks the episode at `p` (from `get`) consumed, so its timestamps are never reused.
+#[inline(always)]
+pub fn end<const DIRECT: bool>(p: *mut ThreadState, tid: u32) {
+    if DIRECT {
+        // SAFETY: `p` came from `get` in this same program run.
+        unsafe { (*p).episode_start_ns = 0 };
+    } else {
+        let _ = THREADS.remove(&tid);
+    }
+}

@@ -1,0 +1,216 @@
+//! Stops and signals: who stopped a process, for how long, and who resumed it.
+//!
+//! - `signal_generate` (in the sender's context, include/trace/events/signal.h, v6.18) streams
+//!   every signal sent to an observed process with its sender, and remembers the sender of a
+//!   stop signal (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) until the process stops.
+//! - The scheduler programs tell us when each thread leaves the CPU stopped, traced or frozen
+//!   (`thread_stopped`) and when it is woken (`thread_resumed`, in the waker's context: the
+//!   SIGCONT sender, the tracer, or the task thawing the cgroup). A process's stop runs from its
+//!   first thread stopping to its last thread being woken, and is streamed once, whatever the
+//!   number of threads.
+//!
+//! SIGCONT wakes the stopped threads inside `prepare_signal`, before its own `signal_generate`
+//! fires (kernel/signal.c, v6.18), which is why the resumer is taken from the wakeup and not
+//! from the signal.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{HashMap, LruHashMap},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use observer_common::{DropCause, ProcStop, RecordKind, SignalRecord, StopKind, StopRecord, TaskId};
+
+use crate::{
+    output, sched,
+    task::{self, TaskPtr},
+};
+
+const SIGCONT: u32 = 18;
+const SIGSTOP: u32 = 19;
+const SIGTTOU: u32 = 22;
+
+/// Stops in progress and the last stop signal, per process. LRU: a process that exits while
+/// its entry is idle leaves it behind.
+#[map]
+static PROC_STOPS: LruHashMap<u32, ProcStop> = LruHashMap::with_max_entries(4096, 0);
+
+/// Processes whose stop is open. Inserting with BPF_NOEXIST and deleting are atomic, so of
+/// several threads stopping (or resuming) at once on different CPUs exactly one opens (or
+/// closes and streams) the process's stop.
+#[map]
+static STOP_OPEN: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+// signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+//                 int result)
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate_btf(ctx: BtfTracePointContext) -> i32 {
+    on_signal::<true>(ctx.arg::<u64>(0) as u32, ctx.arg(2), ctx.arg::<u64>(3) as u32, ctx.arg::<u64>(4) as u32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
+    on_signal::<false>(ctx.arg::<u64>(0) as u32, ctx.arg(2), ctx.arg::<u64>(3) as u32, ctx.arg::<u64>(4) as u32);
+    0
+}
+
+/// The current task, as a sender or resumer.
+#[inline(always)]
+fn current() -> TaskId {
+    let (pid_tgid, uid_gid) = (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid());
+    TaskId {
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        _pad0: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+#[inline(always)]
+fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) {
+    let Some((tid, tgid)) = task::ids::<D>(target) else { return };
+    if tid == 0 || !sched::is_traced(tgid) {
+        return;
+    }
+    let sender = current();
+    // A delivered stop signal: remember who sent it until the process stops. SIGCONT clears a
+    // stop signal that never stopped anything (one handled or ignored by the process).
+    if result == 0 && (SIGSTOP..=SIGTTOU).contains(&sig) {
+        let init = ProcStop {
+            start_ns: 0,
+            stopped_threads: 0,
+            threads_total: 0,
+            threads_at_open: 0,
+            stop_kind: 0,
+            stop_sig: sig,
+            stopped_by: sender,
+        };
+        match PROC_STOPS.get_ptr_mut(&tgid) {
+            // SAFETY: pointer into our own map value, valid for this run.
+            Some(ps) => unsafe {
+                (*ps).stop_sig = sig;
+                (*ps).stopped_by = sender;
+            },
+            None => {
+                if PROC_STOPS.insert(&tgid, &init, 0).is_err() {
+                    output::count_drop(DropCause::StopTracking);
+                }
+            }
+        }
+    } else if sig == SIGCONT {
+        if let Some(ps) = PROC_STOPS.get_ptr_mut(&tgid) {
+            // SAFETY: as above.
+            unsafe {
+                if (*ps).start_ns == 0 {
+                    (*ps).stop_sig = 0;
+                }
+            }
+        }
+    }
+    output::emit(
+        SignalRecord {
+            kind: RecordKind::Signal as u32,
+            sig,
+            result,
+            group,
+            ts_mono_ns: sched::now(),
+            target_tid: tid,
+            target_tgid: tgid,
+            target_comm: task::comm::<D>(target),
+            sender,
+        },
+        DropCause::Signal,
+    );
+}
+
+/// A thread of `tgid` left the CPU in a stopped, traced or frozen state at episode clock `ts`.
+#[inline(always)]
+pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind) {
+    let ps = match PROC_STOPS.get_ptr_mut(&tgid) {
+        Some(p) => p,
+        None => {
+            let init = ProcStop {
+                start_ns: 0,
+                stopped_threads: 0,
+                threads_total: 0,
+                threads_at_open: 0,
+                stop_kind: 0,
+                stop_sig: 0,
+                stopped_by: TaskId::default(),
+            };
+            let _ = PROC_STOPS.insert(&tgid, &init, 0);
+            match PROC_STOPS.get_ptr_mut(&tgid) {
+                Some(p) => p,
+                None => {
+                    output::count_drop(DropCause::StopTracking);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: pointer into our own map value, valid for this run.
+    let ps = unsafe { &mut *ps };
+    if STOP_OPEN.insert(&tgid, &ts, BPF_NOEXIST as u64).is_ok() {
+        // The first thread of this stop.
+        ps.start_ns = ts;
+        ps.stop_kind = kind as u32;
+        ps.threads_at_open = ps.threads_total;
+    }
+    atomic_add(&mut ps.stopped_threads, 1);
+    atomic_add(&mut ps.threads_total, 1);
+}
+
+/// A stopped thread of the process whose task is `p` was woken at episode clock `ts` by the
+/// current task (`by_current`), or found running without a wakeup we saw. The last one closes
+/// the process's stop and streams it.
+#[inline(always)]
+pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64, by_current: bool) {
+    let Some(ps) = PROC_STOPS.get_ptr_mut(&tgid) else { return };
+    // SAFETY: pointer into our own map value, valid for this run.
+    let ps = unsafe { &mut *ps };
+    if ps.stopped_threads == 0 {
+        // Stopped before the entry existed (or the entry was evicted and recreated): nothing
+        // to close.
+        return;
+    }
+    atomic_add(&mut ps.stopped_threads, u64::MAX); // - 1
+    if ps.stopped_threads != 0 {
+        return; // Other threads are still stopped.
+    }
+    // Several threads can see zero at once; only the one whose delete succeeds closes the stop.
+    if STOP_OPEN.remove(&tgid).is_err() {
+        return;
+    }
+    let start = ps.start_ns;
+    let duration = ts.saturating_sub(start);
+    let kind = ps.stop_kind;
+    let signal_stop = kind == StopKind::Signal as u32;
+    let rec = StopRecord {
+        kind: RecordKind::Stop as u32,
+        stop_kind: kind,
+        tgid,
+        threads: ps.threads_total.saturating_sub(ps.threads_at_open) as u32,
+        start_mono_ns: sched::to_mono::<D>(start, duration),
+        duration_ns: duration,
+        stop_sig: if signal_stop { ps.stop_sig } else { 0 },
+        _pad0: 0,
+        stopped_by: if signal_stop { ps.stopped_by } else { TaskId::default() },
+        resumed_by: if by_current { current() } else { TaskId::default() },
+        comm: task::leader_comm::<D>(p),
+    };
+    ps.start_ns = 0;
+    ps.stop_sig = 0;
+    ps.stopped_by = TaskId::default();
+    output::emit(rec, DropCause::Stop);
+}
+
+#[inline(always)]
+fn atomic_add(p: &mut u64, v: u64) {
+    // SAFETY: `p` is a valid, 8-byte-aligned u64 inside a map value. (No fetching form: LLVM
+    // emits BPF_FETCH only for ALU32 CPUs and aya-build links for the generic one, hence the
+    // NOEXIST-insert / delete claims in STOP_OPEN for "first" and "last".)
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
+}

@@ -1,0 +1,64 @@
+//! pausewatch's own cost, from the kernel's BPF run-time statistics (`--bpf-stats`).
+
+/// Run-time statistics of one program since it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub name: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramCost {
+    pub fn mean_ns(&self) -> Option<u64> {
+        self.run_time_ns.checked_div(self.run_count)
+    }
+}
+
+/// The empty calibration program (tp_btf and raw_tp builds), attached to sched_switch next to
+/// the scheduler programs when statistics are on.
+pub const STATS_FLOOR: (&str, &str) = ("stats_floor_btf", "stats_floor_raw");
+
+pub fn is_stats_floor(name: &str) -> bool {
+    name == STATS_FLOOR.0 || name == STATS_FLOOR.1
+}
+
+/// Mean run time of the calibration program: the statistics' own overhead per run (they time
+/// each run with sched_clock() around it).
+pub fn stats_floor_ns(costs: &[ProgramCost]) -> Option<u64> {
+    costs.iter().find(|c| is_stats_floor(c.name)).and_then(ProgramCost::mean_ns)
+}
+
+/// Mean cost per run over pausewatch's real programs, net of the statistics' overhead when it
+/// was measured.
+pub fn mean_net_ns(costs: &[ProgramCost]) -> Option<u64> {
+    let (n, t) = costs
+        .iter()
+        .filter(|c| !is_stats_floor(c.name))
+        .fold((0u64, 0u64), |(n, t), c| (n + c.run_count, t + c.run_time_ns));
+    let mean = t.checked_div(n)?;
+    Some(mean.saturating_sub(stats_floor_ns(costs).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(name: &'static str, run_count: u64, run_time_ns: u64) -> ProgramCost {
+        ProgramCost { name, run_count, run_time_ns }
+    }
+
+    #[test]
+    fn net_cost_subtracts_the_measured_floor_and_ignores_the_floor_program() {
+        let costs = [c("sched_switch_btf", 100, 16_000), c("sched_wakeup_btf", 100, 20_000), c(STATS_FLOOR.0, 100, 8_000)];
+        assert_eq!(stats_floor_ns(&costs), Some(80));
+        assert_eq!(mean_net_ns(&costs), Some(180 - 80));
+    }
+
+    #[test]
+    fn without_floor_or_runs_it_is_the_plain_mean_or_nothing() {
+        assert_eq!(mean_net_ns(&[c("sched_switch_btf", 4, 400)]), Some(100));
+        assert_eq!(mean_net_ns(&[c("sched_switch_btf", 0, 0)]), None);
+        assert_eq!(mean_net_ns(&[]), None);
+        assert_eq!(stats_floor_ns(&[c(STATS_FLOOR.1, 0, 0)]), None);
+    }
+}
