@@ -191,14 +191,14 @@ pub struct StopRecord {
     /// The stop signal that preceded the stop (0 when none was seen).
     pub stop_sig: u32,
     pub _pad0: u32,
-    /// Sender of `stop_sig`.
+    /// Signal stops: the sender of `stop_sig`. ptrace stops: the tracer holding the process.
+    /// (Who resumed it is joined in userspace from the SIGCONT/SIGKILL signal records: the
+    /// wakeup often runs on another CPU, in whatever context was current there.)
     pub stopped_by: TaskId,
-    /// The task that woke the last stopped thread: the SIGCONT sender, the tracer, the thawer.
-    pub resumed_by: TaskId,
     /// Process name (thread group leader's comm).
     pub comm: [u8; TASK_COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<StopRecord>() == 120);
+const _: () = assert!(core::mem::size_of::<StopRecord>() == 88);
 
 /// A signal generated for a thread of an observed process (tracepoint signal_generate,
 /// include/trace/events/signal.h, v6.18), in the sender's context.
@@ -234,7 +234,8 @@ pub struct ProcStop {
     pub threads_at_open: u64,
     /// `StopKind` of the first thread.
     pub stop_kind: u32,
-    /// Last stop signal generated for the process, and its sender.
+    /// Last stop signal generated for the process, and its sender (or, for a ptrace stop, the
+    /// tracer).
     pub stop_sig: u32,
     pub stopped_by: TaskId,
 }

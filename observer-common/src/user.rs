@@ -134,13 +134,12 @@ mod tests {
             stop_sig: 19,
             _pad0: 0,
             stopped_by: crate::TaskId { tid: 1, tgid: 1, uid: 0, _pad0: 0, comm: [b'k'; TASK_COMM_LEN] },
-            resumed_by: crate::TaskId::default(),
             comm: [0; TASK_COMM_LEN],
         };
         // SAFETY: Pod, exact size.
         let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
         assert_eq!(decode(&b), Ok(Record::Stop(stop)));
-        assert!(matches!(decode(&b[..104]), Err(DecodeError::WrongSize { expected: 120, .. })));
+        assert!(matches!(decode(&b[..104]), Err(DecodeError::WrongSize { expected: 88, .. })));
         stop.kind = RecordKind::Signal as u32;
         // SAFETY: as above.
         let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();

@@ -21,6 +21,14 @@ static CFS_RQ_RQ_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static RQ_CLOCK_OFF: u64 = 0;
 
+/// `task->parent` (the tracer while ptraced), `task->cred`, `cred->uid`.
+#[unsafe(no_mangle)]
+static TASK_PARENT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_CRED_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_UID_OFF: u64 = 0;
+
 /// Episodes at or above this many nanoseconds are streamed; shorter ones are only aggregated.
 #[unsafe(no_mangle)]
 static MIN_PAUSE_NS: u64 = 5_000_000;
@@ -81,4 +89,16 @@ pub fn cfs_rq_rq_off() -> usize {
 #[inline(always)]
 pub fn rq_clock_off() -> usize {
     get(&RQ_CLOCK_OFF) as usize
+}
+#[inline(always)]
+pub fn task_parent_off() -> usize {
+    get(&TASK_PARENT_OFF) as usize
+}
+#[inline(always)]
+pub fn task_cred_off() -> usize {
+    get(&TASK_CRED_OFF) as usize
+}
+#[inline(always)]
+pub fn cred_uid_off() -> usize {
+    get(&CRED_UID_OFF) as usize
 }

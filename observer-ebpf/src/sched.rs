@@ -217,7 +217,8 @@ fn switch_out<const D: bool>(
         } else {
             StopKind::Signal
         };
-        stops::thread_stopped(tgid, ts, kind);
+        let holder = if kind == StopKind::Ptrace { task::parent::<D>(prev).map(task::identity::<D>) } else { None };
+        stops::thread_stopped(tgid, ts, kind, holder);
     }
     let mut st = new_episode(ts, tgid, phase, reason);
     if phase == Component::Runq {
@@ -253,8 +254,7 @@ fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
         let st = unsafe { &mut *st };
         if st.phase != Component::Runq as u32 {
             if st.phase == Component::Stopped as u32 {
-                // The waker (current task) resumed it: SIGCONT sender, tracer or thawer.
-                stops::thread_resumed::<D>(p, tgid, ts, true);
+                stops::thread_resumed::<D>(p, tgid, ts);
             }
             add_phase(st, ts);
             st.phase = Component::Runq as u32;
@@ -316,7 +316,7 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
     let st = unsafe { &mut *stp };
     // A missing wakeup (D/stopped phase still open) counts up to now as that phase.
     if st.phase == Component::Stopped as u32 {
-        stops::thread_resumed::<D>(next, st.tgid, ts, false);
+        stops::thread_resumed::<D>(next, st.tgid, ts);
     }
     add_phase(st, ts);
     let st = *st;

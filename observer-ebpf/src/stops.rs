@@ -126,9 +126,10 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
     );
 }
 
-/// A thread of `tgid` left the CPU in a stopped, traced or frozen state at episode clock `ts`.
+/// A thread of `tgid` left the CPU in a stopped, traced or frozen state at episode clock `ts`;
+/// `holder` is the tracer for a ptrace stop.
 #[inline(always)]
-pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind) {
+pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind, holder: Option<TaskId>) {
     let ps = match PROC_STOPS.get_ptr_mut(&tgid) {
         Some(p) => p,
         None => {
@@ -158,16 +159,19 @@ pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind) {
         ps.start_ns = ts;
         ps.stop_kind = kind as u32;
         ps.threads_at_open = ps.threads_total;
+        if let Some(h) = holder {
+            ps.stopped_by = h;
+            ps.stop_sig = 0;
+        }
     }
     atomic_add(&mut ps.stopped_threads, 1);
     atomic_add(&mut ps.threads_total, 1);
 }
 
-/// A stopped thread of the process whose task is `p` was woken at episode clock `ts` by the
-/// current task (`by_current`), or found running without a wakeup we saw. The last one closes
-/// the process's stop and streams it.
+/// A stopped thread of the process whose task is `p` was woken at episode clock `ts` (or found
+/// running without a wakeup we saw). The last one closes the process's stop and streams it.
 #[inline(always)]
-pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64, by_current: bool) {
+pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64) {
     let Some(ps) = PROC_STOPS.get_ptr_mut(&tgid) else { return };
     // SAFETY: pointer into our own map value, valid for this run.
     let ps = unsafe { &mut *ps };
@@ -188,6 +192,7 @@ pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64, by_current:
     let duration = ts.saturating_sub(start);
     let kind = ps.stop_kind;
     let signal_stop = kind == StopKind::Signal as u32;
+    let held = signal_stop || kind == StopKind::Ptrace as u32;
     let rec = StopRecord {
         kind: RecordKind::Stop as u32,
         stop_kind: kind,
@@ -197,8 +202,7 @@ pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64, by_current:
         duration_ns: duration,
         stop_sig: if signal_stop { ps.stop_sig } else { 0 },
         _pad0: 0,
-        stopped_by: if signal_stop { ps.stopped_by } else { TaskId::default() },
-        resumed_by: if by_current { current() } else { TaskId::default() },
+        stopped_by: if held { ps.stopped_by } else { TaskId::default() },
         comm: task::leader_comm::<D>(p),
     };
     ps.start_ns = 0;

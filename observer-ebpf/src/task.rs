@@ -6,7 +6,7 @@
 //!   and emits a fault-tolerant PROBE_MEM load. No helper call: the cheapest read there is.
 //! - raw_tp programs receive untyped pointers and must go through bpf_probe_read_kernel.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use observer_common::TASK_COMM_LEN;
+use observer_common::{TASK_COMM_LEN, TaskId};
 
 use crate::config;
 
@@ -83,4 +83,21 @@ pub fn rq_clock<const DIRECT: bool>(task: TaskPtr) -> Option<u64> {
     let cfs_rq = read::<DIRECT, TaskPtr>(task, config::task_cfs_rq_off())?;
     let rq = read::<DIRECT, TaskPtr>(cfs_rq, config::cfs_rq_rq_off())?;
     read::<DIRECT, u64>(rq, config::rq_clock_off()).filter(|&t| t != 0)
+}
+
+/// `task->parent`: the real parent, or the tracer while the task is ptraced.
+#[inline(always)]
+pub fn parent<const DIRECT: bool>(task: TaskPtr) -> Option<TaskPtr> {
+    read::<DIRECT, TaskPtr>(task, config::task_parent_off()).filter(|p| !p.is_null())
+}
+
+/// Identity of `task`: ids, thread name and `task->cred->uid`.
+#[inline(always)]
+pub fn identity<const DIRECT: bool>(task: TaskPtr) -> TaskId {
+    let Some((tid, tgid)) = ids::<DIRECT>(task) else { return TaskId::default() };
+    let uid = read::<DIRECT, TaskPtr>(task, config::task_cred_off())
+        .filter(|c| !c.is_null())
+        .and_then(|cred| read::<DIRECT, u32>(cred, config::cred_uid_off()))
+        .unwrap_or(u32::MAX);
+    TaskId { tid, tgid, uid, _pad0: 0, comm: comm::<DIRECT>(task) }
 }

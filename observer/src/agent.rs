@@ -21,7 +21,7 @@ use crate::{
     model::{
         episode::Episode,
         process::ProcessTable,
-        stop::{Signal, Stop},
+        stop::{Signal, Stop, StopJoiner},
     },
     probe::Probes,
     source::{clock::WallClock, harvest::Harvester, ringbuf},
@@ -51,6 +51,8 @@ pub struct AgentState {
     pub recent: std::collections::VecDeque<Episode>,
     /// Most recent whole-process stops, newest last (bounded).
     pub recent_stops: std::collections::VecDeque<Stop>,
+    /// Signal stops waiting for the SIGCONT/SIGKILL that ended them.
+    pub stops: StopJoiner,
     pub mechanism: &'static str,
     /// Degraded-mode notices from loading (shown in the live view's footer).
     pub notices: Vec<String>,
@@ -76,15 +78,9 @@ impl AgentState {
                 }
                 Ok(Record::Stop(r)) => {
                     self.next_episode_id += 1;
-                    let stop = Stop::from_record(self.next_episode_id, &r);
-                    self.table.note_stop(&stop);
-                    if let Output::Json(w) = out {
-                        w.stop(&self.clock, &stop);
+                    if let Some(stop) = self.stops.on_stop(Stop::from_record(self.next_episode_id, &r)) {
+                        self.emit_stop(stop, out);
                     }
-                    if self.recent_stops.len() >= RECENT_EPISODES {
-                        self.recent_stops.pop_front();
-                    }
-                    self.recent_stops.push_back(stop);
                 }
                 Ok(Record::Signal(r)) => {
                     let sig = Signal::from_record(&r);
@@ -92,9 +88,34 @@ impl AgentState {
                     if let Output::Json(w) = out {
                         w.signal(&self.clock, &sig);
                     }
+                    if let Some(stop) = self.stops.on_signal(&sig) {
+                        self.emit_stop(stop, out);
+                    }
                 }
                 Err(_) => self.decode_errors += 1,
             }
+        }
+    }
+
+    fn emit_stop(&mut self, stop: Stop, out: &mut Output) {
+        self.table.note_stop(&stop);
+        if let Output::Json(w) = out {
+            w.stop(&self.clock, &stop);
+        }
+        if self.recent_stops.len() >= RECENT_EPISODES {
+            self.recent_stops.pop_front();
+        }
+        self.recent_stops.push_back(stop);
+    }
+
+    /// Releases stops whose resume signal did not come (`now` = None: all of them, at exit).
+    fn release_stops(&mut self, now_mono_ns: Option<u64>, out: &mut Output) {
+        let stops = match now_mono_ns {
+            Some(now) => self.stops.expire(now),
+            None => self.stops.drain(),
+        };
+        for s in stops {
+            self.emit_stop(s, out);
         }
     }
 
@@ -138,6 +159,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         clock: WallClock::sample(),
         recent: Default::default(),
         recent_stops: Default::default(),
+        stops: Default::default(),
         mechanism: probes.sched_mechanism,
         notices: probes.notices.clone(),
     };
@@ -174,6 +196,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             _ = tick.tick() => {
                 st.clock = WallClock::sample();
                 st.on_harvest(&mut harvester);
+                st.release_stops(Some(WallClock::mono_now()), &mut out);
             }
             _ = draw.tick(), if matches!(out, Output::Live(_)) => {
                 if let Output::Live(live) = &mut out {
@@ -205,6 +228,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     }
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
+    st.release_stops(None, &mut out);
     let costs = probes.costs();
     let stats_enabled = probes.stats_fd.is_some();
     drop(ring);

@@ -117,7 +117,8 @@ impl<W: Write> NdjsonWriter<W> {
             "duration_ns": stop.duration_ns,
             "signal": stop.signal.map(signal_name),
             "stopped_by": stop.stopped_by.as_ref().map(actor_json),
-            "resumed_by": stop.resumed_by.as_ref().map(actor_json),
+            "resumed_by": stop.resumed_by.as_ref().map(|(_, a)| actor_json(a)),
+            "resume_signal": stop.resumed_by.as_ref().map(|(sig, _)| signal_name(*sig)),
             "description": stop.describe(),
         });
         self.line("stop", stop.start_mono_ns, clock, body);

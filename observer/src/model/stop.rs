@@ -1,4 +1,6 @@
 //! Whole-process stops and the signals sent to observed processes, decoded from the kernel.
+use std::collections::VecDeque;
+
 use observer_common::{SignalRecord, StopKind, StopRecord, TaskId};
 
 use super::{episode::comm_string, units::fmt_ns};
@@ -8,19 +10,23 @@ use super::{episode::comm_string, units::fmt_ns};
 pub struct Actor {
     pub pid: u32,
     pub tid: u32,
-    pub uid: u32,
+    /// None when the kernel could not read it.
+    pub uid: Option<u32>,
     pub comm: String,
 }
 
 impl Actor {
     /// None when the kernel did not know (tid 0).
     pub fn from_task_id(t: &TaskId) -> Option<Self> {
-        (t.tid != 0).then(|| Self { pid: t.tgid, tid: t.tid, uid: t.uid, comm: comm_string(&t.comm) })
+        (t.tid != 0).then(|| Self { pid: t.tgid, tid: t.tid, uid: (t.uid != u32::MAX).then_some(t.uid), comm: comm_string(&t.comm) })
     }
 
     /// "pid 4242 (bash, uid 0)"
     pub fn describe(&self) -> String {
-        format!("pid {} ({}, uid {})", self.pid, self.comm, self.uid)
+        match self.uid {
+            Some(uid) => format!("pid {} ({}, uid {uid})", self.pid, self.comm),
+            None => format!("pid {} ({})", self.pid, self.comm),
+        }
     }
 }
 
@@ -37,8 +43,10 @@ pub struct Stop {
     pub duration_ns: u64,
     /// The stop signal and its sender, for job-control stops.
     pub signal: Option<u32>,
+    /// Signal stops: the sender of `signal`; ptrace stops: the tracer.
     pub stopped_by: Option<Actor>,
-    pub resumed_by: Option<Actor>,
+    /// The signal that ended a signal stop (SIGCONT, SIGKILL) and its sender (`StopJoiner`).
+    pub resumed_by: Option<(u32, Actor)>,
 }
 
 impl Stop {
@@ -53,7 +61,7 @@ impl Stop {
             duration_ns: r.duration_ns,
             signal: (r.stop_sig != 0).then_some(r.stop_sig),
             stopped_by: Actor::from_task_id(&r.stopped_by),
-            resumed_by: Actor::from_task_id(&r.resumed_by),
+            resumed_by: None,
         }
     }
 
@@ -61,20 +69,106 @@ impl Stop {
         self.start_mono_ns.saturating_add(self.duration_ns)
     }
 
-    /// One line for people: "stopped 15.2 s: SIGSTOP from pid 4242 (bash, uid 0); resumed by
-    /// pid 4250 (kill, uid 0)".
+    /// One line for people: "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by
+    /// SIGCONT from pid 4250 (kill, uid 0)".
     pub fn describe(&self) -> String {
         let cause = match (self.kind, self.signal, &self.stopped_by) {
             (Some(StopKind::Signal), Some(sig), Some(by)) => format!("{} from {}", signal_name(sig), by.describe()),
             (Some(StopKind::Signal), Some(sig), None) => format!("{} from an unknown sender", signal_name(sig)),
-            (Some(StopKind::Signal), None, _) => "job-control stop (signal not seen: it came before pausewatch attached)".to_string(),
-            (Some(StopKind::Ptrace), ..) => "ptrace stop (a debugger or profiler)".to_string(),
+            (Some(StopKind::Signal), None, _) => "job-control stop (its signal came before pausewatch attached)".to_string(),
+            (Some(StopKind::Ptrace), _, Some(by)) => format!("ptrace stop held by tracer {}", by.describe()),
+            (Some(StopKind::Ptrace), _, None) => "ptrace stop (tracer unknown)".to_string(),
             (Some(StopKind::Freezer), ..) => "cgroup freezer".to_string(),
             (None, ..) => "unknown stop".to_string(),
         };
-        let resumed = self.resumed_by.as_ref().map_or_else(|| "resumed (waker not seen)".to_string(), |a| format!("resumed by {}", a.describe()));
+        let resumed = match (&self.resumed_by, self.kind) {
+            (Some((sig, a)), _) => format!("resumed by {} from {}", signal_name(*sig), a.describe()),
+            (None, Some(StopKind::Ptrace)) => "released by the tracer".to_string(),
+            (None, Some(StopKind::Freezer)) => "thawed (the thawing process is invisible to tracepoints)".to_string(),
+            (None, _) => "resumed (no SIGCONT or SIGKILL seen)".to_string(),
+        };
         let threads = if self.threads > 1 { format!(", {} threads", self.threads) } else { String::new() };
         format!("stopped {}: {cause}{threads}; {resumed}", fmt_ns(self.duration_ns))
+    }
+}
+
+/// Joins signal stops with the signal that ended them.
+///
+/// SIGCONT wakes the stopped threads before its own signal_generate tracepoint fires, and the
+/// wakeups often run on other CPUs, so the kernel streams the stop without its resumer. The
+/// SIGCONT (or SIGKILL) record arrives within microseconds of the stop's end, before or after
+/// it; a stop waits here until it (or `GRACE_NS` of input time) arrives.
+#[derive(Debug, Default)]
+pub struct StopJoiner {
+    pending: VecDeque<Stop>,
+    resumes: VecDeque<(u32, u64, u32, Actor)>,
+}
+
+impl StopJoiner {
+    /// A resume signal and a stop's end farther apart than this are unrelated.
+    pub const WINDOW_NS: u64 = 50_000_000;
+    /// How long a stop waits for its resume signal.
+    pub const GRACE_NS: u64 = 500_000_000;
+    /// Bound on what is held (a storm of stops or signals cannot grow memory).
+    pub const MAX_HELD: usize = 4096;
+
+    fn matches(stop: &Stop, pid: u32, ts: u64) -> bool {
+        stop.pid == pid && stop.end_mono_ns().abs_diff(ts) <= Self::WINDOW_NS
+    }
+
+    /// A stop from the kernel: returned at once when nothing can be joined (ptrace, freezer)
+    /// or its resume signal is already here; otherwise held.
+    pub fn on_stop(&mut self, mut stop: Stop) -> Option<Stop> {
+        if stop.kind != Some(StopKind::Signal) {
+            return Some(stop);
+        }
+        if let Some(i) = self.resumes.iter().position(|&(pid, ts, ..)| Self::matches(&stop, pid, ts)) {
+            let (_, _, sig, actor) = self.resumes.remove(i)?;
+            stop.resumed_by = Some((sig, actor));
+            return Some(stop);
+        }
+        if self.pending.len() >= Self::MAX_HELD {
+            let oldest = self.pending.pop_front();
+            self.pending.push_back(stop);
+            return oldest;
+        }
+        self.pending.push_back(stop);
+        None
+    }
+
+    /// A signal: a SIGCONT or SIGKILL with a sender releases the held stop it ended.
+    pub fn on_signal(&mut self, sig: &Signal) -> Option<Stop> {
+        const SIGKILL: u32 = 9;
+        const SIGCONT: u32 = 18;
+        if sig.sig != SIGCONT && sig.sig != SIGKILL {
+            return None;
+        }
+        let actor = sig.sender.clone()?;
+        if let Some(i) = self.pending.iter().position(|s| Self::matches(s, sig.pid, sig.ts_mono_ns)) {
+            let mut stop = self.pending.remove(i)?;
+            stop.resumed_by = Some((sig.sig, actor));
+            return Some(stop);
+        }
+        if self.resumes.len() >= Self::MAX_HELD {
+            self.resumes.pop_front();
+        }
+        self.resumes.push_back((sig.pid, sig.ts_mono_ns, sig.sig, actor));
+        None
+    }
+
+    /// Stops whose grace period is over at `now_mono_ns`, released without a resumer.
+    pub fn expire(&mut self, now_mono_ns: u64) -> Vec<Stop> {
+        self.resumes.retain(|&(_, ts, ..)| ts.saturating_add(Self::GRACE_NS) >= now_mono_ns);
+        let (old, keep): (Vec<Stop>, Vec<Stop>) =
+            self.pending.drain(..).partition(|s| s.end_mono_ns().saturating_add(Self::GRACE_NS) < now_mono_ns);
+        self.pending = keep.into();
+        old
+    }
+
+    /// Everything still held (at exit).
+    pub fn drain(&mut self) -> Vec<Stop> {
+        self.resumes.clear();
+        self.pending.drain(..).collect()
     }
 }
 
@@ -149,7 +243,7 @@ mod tests {
         TaskId { tid, tgid: tid, uid: 0, _pad0: 0, comm: comm(name) }
     }
 
-    fn record(kind: StopKind, sig: u32, by: TaskId, resumed: TaskId) -> StopRecord {
+    fn record(kind: StopKind, sig: u32, by: TaskId) -> StopRecord {
         StopRecord {
             kind: RecordKind::Stop as u32,
             stop_kind: kind as u32,
@@ -160,26 +254,55 @@ mod tests {
             stop_sig: sig,
             _pad0: 0,
             stopped_by: by,
-            resumed_by: resumed,
             comm: comm("server"),
         }
     }
 
+    fn cont(pid: u32, ts: u64, from: TaskId) -> Signal {
+        Signal { ts_mono_ns: ts, sig: 18, pid, tid: pid, comm: "server".into(), group: true, result: 1, sender: Actor::from_task_id(&from) }
+    }
+
+    const END: u64 = 1_000 + 15_200_000_000;
+
     #[test]
-    fn describes_a_signal_stop_with_both_actors() {
-        let s = Stop::from_record(3, &record(StopKind::Signal, 19, task(4242, "bash"), task(4250, "kill")));
-        let text = s.describe();
-        assert_eq!(text, "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by pid 4250 (kill, uid 0)");
-        assert_eq!(s.end_mono_ns(), 1_000 + 15_200_000_000);
+    fn describes_a_signal_stop_with_both_actors_whichever_record_comes_first() {
+        let stop = Stop::from_record(3, &record(StopKind::Signal, 19, task(4242, "bash")));
+        // The stop first, then its SIGCONT.
+        let mut j = StopJoiner::default();
+        assert_eq!(j.on_stop(stop.clone()), None, "held until its resume signal");
+        let s = j.on_signal(&cont(77, END + 20_000, task(4250, "kill"))).expect("released by the SIGCONT");
+        assert_eq!(s.describe(), "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by SIGCONT from pid 4250 (kill, uid 0)");
+        // The SIGCONT first (it can come before the stop record), then the stop.
+        let mut j = StopJoiner::default();
+        assert_eq!(j.on_signal(&cont(77, END - 20_000, task(4250, "kill"))), None);
+        assert_eq!(j.on_stop(stop).and_then(|s| s.resumed_by).map(|(sig, a)| (sig, a.pid)), Some((18, 4250)));
+        assert_eq!(j.drain(), vec![]);
     }
 
     #[test]
-    fn unknown_actors_and_other_kinds_are_said_plainly() {
-        let s = Stop::from_record(1, &record(StopKind::Ptrace, 0, TaskId::default(), TaskId::default()));
-        assert_eq!(s.stopped_by, None);
-        assert!(s.describe().contains("ptrace stop") && s.describe().contains("waker not seen"));
-        let s = Stop::from_record(1, &record(StopKind::Signal, 0, TaskId::default(), task(1, "init")));
+    fn unrelated_signals_do_not_join_and_held_stops_expire() {
+        let stop = Stop::from_record(3, &record(StopKind::Signal, 19, task(4242, "bash")));
+        let mut j = StopJoiner::default();
+        assert_eq!(j.on_stop(stop), None);
+        assert_eq!(j.on_signal(&cont(78, END, task(1, "x"))), None, "another process");
+        assert_eq!(j.on_signal(&cont(77, END + StopJoiner::WINDOW_NS + 1, task(1, "x"))), None, "too late to be its resumer");
+        assert_eq!(j.expire(END + StopJoiner::GRACE_NS), vec![], "still in its grace period");
+        let out = j.expire(END + StopJoiner::GRACE_NS + 1);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].describe().ends_with("resumed (no SIGCONT or SIGKILL seen)"), "{}", out[0].describe());
+    }
+
+    #[test]
+    fn ptrace_and_freezer_stops_pass_through_and_say_what_is_known() {
+        let mut j = StopJoiner::default();
+        let s = j.on_stop(Stop::from_record(1, &record(StopKind::Ptrace, 0, task(900, "gdb")))).expect("not held");
+        assert_eq!(s.describe(), "stopped 15.2s: ptrace stop held by tracer pid 900 (gdb, uid 0); released by the tracer");
+        let s = j.on_stop(Stop::from_record(1, &record(StopKind::Freezer, 0, TaskId::default()))).expect("not held");
+        assert!(s.describe().contains("cgroup freezer") && s.describe().contains("thawed"), "{}", s.describe());
+        let s = Stop::from_record(1, &record(StopKind::Signal, 0, TaskId::default()));
         assert!(s.describe().contains("before pausewatch attached"));
+        let unknown_uid = TaskId { uid: u32::MAX, ..task(5, "sh") };
+        assert_eq!(Actor::from_task_id(&unknown_uid).unwrap().describe(), "pid 5 (sh)");
     }
 
     #[test]

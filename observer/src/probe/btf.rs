@@ -218,6 +218,25 @@ impl RqClockOffsets {
     }
 }
 
+/// Where the tracer of a ptraced task and a task's uid are (`task->parent`,
+/// `task->cred->uid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityOffsets {
+    pub task_parent: u32,
+    pub task_cred: u32,
+    pub cred_uid: u32,
+}
+
+impl IdentityOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            task_parent: btf.member_offset("task_struct", "parent")?,
+            task_cred: btf.member_offset("task_struct", "cred")?,
+            cred_uid: btf.member_offset("cred", "uid")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +298,8 @@ mod tests {
         let off = TaskOffsets::from_btf(&btf).unwrap();
         assert_eq!(off.tgid, off.pid + 4, "pid and tgid are adjacent pid_t fields");
         assert!(off.comm > off.tgid && off.group_leader > off.tgid);
+        let id = IdentityOffsets::from_btf(&btf).unwrap();
+        assert!(id.task_parent > 0 && id.task_cred > 0, "{id:?}");
         let rq = RqClockOffsets::from_btf(&btf).unwrap();
         assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
     }

@@ -83,6 +83,12 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     });
     let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off) =
         (u64::from(rq.task_cfs_rq), u64::from(rq.cfs_rq_rq), u64::from(rq.rq_clock));
+    // Zeros: tracers and uids read as unknown (uid u32::MAX reads as "unknown" in userspace).
+    let id = btf::IdentityOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
+        notices.push(format!("task identity offsets not in BTF ({e}): tracers of ptrace stops are not named"));
+        btf::IdentityOffsets { task_parent: 0, task_cred: 0, cred_uid: 0 }
+    });
+    let (task_parent_off, task_cred_off, cred_uid_off) = (u64::from(id.task_parent), u64::from(id.task_cred), u64::from(id.cred_uid));
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
     let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
@@ -105,6 +111,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
         .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
         .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
+        .override_global("TASK_PARENT_OFF", &task_parent_off, true)
+        .override_global("TASK_CRED_OFF", &task_cred_off, true)
+        .override_global("CRED_UID_OFF", &cred_uid_off, true)
         .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("SELF_TGID", &self_tgid, true)

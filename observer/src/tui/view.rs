@@ -112,6 +112,7 @@ pub(crate) mod tests {
             clock: WallClock { offset_ns: 0, err_ns: 1_000_000, unsynced: false },
             recent: Default::default(),
             recent_stops: Default::default(),
+            stops: Default::default(),
             mechanism: "tp_btf",
             notices: vec![],
         }
