@@ -139,7 +139,7 @@ mod tests {
         // SAFETY: Pod, exact size.
         let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
         assert_eq!(decode(&b), Ok(Record::Stop(stop)));
-        assert!(matches!(decode(&b[..104]), Err(DecodeError::WrongSize { expected: 88, .. })));
+        assert!(matches!(decode(&b[..80]), Err(DecodeError::WrongSize { len: 80, expected: 88, .. })));
         stop.kind = RecordKind::Signal as u32;
         // SAFETY: as above.
         let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
