@@ -223,7 +223,7 @@ const _: () = assert!(core::mem::size_of::<SignalRecord>() == 80);
 
 /// Kernel-private state of one process's stop, keyed by tgid in `PROC_STOPS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ProcStop {
     /// Episode clock of the first thread's stop; 0 while not stopped.
     pub start_ns: u64,

@@ -87,25 +87,13 @@ pub fn slot<const DIRECT: bool>(task: TaskPtr, tid: u32) -> (Option<*mut ThreadS
     }
 }
 
-/// Starts the episode of `task` in a slot from `slot` that was not active.
+/// Starts the episode of thread `tid` in its `slot` (tp_btf). A failed insert (allocation
+/// failure) leaves the episode unmeasured; it is then not counted either, so nothing false is
+/// reported.
 #[inline(always)]
 pub fn start_in<const DIRECT: bool>(slot: Option<*mut ThreadState>, tid: u32, st: &ThreadState) {
     if DIRECT {
         if let Some(p) = slot {
-            // SAFETY: as in `start`.
-            unsafe { *p = *st };
-        }
-    } else {
-        let _ = THREADS.insert(&tid, st, 0);
-    }
-}
-
-/// Starts (or replaces) the episode of `task`. A failed insert (allocation failure) leaves the
-/// episode unmeasured; it is then not counted either, so nothing false is reported.
-#[inline(always)]
-pub fn start<const DIRECT: bool>(task: TaskPtr, tid: u32, st: &ThreadState) {
-    if DIRECT {
-        if let Some(p) = storage::<true>(task) {
             // SAFETY: pointer into this task's own storage; updates of one thread's episode are
             // serialised by the runqueue lock held around sched_switch and try_to_wake_up.
             unsafe { *p = *st };
@@ -113,6 +101,13 @@ pub fn start<const DIRECT: bool>(task: TaskPtr, tid: u32, st: &ThreadState) {
     } else {
         let _ = THREADS.insert(&tid, st, 0);
     }
+}
+
+/// Starts (or replaces) the episode of `task`.
+#[inline(always)]
+pub fn start<const DIRECT: bool>(task: TaskPtr, tid: u32, st: &ThreadState) {
+    let slot = if DIRECT { storage::<true>(task) } else { None };
+    start_in::<DIRECT>(slot, tid, st);
 }
 
 /// Marks the episode at `p` (from `get`) consumed, so its timestamps are never reused.

@@ -79,25 +79,11 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
     // A delivered stop signal: remember who sent it until the process stops. SIGCONT clears a
     // stop signal that never stopped anything (one handled or ignored by the process).
     if result == 0 && (SIGSTOP..=SIGTTOU).contains(&sig) {
-        let init = ProcStop {
-            start_ns: 0,
-            stopped_threads: 0,
-            threads_total: 0,
-            threads_at_open: 0,
-            stop_kind: 0,
-            stop_sig: sig,
-            stopped_by: sender,
-        };
-        match PROC_STOPS.get_ptr_mut(&tgid) {
+        if let Some(ps) = proc_stop(tgid) {
             // SAFETY: pointer into our own map value, valid for this run.
-            Some(ps) => unsafe {
+            unsafe {
                 (*ps).stop_sig = sig;
                 (*ps).stopped_by = sender;
-            },
-            None => {
-                if PROC_STOPS.insert(&tgid, &init, 0).is_err() {
-                    output::count_drop(DropCause::StopTracking);
-                }
             }
         }
     } else if sig == SIGCONT {
@@ -126,32 +112,26 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
     );
 }
 
+/// The stop state of `tgid`, created empty if missing (a drop of `StopTracking` when the map
+/// cannot take it). NOEXIST: another CPU may create it meanwhile; then we use theirs.
+#[inline(always)]
+fn proc_stop(tgid: u32) -> Option<*mut ProcStop> {
+    if let Some(p) = PROC_STOPS.get_ptr_mut(&tgid) {
+        return Some(p);
+    }
+    let _ = PROC_STOPS.insert(&tgid, &ProcStop::default(), BPF_NOEXIST as u64);
+    let p = PROC_STOPS.get_ptr_mut(&tgid);
+    if p.is_none() {
+        output::count_drop(DropCause::StopTracking);
+    }
+    p
+}
+
 /// A thread of `tgid` left the CPU in a stopped, traced or frozen state at episode clock `ts`;
 /// `holder` is the tracer for a ptrace stop.
 #[inline(always)]
 pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind, holder: Option<TaskId>) {
-    let ps = match PROC_STOPS.get_ptr_mut(&tgid) {
-        Some(p) => p,
-        None => {
-            let init = ProcStop {
-                start_ns: 0,
-                stopped_threads: 0,
-                threads_total: 0,
-                threads_at_open: 0,
-                stop_kind: 0,
-                stop_sig: 0,
-                stopped_by: TaskId::default(),
-            };
-            let _ = PROC_STOPS.insert(&tgid, &init, 0);
-            match PROC_STOPS.get_ptr_mut(&tgid) {
-                Some(p) => p,
-                None => {
-                    output::count_drop(DropCause::StopTracking);
-                    return;
-                }
-            }
-        }
-    };
+    let Some(ps) = proc_stop(tgid) else { return };
     // SAFETY: pointer into our own map value, valid for this run.
     let ps = unsafe { &mut *ps };
     if STOP_OPEN.insert(&tgid, &ts, BPF_NOEXIST as u64).is_ok() {

@@ -60,6 +60,14 @@ pub struct AgentState {
 
 const RECENT_EPISODES: usize = 256;
 
+/// Appends to a bounded most-recent list, dropping the oldest beyond `RECENT_EPISODES`.
+fn push_recent<T>(list: &mut std::collections::VecDeque<T>, item: T) {
+    if list.len() >= RECENT_EPISODES {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
 impl AgentState {
     fn on_batch(&mut self, batch: ringbuf::Batch, out: &mut Output) {
         for rec in batch {
@@ -71,10 +79,7 @@ impl AgentState {
                     if let Output::Json(w) = out {
                         w.pause(&self.clock, &ep);
                     }
-                    if self.recent.len() >= RECENT_EPISODES {
-                        self.recent.pop_front();
-                    }
-                    self.recent.push_back(ep);
+                    push_recent(&mut self.recent, ep);
                 }
                 Ok(Record::Stop(r)) => {
                     self.next_episode_id += 1;
@@ -102,10 +107,7 @@ impl AgentState {
         if let Output::Json(w) = out {
             w.stop(&self.clock, &stop);
         }
-        if self.recent_stops.len() >= RECENT_EPISODES {
-            self.recent_stops.pop_front();
-        }
-        self.recent_stops.push_back(stop);
+        push_recent(&mut self.recent_stops, stop);
     }
 
     /// Releases stops whose resume signal did not come (`now` = None: all of them, at exit).

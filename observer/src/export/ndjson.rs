@@ -176,7 +176,7 @@ impl<W: Write> NdjsonWriter<W> {
             .iter()
             .filter(|c| !is_stats_floor(c.name))
             .map(|c| {
-                let mean = c.run_time_ns.checked_div(c.run_count);
+                let mean = c.mean_ns();
                 json!({
                     "name": c.name,
                     "run_count": c.run_count,

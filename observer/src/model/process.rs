@@ -96,31 +96,27 @@ impl ProcessTable {
         }
     }
 
-    pub fn note_episode(&mut self, ep: &Episode) {
-        let e = self.entry(ep.pid);
-        e.streamed += 1;
+    /// Applies `update` to the entry of `pid` (created if new, named `comm` if still unnamed)
+    /// and keeps the table within its bound.
+    fn note(&mut self, pid: u32, comm: &str, update: impl FnOnce(&mut ProcessEntry)) {
+        let e = self.entry(pid);
+        update(e);
         if e.comm.is_empty() {
-            e.comm = ep.comm.clone();
+            e.comm = comm.to_string();
         }
         self.enforce_bound();
+    }
+
+    pub fn note_episode(&mut self, ep: &Episode) {
+        self.note(ep.pid, &ep.comm, |e| e.streamed += 1);
     }
 
     pub fn note_stop(&mut self, stop: &Stop) {
-        let e = self.entry(stop.pid);
-        e.stops.record(stop.duration_ns);
-        if e.comm.is_empty() {
-            e.comm = stop.comm.clone();
-        }
-        self.enforce_bound();
+        self.note(stop.pid, &stop.comm, |e| e.stops.record(stop.duration_ns));
     }
 
     pub fn note_signal(&mut self, sig: &Signal) {
-        let e = self.entry(sig.pid);
-        e.signals += 1;
-        if e.comm.is_empty() {
-            e.comm = sig.comm.clone();
-        }
-        self.enforce_bound();
+        self.note(sig.pid, &sig.comm, |e| e.signals += 1);
     }
 
     #[cfg(test)]

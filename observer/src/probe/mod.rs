@@ -51,7 +51,7 @@ pub struct Probes {
     pub notices: Vec<String>,
 }
 
-const SCHED: [(&str, &str, &str); 3] = [
+const SCHED: [TracepointProgs; 3] = [
     ("sched_switch", "sched_switch_btf", "sched_switch_raw"),
     ("sched_wakeup", "sched_wakeup_btf", "sched_wakeup_raw"),
     ("sched_wakeup_new", "sched_wakeup_new_btf", "sched_wakeup_new_raw"),
@@ -59,7 +59,7 @@ const SCHED: [(&str, &str, &str); 3] = [
 
 /// Optional tracepoints: (tracepoint, tp_btf program, raw_tp program). The scheduler's
 /// mechanism is used for them too, so every episode boundary comes from one clock.
-const SIGNAL: [(&str, &str, &str); 1] = [("signal_generate", "signal_generate_btf", "signal_generate_raw")];
+const SIGNAL: [TracepointProgs; 1] = [("signal_generate", "signal_generate_btf", "signal_generate_raw")];
 
 /// Whether this binary carries real kernel programs.
 pub fn has_object() -> bool {
@@ -141,9 +141,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     };
 
     let (mechanism, attached) = match opts.attach {
-        AttachMode::Btf => ("tp_btf", attach_btf(&mut ebpf, &aya_btf)?),
-        AttachMode::Raw => ("raw_tp", attach_raw(&mut ebpf)?),
-        AttachMode::Auto => match attach_btf(&mut ebpf, &aya_btf) {
+        AttachMode::Btf => ("tp_btf", attach_sched(&mut ebpf, Some(&aya_btf))?),
+        AttachMode::Raw => ("raw_tp", attach_sched(&mut ebpf, None)?),
+        AttachMode::Auto => match attach_sched(&mut ebpf, Some(&aya_btf)) {
             Ok(a) => ("tp_btf", a),
             Err(e) => {
                 notices.push(format!("tp_btf unavailable ({e:#}); using raw tracepoints for the scheduler"));
@@ -153,94 +153,69 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
                         let _ = p.unload();
                     }
                 }
-                ("raw_tp", attach_raw(&mut ebpf)?)
+                ("raw_tp", attach_sched(&mut ebpf, None)?)
             }
         },
     };
     let mut probes = Probes { ebpf, sched_mechanism: mechanism, stats_fd, attached, notices };
     probes.attach_optional(&SIGNAL, &aya_btf, "signals (senders of stops, every signal to an observed process)");
     if probes.stats_fd.is_some() {
-        probes.attach_stats_floor(&aya_btf);
+        // The empty `stats_floor` program: the run-time statistics time each run with
+        // sched_clock() around the program, so they include about one clock read of their own
+        // (~70 ns on our VMs); its mean is that overhead, measured in the same run, and
+        // `net_ns` in the cost report subtracts it.
+        probes.attach_optional(
+            &[("sched_switch", STATS_FLOOR.0, STATS_FLOOR.1)],
+            &aya_btf,
+            "the statistics' own overhead (costs shown include their clock read)",
+        );
     }
     Ok(probes)
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<Vec<&'static str>> {
-    let mut names = Vec::new();
-    for (tp, prog, _) in SCHED {
+/// A tracepoint and its program in the tp_btf and raw_tp builds.
+type TracepointProgs = (&'static str, &'static str, &'static str);
+
+/// Loads and attaches one tracepoint's program: the tp_btf build when given the kernel's BTF,
+/// the raw_tp build otherwise. Returns the program's name.
+fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, (tp, btf_prog, raw_prog): TracepointProgs) -> anyhow::Result<&'static str> {
+    if let Some(btf) = btf {
         let p: &mut BtfTracePoint =
-            ebpf.program_mut(prog).with_context(|| format!("program {prog} missing"))?.try_into()?;
+            ebpf.program_mut(btf_prog).with_context(|| format!("program {btf_prog} missing"))?.try_into()?;
         p.load(tp, btf).with_context(|| format!("loading tp_btf/{tp}"))?;
         p.attach().with_context(|| format!("attaching tp_btf/{tp}"))?;
-        names.push(prog);
-    }
-    Ok(names)
-}
-
-fn attach_raw(ebpf: &mut Ebpf) -> anyhow::Result<Vec<&'static str>> {
-    let mut names = Vec::new();
-    for (tp, _, prog) in SCHED {
+        Ok(btf_prog)
+    } else {
         let p: &mut RawTracePoint =
-            ebpf.program_mut(prog).with_context(|| format!("program {prog} missing"))?.try_into()?;
+            ebpf.program_mut(raw_prog).with_context(|| format!("program {raw_prog} missing"))?.try_into()?;
         p.load().with_context(|| format!("loading raw_tp/{tp}"))?;
         p.attach(tp).with_context(|| format!("attaching raw_tp/{tp}"))?;
-        names.push(prog);
+        Ok(raw_prog)
     }
+}
+
+/// Attaches `progs` in order, adding each attached name to `done`; stops at the first failure.
+fn attach_all(ebpf: &mut Ebpf, btf: Option<&Btf>, progs: &[TracepointProgs], done: &mut Vec<&'static str>) -> anyhow::Result<()> {
+    for &p in progs {
+        done.push(attach_one(ebpf, btf, p)?);
+    }
+    Ok(())
+}
+
+fn attach_sched(ebpf: &mut Ebpf, btf: Option<&Btf>) -> anyhow::Result<Vec<&'static str>> {
+    let mut names = Vec::new();
+    attach_all(ebpf, btf, &SCHED, &mut names)?;
     Ok(names)
 }
 
 impl Probes {
     /// Attaches a cause family's programs with the scheduler's mechanism. A kernel without them
-    /// loses that cause only: a notice names it, and everything else keeps working.
-    fn attach_optional(&mut self, progs: &[(&'static str, &'static str, &'static str)], btf: &Btf, what: &str) {
-        let btf_mode = self.sched_mechanism == "tp_btf";
-        let mut done = Vec::new();
-        let r: anyhow::Result<()> = progs.iter().try_for_each(|&(tp, btf_prog, raw_prog)| {
-            if btf_mode {
-                let p: &mut BtfTracePoint = self.ebpf.program_mut(btf_prog).with_context(|| format!("program {btf_prog} missing"))?.try_into()?;
-                p.load(tp, btf).with_context(|| format!("loading tp_btf/{tp}"))?;
-                p.attach().with_context(|| format!("attaching tp_btf/{tp}"))?;
-                done.push(btf_prog);
-            } else {
-                let p: &mut RawTracePoint = self.ebpf.program_mut(raw_prog).with_context(|| format!("program {raw_prog} missing"))?.try_into()?;
-                p.load().with_context(|| format!("loading raw_tp/{tp}"))?;
-                p.attach(tp).with_context(|| format!("attaching raw_tp/{tp}"))?;
-                done.push(raw_prog);
-            }
-            Ok(())
-        });
-        match r {
-            Ok(()) => self.attached.extend(done),
-            Err(e) => {
-                // Whatever did attach stays: each program stands alone.
-                self.attached.extend(done);
-                self.notices.push(format!("{what} not observed: {e:#}"));
-            }
-        }
-    }
-
-    /// Attaches the empty `stats_floor` program to sched_switch with the scheduler programs'
-    /// mechanism. The run-time statistics time each run with sched_clock() around the program,
-    /// so they include about one clock read of their own (measured ~70 ns on our VMs); the
-    /// floor program's mean is that overhead, measured in the same run, and `net_ns` in the
-    /// cost report subtracts it. Failing to attach it only loses the calibration.
-    fn attach_stats_floor(&mut self, btf: &Btf) {
-        let r: anyhow::Result<&'static str> = (|| {
-            if self.sched_mechanism == "tp_btf" {
-                let p: &mut BtfTracePoint = self.ebpf.program_mut(STATS_FLOOR.0).context("program missing")?.try_into()?;
-                p.load("sched_switch", btf)?;
-                p.attach()?;
-                Ok(STATS_FLOOR.0)
-            } else {
-                let p: &mut RawTracePoint = self.ebpf.program_mut(STATS_FLOOR.1).context("program missing")?.try_into()?;
-                p.load()?;
-                p.attach("sched_switch")?;
-                Ok(STATS_FLOOR.1)
-            }
-        })();
-        match r {
-            Ok(name) => self.attached.push(name),
-            Err(e) => self.notices.push(format!("cost calibration program not attached ({e:#}): costs include the statistics' own clock read")),
+    /// loses that cause only: a notice names it, whatever did attach stays (each program stands
+    /// alone), and everything else keeps working.
+    fn attach_optional(&mut self, progs: &[TracepointProgs], btf: &Btf, what: &str) {
+        let btf = (self.sched_mechanism == "tp_btf").then_some(btf);
+        if let Err(e) = attach_all(&mut self.ebpf, btf, progs, &mut self.attached) {
+            self.notices.push(format!("{what} not observed: {e:#}"));
         }
     }
 
