@@ -6,9 +6,17 @@ use pausewatch_tests::*;
 fn fails_with(cmd: &mut Command, needle: &str) {
     let out = cmd.output().expect("running pausewatch");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got {} (stderr: {err})", out.status);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {} (stderr: {err})",
+        out.status
+    );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(out.stdout.is_empty(), "nothing may be written to stdout on error: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing may be written to stdout on error: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn pw() -> Command {
@@ -19,14 +27,27 @@ fn pw() -> Command {
 
 #[test]
 fn a_pid_that_does_not_exist() {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    let free = (2..pid_max).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
-    fails_with(pw().args(["--pid", &free.to_string()]), &format!("no process with pid {free}"));
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let free = (2..pid_max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    fails_with(
+        pw().args(["--pid", &free.to_string()]),
+        &format!("no process with pid {free}"),
+    );
 }
 
 #[test]
 fn missing_btf() {
-    fails_with(pw().args(["--btf", "/nonexistent/vmlinux"]), "CONFIG_DEBUG_INFO_BTF");
+    fails_with(
+        pw().args(["--btf", "/nonexistent/vmlinux"]),
+        "CONFIG_DEBUG_INFO_BTF",
+    );
 }
 
 #[test]
@@ -44,7 +65,10 @@ fn not_root_names_the_capabilities() {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

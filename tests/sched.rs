@@ -15,7 +15,14 @@ fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
     let cpu = test_cpu();
     let pw = Pausewatch::start(&["--attach", attach, "--min-pause", "1ms"]);
     let mut hogs = start_hogs(2, cpu, 3.5);
-    let report = run_workload(&["spin", "2", &cpu.to_string(), "pw-victim", "2", &sleep_us.to_string()]);
+    let report = run_workload(&[
+        "spin",
+        "2",
+        &cpu.to_string(),
+        "pw-victim",
+        "2",
+        &sleep_us.to_string(),
+    ]);
     for h in &mut hogs {
         h.wait().unwrap();
     }
@@ -25,41 +32,85 @@ fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
 
     let pid = report["pid"].as_u64().unwrap();
     let threads = report["threads"].as_array().unwrap();
-    let truth: u64 = threads.iter().map(|t| t["run_delay_ns"].as_u64().unwrap()).sum();
+    let truth: u64 = threads
+        .iter()
+        .map(|t| t["run_delay_ns"].as_u64().unwrap())
+        .sum();
     let summary = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
     let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
-    assert!(truth > 300_000_000, "the victim barely waited ({truth} ns): the test did not create contention");
+    assert!(
+        truth > 300_000_000,
+        "the victim barely waited ({truth} ns): the test did not create contention"
+    );
     let err = (measured as f64 - truth as f64).abs() / truth as f64;
-    eprintln!("{attach}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)", err * 100.0);
-    assert!(err <= 0.05, "pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart", err * 100.0);
+    eprintln!(
+        "{attach}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)",
+        err * 100.0
+    );
+    assert!(
+        err <= 0.05,
+        "pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart",
+        err * 100.0
+    );
     assert_eq!(summary["comm"], "pw-victim");
     let ep = &summary["episodes"];
-    assert!(ep["count"].as_u64().unwrap() > 0 && ep["p99_ns"].as_u64().unwrap() <= ep["max_ns"].as_u64().unwrap());
+    assert!(
+        ep["count"].as_u64().unwrap() > 0
+            && ep["p99_ns"].as_u64().unwrap() <= ep["max_ns"].as_u64().unwrap()
+    );
 
     // Streamed episodes carry the right process, thread and thread name, and add up.
-    let pauses: Vec<&Value> = of_type(&lines, "pause").filter(|v| v["pid"] == pid).collect();
+    let pauses: Vec<&Value> = of_type(&lines, "pause")
+        .filter(|v| v["pid"] == pid)
+        .collect();
     assert!(!pauses.is_empty(), "no pause lines for the victim");
     for p in &pauses {
-        let t = threads.iter().find(|t| t["tid"] == p["tid"]).unwrap_or_else(|| panic!("pause with a tid not of the victim: {p}"));
+        let t = threads
+            .iter()
+            .find(|t| t["tid"] == p["tid"])
+            .unwrap_or_else(|| panic!("pause with a tid not of the victim: {p}"));
         // A thread's name changes over its life: a new task's first wait is before exec (the
         // parent's name) or before its prctl(PR_SET_NAME) (the creator's name); after exec it
         // is the binary's name until renamed.
         if p["start_reason"] != "new_task" {
-            assert!(p["comm"] == t["comm"] || p["comm"] == "pw-workload", "thread name read in BPF differs: {p}");
+            assert!(
+                p["comm"] == t["comm"] || p["comm"] == "pw-workload",
+                "thread name read in BPF differs: {p}"
+            );
         }
         let c = &p["components"];
-        let sum = c["runq_ns"].as_u64().unwrap() + c["blocked_ns"].as_u64().unwrap() + c["stopped_ns"].as_u64().unwrap();
-        assert_eq!(sum, p["duration_ns"].as_u64().unwrap(), "components do not sum to the episode: {p}");
-        assert!(p["duration_ns"].as_u64().unwrap() >= 1_000_000, "below --min-pause: {p}");
+        let sum = c["runq_ns"].as_u64().unwrap()
+            + c["blocked_ns"].as_u64().unwrap()
+            + c["stopped_ns"].as_u64().unwrap();
+        assert_eq!(
+            sum,
+            p["duration_ns"].as_u64().unwrap(),
+            "components do not sum to the episode: {p}"
+        );
+        assert!(
+            p["duration_ns"].as_u64().unwrap() >= 1_000_000,
+            "below --min-pause: {p}"
+        );
     }
     for t in threads {
-        assert!(pauses.iter().any(|p| p["tid"] == t["tid"] && p["comm"] == t["comm"]), "no episode streamed for thread {t} under its name");
+        assert!(
+            pauses
+                .iter()
+                .any(|p| p["tid"] == t["tid"] && p["comm"] == t["comm"]),
+            "no episode streamed for thread {t} under its name"
+        );
     }
     // A pinned preempted thread waited behind something on its CPU: that is named.
     let reason = if sleep_us == 0 { "preempted" } else { "wakeup" };
-    assert!(pauses.iter().any(|p| p["start_reason"] == reason), "no {reason} episode streamed");
+    assert!(
+        pauses.iter().any(|p| p["start_reason"] == reason),
+        "no {reason} episode streamed"
+    );
     if sleep_us == 0 {
-        assert!(pauses.iter().any(|p| p["preempted_by"]["comm"].is_string()), "no preemptor named");
+        assert!(
+            pauses.iter().any(|p| p["preempted_by"]["comm"].is_string()),
+            "no preemptor named"
+        );
     }
 }
 
@@ -97,26 +148,50 @@ fn pid_filter_follows_children_and_excludes_others() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut other = Command::new(workload_bin()).args(["spin", "2.5", &cpu, "pw-other", "1"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut other = Command::new(workload_bin())
+        .args(["spin", "2.5", &cpu, "pw-other", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let parent_pid = parent.id();
     let pw = Pausewatch::start(&["--pid", &parent_pid.to_string(), "--min-pause", "1ms"]);
     parent.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut line = String::new();
-    BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let child_pid = serde_json::from_str::<Value>(&line).unwrap()["child"].as_u64().unwrap();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child_pid = serde_json::from_str::<Value>(&line).unwrap()["child"]
+        .as_u64()
+        .unwrap();
     assert!(parent.wait().unwrap().success());
     other.wait().unwrap();
     let lines = pw.stop();
 
-    for (pid, name) in [(parent_pid as u64, "parent"), (child_pid, "child forked after start")] {
+    for (pid, name) in [
+        (parent_pid as u64, "parent"),
+        (child_pid, "child forked after start"),
+    ] {
         let s = summary_of(&lines, pid).unwrap_or_else(|| panic!("{name} {pid} not observed"));
-        assert!(s["components"]["runq"]["count"].as_u64().unwrap() > 0, "{name}: {s}");
-        assert!(of_type(&lines, "pause").any(|p| p["pid"] == pid), "{name}: no pause streamed");
+        assert!(
+            s["components"]["runq"]["count"].as_u64().unwrap() > 0,
+            "{name}: {s}"
+        );
+        assert!(
+            of_type(&lines, "pause").any(|p| p["pid"] == pid),
+            "{name}: no pause streamed"
+        );
     }
     let other_pid = other.id() as u64;
     let foreign: Vec<&Value> = lines
         .iter()
-        .filter(|v| (v["type"] == "pause" || v["type"] == "summary") && v["pid"] != parent_pid && v["pid"] != child_pid)
+        .filter(|v| {
+            (v["type"] == "pause" || v["type"] == "summary")
+                && v["pid"] != parent_pid
+                && v["pid"] != child_pid
+        })
         .collect();
-    assert!(foreign.is_empty(), "lines for processes outside --pid (other = {other_pid}): {foreign:?}");
+    assert!(
+        foreign.is_empty(),
+        "lines for processes outside --pid (other = {other_pid}): {foreign:?}"
+    );
 }

@@ -11,7 +11,13 @@ use serde_json::Value;
 /// A spinning victim with `threads` threads (it exits by itself after `secs`).
 fn victim(name: &str, threads: usize, secs: f64) -> Child {
     Command::new(workload_bin())
-        .args(["spin", &secs.to_string(), &test_cpu().to_string(), name, &threads.to_string()])
+        .args([
+            "spin",
+            &secs.to_string(),
+            &test_cpu().to_string(),
+            name,
+            &threads.to_string(),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning the victim")
@@ -20,7 +26,9 @@ fn victim(name: &str, threads: usize, secs: f64) -> Child {
 /// The process state letter from /proc/<pid>/stat (after the parenthesised comm).
 fn state(pid: u32) -> char {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
-    s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).expect("state field")
+    s.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .expect("state field")
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -33,13 +41,22 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The one stop line of `pid`; fails if there is not exactly one.
 fn the_stop_of(lines: &[Value], pid: u32) -> Value {
     let stops: Vec<&Value> = of_type(lines, "stop").filter(|v| v["pid"] == pid).collect();
-    assert_eq!(stops.len(), 1, "expected one stop line for {pid}, got {stops:#?}");
+    assert_eq!(
+        stops.len(),
+        1,
+        "expected one stop line for {pid}, got {stops:#?}"
+    );
     stops[0].clone()
 }
 
@@ -49,12 +66,24 @@ fn the_stop_of(lines: &[Value], pid: u32) -> Value {
 fn check_duration(stop: &Value, held_min: Duration, held_max: Duration) {
     let d = stop["duration_ns"].as_u64().unwrap() as u128;
     let (lo, hi) = (held_min.as_nanos(), held_max.as_nanos());
-    eprintln!("stop {:.3} ms; test held it between {:.3} and {:.3} ms", d as f64 / 1e6, lo as f64 / 1e6, hi as f64 / 1e6);
-    assert!(d + 1_000_000 >= lo && d <= hi + 1_000_000, "stop of {d} ns outside the {lo}..{hi} ns the test held it: {stop}");
+    eprintln!(
+        "stop {:.3} ms; test held it between {:.3} and {:.3} ms",
+        d as f64 / 1e6,
+        lo as f64 / 1e6,
+        hi as f64 / 1e6
+    );
+    assert!(
+        d + 1_000_000 >= lo && d <= hi + 1_000_000,
+        "stop of {d} ns outside the {lo}..{hi} ns the test held it: {stop}"
+    );
 }
 
 fn check_actor(a: &Value, what: &str) {
-    assert_eq!(a["pid"], std::process::id(), "{what} should be this test process: {a}");
+    assert_eq!(
+        a["pid"],
+        std::process::id(),
+        "{what} should be this test process: {a}"
+    );
     assert_eq!(a["uid"], 0, "{what} uid: {a}");
 }
 
@@ -77,33 +106,60 @@ fn sigstop_then_sigcont_is_one_stop_per_process_naming_both_senders() {
 
     std::thread::sleep(Duration::from_millis(300));
     let lines = pw.stop();
-    let _ = (stopped.kill(), bystander.kill(), stopped.wait(), bystander.wait());
+    let _ = (
+        stopped.kill(),
+        bystander.kill(),
+        stopped.wait(),
+        bystander.wait(),
+    );
 
     let stop = the_stop_of(&lines, pid);
     check_duration(&stop, held_min, held_max);
     let d = stop["duration_ns"].as_u64().unwrap();
-    assert!(d.abs_diff(500_000_000) <= 5_000_000, "a 500 ms stop reported as {d} ns: {stop}");
+    assert!(
+        d.abs_diff(500_000_000) <= 5_000_000,
+        "a 500 ms stop reported as {d} ns: {stop}"
+    );
     assert_eq!(stop["kind"], "signal");
     assert_eq!(stop["signal"], "SIGSTOP");
-    assert_eq!(stop["threads"], 3, "all three threads stopped in one process-wide stop: {stop}");
+    assert_eq!(
+        stop["threads"], 3,
+        "all three threads stopped in one process-wide stop: {stop}"
+    );
     assert_eq!(stop["comm"], "pw-stopme");
     check_actor(&stop["stopped_by"], "stopped_by");
     check_actor(&stop["resumed_by"], "resumed_by");
     assert_eq!(stop["resume_signal"], "SIGCONT");
     let me = std::process::id();
     let text = stop["description"].as_str().unwrap();
-    assert!(text.contains(&format!("SIGSTOP from pid {me}")) && text.contains(&format!("resumed by SIGCONT from pid {me}")), "{text}");
+    assert!(
+        text.contains(&format!("SIGSTOP from pid {me}"))
+            && text.contains(&format!("resumed by SIGCONT from pid {me}")),
+        "{text}"
+    );
 
     // Both signals appear with their sender; the bystander was never stopped.
     for sig in ["SIGSTOP", "SIGCONT"] {
-        let s = of_type(&lines, "signal").find(|v| v["pid"] == pid && v["signal"] == sig).unwrap_or_else(|| panic!("no {sig} line"));
+        let s = of_type(&lines, "signal")
+            .find(|v| v["pid"] == pid && v["signal"] == sig)
+            .unwrap_or_else(|| panic!("no {sig} line"));
         check_actor(&s["sender"], sig);
     }
-    assert_eq!(of_type(&lines, "stop").filter(|v| v["pid"] == bystander.id()).count(), 0, "a process never stopped has a stop line");
+    assert_eq!(
+        of_type(&lines, "stop")
+            .filter(|v| v["pid"] == bystander.id())
+            .count(),
+        0,
+        "a process never stopped has a stop line"
+    );
     let summary = summary_of(&lines, pid as u64).expect("victim summary");
     assert_eq!(summary["stops"]["count"], 1, "{summary}");
     // Thread episodes that were stops are not streamed again as pauses.
-    assert!(of_type(&lines, "pause").filter(|v| v["pid"] == pid).all(|v| v["components"]["stopped_ns"] == 0));
+    assert!(
+        of_type(&lines, "pause")
+            .filter(|v| v["pid"] == pid)
+            .all(|v| v["components"]["stopped_ns"] == 0)
+    );
 }
 
 #[test]
@@ -117,15 +173,31 @@ fn a_ptrace_stop_is_told_apart_and_names_the_tracer() {
     // SAFETY: ptrace requests on our own child, all from this thread; status is a valid out
     // pointer.
     let (held_min, held_max) = unsafe {
-        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0), 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0),
+            0,
+            "PTRACE_SEIZE: {}",
+            std::io::Error::last_os_error()
+        );
         let t0 = Instant::now();
-        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0), 0, "PTRACE_INTERRUPT");
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0),
+            0,
+            "PTRACE_INTERRUPT"
+        );
         let mut status = 0;
         assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
-        assert!(libc::WIFSTOPPED(status), "the tracee did not stop: status {status:#x}");
+        assert!(
+            libc::WIFSTOPPED(status),
+            "the tracee did not stop: status {status:#x}"
+        );
         let seen_stopped = Instant::now();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0), 0, "PTRACE_DETACH");
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0),
+            0,
+            "PTRACE_DETACH"
+        );
         (seen_stopped.elapsed(), t0.elapsed())
     };
 
@@ -134,28 +206,45 @@ fn a_ptrace_stop_is_told_apart_and_names_the_tracer() {
     let _ = (traced.kill(), traced.wait());
     let stop = the_stop_of(&lines, pid as u32);
     assert_eq!(stop["kind"], "ptrace", "{stop}");
-    assert_eq!(stop["signal"], Value::Null, "a ptrace stop names no stop signal: {stop}");
+    assert_eq!(
+        stop["signal"],
+        Value::Null,
+        "a ptrace stop names no stop signal: {stop}"
+    );
     check_duration(&stop, held_min, held_max);
     check_actor(&stop["stopped_by"], "the tracer");
-    assert!(stop["description"].as_str().unwrap().ends_with("released by the tracer"), "{stop}");
+    assert!(
+        stop["description"]
+            .as_str()
+            .unwrap()
+            .ends_with("released by the tracer"),
+        "{stop}"
+    );
 }
 
 #[test]
 fn a_cgroup_v1_freeze_is_told_apart_from_signal_and_ptrace_stops() {
     require_root();
     let root = std::path::Path::new("/sys/fs/cgroup/freezer");
-    assert!(root.join("freezer.state").exists() || root.join("tasks").exists(), "the cgroup v1 freezer is not mounted at {}", root.display());
+    assert!(
+        root.join("freezer.state").exists() || root.join("tasks").exists(),
+        "the cgroup v1 freezer is not mounted at {}",
+        root.display()
+    );
     let cg = root.join(format!("pausewatch-test-{}", std::process::id()));
     std::fs::create_dir_all(&cg).expect("creating a freezer cgroup");
     let pw = Pausewatch::start(&[]);
     let mut frozen = victim("pw-frozen", 2, 5.0);
     let pid = frozen.id();
-    std::fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("moving the victim into the freezer cgroup");
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+        .expect("moving the victim into the freezer cgroup");
     std::thread::sleep(Duration::from_millis(300));
 
     let t0 = Instant::now();
     std::fs::write(cg.join("freezer.state"), "FROZEN").expect("freezing");
-    wait_until("the cgroup is frozen", || std::fs::read_to_string(cg.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN"));
+    wait_until("the cgroup is frozen", || {
+        std::fs::read_to_string(cg.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+    });
     let seen_frozen = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(cg.join("freezer.state"), "THAWED").expect("thawing");

@@ -48,7 +48,10 @@ mod tests {
             for probe in [v - 1, v, v + 1, v + v / 3] {
                 let b = bucket(probe);
                 let (lo, hi) = bounds(b);
-                assert!(lo <= probe && probe < hi, "{probe} not in bucket {b} [{lo},{hi})");
+                assert!(
+                    lo <= probe && probe < hi,
+                    "{probe} not in bucket {b} [{lo},{hi})"
+                );
             }
             v = v * 3 / 2 + 1;
         }

@@ -95,6 +95,10 @@ pub enum RecordKind {
     Stop = 2,
     /// `SignalRecord`: a signal generated for an observed process.
     Signal = 3,
+    /// `GcRecord`: one runtime stop-the-world (JVM safepoint, Go STW) of a process.
+    Gc = 4,
+    /// `ExecRecord`: a process called execve (the agent looks for runtimes to probe).
+    Exec = 5,
 }
 
 /// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
@@ -111,12 +115,23 @@ pub enum DropCause {
     Signal = 3,
     /// A process's stop could not be tracked (the `PROC_STOPS` map was full).
     StopTracking = 4,
+    /// A stop-the-world record did not fit in the ring buffer.
+    Gc = 5,
+    /// An exec record did not fit in the ring buffer (a runtime started then may be found late).
+    Exec = 6,
 }
-pub const NUM_DROP_CAUSES: usize = 5;
+pub const NUM_DROP_CAUSES: usize = 7;
 
 impl DropCause {
-    pub const ALL: [DropCause; NUM_DROP_CAUSES] =
-        [DropCause::Sched, DropCause::SchedAggregate, DropCause::Stop, DropCause::Signal, DropCause::StopTracking];
+    pub const ALL: [DropCause; NUM_DROP_CAUSES] = [
+        DropCause::Sched,
+        DropCause::SchedAggregate,
+        DropCause::Stop,
+        DropCause::Signal,
+        DropCause::StopTracking,
+        DropCause::Gc,
+        DropCause::Exec,
+    ];
     pub const fn name(self) -> &'static str {
         match self {
             DropCause::Sched => "sched",
@@ -124,6 +139,8 @@ impl DropCause {
             DropCause::Stop => "stop",
             DropCause::Signal => "signal",
             DropCause::StopTracking => "stop_tracking",
+            DropCause::Gc => "gc",
+            DropCause::Exec => "exec",
         }
     }
 }
@@ -240,6 +257,105 @@ pub struct ProcStop {
     pub stopped_by: TaskId,
 }
 const _: () = assert!(core::mem::size_of::<ProcStop>() == 72);
+
+/// A language runtime whose stop-the-world pauses are traced through user-space probes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// HotSpot JVM: hotspot/hs_private USDT probes in libjvm.so.
+    Jvm = 1,
+    /// Go: entry uprobes on runtime.stopTheWorldWithSema / startTheWorldWithSema.
+    Go = 2,
+}
+
+impl Runtime {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Jvm,
+            2 => Self::Go,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Jvm => "jvm",
+            Self::Go => "go",
+        }
+    }
+}
+
+/// `GcRecord::flags`: the stop-the-world contained a collection (JVM gc__begin/gc__end seen;
+/// always set for Go, whose stops the runtime makes for GC phases and a few other reasons).
+pub const GC_FLAG_COLLECTION: u32 = 1;
+/// `GcRecord::flags`: the collection was a full one (JVM gc__begin's argument).
+pub const GC_FLAG_FULL: u32 = 2;
+/// `GcRecord::flags`: `reason` is valid (Go 1.21+ passes a stwReason to stopTheWorldWithSema).
+pub const GC_FLAG_REASON: u32 = 4;
+
+/// Length of the VM operation name carried on a `GcRecord`.
+pub const GC_OP_LEN: usize = 32;
+
+/// One stop-the-world of a process by its runtime: a JVM safepoint (from hs_private
+/// safepoint__begin to safepoint__end, which brackets the JVM's own -Xlog:safepoint "Total"),
+/// or a Go STW (stopTheWorldWithSema entry to startTheWorldWithSema entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcRecord {
+    /// `RecordKind::Gc`.
+    pub kind: u32,
+    /// `Runtime`.
+    pub runtime: u32,
+    pub tgid: u32,
+    /// The runtime thread that stopped the world (JVM: the VM thread).
+    pub tid: u32,
+    /// CLOCK_MONOTONIC when the stop began.
+    pub start_mono_ns: u64,
+    /// Whole stop-the-world, from the request to stop to the restart.
+    pub duration_ns: u64,
+    /// JVM: the collection inside the safepoint (gc__begin to gc__end), matching -Xlog:gc's
+    /// "Pause" time; 0 for safepoints without a collection. Go: equal to `duration_ns`.
+    pub gc_ns: u64,
+    /// Go's stwReason (valid with `GC_FLAG_REASON`).
+    pub reason: u32,
+    /// `GC_FLAG_*`.
+    pub flags: u32,
+    /// JVM: the VM operation that required the safepoint (e.g. "G1CollectFull"), NUL-padded.
+    pub operation: [u8; GC_OP_LEN],
+    /// Process name (thread group leader's comm).
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<GcRecord>() == 96);
+
+/// Kernel-private state of one process's stop-the-world in progress, keyed by tgid in
+/// `GC_OPEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GcState {
+    pub start_ns: u64,
+    /// When the collection inside began (0: none yet).
+    pub gc_start_ns: u64,
+    pub gc_ns: u64,
+    pub tid: u32,
+    pub flags: u32,
+    pub reason: u32,
+    pub _pad0: u32,
+    pub operation: [u8; GC_OP_LEN],
+}
+const _: () = assert!(core::mem::size_of::<GcState>() == 72);
+
+/// A process replaced its program image (tracepoint sched_process_exec).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// `RecordKind::Exec`.
+    pub kind: u32,
+    pub tgid: u32,
+    /// CLOCK_MONOTONIC.
+    pub ts_mono_ns: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 
 /// One streamed pause episode of one thread (episodes at or above `--min-pause`).
 ///

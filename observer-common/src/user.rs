@@ -1,6 +1,6 @@
 //! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
 
-use crate::{PauseRecord, ProcStats, RecordKind, SignalRecord, StopRecord};
+use crate::{ExecRecord, GcRecord, PauseRecord, ProcStats, RecordKind, SignalRecord, StopRecord};
 
 // SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
 // fields, so every bit pattern is a valid value and there are no implicit padding bytes.
@@ -15,6 +15,10 @@ unsafe impl aya::Pod for crate::ComponentStats {}
 unsafe impl aya::Pod for StopRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SignalRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GcRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ExecRecord {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,8 @@ pub enum Record {
     Pause(PauseRecord),
     Stop(StopRecord),
     Signal(SignalRecord),
+    Gc(GcRecord),
+    Exec(ExecRecord),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -32,14 +38,22 @@ pub enum DecodeError {
     #[error("record kind {kind} is unknown (agent and kernel programs from different builds?)")]
     UnknownKind { kind: u32 },
     #[error("record kind {kind} has {len} bytes, expected {expected}")]
-    WrongSize { kind: u32, len: usize, expected: usize },
+    WrongSize {
+        kind: u32,
+        len: usize,
+        expected: usize,
+    },
 }
 
 /// Reads a `T` from exactly `size_of::<T>()` bytes.
 fn read_exact<T: aya::Pod>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
     let expected = core::mem::size_of::<T>();
     if bytes.len() != expected {
-        return Err(DecodeError::WrongSize { kind, len: bytes.len(), expected });
+        return Err(DecodeError::WrongSize {
+            kind,
+            len: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: the length was checked above, read_unaligned has no alignment requirement, and
     // T: Pod means any bit pattern is a valid T.
@@ -56,6 +70,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         k if k == RecordKind::Pause as u32 => Ok(Record::Pause(read_exact(kind, bytes)?)),
         k if k == RecordKind::Stop as u32 => Ok(Record::Stop(read_exact(kind, bytes)?)),
         k if k == RecordKind::Signal as u32 => Ok(Record::Signal(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Gc as u32 => Ok(Record::Gc(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Exec as u32 => Ok(Record::Exec(read_exact(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -88,7 +104,10 @@ mod tests {
     fn bytes_of(r: &PauseRecord) -> Vec<u8> {
         // SAFETY: PauseRecord is Pod with no implicit padding; we copy exactly its size.
         unsafe {
-            core::slice::from_raw_parts((r as *const PauseRecord).cast::<u8>(), core::mem::size_of::<PauseRecord>())
+            core::slice::from_raw_parts(
+                (r as *const PauseRecord).cast::<u8>(),
+                core::mem::size_of::<PauseRecord>(),
+            )
         }
         .to_vec()
     }
@@ -113,7 +132,10 @@ mod tests {
     fn rejects_short_long_and_unknown() {
         let b = bytes_of(&sample());
         assert_eq!(decode(&b[..3]), Err(DecodeError::NoKind { len: 3 }));
-        assert!(matches!(decode(&b[..50]), Err(DecodeError::WrongSize { len: 50, .. })));
+        assert!(matches!(
+            decode(&b[..50]),
+            Err(DecodeError::WrongSize { len: 50, .. })
+        ));
         let mut long = b.clone();
         long.push(0);
         assert!(matches!(decode(&long), Err(DecodeError::WrongSize { .. })));
@@ -133,17 +155,92 @@ mod tests {
             duration_ns: 500_000_000,
             stop_sig: 19,
             _pad0: 0,
-            stopped_by: crate::TaskId { tid: 1, tgid: 1, uid: 0, _pad0: 0, comm: [b'k'; TASK_COMM_LEN] },
+            stopped_by: crate::TaskId {
+                tid: 1,
+                tgid: 1,
+                uid: 0,
+                _pad0: 0,
+                comm: [b'k'; TASK_COMM_LEN],
+            },
             comm: [0; TASK_COMM_LEN],
         };
         // SAFETY: Pod, exact size.
-        let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
+        let b = unsafe {
+            core::slice::from_raw_parts(
+                (&stop as *const StopRecord).cast::<u8>(),
+                size_of::<StopRecord>(),
+            )
+        }
+        .to_vec();
         assert_eq!(decode(&b), Ok(Record::Stop(stop)));
-        assert!(matches!(decode(&b[..80]), Err(DecodeError::WrongSize { len: 80, expected: 88, .. })));
+        assert!(matches!(
+            decode(&b[..80]),
+            Err(DecodeError::WrongSize {
+                len: 80,
+                expected: 88,
+                ..
+            })
+        ));
         stop.kind = RecordKind::Signal as u32;
         // SAFETY: as above.
-        let b = unsafe { core::slice::from_raw_parts((&stop as *const StopRecord).cast::<u8>(), size_of::<StopRecord>()) }.to_vec();
-        assert!(matches!(decode(&b), Err(DecodeError::WrongSize { expected: 80, .. })), "a stop-sized record tagged signal is rejected");
+        let b = unsafe {
+            core::slice::from_raw_parts(
+                (&stop as *const StopRecord).cast::<u8>(),
+                size_of::<StopRecord>(),
+            )
+        }
+        .to_vec();
+        assert!(
+            matches!(decode(&b), Err(DecodeError::WrongSize { expected: 80, .. })),
+            "a stop-sized record tagged signal is rejected"
+        );
+    }
+
+    fn raw<T: aya::Pod>(r: &T) -> Vec<u8> {
+        // SAFETY: Pod with no implicit padding; exactly its size is copied.
+        unsafe { core::slice::from_raw_parts((r as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn gc_and_exec_records_decode_by_kind_and_size() {
+        let mut op = [0u8; crate::GC_OP_LEN];
+        op[..13].copy_from_slice(b"G1CollectFull");
+        let gc = crate::GcRecord {
+            kind: RecordKind::Gc as u32,
+            runtime: crate::Runtime::Jvm as u32,
+            tgid: 9,
+            tid: 10,
+            start_mono_ns: 1,
+            duration_ns: 5_400_000,
+            gc_ns: 5_200_000,
+            reason: 0,
+            flags: crate::GC_FLAG_COLLECTION | crate::GC_FLAG_FULL,
+            operation: op,
+            comm: [0; TASK_COMM_LEN],
+        };
+        assert_eq!(decode(&raw(&gc)), Ok(Record::Gc(gc)));
+        assert!(matches!(
+            decode(&raw(&gc)[..95]),
+            Err(DecodeError::WrongSize { expected: 96, .. })
+        ));
+        let exec = crate::ExecRecord {
+            kind: RecordKind::Exec as u32,
+            tgid: 5,
+            ts_mono_ns: 2,
+            comm: [b'j'; TASK_COMM_LEN],
+        };
+        assert_eq!(decode(&raw(&exec)), Ok(Record::Exec(exec)));
+        let mut mislabelled = raw(&exec);
+        mislabelled[..4].copy_from_slice(&(RecordKind::Gc as u32).to_ne_bytes());
+        assert!(matches!(
+            decode(&mislabelled),
+            Err(DecodeError::WrongSize {
+                len: 32,
+                expected: 96,
+                ..
+            })
+        ));
     }
 
     #[test]

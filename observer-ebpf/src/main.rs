@@ -12,6 +12,7 @@
 mod config;
 mod episodes;
 mod output;
+mod runtimes;
 mod sched;
 mod stops;
 mod task;

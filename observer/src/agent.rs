@@ -20,10 +20,12 @@ use crate::{
     export::ndjson::NdjsonWriter,
     model::{
         episode::Episode,
+        gc::GcPause,
         process::ProcessTable,
         stop::{Signal, Stop, StopJoiner},
     },
     probe::Probes,
+    runtimes::{Notice, RuntimeWatcher},
     source::{clock::WallClock, harvest::Harvester, ringbuf},
     tui,
 };
@@ -53,12 +55,18 @@ pub struct AgentState {
     pub recent_stops: std::collections::VecDeque<Stop>,
     /// Signal stops waiting for the SIGCONT/SIGKILL that ended them.
     pub stops: StopJoiner,
+    /// Most recent runtime stop-the-worlds, newest last (bounded).
+    pub recent_gc: std::collections::VecDeque<GcPause>,
+    /// Finds JVMs and Go programs and attaches their stop-the-world probes.
+    pub runtimes: RuntimeWatcher,
     pub mechanism: &'static str,
     /// Degraded-mode notices from loading (shown in the live view's footer).
     pub notices: Vec<String>,
 }
 
 const RECENT_EPISODES: usize = 256;
+/// Notices kept for the live view.
+const MAX_NOTICES: usize = 64;
 
 /// Appends to a bounded most-recent list, dropping the oldest beyond `RECENT_EPISODES`.
 fn push_recent<T>(list: &mut std::collections::VecDeque<T>, item: T) {
@@ -83,7 +91,10 @@ impl AgentState {
                 }
                 Ok(Record::Stop(r)) => {
                     self.next_episode_id += 1;
-                    if let Some(stop) = self.stops.on_stop(Stop::from_record(self.next_episode_id, &r)) {
+                    if let Some(stop) = self
+                        .stops
+                        .on_stop(Stop::from_record(self.next_episode_id, &r))
+                    {
                         self.emit_stop(stop, out);
                     }
                 }
@@ -97,8 +108,43 @@ impl AgentState {
                         self.emit_stop(stop, out);
                     }
                 }
+                Ok(Record::Gc(r)) => {
+                    self.next_episode_id += 1;
+                    let g = GcPause::from_record(self.next_episode_id, &r);
+                    self.table.note_gc(&g);
+                    if let Output::Json(w) = out {
+                        w.gc(&self.clock, &g);
+                    }
+                    push_recent(&mut self.recent_gc, g);
+                }
+                Ok(Record::Exec(r)) => self.runtimes.on_exec(WallClock::mono_now(), r.tgid),
                 Err(_) => self.decode_errors += 1,
             }
+        }
+    }
+
+    /// Runs the runtime checks that are due and reports what they found.
+    fn on_runtime_checks(&mut self, ebpf: &mut aya::Ebpf, out: &mut Output) {
+        for n in self.runtimes.run_due(WallClock::mono_now(), ebpf) {
+            self.notice(n, out);
+        }
+    }
+
+    fn notice(&mut self, n: Notice, out: &mut Output) {
+        if let Output::Json(w) = out {
+            w.notice(
+                &self.clock,
+                n.level,
+                n.event,
+                &n.message,
+                json!({ "pid": n.pid, "path": n.path }),
+            );
+        }
+        if n.level != "info" {
+            if self.notices.len() >= MAX_NOTICES {
+                self.notices.remove(0);
+            }
+            self.notices.push(n.message);
         }
     }
 
@@ -134,11 +180,21 @@ impl AgentState {
 }
 
 pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> anyhow::Result<()> {
-    let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+    let ring = RingBuf::try_from(
+        probes
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS missing")?,
+    )?;
     // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd, so the fd stays open
     // (and is not reused) for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e.into_parts().1))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "registering the ring buffer with epoll: {}",
+                e.into_parts().1
+            )
+        })?;
     let mut harvester = Harvester::new(&mut probes.ebpf)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -162,6 +218,8 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         recent: Default::default(),
         recent_stops: Default::default(),
         stops: Default::default(),
+        recent_gc: Default::default(),
+        runtimes: RuntimeWatcher::default(),
         mechanism: probes.sched_mechanism,
         notices: probes.notices.clone(),
     };
@@ -181,7 +239,13 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         w.flush();
     }
 
+    st.runtimes
+        .scan_existing(WallClock::mono_now(), &settings.pids);
+
     loop {
+        let runtime_check = st.runtimes.next_due_ns().map(|due| {
+            Instant::now() + Duration::from_nanos(due.saturating_sub(WallClock::mono_now()))
+        });
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -199,6 +263,16 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 st.clock = WallClock::sample();
                 st.on_harvest(&mut harvester);
                 st.release_stops(Some(WallClock::mono_now()), &mut out);
+                st.runtimes.prune();
+                if let Output::Json(w) = &mut out {
+                    w.flush();
+                }
+            }
+            _ = async { tokio::time::sleep_until(runtime_check.unwrap_or_else(Instant::now)).await }, if runtime_check.is_some() => {
+                st.on_runtime_checks(&mut probes.ebpf, &mut out);
+                if let Output::Json(w) = &mut out {
+                    w.flush();
+                }
             }
             _ = draw.tick(), if matches!(out, Output::Live(_)) => {
                 if let Output::Live(live) = &mut out {
@@ -206,10 +280,10 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 }
             }
             Some(key) = keys.recv() => {
-                if let Output::Live(live) = &mut out {
-                    if live.on_key(key) == tui::KeyOutcome::Quit {
-                        break;
-                    }
+                if let Output::Live(live) = &mut out
+                    && live.on_key(key) == tui::KeyOutcome::Quit
+                {
+                    break;
                 }
             }
             _ = sigint.recv() => break,
@@ -244,7 +318,12 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             for p in st.table.sorted() {
                 w.summary(&st.clock, now, p);
             }
-            w.drops(&st.clock, &st.kernel_drops, st.decode_errors, st.table.evicted);
+            w.drops(
+                &st.clock,
+                &st.kernel_drops,
+                st.decode_errors,
+                st.table.evicted,
+            );
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();
         }

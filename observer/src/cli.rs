@@ -48,15 +48,18 @@ pub struct Cli {
 
 fn parse_pid(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
-        Ok(0) | Err(_) => Err(format!("'{s}' is not a process id: expected a positive integer such as 4242")),
+        Ok(0) | Err(_) => Err(format!(
+            "'{s}' is not a process id: expected a positive integer such as 4242"
+        )),
         Ok(p) if p > i32::MAX as u32 => Err(format!("'{s}' is larger than any Linux pid")),
         Ok(p) => Ok(p),
     }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("'{s}' is not a duration ({e}): use a number with a unit, such as 500ms, 10s or 2m"))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("'{s}' is not a duration ({e}): use a number with a unit, such as 500ms, 10s or 2m")
+    })
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -87,7 +90,17 @@ mod tests {
 
     #[test]
     fn repeatable_pids_and_durations() {
-        let c = parse(&["--pid", "10", "--pid", "20", "--duration", "1m", "--min-pause", "250us"]).unwrap();
+        let c = parse(&[
+            "--pid",
+            "10",
+            "--pid",
+            "20",
+            "--duration",
+            "1m",
+            "--min-pause",
+            "250us",
+        ])
+        .unwrap();
         assert_eq!(c.pids, vec![10, 20]);
         assert_eq!(c.duration, Some(Duration::from_secs(60)));
         assert_eq!(c.min_pause, Duration::from_micros(250));

@@ -4,6 +4,7 @@ mod cli;
 mod export;
 mod model;
 mod probe;
+mod runtimes;
 mod source;
 mod tui;
 
@@ -48,16 +49,35 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     }
     probe::privileges::check()?;
     let min_pause_ns = u64::try_from(cli.min_pause.as_nanos()).unwrap_or(u64::MAX);
-    let probes = probe::load(&probe::LoadOptions { btf_path: &cli.btf, min_pause_ns, pids: &pids, attach: cli.attach, bpf_stats: cli.bpf_stats })?;
+    let probes = probe::load(&probe::LoadOptions {
+        btf_path: &cli.btf,
+        min_pause_ns,
+        pids: &pids,
+        attach: cli.attach,
+        bpf_stats: cli.bpf_stats,
+    })?;
 
     let json = cli.json || !std::io::stdout().is_terminal();
     let output = if json {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        agent::Output::Json(export::ndjson::NdjsonWriter::new(std::io::BufWriter::new(std::io::stdout()), host))
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        agent::Output::Json(export::ndjson::NdjsonWriter::new(
+            std::io::BufWriter::new(std::io::stdout()),
+            host,
+        ))
     } else {
         agent::Output::Live(tui::Live::start())
     };
-    let settings = agent::Settings { duration: cli.duration, max_processes: cli.max_processes, pids, min_pause: cli.min_pause };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let settings = agent::Settings {
+        duration: cli.duration,
+        max_processes: cli.max_processes,
+        pids,
+        min_pause: cli.min_pause,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(agent::run(probes, settings, output))
 }

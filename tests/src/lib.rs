@@ -17,7 +17,11 @@ pub fn pausewatch_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pausewatch");
-    assert!(p.exists(), "{} missing: build it first (`cargo build -p observer`, or run `cargo xtask test`)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: build it first (`cargo build -p observer`, or run `cargo xtask test`)",
+        p.display()
+    );
     p
 }
 
@@ -25,8 +29,16 @@ pub fn pausewatch_bin() -> PathBuf {
 /// level above the test executables in deps/.
 pub fn workload_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("pw-workload");
-    assert!(p.exists(), "{} missing: it is built by `cargo test -p pausewatch-tests`", p.display());
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("pw-workload");
+    assert!(
+        p.exists(),
+        "{} missing: it is built by `cargo test -p pausewatch-tests`",
+        p.display()
+    );
     p
 }
 
@@ -34,12 +46,17 @@ pub fn workload_bin() -> PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "privileged tests must run as root (they load eBPF): run `sudo cargo xtask test`");
+    assert_eq!(
+        euid, 0,
+        "privileged tests must run as root (they load eBPF): run `sudo cargo xtask test`"
+    );
 }
 
 /// Both CPUs the tests pin to must exist; pausewatch itself is left unpinned.
 pub fn test_cpu() -> usize {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if n > 1 { 1 } else { 0 }
 }
 
@@ -72,7 +89,8 @@ impl Pausewatch {
         let l = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 l.lock().unwrap().push(v);
             }
         });
@@ -82,8 +100,14 @@ impl Pausewatch {
                 e.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let mut pw = Self { child, lines, stderr };
-        pw.wait_for(Duration::from_secs(60), |v| v["type"] == "notice" && v["event"] == "attached");
+        let mut pw = Self {
+            child,
+            lines,
+            stderr,
+        };
+        pw.wait_for(Duration::from_secs(60), |v| {
+            v["type"] == "notice" && v["event"] == "attached"
+        });
         pw
     }
 
@@ -96,9 +120,16 @@ impl Pausewatch {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("pausewatch exited ({status}) before the expected line; stderr:\n{}", self.stderr.lock().unwrap());
+                panic!(
+                    "pausewatch exited ({status}) before the expected line; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "timed out waiting for a line; stderr:\n{}", self.stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a line; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -109,11 +140,18 @@ impl Pausewatch {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("waiting for pausewatch");
         std::thread::sleep(Duration::from_millis(300)); // let the reader threads finish
-        assert!(status.success(), "pausewatch exited with {status}; stderr:\n{}", self.stderr.lock().unwrap());
+        assert!(
+            status.success(),
+            "pausewatch exited with {status}; stderr:\n{}",
+            self.stderr.lock().unwrap()
+        );
         let lines = self.lines.lock().unwrap().clone();
         for v in &lines {
             assert_eq!(v["schema"], 1, "line without schema 1: {v}");
-            assert!(v["type"].is_string() && v["wall_ns"].is_i64() && v["wall_err_ns"].is_u64(), "bad line: {v}");
+            assert!(
+                v["type"].is_string() && v["wall_ns"].is_i64() && v["wall_err_ns"].is_u64(),
+                "bad line: {v}"
+            );
         }
         lines
     }
@@ -131,8 +169,15 @@ pub fn summary_of(lines: &[Value], pid: u64) -> Option<&Value> {
 
 /// Runs a workload to completion and parses the JSON it prints.
 pub fn run_workload(args: &[&str]) -> Value {
-    let out = Command::new(workload_bin()).args(args).output().expect("running pw-workload");
-    assert!(out.status.success(), "pw-workload {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(workload_bin())
+        .args(args)
+        .output()
+        .expect("running pw-workload");
+    assert!(
+        out.status.success(),
+        "pw-workload {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("pw-workload output")
 }
 
@@ -141,7 +186,13 @@ pub fn start_hogs(n: usize, cpu: usize, secs: f64) -> Vec<Child> {
     (0..n)
         .map(|i| {
             Command::new(workload_bin())
-                .args(["spin", &secs.to_string(), &cpu.to_string(), &format!("pw-hog{i}"), "1"])
+                .args([
+                    "spin",
+                    &secs.to_string(),
+                    &cpu.to_string(),
+                    &format!("pw-hog{i}"),
+                    "1",
+                ])
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("spawning hog")

@@ -22,15 +22,30 @@ struct Workload {
 }
 
 const WORKLOADS: [Workload; 2] = [
-    Workload { name: "perf bench sched pipe (200k round trips)", args: &["bench", "sched", "pipe", "-l", "200000"] },
-    Workload { name: "perf bench sched messaging (10 groups, 400 loops)", args: &["bench", "sched", "messaging", "-g", "10", "-l", "400"] },
+    Workload {
+        name: "perf bench sched pipe (200k round trips)",
+        args: &["bench", "sched", "pipe", "-l", "200000"],
+    },
+    Workload {
+        name: "perf bench sched messaging (10 groups, 400 loops)",
+        args: &["bench", "sched", "messaging", "-g", "10", "-l", "400"],
+    },
 ];
 
 fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let out = Command::new("perf").args(w.args).stdout(Stdio::null()).stderr(Stdio::piped()).output().context("running perf")?;
+    let out = Command::new("perf")
+        .args(w.args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running perf")?;
     if !out.status.success() {
-        bail!("perf {:?} failed: {}", w.args, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "perf {:?} failed: {}",
+            w.args,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(t.elapsed())
 }
@@ -38,16 +53,26 @@ fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn ensure_perf() -> anyhow::Result<()> {
-    if Command::new("perf").args(["bench", "sched", "pipe", "-l", "10"]).output().is_ok_and(|o| o.status.success()) {
+    if Command::new("perf")
+        .args(["bench", "sched", "pipe", "-l", "10"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     println!("bench: perf missing: installing Debian's linux-perf");
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "linux-perf"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "linux-perf"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn sched(rounds: usize) -> anyhow::Result<()> {
@@ -59,8 +84,12 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
     let mut report = String::from("# pausewatch benchmark: sched\n\n");
     report += &format!(
         "Command: `cargo xtask bench sched --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
     );
     report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
     let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -80,7 +109,9 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
             Ok(t)
         };
         for r in 0..rounds {
-            let (a, b) = if r % 2 == 0 { (one(false)?, one(true)?) } else {
+            let (a, b) = if r % 2 == 0 {
+                (one(false)?, one(true)?)
+            } else {
                 let b = one(true)?;
                 (one(false)?, b)
             };
@@ -93,15 +124,29 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
         let pw = Pausewatch::start_bin(&bin, &["--min-pause", "5ms", "--bpf-stats"]);
         time_workload(w)?;
         let lines = pw.stop();
-        let cost = of_type(&lines, "self_cost").next().context("pausewatch wrote no self_cost line")?;
+        let cost = of_type(&lines, "self_cost")
+            .next()
+            .context("pausewatch wrote no self_cost line")?;
         for p in cost["programs"].as_array().into_iter().flatten() {
-            let e = prog.entry(p["name"].as_str().unwrap_or("?").to_string()).or_default();
+            let e = prog
+                .entry(p["name"].as_str().unwrap_or("?").to_string())
+                .or_default();
             e.0 += p["run_count"].as_u64().unwrap_or(0);
             e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
         }
         if let Some(f) = cost["stats_floor_ns"].as_u64() {
             // Weighted like the programs: by sched_switch runs, which the floor program shares.
-            let n = cost["programs"].as_array().into_iter().flatten().find(|p| p["name"].as_str().is_some_and(|n| n.starts_with("sched_switch"))).and_then(|p| p["run_count"].as_u64()).unwrap_or(0);
+            let n = cost["programs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("sched_switch"))
+                })
+                .and_then(|p| p["run_count"].as_u64())
+                .unwrap_or(0);
             floor_n += n;
             floor_t += f * n;
         }
@@ -128,7 +173,8 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
         report += &format!(
             "| {name} | {n} | {} | {} |\n",
             mean.map_or("-".into(), |m| m.to_string()),
-            mean.zip(floor).map_or("-".into(), |(m, f)| m.saturating_sub(f).to_string())
+            mean.zip(floor)
+                .map_or("-".into(), |(m, f)| m.saturating_sub(f).to_string())
         );
     }
     let dir = root_dir().join("target/bench");

@@ -38,13 +38,19 @@ enum Cmd {
 }
 
 pub fn root_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Runs a command in the workspace root, failing with its name on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let desc = format!("{cmd:?}");
-    let status = cmd.current_dir(root_dir()).status().with_context(|| format!("starting {desc}"))?;
+    let status = cmd
+        .current_dir(root_dir())
+        .status()
+        .with_context(|| format!("starting {desc}"))?;
     if !status.success() {
         bail!("{desc} failed: {status}");
     }
@@ -80,15 +86,25 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test => {
             setup::setup()?;
             if !is_root() {
-                bail!("the privileged tests load eBPF into the running kernel: run `sudo -E cargo xtask test` as root");
+                bail!(
+                    "the privileged tests load eBPF into the running kernel: run `sudo -E cargo xtask test` as root"
+                );
             }
             // Unit, model, ABI, TUI and CLI-parsing tests (no privileges needed).
-            run(cargo().args(["test", "--workspace", "--exclude", "pausewatch-tests", "--all-features"]))?;
+            run(cargo().args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "pausewatch-tests",
+                "--all-features",
+            ]))?;
             // The privileged suite, against the debug binary built with real eBPF. Serial:
             // each test pins workloads to one CPU and must not compete with the others.
             run(cargo().args(["build", "-p", "observer"]))?;
             let bin = root_dir().join("target/debug/pausewatch");
-            run(cargo().args(["test", "-p", "pausewatch-tests", "--", "--test-threads=1"]).env("PAUSEWATCH_BIN", bin))
+            run(cargo()
+                .args(["test", "-p", "pausewatch-tests", "--", "--test-threads=1"])
+                .env("PAUSEWATCH_BIN", bin))
         }
         Cmd::Bench { which, rounds } => {
             setup::setup()?;

@@ -19,7 +19,10 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let desc = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {desc}"))?;
     if !out.status.success() {
-        bail!("{desc} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{desc} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -27,7 +30,9 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 pub fn setup() -> anyhow::Result<()> {
@@ -35,14 +40,32 @@ pub fn setup() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("setup: no nightly toolchain: installing it (minimal profile)");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: rust-src for nightly: present");
     } else {
         println!("setup: rust-src for nightly: installing");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     // 2. The nightly's LLVM.
@@ -53,19 +76,36 @@ pub fn setup() -> anyhow::Result<()> {
         .context("`rustc +nightly -vV` reports no LLVM version")?
         .trim()
         .to_string();
-    let major: u32 = llvm.split('.').next().and_then(|m| m.parse().ok()).context("unparsable LLVM version")?;
+    let major: u32 = llvm
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .context("unparsable LLVM version")?;
     if !SUPPORTED_LLVM.contains(&major) {
-        bail!("nightly uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} supports LLVM {SUPPORTED_LLVM:?}: use a matching nightly");
+        bail!(
+            "nightly uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} supports LLVM {SUPPORTED_LLVM:?}: use a matching nightly"
+        );
     }
-    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?
+            .trim(),
+    );
     let libdir = sysroot.join("lib");
     let lib = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}: the nightly toolchain lacks its shared LLVM", libdir.display()))?;
-    println!("setup: nightly LLVM {llvm} ({})", libdir.join(&lib).display());
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: the nightly toolchain lacks its shared LLVM",
+                libdir.display()
+            )
+        })?;
+    println!(
+        "setup: nightly LLVM {llvm} ({})",
+        libdir.join(&lib).display()
+    );
 
     // 3. LLVM_PREFIX: a lib/ of symlinks named as bpf-linker's build script expects.
     let prefix = cargo_home().join("pausewatch-llvm").join(&lib);
@@ -74,20 +114,36 @@ pub fn setup() -> anyhow::Result<()> {
     for name in ["libLLVM.so", lib.as_str()] {
         let link = plib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(libdir.join(&lib), &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(libdir.join(&lib), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
     }
 
     // 4. bpf-linker, rebuilt only when absent or built for another LLVM.
     let stamp = prefix.join("bpf-linker.stamp");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major} {lib}");
-    let have = Command::new("bpf-linker").arg("--version").output().ok().filter(|o| o.status.success());
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
     if have.is_some() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
         println!("setup: {want}: present");
     } else {
         println!("setup: building {want} (a few minutes, once)");
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix))?;
         std::fs::write(&stamp, &want).context("writing the setup stamp")?;
     }

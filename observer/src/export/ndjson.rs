@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::{
     model::{
         episode::Episode,
+        gc::GcPause,
         process::ProcessEntry,
         stats::Aggregate,
         stop::{Actor, Signal, Stop, signal_name},
@@ -34,7 +35,13 @@ fn actor_json(a: &Actor) -> Value {
 }
 
 fn stat_json(a: &Aggregate) -> StatJson {
-    StatJson { count: a.count, total_ns: a.total_ns, max_ns: a.max_ns, p50_ns: a.percentile(0.5), p99_ns: a.percentile(0.99) }
+    StatJson {
+        count: a.count,
+        total_ns: a.total_ns,
+        max_ns: a.max_ns,
+        p50_ns: a.percentile(0.5),
+        p99_ns: a.percentile(0.99),
+    }
 }
 
 /// Writes lines to any sink, counting lines it could not write (a full disk, a closed pipe)
@@ -47,7 +54,11 @@ pub struct NdjsonWriter<W: Write> {
 
 impl<W: Write> NdjsonWriter<W> {
     pub fn new(out: W, host: String) -> Self {
-        Self { out, host, failed_lines: 0 }
+        Self {
+            out,
+            host,
+            failed_lines: 0,
+        }
     }
 
     fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
@@ -62,7 +73,8 @@ impl<W: Write> NdjsonWriter<W> {
         if let (Some(o), Value::Object(b)) = (obj.as_object_mut(), body) {
             o.extend(b);
         }
-        let ok = serde_json::to_writer(&mut self.out, &obj).is_ok() && self.out.write_all(b"\n").is_ok();
+        let ok =
+            serde_json::to_writer(&mut self.out, &obj).is_ok() && self.out.write_all(b"\n").is_ok();
         if !ok {
             self.failed_lines += 1;
         }
@@ -74,7 +86,14 @@ impl<W: Write> NdjsonWriter<W> {
         }
     }
 
-    pub fn notice(&mut self, clock: &WallClock, level: &str, event: &str, message: &str, extra: Value) {
+    pub fn notice(
+        &mut self,
+        clock: &WallClock,
+        level: &str,
+        event: &str,
+        message: &str,
+        extra: Value,
+    ) {
         let mut body = json!({ "level": level, "event": event, "message": message });
         if let (Some(o), Value::Object(e)) = (body.as_object_mut(), extra) {
             o.extend(e);
@@ -124,6 +143,27 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("stop", stop.start_mono_ns, clock, body);
     }
 
+    pub fn gc(&mut self, clock: &WallClock, g: &GcPause) {
+        let body = json!({
+            "id": g.id,
+            "pid": g.pid,
+            "tid": g.tid,
+            "comm": g.comm,
+            "runtime": g.runtime_name(),
+            "start_mono_ns": g.start_mono_ns,
+            "end_mono_ns": g.end_mono_ns(),
+            "duration_ns": g.duration_ns,
+            "gc_ns": g.gc_ns,
+            "collection": g.collection,
+            "full": g.full,
+            "cause": g.cause(),
+            "operation": g.operation,
+            "reason": g.reason,
+            "description": g.describe(),
+        });
+        self.line("gc", g.start_mono_ns, clock, body);
+    }
+
     pub fn signal(&mut self, clock: &WallClock, sig: &Signal) {
         let body = json!({
             "pid": sig.pid,
@@ -153,13 +193,23 @@ impl<W: Write> NdjsonWriter<W> {
             "dropped_records": p.dropped_records(),
             "stops": stat_json(&p.stops),
             "signals_received": p.signals,
+            "gc": stat_json(&p.gc),
+            "gc_collections": p.gc_collections,
         });
         self.line("summary", ts_mono_ns, clock, body);
     }
 
-    pub fn drops(&mut self, clock: &WallClock, kernel: &[u64; NUM_DROP_CAUSES], decode_errors: u64, evicted: u64) {
-        let ring: serde_json::Map<String, Value> =
-            DropCause::ALL.iter().map(|c| (c.name().to_string(), json!(kernel[*c as usize]))).collect();
+    pub fn drops(
+        &mut self,
+        clock: &WallClock,
+        kernel: &[u64; NUM_DROP_CAUSES],
+        decode_errors: u64,
+        evicted: u64,
+    ) {
+        let ring: serde_json::Map<String, Value> = DropCause::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), json!(kernel[*c as usize])))
+            .collect();
         let failed = self.failed_lines;
         let body = json!({
             "kernel": ring,
@@ -170,7 +220,13 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("drops", WallClock::mono_now(), clock, body);
     }
 
-    pub fn self_cost(&mut self, clock: &WallClock, costs: &[ProgramCost], mechanism: &str, stats_enabled: bool) {
+    pub fn self_cost(
+        &mut self,
+        clock: &WallClock,
+        costs: &[ProgramCost],
+        mechanism: &str,
+        stats_enabled: bool,
+    ) {
         let floor = stats_floor_ns(costs);
         let programs: Vec<Value> = costs
             .iter()
@@ -197,7 +253,11 @@ mod tests {
     use observer_common::{EpisodeStart, NUM_COMPONENTS};
 
     fn clock() -> WallClock {
-        WallClock { offset_ns: 1_700_000_000_000_000_000, err_ns: 5_000, unsynced: false }
+        WallClock {
+            offset_ns: 1_700_000_000_000_000_000,
+            err_ns: 5_000,
+            unsynced: false,
+        }
     }
 
     #[test]

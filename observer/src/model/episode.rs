@@ -34,7 +34,8 @@ impl Episode {
             duration_ns: r.duration_ns,
             components_ns: r.components_ns,
             start_reason: EpisodeStart::from_u32(r.start_reason),
-            preempted_by: (r.preempted_by_tid != 0).then(|| (r.preempted_by_tid, comm_string(&r.preempted_by_comm))),
+            preempted_by: (r.preempted_by_tid != 0)
+                .then(|| (r.preempted_by_tid, comm_string(&r.preempted_by_comm))),
         }
     }
 
@@ -44,7 +45,10 @@ impl Episode {
 
     /// The component that took most of the episode.
     pub fn dominant(&self) -> Component {
-        Component::ALL.into_iter().max_by_key(|&c| self.component(c)).unwrap_or(Component::Runq)
+        Component::ALL
+            .into_iter()
+            .max_by_key(|&c| self.component(c))
+            .unwrap_or(Component::Runq)
     }
 
     pub fn end_mono_ns(&self) -> u64 {

@@ -1,5 +1,6 @@
 //! Pure model: no tokio, no aya, no terminal, no clock reads. Time is a field of each input.
 pub mod episode;
+pub mod gc;
 pub mod process;
 pub mod stats;
 pub mod stop;

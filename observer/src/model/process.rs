@@ -10,6 +10,7 @@ use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE};
 
 use super::{
     episode::Episode,
+    gc::GcPause,
     stats::Aggregate,
     stop::{Signal, Stop},
 };
@@ -30,6 +31,10 @@ pub struct ProcessEntry {
     pub stops: Aggregate,
     /// Signals generated for the process while observed.
     pub signals: u64,
+    /// Runtime stop-the-world pauses (JVM safepoints, Go STW), by duration.
+    pub gc: Aggregate,
+    /// Those of them that collected garbage.
+    pub gc_collections: u64,
 }
 
 impl ProcessEntry {
@@ -64,11 +69,18 @@ pub struct ProcessTable {
 
 impl ProcessTable {
     pub fn new(max_entries: usize) -> Self {
-        Self { entries: HashMap::new(), max_entries: max_entries.max(1), evicted: 0 }
+        Self {
+            entries: HashMap::new(),
+            max_entries: max_entries.max(1),
+            evicted: 0,
+        }
     }
 
     fn entry(&mut self, pid: u32) -> &mut ProcessEntry {
-        self.entries.entry(pid).or_insert_with(|| ProcessEntry { pid, ..Default::default() })
+        self.entries.entry(pid).or_insert_with(|| ProcessEntry {
+            pid,
+            ..Default::default()
+        })
     }
 
     /// Applies one cumulative kernel snapshot for `pid`.
@@ -113,6 +125,13 @@ impl ProcessTable {
 
     pub fn note_stop(&mut self, stop: &Stop) {
         self.note(stop.pid, &stop.comm, |e| e.stops.record(stop.duration_ns));
+    }
+
+    pub fn note_gc(&mut self, g: &GcPause) {
+        self.note(g.pid, &g.comm, |e| {
+            e.gc.record(g.duration_ns);
+            e.gc_collections += u64::from(g.collection);
+        });
     }
 
     pub fn note_signal(&mut self, sig: &Signal) {
@@ -161,8 +180,17 @@ mod tests {
     use observer_common::{ComponentStats, TASK_COMM_LEN, hist};
 
     fn snap(episodes: u64, total: u64) -> ProcStats {
-        let zero = ComponentStats { count: 0, total_ns: 0, max_ns: 0, hist: [0; hist::BUCKETS] };
-        let mut s = ProcStats { stats: [zero; NUM_STATS], dropped_records: 0, comm: [0; TASK_COMM_LEN] };
+        let zero = ComponentStats {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            hist: [0; hist::BUCKETS],
+        };
+        let mut s = ProcStats {
+            stats: [zero; NUM_STATS],
+            dropped_records: 0,
+            comm: [0; TASK_COMM_LEN],
+        };
         s.stats[STAT_EPISODE].count = episodes;
         s.stats[STAT_EPISODE].total_ns = total;
         s.stats[STAT_EPISODE].hist[hist::bucket(total / episodes.max(1))] = episodes;
@@ -207,7 +235,10 @@ mod tests {
         t.retire(2);
         t.apply_snapshot(3, "tiny-live", &snap(1, 10));
         assert_eq!(t.len(), 2);
-        assert!(t.get(2).is_none(), "exited process goes first even if it paused more");
+        assert!(
+            t.get(2).is_none(),
+            "exited process goes first even if it paused more"
+        );
         assert_eq!(t.evicted, 1);
         t.apply_snapshot(4, "x", &snap(1, 50));
         assert!(t.get(3).is_none(), "then the least paused live one");

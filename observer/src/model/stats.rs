@@ -11,13 +11,23 @@ pub struct Aggregate {
 
 impl Default for Aggregate {
     fn default() -> Self {
-        Self { count: 0, total_ns: 0, max_ns: 0, hist: [0; hist::BUCKETS] }
+        Self {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            hist: [0; hist::BUCKETS],
+        }
     }
 }
 
 impl From<&ComponentStats> for Aggregate {
     fn from(s: &ComponentStats) -> Self {
-        Self { count: s.count, total_ns: s.total_ns, max_ns: s.max_ns, hist: s.hist }
+        Self {
+            count: s.count,
+            total_ns: s.total_ns,
+            max_ns: s.max_ns,
+            hist: s.hist,
+        }
     }
 }
 
@@ -91,7 +101,11 @@ mod tests {
         for us in 1..=10_000u64 {
             a.record(us * 1000);
         }
-        for (q, truth) in [(0.5, 5_000_000f64), (0.99, 9_900_000f64), (0.1, 1_000_000f64)] {
+        for (q, truth) in [
+            (0.5, 5_000_000f64),
+            (0.99, 9_900_000f64),
+            (0.1, 1_000_000f64),
+        ] {
             let p = a.percentile(q).unwrap() as f64;
             assert!((p - truth).abs() / truth < 0.25, "q={q}: {p} vs {truth}");
         }

@@ -18,7 +18,12 @@ pub struct Actor {
 impl Actor {
     /// None when the kernel did not know (tid 0).
     pub fn from_task_id(t: &TaskId) -> Option<Self> {
-        (t.tid != 0).then(|| Self { pid: t.tgid, tid: t.tid, uid: (t.uid != u32::MAX).then_some(t.uid), comm: comm_string(&t.comm) })
+        (t.tid != 0).then(|| Self {
+            pid: t.tgid,
+            tid: t.tid,
+            uid: (t.uid != u32::MAX).then_some(t.uid),
+            comm: comm_string(&t.comm),
+        })
     }
 
     /// "pid 4242 (bash, uid 0)"
@@ -73,22 +78,41 @@ impl Stop {
     /// SIGCONT from pid 4250 (kill, uid 0)".
     pub fn describe(&self) -> String {
         let cause = match (self.kind, self.signal, &self.stopped_by) {
-            (Some(StopKind::Signal), Some(sig), Some(by)) => format!("{} from {}", signal_name(sig), by.describe()),
-            (Some(StopKind::Signal), Some(sig), None) => format!("{} from an unknown sender", signal_name(sig)),
-            (Some(StopKind::Signal), None, _) => "job-control stop (its signal came before pausewatch attached)".to_string(),
-            (Some(StopKind::Ptrace), _, Some(by)) => format!("ptrace stop held by tracer {}", by.describe()),
+            (Some(StopKind::Signal), Some(sig), Some(by)) => {
+                format!("{} from {}", signal_name(sig), by.describe())
+            }
+            (Some(StopKind::Signal), Some(sig), None) => {
+                format!("{} from an unknown sender", signal_name(sig))
+            }
+            (Some(StopKind::Signal), None, _) => {
+                "job-control stop (its signal came before pausewatch attached)".to_string()
+            }
+            (Some(StopKind::Ptrace), _, Some(by)) => {
+                format!("ptrace stop held by tracer {}", by.describe())
+            }
             (Some(StopKind::Ptrace), _, None) => "ptrace stop (tracer unknown)".to_string(),
             (Some(StopKind::Freezer), ..) => "cgroup freezer".to_string(),
             (None, ..) => "unknown stop".to_string(),
         };
         let resumed = match (&self.resumed_by, self.kind) {
-            (Some((sig, a)), _) => format!("resumed by {} from {}", signal_name(*sig), a.describe()),
+            (Some((sig, a)), _) => {
+                format!("resumed by {} from {}", signal_name(*sig), a.describe())
+            }
             (None, Some(StopKind::Ptrace)) => "released by the tracer".to_string(),
-            (None, Some(StopKind::Freezer)) => "thawed (the thawing process is invisible to tracepoints)".to_string(),
+            (None, Some(StopKind::Freezer)) => {
+                "thawed (the thawing process is invisible to tracepoints)".to_string()
+            }
             (None, _) => "resumed (no SIGCONT or SIGKILL seen)".to_string(),
         };
-        let threads = if self.threads > 1 { format!(", {} threads", self.threads) } else { String::new() };
-        format!("stopped {}: {cause}{threads}; {resumed}", fmt_ns(self.duration_ns))
+        let threads = if self.threads > 1 {
+            format!(", {} threads", self.threads)
+        } else {
+            String::new()
+        };
+        format!(
+            "stopped {}: {cause}{threads}; {resumed}",
+            fmt_ns(self.duration_ns)
+        )
     }
 }
 
@@ -122,7 +146,11 @@ impl StopJoiner {
         if stop.kind != Some(StopKind::Signal) {
             return Some(stop);
         }
-        if let Some(i) = self.resumes.iter().position(|&(pid, ts, ..)| Self::matches(&stop, pid, ts)) {
+        if let Some(i) = self
+            .resumes
+            .iter()
+            .position(|&(pid, ts, ..)| Self::matches(&stop, pid, ts))
+        {
             let (_, _, sig, actor) = self.resumes.remove(i)?;
             stop.resumed_by = Some((sig, actor));
             return Some(stop);
@@ -144,7 +172,11 @@ impl StopJoiner {
             return None;
         }
         let actor = sig.sender.clone()?;
-        if let Some(i) = self.pending.iter().position(|s| Self::matches(s, sig.pid, sig.ts_mono_ns)) {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|s| Self::matches(s, sig.pid, sig.ts_mono_ns))
+        {
             let mut stop = self.pending.remove(i)?;
             stop.resumed_by = Some((sig.sig, actor));
             return Some(stop);
@@ -152,15 +184,19 @@ impl StopJoiner {
         if self.resumes.len() >= Self::MAX_HELD {
             self.resumes.pop_front();
         }
-        self.resumes.push_back((sig.pid, sig.ts_mono_ns, sig.sig, actor));
+        self.resumes
+            .push_back((sig.pid, sig.ts_mono_ns, sig.sig, actor));
         None
     }
 
     /// Stops whose grace period is over at `now_mono_ns`, released without a resumer.
     pub fn expire(&mut self, now_mono_ns: u64) -> Vec<Stop> {
-        self.resumes.retain(|&(_, ts, ..)| ts.saturating_add(Self::GRACE_NS) >= now_mono_ns);
-        let (old, keep): (Vec<Stop>, Vec<Stop>) =
-            self.pending.drain(..).partition(|s| s.end_mono_ns().saturating_add(Self::GRACE_NS) < now_mono_ns);
+        self.resumes
+            .retain(|&(_, ts, ..)| ts.saturating_add(Self::GRACE_NS) >= now_mono_ns);
+        let (old, keep): (Vec<Stop>, Vec<Stop>) = self
+            .pending
+            .drain(..)
+            .partition(|s| s.end_mono_ns().saturating_add(Self::GRACE_NS) < now_mono_ns);
         self.pending = keep.into();
         old
     }
@@ -216,9 +252,37 @@ impl Signal {
 /// SIGRTMIN+n.
 pub fn signal_name(sig: u32) -> String {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
-        "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP",
-        "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
         "SIGSYS",
     ];
     match NAMES.get(sig as usize) {
@@ -240,7 +304,13 @@ mod tests {
     }
 
     fn task(tid: u32, name: &str) -> TaskId {
-        TaskId { tid, tgid: tid, uid: 0, _pad0: 0, comm: comm(name) }
+        TaskId {
+            tid,
+            tgid: tid,
+            uid: 0,
+            _pad0: 0,
+            comm: comm(name),
+        }
     }
 
     fn record(kind: StopKind, sig: u32, by: TaskId) -> StopRecord {
@@ -259,7 +329,16 @@ mod tests {
     }
 
     fn cont(pid: u32, ts: u64, from: TaskId) -> Signal {
-        Signal { ts_mono_ns: ts, sig: 18, pid, tid: pid, comm: "server".into(), group: true, result: 1, sender: Actor::from_task_id(&from) }
+        Signal {
+            ts_mono_ns: ts,
+            sig: 18,
+            pid,
+            tid: pid,
+            comm: "server".into(),
+            group: true,
+            result: 1,
+            sender: Actor::from_task_id(&from),
+        }
     }
 
     const END: u64 = 1_000 + 15_200_000_000;
@@ -269,13 +348,30 @@ mod tests {
         let stop = Stop::from_record(3, &record(StopKind::Signal, 19, task(4242, "bash")));
         // The stop first, then its SIGCONT.
         let mut j = StopJoiner::default();
-        assert_eq!(j.on_stop(stop.clone()), None, "held until its resume signal");
-        let s = j.on_signal(&cont(77, END + 20_000, task(4250, "kill"))).expect("released by the SIGCONT");
-        assert_eq!(s.describe(), "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by SIGCONT from pid 4250 (kill, uid 0)");
+        assert_eq!(
+            j.on_stop(stop.clone()),
+            None,
+            "held until its resume signal"
+        );
+        let s = j
+            .on_signal(&cont(77, END + 20_000, task(4250, "kill")))
+            .expect("released by the SIGCONT");
+        assert_eq!(
+            s.describe(),
+            "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by SIGCONT from pid 4250 (kill, uid 0)"
+        );
         // The SIGCONT first (it can come before the stop record), then the stop.
         let mut j = StopJoiner::default();
-        assert_eq!(j.on_signal(&cont(77, END - 20_000, task(4250, "kill"))), None);
-        assert_eq!(j.on_stop(stop).and_then(|s| s.resumed_by).map(|(sig, a)| (sig, a.pid)), Some((18, 4250)));
+        assert_eq!(
+            j.on_signal(&cont(77, END - 20_000, task(4250, "kill"))),
+            None
+        );
+        assert_eq!(
+            j.on_stop(stop)
+                .and_then(|s| s.resumed_by)
+                .map(|(sig, a)| (sig, a.pid)),
+            Some((18, 4250))
+        );
         assert_eq!(j.drain(), vec![]);
     }
 
@@ -284,25 +380,66 @@ mod tests {
         let stop = Stop::from_record(3, &record(StopKind::Signal, 19, task(4242, "bash")));
         let mut j = StopJoiner::default();
         assert_eq!(j.on_stop(stop), None);
-        assert_eq!(j.on_signal(&cont(78, END, task(1, "x"))), None, "another process");
-        assert_eq!(j.on_signal(&cont(77, END + StopJoiner::WINDOW_NS + 1, task(1, "x"))), None, "too late to be its resumer");
-        assert_eq!(j.expire(END + StopJoiner::GRACE_NS), vec![], "still in its grace period");
+        assert_eq!(
+            j.on_signal(&cont(78, END, task(1, "x"))),
+            None,
+            "another process"
+        );
+        assert_eq!(
+            j.on_signal(&cont(77, END + StopJoiner::WINDOW_NS + 1, task(1, "x"))),
+            None,
+            "too late to be its resumer"
+        );
+        assert_eq!(
+            j.expire(END + StopJoiner::GRACE_NS),
+            vec![],
+            "still in its grace period"
+        );
         let out = j.expire(END + StopJoiner::GRACE_NS + 1);
         assert_eq!(out.len(), 1);
-        assert!(out[0].describe().ends_with("resumed (no SIGCONT or SIGKILL seen)"), "{}", out[0].describe());
+        assert!(
+            out[0]
+                .describe()
+                .ends_with("resumed (no SIGCONT or SIGKILL seen)"),
+            "{}",
+            out[0].describe()
+        );
     }
 
     #[test]
     fn ptrace_and_freezer_stops_pass_through_and_say_what_is_known() {
         let mut j = StopJoiner::default();
-        let s = j.on_stop(Stop::from_record(1, &record(StopKind::Ptrace, 0, task(900, "gdb")))).expect("not held");
-        assert_eq!(s.describe(), "stopped 15.2s: ptrace stop held by tracer pid 900 (gdb, uid 0); released by the tracer");
-        let s = j.on_stop(Stop::from_record(1, &record(StopKind::Freezer, 0, TaskId::default()))).expect("not held");
-        assert!(s.describe().contains("cgroup freezer") && s.describe().contains("thawed"), "{}", s.describe());
+        let s = j
+            .on_stop(Stop::from_record(
+                1,
+                &record(StopKind::Ptrace, 0, task(900, "gdb")),
+            ))
+            .expect("not held");
+        assert_eq!(
+            s.describe(),
+            "stopped 15.2s: ptrace stop held by tracer pid 900 (gdb, uid 0); released by the tracer"
+        );
+        let s = j
+            .on_stop(Stop::from_record(
+                1,
+                &record(StopKind::Freezer, 0, TaskId::default()),
+            ))
+            .expect("not held");
+        assert!(
+            s.describe().contains("cgroup freezer") && s.describe().contains("thawed"),
+            "{}",
+            s.describe()
+        );
         let s = Stop::from_record(1, &record(StopKind::Signal, 0, TaskId::default()));
         assert!(s.describe().contains("before pausewatch attached"));
-        let unknown_uid = TaskId { uid: u32::MAX, ..task(5, "sh") };
-        assert_eq!(Actor::from_task_id(&unknown_uid).unwrap().describe(), "pid 5 (sh)");
+        let unknown_uid = TaskId {
+            uid: u32::MAX,
+            ..task(5, "sh")
+        };
+        assert_eq!(
+            Actor::from_task_id(&unknown_uid).unwrap().describe(),
+            "pid 5 (sh)"
+        );
     }
 
     #[test]

@@ -12,8 +12,13 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read kernel BTF at {path}: {source}; pausewatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
-    Read { path: String, source: std::io::Error },
+    #[error(
+        "cannot read kernel BTF at {path}: {source}; pausewatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not BTF ({what})")]
     Malformed { path: String, what: String },
     #[error("kernel BTF has no struct {0}")]
@@ -55,60 +60,100 @@ pub struct Btf {
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let p = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: p.clone(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(p, data)
     }
 
     fn parse(path: String, data: Vec<u8>) -> Result<Self, BtfError> {
-        let bad = |what: &str| BtfError::Malformed { path: path.clone(), what: what.to_string() };
-        let u32_at = |d: &[u8], at: usize| -> Option<u32> {
-            d.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let bad = |what: &str| BtfError::Malformed {
+            path: path.clone(),
+            what: what.to_string(),
         };
-        let magic = data.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]])).ok_or_else(|| bad("file too short"))?;
+        let u32_at = |d: &[u8], at: usize| -> Option<u32> {
+            d.get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let magic = data
+            .get(0..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(|| bad("file too short"))?;
         if magic != BTF_MAGIC {
             return Err(bad("bad magic; only little-endian BTF is supported"));
         }
         let hdr_len = u32_at(&data, 4).ok_or_else(|| bad("truncated header"))? as usize;
-        let field = |i: usize| u32_at(&data, 8 + 4 * i).map(|v| v as usize).ok_or_else(|| bad("truncated header"));
+        let field = |i: usize| {
+            u32_at(&data, 8 + 4 * i)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad("truncated header"))
+        };
         let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
-        let type_start = hdr_len.checked_add(type_off).ok_or_else(|| bad("type section offset"))?;
-        let type_end = type_start.checked_add(type_len).ok_or_else(|| bad("type section length"))?;
-        let str_start = hdr_len.checked_add(str_off).ok_or_else(|| bad("string section offset"))?;
-        if type_end > data.len() || str_start.checked_add(str_len).is_none_or(|e| e > data.len()) {
+        let type_start = hdr_len
+            .checked_add(type_off)
+            .ok_or_else(|| bad("type section offset"))?;
+        let type_end = type_start
+            .checked_add(type_len)
+            .ok_or_else(|| bad("type section length"))?;
+        let str_start = hdr_len
+            .checked_add(str_off)
+            .ok_or_else(|| bad("string section offset"))?;
+        if type_end > data.len()
+            || str_start
+                .checked_add(str_len)
+                .is_none_or(|e| e > data.len())
+        {
             return Err(bad("section past end of file"));
         }
         let mut types = Vec::new();
         let mut at = type_start;
         while at < type_end {
-            let (Some(name_off), Some(info), Some(size_or_type)) =
-                (u32_at(&data, at), u32_at(&data, at + 4), u32_at(&data, at + 8))
-            else {
+            let (Some(name_off), Some(info), Some(size_or_type)) = (
+                u32_at(&data, at),
+                u32_at(&data, at + 4),
+                u32_at(&data, at + 8),
+            ) else {
                 return Err(bad("truncated type"));
             };
             let kind = (info >> 24) & 0x1f;
             let vlen = info & 0xffff;
             let extra = at + 12;
             let trailing = match kind {
-                1 | 14 | 17 => 4,                   // INT, VAR, DECL_TAG
-                3 => 12,                            // ARRAY
+                1 | 14 | 17 => 4,                      // INT, VAR, DECL_TAG
+                3 => 12,                               // ARRAY
                 4 | 5 | 15 | 19 => 12 * vlen as usize, // STRUCT, UNION, DATASEC, ENUM64
-                6 | 13 => 8 * vlen as usize,        // ENUM, FUNC_PROTO
-                2 | 7..=12 | 16 | 18 => 0,          // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                6 | 13 => 8 * vlen as usize,           // ENUM, FUNC_PROTO
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
                 _ => return Err(bad(&format!("unknown type kind {kind}"))),
             };
-            types.push(TypeEntry { kind, vlen, kind_flag: info >> 31 == 1, name_off, size_or_type, extra });
+            types.push(TypeEntry {
+                kind,
+                vlen,
+                kind_flag: info >> 31 == 1,
+                name_off,
+                size_or_type,
+                extra,
+            });
             at = extra + trailing;
         }
         if at != type_end {
             return Err(bad("type section does not end on a type boundary"));
         }
-        Ok(Self { data, str_start, str_len, types })
+        Ok(Self {
+            data,
+            str_start,
+            str_len,
+            types,
+        })
     }
 
     fn name(&self, off: u32) -> &[u8] {
         let start = self.str_start + off as usize;
         let end = self.str_start + self.str_len;
-        let Some(s) = self.data.get(start..end) else { return b"" };
+        let Some(s) = self.data.get(start..end) else {
+            return b"";
+        };
         &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
     }
 
@@ -118,14 +163,21 @@ impl Btf {
 
     fn u32_at(&self, at: usize) -> u32 {
         // In range: parse() checked that each type's trailing data lies inside the section.
-        self.data.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.data
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Follows typedef/const/volatile/restrict/type_tag to the underlying type id.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.ty(id) {
-                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
                     id = t.size_or_type
                 }
                 _ => break,
@@ -139,13 +191,21 @@ impl Btf {
         let sid = self
             .types
             .iter()
-            .position(|t| t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == strukt.as_bytes())
+            .position(|t| {
+                t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == strukt.as_bytes()
+            })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
         let bits = self
             .find_member(sid as u32 + 1, member.as_bytes(), 0, 0)
-            .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), member: member.into() })?;
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.into(),
+                member: member.into(),
+            })?;
         if bits % 8 != 0 {
-            return Err(BtfError::Bitfield { strukt: strukt.into(), member: member.into() });
+            return Err(BtfError::Bitfield {
+                strukt: strukt.into(),
+                member: member.into(),
+            });
         }
         Ok(bits / 8)
     }
@@ -211,7 +271,8 @@ pub struct RqClockOffsets {
 impl RqClockOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
         Ok(Self {
-            task_cfs_rq: btf.member_offset("task_struct", "se")? + btf.member_offset("sched_entity", "cfs_rq")?,
+            task_cfs_rq: btf.member_offset("task_struct", "se")?
+                + btf.member_offset("sched_entity", "cfs_rq")?,
             cfs_rq_rq: btf.member_offset("cfs_rq", "rq")?,
             rq_clock: btf.member_offset("rq", "clock")?,
         })
@@ -244,7 +305,15 @@ mod tests {
     /// Builds a BTF blob: `struct outer { int a; union { int x; struct { int y; int z; }; }; char c[16]; }`.
     fn sample() -> Vec<u8> {
         let strings = b"\0int\0outer\0a\0x\0y\0z\0c\0".to_vec();
-        let s = |name: &str| strings.windows(name.len() + 2).position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0).unwrap() as u32 + 1;
+        let s = |name: &str| {
+            strings
+                .windows(name.len() + 2)
+                .position(|w| {
+                    w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0
+                })
+                .unwrap() as u32
+                + 1
+        };
         let mut t = Vec::new();
         let mut ty = |name_off: u32, kind: u32, vlen: u32, size: u32, extra: &[u32]| {
             for v in [name_off, (kind << 24) | vlen, size].iter().chain(extra) {
@@ -255,11 +324,23 @@ mod tests {
         ty(0, 4, 2, 8, &[s("y"), 1, 0, s("z"), 1, 32]); // 2: anon struct {y, z}
         ty(0, 5, 2, 8, &[s("x"), 1, 0, 0, 2, 0]); // 3: anon union {x; struct}
         ty(0, 3, 0, 0, &[1, 1, 16]); // 4: char[16] (elem type int, good enough)
-        ty(s("outer"), 4, 3, 32, &[s("a"), 1, 0, 0, 3, 64, s("c"), 4, 128]); // 5: outer
+        ty(
+            s("outer"),
+            4,
+            3,
+            32,
+            &[s("a"), 1, 0, 0, 3, 64, s("c"), 4, 128],
+        ); // 5: outer
         let mut d = Vec::new();
         d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         d.extend_from_slice(&[1, 0]);
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             d.extend_from_slice(&v.to_le_bytes());
         }
         d.extend(t);
@@ -274,15 +355,24 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "x").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "z").unwrap(), 12);
         assert_eq!(btf.member_offset("outer", "c").unwrap(), 16);
-        assert!(matches!(btf.member_offset("outer", "nope"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.member_offset("outer", "nope"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]
     fn rejects_truncated_and_garbage_input() {
         let good = sample();
         for cut in [0, 1, 5, 20, 30, good.len() - 1] {
-            assert!(Btf::parse("t".into(), good[..cut].to_vec()).is_err(), "cut at {cut} accepted");
+            assert!(
+                Btf::parse("t".into(), good[..cut].to_vec()).is_err(),
+                "cut at {cut} accepted"
+            );
         }
         assert!(Btf::parse("t".into(), b"not btf at all, really not".to_vec()).is_err());
     }
@@ -296,7 +386,11 @@ mod tests {
         }
         let btf = Btf::from_file(path).unwrap();
         let off = TaskOffsets::from_btf(&btf).unwrap();
-        assert_eq!(off.tgid, off.pid + 4, "pid and tgid are adjacent pid_t fields");
+        assert_eq!(
+            off.tgid,
+            off.pid + 4,
+            "pid and tgid are adjacent pid_t fields"
+        );
         assert!(off.comm > off.tgid && off.group_leader > off.tgid);
         let id = IdentityOffsets::from_btf(&btf).unwrap();
         assert!(id.task_parent > 0 && id.task_cred > 0, "{id:?}");

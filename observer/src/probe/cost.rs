@@ -25,7 +25,10 @@ pub fn is_stats_floor(name: &str) -> bool {
 /// Mean run time of the calibration program: the statistics' own overhead per run (they time
 /// each run with sched_clock() around it).
 pub fn stats_floor_ns(costs: &[ProgramCost]) -> Option<u64> {
-    costs.iter().find(|c| is_stats_floor(c.name)).and_then(ProgramCost::mean_ns)
+    costs
+        .iter()
+        .find(|c| is_stats_floor(c.name))
+        .and_then(ProgramCost::mean_ns)
 }
 
 /// Mean cost per run over pausewatch's real programs, net of the statistics' overhead when it
@@ -34,7 +37,9 @@ pub fn mean_net_ns(costs: &[ProgramCost]) -> Option<u64> {
     let (n, t) = costs
         .iter()
         .filter(|c| !is_stats_floor(c.name))
-        .fold((0u64, 0u64), |(n, t), c| (n + c.run_count, t + c.run_time_ns));
+        .fold((0u64, 0u64), |(n, t), c| {
+            (n + c.run_count, t + c.run_time_ns)
+        });
     let mean = t.checked_div(n)?;
     Some(mean.saturating_sub(stats_floor_ns(costs).unwrap_or(0)))
 }
@@ -44,12 +49,20 @@ mod tests {
     use super::*;
 
     fn c(name: &'static str, run_count: u64, run_time_ns: u64) -> ProgramCost {
-        ProgramCost { name, run_count, run_time_ns }
+        ProgramCost {
+            name,
+            run_count,
+            run_time_ns,
+        }
     }
 
     #[test]
     fn net_cost_subtracts_the_measured_floor_and_ignores_the_floor_program() {
-        let costs = [c("sched_switch_btf", 100, 16_000), c("sched_wakeup_btf", 100, 20_000), c(STATS_FLOOR.0, 100, 8_000)];
+        let costs = [
+            c("sched_switch_btf", 100, 16_000),
+            c("sched_wakeup_btf", 100, 20_000),
+            c(STATS_FLOOR.0, 100, 8_000),
+        ];
         assert_eq!(stats_floor_ns(&costs), Some(80));
         assert_eq!(mean_net_ns(&costs), Some(180 - 80));
     }

@@ -54,12 +54,25 @@ pub struct Probes {
 const SCHED: [TracepointProgs; 3] = [
     ("sched_switch", "sched_switch_btf", "sched_switch_raw"),
     ("sched_wakeup", "sched_wakeup_btf", "sched_wakeup_raw"),
-    ("sched_wakeup_new", "sched_wakeup_new_btf", "sched_wakeup_new_raw"),
+    (
+        "sched_wakeup_new",
+        "sched_wakeup_new_btf",
+        "sched_wakeup_new_raw",
+    ),
 ];
 
 /// Optional tracepoints: (tracepoint, tp_btf program, raw_tp program). The scheduler's
 /// mechanism is used for them too, so every episode boundary comes from one clock.
-const SIGNAL: [TracepointProgs; 1] = [("signal_generate", "signal_generate_btf", "signal_generate_raw")];
+const SIGNAL: [TracepointProgs; 1] = [(
+    "signal_generate",
+    "signal_generate_btf",
+    "signal_generate_raw",
+)];
+const EXEC: [TracepointProgs; 1] = [(
+    "sched_process_exec",
+    "sched_process_exec_btf",
+    "sched_process_exec_raw",
+)];
 
 /// Whether this binary carries real kernel programs.
 pub fn has_object() -> bool {
@@ -68,7 +81,9 @@ pub fn has_object() -> bool {
 
 pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     if !has_object() {
-        bail!("this pausewatch was built with PAUSEWATCH_SKIP_EBPF=1 and has no eBPF programs; rebuild it after `cargo xtask setup`");
+        bail!(
+            "this pausewatch was built with PAUSEWATCH_SKIP_EBPF=1 and has no eBPF programs; rebuild it after `cargo xtask setup`"
+        );
     }
     let kbtf = btf::Btf::from_file(opts.btf_path)?;
     let off = btf::TaskOffsets::from_btf(&kbtf)?;
@@ -81,14 +96,27 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         notices.push(format!("run-queue clock not reachable through BTF ({e}); timing with bpf_ktime_get_ns, which costs more per event"));
         btf::RqClockOffsets { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 }
     });
-    let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off) =
-        (u64::from(rq.task_cfs_rq), u64::from(rq.cfs_rq_rq), u64::from(rq.rq_clock));
+    let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off) = (
+        u64::from(rq.task_cfs_rq),
+        u64::from(rq.cfs_rq_rq),
+        u64::from(rq.rq_clock),
+    );
     // Zeros: tracers and uids read as unknown (uid u32::MAX reads as "unknown" in userspace).
     let id = btf::IdentityOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
-        notices.push(format!("task identity offsets not in BTF ({e}): tracers of ptrace stops are not named"));
-        btf::IdentityOffsets { task_parent: 0, task_cred: 0, cred_uid: 0 }
+        notices.push(format!(
+            "task identity offsets not in BTF ({e}): tracers of ptrace stops are not named"
+        ));
+        btf::IdentityOffsets {
+            task_parent: 0,
+            task_cred: 0,
+            cred_uid: 0,
+        }
     });
-    let (task_parent_off, task_cred_off, cred_uid_off) = (u64::from(id.task_parent), u64::from(id.task_cred), u64::from(id.cred_uid));
+    let (task_parent_off, task_cred_off, cred_uid_off) = (
+        u64::from(id.task_parent),
+        u64::from(id.task_cred),
+        u64::from(id.cred_uid),
+    );
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
     let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
@@ -124,7 +152,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         let mut watched: BpfHashMap<&mut MapData, u32, u8> =
             BpfHashMap::try_from(ebpf.map_mut("WATCHED").context("map WATCHED missing")?)?;
         for &pid in opts.pids {
-            watched.insert(pid, 1, 0).with_context(|| format!("watching pid {pid}"))?;
+            watched
+                .insert(pid, 1, 0)
+                .with_context(|| format!("watching pid {pid}"))?;
         }
     }
 
@@ -132,7 +162,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
             Err(e) => {
-                notices.push(format!("BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"));
+                notices.push(format!(
+                    "BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"
+                ));
                 None
             }
         }
@@ -146,7 +178,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         AttachMode::Auto => match attach_sched(&mut ebpf, Some(&aya_btf)) {
             Ok(a) => ("tp_btf", a),
             Err(e) => {
-                notices.push(format!("tp_btf unavailable ({e:#}); using raw tracepoints for the scheduler"));
+                notices.push(format!(
+                    "tp_btf unavailable ({e:#}); using raw tracepoints for the scheduler"
+                ));
                 // Programs attached before the failure are detached when their links drop.
                 for (_, btf_name, _) in SCHED {
                     if let Some(Program::BtfTracePoint(p)) = ebpf.program_mut(btf_name) {
@@ -157,8 +191,23 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             }
         },
     };
-    let mut probes = Probes { ebpf, sched_mechanism: mechanism, stats_fd, attached, notices };
-    probes.attach_optional(&SIGNAL, &aya_btf, "signals (senders of stops, every signal to an observed process)");
+    let mut probes = Probes {
+        ebpf,
+        sched_mechanism: mechanism,
+        stats_fd,
+        attached,
+        notices,
+    };
+    probes.attach_optional(
+        &SIGNAL,
+        &aya_btf,
+        "signals (senders of stops, every signal to an observed process)",
+    );
+    probes.attach_optional(
+        &EXEC,
+        &aya_btf,
+        "exec events (runtimes started after pausewatch are found only at start-up)",
+    );
     if probes.stats_fd.is_some() {
         // The empty `stats_floor` program: the run-time statistics time each run with
         // sched_clock() around the program, so they include about one clock read of their own
@@ -178,24 +227,40 @@ type TracepointProgs = (&'static str, &'static str, &'static str);
 
 /// Loads and attaches one tracepoint's program: the tp_btf build when given the kernel's BTF,
 /// the raw_tp build otherwise. Returns the program's name.
-fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, (tp, btf_prog, raw_prog): TracepointProgs) -> anyhow::Result<&'static str> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    (tp, btf_prog, raw_prog): TracepointProgs,
+) -> anyhow::Result<&'static str> {
     if let Some(btf) = btf {
-        let p: &mut BtfTracePoint =
-            ebpf.program_mut(btf_prog).with_context(|| format!("program {btf_prog} missing"))?.try_into()?;
-        p.load(tp, btf).with_context(|| format!("loading tp_btf/{tp}"))?;
-        p.attach().with_context(|| format!("attaching tp_btf/{tp}"))?;
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(btf_prog)
+            .with_context(|| format!("program {btf_prog} missing"))?
+            .try_into()?;
+        p.load(tp, btf)
+            .with_context(|| format!("loading tp_btf/{tp}"))?;
+        p.attach()
+            .with_context(|| format!("attaching tp_btf/{tp}"))?;
         Ok(btf_prog)
     } else {
-        let p: &mut RawTracePoint =
-            ebpf.program_mut(raw_prog).with_context(|| format!("program {raw_prog} missing"))?.try_into()?;
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(raw_prog)
+            .with_context(|| format!("program {raw_prog} missing"))?
+            .try_into()?;
         p.load().with_context(|| format!("loading raw_tp/{tp}"))?;
-        p.attach(tp).with_context(|| format!("attaching raw_tp/{tp}"))?;
+        p.attach(tp)
+            .with_context(|| format!("attaching raw_tp/{tp}"))?;
         Ok(raw_prog)
     }
 }
 
 /// Attaches `progs` in order, adding each attached name to `done`; stops at the first failure.
-fn attach_all(ebpf: &mut Ebpf, btf: Option<&Btf>, progs: &[TracepointProgs], done: &mut Vec<&'static str>) -> anyhow::Result<()> {
+fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    progs: &[TracepointProgs],
+    done: &mut Vec<&'static str>,
+) -> anyhow::Result<()> {
     for &p in progs {
         done.push(attach_one(ebpf, btf, p)?);
     }
@@ -223,7 +288,9 @@ impl Probes {
     pub fn costs(&self) -> Vec<ProgramCost> {
         let mut out = Vec::new();
         for name in &self.attached {
-            let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else { continue };
+            let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else {
+                continue;
+            };
             out.push(ProgramCost {
                 name,
                 run_count: info.run_count(),

@@ -6,7 +6,9 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("pausewatch needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its eBPF programs; it has {have}. Run it as root, e.g. `sudo pausewatch`")]
+#[error(
+    "pausewatch needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its eBPF programs; it has {have}. Run it as root, e.g. `sudo pausewatch`"
+)]
 pub struct MissingCaps {
     pub have: String,
 }
@@ -17,12 +19,20 @@ pub fn check_effective(capeff: u64) -> Result<(), MissingCaps> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    let names: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
-        .iter()
-        .filter(|(c, _)| has(*c))
-        .map(|(_, n)| *n)
-        .collect();
-    let have = if names.is_empty() { "none of them".to_string() } else { format!("only {}", names.join(", ")) };
+    let names: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .iter()
+    .filter(|(c, _)| has(*c))
+    .map(|(_, n)| *n)
+    .collect();
+    let have = if names.is_empty() {
+        "none of them".to_string()
+    } else {
+        format!("only {}", names.join(", "))
+    };
     Err(MissingCaps { have })
 }
 

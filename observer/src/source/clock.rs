@@ -17,7 +17,10 @@ pub struct WallClock {
 const UNKNOWN_ERR_NS: u64 = 16_000_000_000;
 
 fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and a valid out-pointer; clock_gettime cannot fail for these.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -35,10 +38,17 @@ impl WallClock {
         let (max_err_ns, unsynced) = if state < 0 {
             (UNKNOWN_ERR_NS, true)
         } else {
-            ((tx.maxerror.max(0) as u64).saturating_mul(1000), tx.status & libc::STA_UNSYNC != 0)
+            (
+                (tx.maxerror.max(0) as u64).saturating_mul(1000),
+                tx.status & libc::STA_UNSYNC != 0,
+            )
         };
         let half_bracket = ((m2 - m1) / 2).max(0) as u64;
-        Self { offset_ns: r - (m1 + m2) / 2, err_ns: max_err_ns.saturating_add(half_bracket), unsynced }
+        Self {
+            offset_ns: r - (m1 + m2) / 2,
+            err_ns: max_err_ns.saturating_add(half_bracket),
+            unsynced,
+        }
     }
 
     pub fn wall_ns(&self, mono_ns: u64) -> i64 {

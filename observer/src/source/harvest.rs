@@ -24,7 +24,10 @@ pub struct Harvest {
 
 impl Harvester {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let procs = BpfHashMap::try_from(ebpf.take_map("PROC_STATS").context("map PROC_STATS missing")?)?;
+        let procs = BpfHashMap::try_from(
+            ebpf.take_map("PROC_STATS")
+                .context("map PROC_STATS missing")?,
+        )?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
         Ok(Self { procs, drops })
     }

@@ -23,7 +23,10 @@ pub struct Live {
 
 impl Live {
     pub fn start() -> Self {
-        Self { terminal: ratatui::init(), frozen: false }
+        Self {
+            terminal: ratatui::init(),
+            frozen: false,
+        }
     }
 
     /// Reads keys on a plain thread (crossterm's poll is blocking) and sends them to the loop.
@@ -32,10 +35,10 @@ impl Live {
             loop {
                 match event::poll(std::time::Duration::from_millis(200)) {
                     Ok(true) => {
-                        if let Ok(Event::Key(k)) = event::read() {
-                            if tx.blocking_send(k).is_err() {
-                                return;
-                            }
+                        if let Ok(Event::Key(k)) = event::read()
+                            && tx.blocking_send(k).is_err()
+                        {
+                            return;
                         }
                     }
                     Ok(false) => {
@@ -65,7 +68,8 @@ impl Live {
         if self.frozen {
             return Ok(());
         }
-        self.terminal.draw(|f| view::render(f, f.area(), st, costs))?;
+        self.terminal
+            .draw(|f| view::render(f, f.area(), st, costs))?;
         Ok(())
     }
 

@@ -10,7 +10,12 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
     let mut s = String::new();
     let mut procs = st.table.sorted();
     procs.sort_by_key(|p| std::cmp::Reverse(p.stat(STAT_EPISODE).total_ns));
-    let _ = writeln!(s, "pausewatch: {} processes observed, {} pauses streamed", procs.len(), st.next_episode_id);
+    let _ = writeln!(
+        s,
+        "pausewatch: {} processes observed, {} pauses streamed",
+        procs.len(),
+        st.next_episode_id
+    );
     for p in procs.iter().take(10) {
         let ep = p.stat(STAT_EPISODE);
         let parts: Vec<String> = Component::ALL
@@ -45,6 +50,9 @@ mod tests {
     fn names_the_worst_process_and_its_cause() {
         let st = super::super::view::tests::state();
         let t = super::text(&st, &[]);
-        assert!(t.contains("4242 postgres") && t.contains("runq 30.0ms"), "{t}");
+        assert!(
+            t.contains("4242 postgres") && t.contains("runq 30.0ms"),
+            "{t}"
+        );
     }
 }

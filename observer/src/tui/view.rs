@@ -16,10 +16,15 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         f.render_widget(Paragraph::new("pausewatch: window too small"), area);
         return;
     }
-    let [head, body, foot] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(1), Constraint::Length(1)]).areas(area);
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
     let drops: u64 = st.kernel_drops.iter().sum();
-    let cost = crate::probe::cost::mean_net_ns(costs).map_or("n/a".to_string(), |n| format!("{n} ns/event"));
+    let cost = crate::probe::cost::mean_net_ns(costs)
+        .map_or("n/a".to_string(), |n| format!("{n} ns/event"));
     let header = vec![
         Line::from(format!(
             "pausewatch  sched via {}  processes {}  episodes streamed {}  clock ±{}{}",
@@ -55,7 +60,11 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         let ep = p.stat(STAT_EPISODE);
         let share = |c: Component| {
             let t = p.stat(c as usize).total_ns;
-            if ep.total_ns == 0 { "-".to_string() } else { format!("{:.0}%", 100.0 * t as f64 / ep.total_ns as f64) }
+            if ep.total_ns == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * t as f64 / ep.total_ns as f64)
+            }
         };
         Row::new(vec![
             Cell::from(p.pid.to_string()),
@@ -82,8 +91,10 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
     ];
     let table = Table::new(rows, widths)
         .header(
-            Row::new(["PID", "COMM", "PAUSES", "TOTAL", "MAX", "P99", "RUNQ", "BLOCKED", "STOPPED"])
-                .style(Style::default().add_modifier(Modifier::BOLD)),
+            Row::new([
+                "PID", "COMM", "PAUSES", "TOTAL", "MAX", "P99", "RUNQ", "BLOCKED", "STOPPED",
+            ])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
         )
         .block(Block::default());
     f.render_widget(table, body);
@@ -98,9 +109,23 @@ pub(crate) mod tests {
 
     pub(crate) fn state() -> AgentState {
         let mut table = ProcessTable::new(100);
-        let zero = ComponentStats { count: 0, total_ns: 0, max_ns: 0, hist: [0; hist::BUCKETS] };
-        let mut s = ProcStats { stats: [zero; NUM_STATS], dropped_records: 0, comm: [0; TASK_COMM_LEN] };
-        s.stats[0] = ComponentStats { count: 3, total_ns: 30_000_000, max_ns: 20_000_000, hist: [0; hist::BUCKETS] };
+        let zero = ComponentStats {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            hist: [0; hist::BUCKETS],
+        };
+        let mut s = ProcStats {
+            stats: [zero; NUM_STATS],
+            dropped_records: 0,
+            comm: [0; TASK_COMM_LEN],
+        };
+        s.stats[0] = ComponentStats {
+            count: 3,
+            total_ns: 30_000_000,
+            max_ns: 20_000_000,
+            hist: [0; hist::BUCKETS],
+        };
         s.stats[0].hist[hist::bucket(10_000_000)] = 3;
         s.stats[STAT_EPISODE] = s.stats[0];
         table.apply_snapshot(4242, "postgres", &s);
@@ -109,10 +134,16 @@ pub(crate) mod tests {
             next_episode_id: 3,
             decode_errors: 0,
             kernel_drops: [0; observer_common::NUM_DROP_CAUSES],
-            clock: WallClock { offset_ns: 0, err_ns: 1_000_000, unsynced: false },
+            clock: WallClock {
+                offset_ns: 0,
+                err_ns: 1_000_000,
+                unsynced: false,
+            },
             recent: Default::default(),
             recent_stops: Default::default(),
             stops: Default::default(),
+            recent_gc: Default::default(),
+            runtimes: Default::default(),
             mechanism: "tp_btf",
             notices: vec![],
         }
@@ -122,7 +153,14 @@ pub(crate) mod tests {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         t.draw(|f| render(f, f.area(), st, &[])).unwrap();
         let buf = t.backend().buffer().clone();
-        (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect()
     }
 
     #[test]

@@ -24,7 +24,10 @@ fn pin(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            panic!("sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+            panic!(
+                "sched_setaffinity to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -58,7 +61,10 @@ fn spin_sleep_until(stop: &AtomicBool, deadline: Instant, sleep_us: u64) {
 /// This thread's run-queue wait so far: field 2 of /proc/thread-self/schedstat.
 fn own_run_delay() -> u64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
-    s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("run_delay field")
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("run_delay field")
 }
 
 fn gettid() -> u32 {
@@ -85,11 +91,15 @@ fn spin(secs: f64, cpu: usize, name: &str, threads: usize, sleep_us: u64) {
         })
         .collect();
     spin_sleep_until(&stop, deadline, sleep_us);
-    let mut out = vec![serde_json::json!({"tid": gettid(), "comm": name, "run_delay_ns": own_run_delay()})];
+    let mut out =
+        vec![serde_json::json!({"tid": gettid(), "comm": name, "run_delay_ns": own_run_delay()})];
     for h in handles {
         out.push(h.join().expect("thread"));
     }
-    println!("{}", serde_json::json!({"pid": std::process::id(), "threads": out}));
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "threads": out})
+    );
 }
 
 fn fork_on_stdin(secs: f64, cpu: usize) {
@@ -101,13 +111,22 @@ fn fork_on_stdin(secs: f64, cpu: usize) {
     if child == 0 {
         pin(cpu);
         set_name("pw-child");
-        spin_until(&AtomicBool::new(false), Instant::now() + Duration::from_secs_f64(secs));
+        spin_until(
+            &AtomicBool::new(false),
+            Instant::now() + Duration::from_secs_f64(secs),
+        );
         // SAFETY: leave the child without running the parent's atexit handlers.
         unsafe { libc::_exit(0) };
     }
     pin(cpu);
-    println!("{}", serde_json::json!({"pid": std::process::id(), "child": child}));
-    spin_until(&AtomicBool::new(false), Instant::now() + Duration::from_secs_f64(secs));
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "child": child})
+    );
+    spin_until(
+        &AtomicBool::new(false),
+        Instant::now() + Duration::from_secs_f64(secs),
+    );
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
@@ -115,7 +134,10 @@ fn fork_on_stdin(secs: f64, cpu: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |i: usize| args.get(i).unwrap_or_else(|| panic!("missing argument {i}; see the module docs"));
+    let arg = |i: usize| {
+        args.get(i)
+            .unwrap_or_else(|| panic!("missing argument {i}; see the module docs"))
+    };
     match args.get(1).map(String::as_str) {
         Some("spin") => spin(
             arg(2).parse().unwrap(),
