@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use pausewatch_tests::{Pausewatch, of_type};
 
-use crate::{build_release, is_root, root_dir, run};
+use crate::{build_release, is_root, root_dir};
 
 struct Workload {
     name: &'static str,
@@ -61,18 +61,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn ensure_perf() -> anyhow::Result<()> {
-    if Command::new("perf")
-        .args(["bench", "sched", "pipe", "-l", "10"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Ok(());
-    }
-    println!("bench: perf missing: installing Debian's linux-perf");
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "linux-perf"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::ensure_debian_packages(&[(
+        "linux-perf",
+        &["perf", "bench", "sched", "pipe", "-l", "10"],
+    )])
 }
 
 pub fn sched(rounds: usize) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! What cargo alone can't do: toolchain setup, the privileged test run, benchmarks.
 mod bench;
+mod bench_gc;
 mod setup;
 
 use std::process::Command;
@@ -28,7 +29,7 @@ enum Cmd {
     Test,
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
-        /// Which benchmark: `sched`.
+        /// Which benchmark: `sched` (scheduler programs) or `gc` (runtime probes).
         #[arg(default_value = "sched")]
         which: String,
         /// Rounds of (without, with) pausewatch per workload.
@@ -56,6 +57,39 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Installs the Debian packages whose check command fails (idempotent; nothing runs when all
+/// are present). `needs` is (package, command line that works once it is installed).
+pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(_, check)| {
+            !Command::new(check[0])
+                .args(&check[1..])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// What the privileged tests run besides pausewatch: a JDK (javac, java with hotspot USDT
+/// probes) and a Go toolchain for the GC tests.
+const TEST_PACKAGES: &[(&str, &[&str])] = &[
+    ("openjdk-17-jdk-headless", &["javac", "-version"]),
+    ("golang-go", &["go", "version"]),
+];
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -90,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                     "the privileged tests load eBPF into the running kernel: run `sudo -E cargo xtask test` as root"
                 );
             }
+            ensure_debian_packages(TEST_PACKAGES)?;
             // Unit, model, ABI, TUI and CLI-parsing tests (no privileges needed).
             run(cargo().args([
                 "test",
@@ -110,7 +145,8 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             match which.as_str() {
                 "sched" => bench::sched(rounds),
-                other => bail!("unknown benchmark {other:?}: available: sched"),
+                "gc" => bench_gc::gc(rounds),
+                other => bail!("unknown benchmark {other:?}: available: sched, gc"),
             }
         }
     }

@@ -284,10 +284,11 @@ impl Probes {
         }
     }
 
-    /// Cost of every attached program so far (zeros when stats are unavailable).
+    /// Cost of every attached program so far, and of the runtime uprobe programs loaded since
+    /// (zeros when stats are unavailable).
     pub fn costs(&self) -> Vec<ProgramCost> {
         let mut out = Vec::new();
-        for name in &self.attached {
+        for name in self.attached.iter().chain(crate::runtimes::PROGRAMS.iter()) {
             let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else {
                 continue;
             };

@@ -65,10 +65,22 @@ impl<'a, R: ReadRef<'a>> Elf<'a, R> {
 
     /// Address of a symbol in the symbol table (not the dynamic one: Go exports nothing).
     pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        self.symbol(name).map(|(addr, _)| addr)
+    }
+
+    /// (address, size) of a symbol in the symbol table.
+    pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
         self.file
             .symbols()
             .find(|s| s.name_bytes().ok() == Some(name.as_bytes()))
-            .map(|s| s.address())
+            .map(|s| (s.address(), s.size()))
+    }
+
+    /// The file bytes mapped at [addr, addr+size), from the section that holds them.
+    pub fn bytes_at(&self, addr: u64, size: u64) -> Option<&'a [u8]> {
+        self.file
+            .sections()
+            .find_map(|s| s.data_range(addr, size).ok().flatten())
     }
 
     pub fn has_symbol_table(&self) -> bool {

@@ -3,6 +3,9 @@ use super::elf::{Elf, file_offset};
 
 pub const STOP_SYMBOL: &str = "runtime.stopTheWorldWithSema";
 pub const START_SYMBOL: &str = "runtime.startTheWorldWithSema";
+/// The clock read that startTheWorldWithSema makes once every P has been handed back out
+/// ("Capture start-the-world time", runtime/proc.go): the end of the pause in gctrace's terms.
+const NANOTIME_SYMBOLS: [&str; 2] = ["runtime.nanotime1.abi0", "runtime.nanotime1"];
 
 /// Whether an ELF file is a Go program: the linker writes `.go.buildinfo` (Go 1.13+) and a
 /// `.note.go.buildid` note, both kept by `strip` and `-ldflags=-s`.
@@ -77,8 +80,36 @@ pub fn reason_is_gc(reason: u32) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoProbes {
     pub version: Option<String>,
+    /// Entry of stopTheWorldWithSema: the pause begins.
     pub stop_offset: u64,
-    pub start_offset: u64,
+    /// Where the pause ends, inside startTheWorldWithSema: its calls to nanotime (taken once
+    /// the world runs again) and its returns (on paths that skip the clock read). Whichever
+    /// fires first ends the pause. Probes on RET instructions never touch the stack, unlike
+    /// uretprobes, which Go's moving stacks break. When the function cannot be decoded: its
+    /// entry, which ends the pause before the processors are restarted.
+    pub end_offsets: Vec<u64>,
+    /// `end_offsets` is the function entry (the decode failed).
+    pub end_at_entry: bool,
+}
+
+/// Addresses in `code` (which starts at `addr`) of every call to one of `targets` and every
+/// return, by decoding the function's instructions in order (Go puts no data in its text).
+pub fn restart_points(code: &[u8], addr: u64, targets: &[u64]) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut out = Vec::new();
+    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    while dec.can_decode() {
+        let ins = dec.decode();
+        if ins.is_invalid() {
+            return Vec::new();
+        }
+        let is_clock_call =
+            ins.mnemonic() == Mnemonic::Call && targets.contains(&ins.near_branch_target());
+        if is_clock_call || ins.mnemonic() == Mnemonic::Ret {
+            out.push(ins.ip());
+        }
+    }
+    out
 }
 
 /// Finds the stop-the-world functions, or says why they cannot be probed.
@@ -88,17 +119,37 @@ pub fn locate<'a, R: object::ReadRef<'a>>(elf: &Elf<'a, R>) -> Result<GoProbes, 
         return Err("Go binary is stripped (no symbol table), so runtime.stopTheWorldWithSema cannot be found".into());
     }
     let segments = elf.segments();
-    let find = |sym: &str| {
-        let addr = elf
-            .symbol_address(sym)
-            .ok_or_else(|| format!("Go binary has no symbol {sym}"))?;
+    let offset = |addr: u64| {
         file_offset(&segments, addr)
-            .ok_or_else(|| format!("{sym} at {addr:#x} lies outside every loadable segment"))
+            .ok_or_else(|| format!("address {addr:#x} lies outside every loadable segment"))
+    };
+    let symbol = |sym: &str| {
+        elf.symbol(sym)
+            .ok_or_else(|| format!("Go binary has no symbol {sym}"))
+    };
+    let stop_offset = offset(symbol(STOP_SYMBOL)?.0)?;
+    let (start, size) = symbol(START_SYMBOL)?;
+    let clock: Vec<u64> = NANOTIME_SYMBOLS
+        .iter()
+        .filter_map(|s| elf.symbol_address(s))
+        .collect();
+    let points = elf
+        .bytes_at(start, size)
+        .map(|code| restart_points(code, start, &clock))
+        .unwrap_or_default();
+    let (end_offsets, end_at_entry) = if points.is_empty() {
+        (vec![offset(start)?], true)
+    } else {
+        (
+            points.into_iter().map(offset).collect::<Result<_, _>>()?,
+            false,
+        )
     };
     Ok(GoProbes {
         version,
-        stop_offset: find(STOP_SYMBOL)?,
-        start_offset: find(START_SYMBOL)?,
+        stop_offset,
+        end_offsets,
+        end_at_entry,
     })
 }
 
@@ -145,6 +196,30 @@ mod tests {
         assert_eq!(reason_name(2), "GC sweep termination");
         assert!(reason_is_gc(1) && !reason_is_gc(7));
         assert_eq!(reason_name(200), "unknown");
+    }
+
+    #[test]
+    fn restart_points_are_clock_calls_and_returns_at_instruction_boundaries() {
+        // push rbp; call +0 (to 0x1006, not the clock); call rel32 to 0x2000; nop; ret;
+        // mov eax, 0xc3 (a 0xc3 byte inside an instruction is not a return).
+        let code = [
+            0x55, // 0x1000 push rbp
+            0xe8, 0x00, 0x00, 0x00, 0x00, // 0x1001 call 0x1006
+            0xe8, 0xf5, 0x0f, 0x00, 0x00, // 0x1006 call 0x2000
+            0x90, // 0x100b nop
+            0xc3, // 0x100c ret
+            0xb8, 0xc3, 0x00, 0x00, 0x00, // 0x100d mov eax, 0xc3
+            0xc3, // 0x1012 ret
+        ];
+        assert_eq!(
+            restart_points(&code, 0x1000, &[0x2000]),
+            vec![0x1006, 0x100c, 0x1012]
+        );
+        assert_eq!(restart_points(&code, 0x1000, &[]), vec![0x100c, 0x1012]);
+        assert!(
+            restart_points(&[0x0f, 0xff], 0x1000, &[]).is_empty(),
+            "undecodable code gives no points"
+        );
     }
 
     #[test]

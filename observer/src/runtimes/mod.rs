@@ -29,6 +29,34 @@ use observer_common::Runtime;
 
 use self::{elf::Elf, stapsdt::UsdtArg};
 
+/// Every uprobe program this module may load (for cost reporting; unloaded ones are skipped).
+pub const PROGRAMS: [&str; 24] = [
+    "jvm_safepoint_begin",
+    "jvm_safepoint_end",
+    "jvm_gc_begin_rdi",
+    "jvm_gc_begin_full",
+    "jvm_gc_begin_partial",
+    "jvm_gc_end",
+    "jvm_vmop_begin_rax",
+    "jvm_vmop_begin_rbx",
+    "jvm_vmop_begin_rcx",
+    "jvm_vmop_begin_rdx",
+    "jvm_vmop_begin_rsi",
+    "jvm_vmop_begin_rdi",
+    "jvm_vmop_begin_rbp",
+    "jvm_vmop_begin_r8",
+    "jvm_vmop_begin_r9",
+    "jvm_vmop_begin_r10",
+    "jvm_vmop_begin_r11",
+    "jvm_vmop_begin_r12",
+    "jvm_vmop_begin_r13",
+    "jvm_vmop_begin_r14",
+    "jvm_vmop_begin_r15",
+    "go_stw_stop",
+    "go_stw_stop_reason",
+    "go_stw_start",
+];
+
 /// A file's identity: (device, inode).
 type FileId = (u64, u64);
 
@@ -50,7 +78,9 @@ enum Verdict {
     /// Probes attached (the links stay open, hence attached, for as long as pausewatch runs).
     Attached {
         runtime: Runtime,
-        _links: Vec<OwnedFd>,
+        links: Vec<OwnedFd>,
+        /// What the operator should know about how (e.g. the Go version, a degraded end point).
+        detail: String,
     },
     /// A runtime whose stops cannot be observed, and why.
     Unobservable { runtime: Runtime, reason: String },
@@ -278,7 +308,12 @@ fn display_path(p: &Path) -> String {
 
 /// The notice for a file whose probes were just attached.
 fn attach_notice(v: &Verdict, path: &Path, pid: u32) -> Option<Notice> {
-    let Verdict::Attached { runtime, _links } = v else {
+    let Verdict::Attached {
+        runtime,
+        links,
+        detail,
+    } = v
+    else {
         return None;
     };
     let what = match runtime {
@@ -296,8 +331,8 @@ fn attach_notice(v: &Verdict, path: &Path, pid: u32) -> Option<Notice> {
         level: "info",
         event: "gc_probes_attached",
         message: format!(
-            "{} {what} attached in {shown} (found in pid {pid})",
-            _links.len()
+            "{} {what} attached in {shown} (found in pid {pid}){detail}",
+            links.len()
         ),
         pid: Some(pid),
         path: Some(shown),
@@ -384,18 +419,26 @@ fn inspect_go(exe: &Path, ebpf: &mut Ebpf) -> Verdict {
     } else {
         "go_stw_stop"
     };
-    // The end first: a stop seen without its end would stay open until the next one.
-    let links = [
-        ("go_stw_start", probes.start_offset),
-        (stop, probes.stop_offset),
-    ]
-    .into_iter()
-    .map(|(prog, off)| attach_program(ebpf, prog, exe, off, 0))
-    .collect::<Result<Vec<_>, _>>();
+    // The ends first: a stop seen without its end would stay open until the next one.
+    let plan = probes
+        .end_offsets
+        .iter()
+        .map(|&off| ("go_stw_start", off))
+        .chain([(stop, probes.stop_offset)]);
+    let links = plan
+        .map(|(prog, off)| attach_program(ebpf, prog, exe, off, 0))
+        .collect::<Result<Vec<_>, _>>();
     match links {
         Ok(links) => Verdict::Attached {
             runtime: Runtime::Go,
-            _links: links,
+            links,
+            detail: match (&probes.version, probes.end_at_entry) {
+                (v, false) => format!("; {}", v.as_deref().unwrap_or("Go version unknown")),
+                (v, true) => format!(
+                    "; {}; startTheWorldWithSema could not be decoded, so pauses end where the restart begins and omit it",
+                    v.as_deref().unwrap_or("Go version unknown")
+                ),
+            },
         },
         Err(e) => unobservable(format!("attaching uprobes failed: {e}")),
     }
@@ -470,7 +513,8 @@ fn inspect_jvm(path: &Path, ebpf: &mut Ebpf) -> Verdict {
     }
     Verdict::Attached {
         runtime: Runtime::Jvm,
-        _links: links,
+        links,
+        detail: String::new(),
     }
 }
 

@@ -1,0 +1,392 @@
+//! Runtime stop-the-world measured by real uprobes, against the runtimes' own accounting: the
+//! JVM's -Xlog:gc and -Xlog:safepoint, Go's GODEBUG=gctrace=1.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+const TOLERANCE_NS: u64 = 1_000_000;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn check_status(what: &str, out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GcLoop.class, compiled once.
+fn java_classes() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("gc-java");
+        let out = Command::new("javac")
+            .arg("-d")
+            .arg(&dir)
+            .arg(fixtures().join("GcLoop.java"))
+            .output()
+            .expect(
+                "running javac (Debian's openjdk-17-jdk-headless; `cargo xtask test` installs it)",
+            );
+        check_status("javac", out);
+        dir
+    })
+}
+
+/// The Go workload, built once plain and once stripped.
+fn go_binary(stripped: bool) -> PathBuf {
+    let dir = scratch("gc-go");
+    let bin = dir.join(if stripped {
+        "gcloop-stripped"
+    } else {
+        "gcloop"
+    });
+    let mut cmd = Command::new("go");
+    cmd.current_dir(fixtures().join("gcloop"))
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .args(["build", "-o"])
+        .arg(&bin);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    check_status(
+        "go build",
+        cmd.output()
+            .expect("running go (Debian's golang-go; `cargo xtask test` installs it)"),
+    );
+    bin
+}
+
+/// Every distinct JDK under /usr/lib/jvm (Debian's alternatives make symlinked duplicates).
+fn jdks() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir("/usr/lib/jvm")
+        .expect("/usr/lib/jvm: no JDK installed")
+        .flatten()
+    {
+        let Ok(real) = e.path().canonicalize() else {
+            continue;
+        };
+        if real.join("bin/java").exists()
+            && real.join("lib/server/libjvm.so").exists()
+            && !out.contains(&real)
+        {
+            out.push(real);
+        }
+    }
+    out.sort();
+    assert!(
+        !out.is_empty(),
+        "no JDK with a server libjvm.so under /usr/lib/jvm"
+    );
+    out
+}
+
+/// -Xlog:gc "Pause" lines: the collection times in ns, in order.
+fn jvm_pauses(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("[gc") && l.contains(" Pause "))
+        .map(|l| {
+            let ms = l
+                .rsplit(' ')
+                .next()
+                .and_then(|t| t.strip_suffix("ms"))
+                .unwrap_or_else(|| panic!("no time in {l}"));
+            (ms.parse::<f64>().unwrap() * 1e6).round() as u64
+        })
+        .collect()
+}
+
+/// -Xlog:safepoint lines: (VM operation, "Total" in ns), in order.
+fn jvm_safepoints(log: &str) -> Vec<(String, u64)> {
+    log.lines()
+        .filter(|l| l.contains("[safepoint") && l.contains("Safepoint \""))
+        .map(|l| {
+            let op = l.split('"').nth(1).unwrap().to_string();
+            let total = l
+                .split("Total: ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .unwrap_or_else(|| panic!("no total in {l}"));
+            (op, total.parse().unwrap())
+        })
+        .collect()
+}
+
+/// pausewatch's gc lines for `pid`, in start order.
+fn gc_lines_of(lines: &[Value], pid: u32) -> Vec<Value> {
+    let mut v: Vec<Value> = of_type(lines, "gc")
+        .filter(|v| v["pid"] == pid)
+        .cloned()
+        .collect();
+    v.sort_by_key(|g| g["start_mono_ns"].as_u64().unwrap());
+    v
+}
+
+fn ns(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing: {v}"))
+}
+
+/// Every safepoint the JVM logged is one pausewatch gc line with the same VM operation and a
+/// duration within 1 ms of the log's "Total"; every GC "Pause" is the collection inside one.
+fn check_against_jvm_log(lines: &[Value], pid: u32, log: &str) {
+    let gcs = gc_lines_of(lines, pid);
+    let safepoints = jvm_safepoints(log);
+    let pauses = jvm_pauses(log);
+    assert!(
+        pauses.len() >= 10,
+        "the workload should have collected at least 10 times:\n{log}"
+    );
+    assert_eq!(
+        gcs.len(),
+        safepoints.len(),
+        "one gc line per safepoint in the JVM's log\nlog:\n{log}\npausewatch:\n{gcs:#?}"
+    );
+    for (g, (op, total)) in gcs.iter().zip(&safepoints) {
+        assert_eq!(g["runtime"], "jvm");
+        assert_eq!(g["operation"], op.as_str(), "{g}");
+        let d = ns(g, "duration_ns");
+        assert!(
+            d.abs_diff(*total) <= TOLERANCE_NS,
+            "safepoint {op}: JVM says {total} ns, pausewatch {d} ns: {g}"
+        );
+    }
+    let collections: Vec<&Value> = gcs.iter().filter(|g| g["collection"] == true).collect();
+    assert_eq!(
+        collections.len(),
+        pauses.len(),
+        "one collection per GC pause in the JVM's log\n{log}"
+    );
+    let mut worst = 0;
+    for (g, p) in collections.iter().zip(&pauses) {
+        let gc_ns = ns(g, "gc_ns");
+        assert!(
+            gc_ns.abs_diff(*p) <= TOLERANCE_NS,
+            "GC pause: JVM says {p} ns, pausewatch {gc_ns} ns: {g}"
+        );
+        assert!(
+            gc_ns <= ns(g, "duration_ns"),
+            "the collection lies inside its safepoint: {g}"
+        );
+        worst = worst.max(gc_ns.abs_diff(*p));
+    }
+    eprintln!(
+        "pid {pid}: {} safepoints, {} GC pauses matched; worst GC difference {worst} ns",
+        gcs.len(),
+        pauses.len()
+    );
+}
+
+fn run_java(java: &Path, log: &Path, iterations: u32, sleep_ms: u32) -> std::process::Child {
+    Command::new(java)
+        .arg(format!("-Xlog:gc,safepoint:file={}", log.display()))
+        .arg("-cp")
+        .arg(java_classes())
+        .args(["GcLoop", &iterations.to_string(), &sleep_ms.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning java")
+}
+
+fn notice_for<'a>(lines: &'a [Value], event: &str, pid: u32) -> Option<&'a Value> {
+    of_type(lines, "notice").find(|v| v["event"] == event && v["pid"] == pid)
+}
+
+#[test]
+fn jvms_started_after_pausewatch_match_their_own_gc_and_safepoint_logs() {
+    require_root();
+    let classes = java_classes();
+    let pw = Pausewatch::start(&[]);
+    let mut runs = Vec::new();
+    for (i, jdk) in jdks().iter().enumerate() {
+        let log = scratch("gc-java").join(format!("after-{i}.log"));
+        let _ = std::fs::remove_file(&log);
+        let mut child = run_java(&jdk.join("bin/java"), &log, 12, 500);
+        let pid = child.id();
+        assert!(
+            child.wait().unwrap().success(),
+            "java from {} failed",
+            jdk.display()
+        );
+        runs.push((jdk.clone(), pid, log));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    let _ = classes;
+    for (jdk, pid, log) in runs {
+        eprintln!("JDK {}", jdk.display());
+        let n = notice_for(&lines, "gc_observed", pid).unwrap_or_else(|| {
+            panic!("no gc_observed notice for the JVM {pid} started after pausewatch")
+        });
+        assert!(
+            n["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("pid {pid} (java)")),
+            "{n}"
+        );
+        let libjvm = jdk.join("lib/server/libjvm.so");
+        assert!(
+            of_type(&lines, "notice").any(
+                |v| v["event"] == "gc_probes_attached" && v["path"] == libjvm.to_str().unwrap()
+            ),
+            "probes attached in {}",
+            libjvm.display()
+        );
+        check_against_jvm_log(&lines, pid, &std::fs::read_to_string(&log).unwrap());
+        let s = summary_of(&lines, pid.into()).expect("summary of the JVM");
+        assert_eq!(s["gc"]["count"], gc_lines_of(&lines, pid).len(), "{s}");
+    }
+}
+
+#[test]
+fn a_running_jvm_is_observed_with_pid_and_nothing_else_is() {
+    require_root();
+    let log = scratch("gc-java").join("running.log");
+    let _ = std::fs::remove_file(&log);
+    // Sleeps long enough for pausewatch to start and find it before its first collection.
+    let mut java = run_java(Path::new("java"), &log, 12, 4000);
+    let pid = java.id();
+    let mut other = run_java(
+        Path::new("java"),
+        &scratch("gc-java").join("other.log"),
+        12,
+        4000,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pw = Pausewatch::start(&["--pid", &pid.to_string()]);
+    pw.wait_for(Duration::from_secs(10), |v| {
+        v["event"] == "gc_observed" && v["pid"] == pid
+    });
+    assert!(java.wait().unwrap().success());
+    let other_pid = other.id();
+    let _ = other.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    check_against_jvm_log(&lines, pid, &std::fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        gc_lines_of(&lines, other_pid).len(),
+        0,
+        "a JVM outside --pid is not reported"
+    );
+}
+
+/// "gc N @Ts P%: A+B+C ms clock, ...": A and C are the two stop-the-world phases (sweep
+/// termination and mark termination), in ms.
+fn gctrace_stw_ns(trace: &str) -> Vec<(u64, u64)> {
+    trace
+        .lines()
+        .filter(|l| l.starts_with("gc ") && l.contains(" ms clock"))
+        .map(|l| {
+            let clock = l
+                .split(": ")
+                .nth(1)
+                .and_then(|r| r.split(" ms clock").next())
+                .unwrap();
+            let phases: Vec<f64> = clock.split('+').map(|p| p.parse().unwrap()).collect();
+            assert_eq!(phases.len(), 3, "{l}");
+            (
+                (phases[0] * 1e6).round() as u64,
+                (phases[2] * 1e6).round() as u64,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn go_stop_the_world_matches_gctrace() {
+    require_root();
+    let bin = go_binary(false);
+    let pw = Pausewatch::start(&[]);
+    let out = Command::new(&bin)
+        .args(["15", "500"])
+        .env("GODEBUG", "gctrace=1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    let out = out.wait_with_output().unwrap();
+    check_status("gcloop", out.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    let cycles = gctrace_stw_ns(&trace);
+    assert!(
+        cycles.len() >= 15,
+        "the program forces 15 collections:\n{trace}"
+    );
+    assert!(
+        notice_for(&lines, "gc_observed", pid).is_some(),
+        "no gc_observed notice for {pid}"
+    );
+    let gcs = gc_lines_of(&lines, pid);
+    assert_eq!(
+        gcs.len(),
+        2 * cycles.len(),
+        "two stop-the-world phases per cycle\n{trace}\n{gcs:#?}"
+    );
+    let mut worst = 0;
+    for (pair, (sweep, mark)) in gcs.chunks(2).zip(&cycles) {
+        assert!(
+            pair.iter()
+                .all(|g| g["runtime"] == "go" && g["collection"] == true),
+            "{pair:#?}"
+        );
+        let ours = ns(&pair[0], "duration_ns") + ns(&pair[1], "duration_ns");
+        let theirs = sweep + mark;
+        assert!(
+            ours.abs_diff(theirs) <= TOLERANCE_NS,
+            "cycle STW: gctrace {theirs} ns, pausewatch {ours} ns: {pair:#?}"
+        );
+        worst = worst.max(ours.abs_diff(theirs));
+    }
+    eprintln!(
+        "{} cycles matched; worst difference {worst} ns",
+        cycles.len()
+    );
+}
+
+#[test]
+fn a_stripped_go_binary_is_reported_unobservable() {
+    require_root();
+    let bin = go_binary(true);
+    let pw = Pausewatch::start(&[]);
+    let mut child = Command::new(&bin).args(["3", "300"]).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    let n = notice_for(&lines, "gc_unobservable", pid)
+        .unwrap_or_else(|| panic!("no gc_unobservable notice for {pid}"));
+    let msg = n["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(&format!(
+            "GC not observable for pid {pid} (gcloop-stripped)"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("stripped"), "{msg}");
+    assert_eq!(n["level"], "warn");
+    assert!(gc_lines_of(&lines, pid).is_empty());
+}
