@@ -202,6 +202,10 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     let deadline = settings.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The kernel programs wake the agent only when a quarter of the ring buffer is unread
+    // (wakeups cost an IPI each in the traced context); everything else is collected here.
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut draw = tokio::time::interval(Duration::from_millis(250));
     draw.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let (key_tx, mut keys) = mpsc::channel(16);
@@ -256,6 +260,20 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 drop(guard);
                 st.on_batch(batch, &mut out);
                 if let Output::Json(w) = &mut out {
+                    w.flush();
+                }
+            }
+            _ = poll.tick() => {
+                let mut got = false;
+                loop {
+                    let (batch, more) = ringbuf::drain(ring.get_mut());
+                    got |= !batch.is_empty();
+                    st.on_batch(batch, &mut out);
+                    if !more {
+                        break;
+                    }
+                }
+                if got && let Output::Json(w) = &mut out {
                     w.flush();
                 }
             }
@@ -320,9 +338,12 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             }
             w.drops(
                 &st.clock,
-                &st.kernel_drops,
-                st.decode_errors,
-                st.table.evicted,
+                &crate::export::ndjson::Drops {
+                    kernel: &st.kernel_drops,
+                    decode_errors: st.decode_errors,
+                    evicted_processes: st.table.evicted,
+                    runtime_checks_skipped: st.runtimes.checks_skipped,
+                },
             );
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();

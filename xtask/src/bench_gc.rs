@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use pausewatch_tests::{Pausewatch, of_type};
+use pausewatch_tests::of_type;
 use serde_json::Value;
 
 use crate::{build_release, ensure_debian_packages, is_root, root_dir, run};
@@ -32,12 +32,18 @@ fn build_workloads(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         .arg(dir.join("java"))
         .arg(fixtures().join("GcBench.java")))?;
     let go = dir.join("gcloop");
-    run(Command::new("go")
+    // Not `run`, which works in the workspace root: go builds the module of its directory.
+    let status = Command::new("go")
         .current_dir(fixtures().join("gcloop"))
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPATH", dir.join("gopath"))
         .args(["build", "-o"])
-        .arg(&go))?;
+        .arg(&go)
+        .status()
+        .context("starting go build")?;
+    if !status.success() {
+        bail!("go build of tests/fixtures/gcloop failed: {status}");
+    }
     Ok((dir.join("java"), go))
 }
 
@@ -77,11 +83,44 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// pausewatch as deployed: NDJSON into a file that nobody parses while the workload runs (the
+/// test harness's live JSON parsing would compete with the workload for the two CPUs).
+fn pausewatch_to_file(
+    bin: &Path,
+    args: &[&str],
+    out: &Path,
+) -> anyhow::Result<std::process::Child> {
+    let child = Command::new(bin)
+        .arg("--json")
+        .args(args)
+        .stdout(std::fs::File::create(out)?)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("starting pausewatch")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(out)?.contains("\"event\":\"attached\"") {
+        if std::time::Instant::now() > deadline {
+            bail!("pausewatch did not attach within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
 /// The workload under pausewatch, which must have observed it (else the number means nothing).
 fn measure_with(bin: &Path, w: &Workload, args: &[&str]) -> anyhow::Result<(f64, Vec<Value>)> {
-    let pw = Pausewatch::start_bin(bin, args);
+    let out = root_dir().join("target/bench/gc/pausewatch.ndjson");
+    let mut pw = pausewatch_to_file(bin, args, &out)?;
     let (pid, v) = measure(w)?;
-    let lines = pw.stop();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pw.id() as i32, libc::SIGTERM) };
+    if !pw.wait()?.success() {
+        bail!("pausewatch failed");
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&out)?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     if !of_type(&lines, "notice").any(|n| n["event"] == "gc_observed" && n["pid"] == pid) {
         bail!(
             "pausewatch did not observe the {} workload (pid {pid}): no gc_observed notice",
@@ -107,7 +146,11 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
         let classes = classes.clone();
         Box::new(move || {
             let mut c = Command::new("java");
-            c.arg("-cp").arg(&classes).arg("GcBench").args(args);
+            // A fixed heap: without it, heap resizing makes run times vary several-fold.
+            c.args(["-Xms256m", "-Xmx256m", "-cp"])
+                .arg(&classes)
+                .arg("GcBench")
+                .args(args);
             c
         }) as Box<dyn Fn() -> Command>
     };
@@ -127,9 +170,9 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
             }),
         },
         Workload {
-            name: "JVM allocation loop (15M allocations)",
+            name: "JVM allocation loop (60M allocations, G1, 256 MB heap)",
             unit: "s",
-            cmd: java(&["alloc", "15000000", "1000"]),
+            cmd: java(&["alloc", "60000000", "1000"]),
         },
     ];
 

@@ -44,6 +44,14 @@ fn stat_json(a: &Aggregate) -> StatJson {
     }
 }
 
+/// Everything lost on the way, for the `drops` line.
+pub struct Drops<'a> {
+    pub kernel: &'a [u64; NUM_DROP_CAUSES],
+    pub decode_errors: u64,
+    pub evicted_processes: u64,
+    pub runtime_checks_skipped: u64,
+}
+
 /// Writes lines to any sink, counting lines it could not write (a full disk, a closed pipe)
 /// instead of stopping the agent.
 pub struct NdjsonWriter<W: Write> {
@@ -199,23 +207,18 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("summary", ts_mono_ns, clock, body);
     }
 
-    pub fn drops(
-        &mut self,
-        clock: &WallClock,
-        kernel: &[u64; NUM_DROP_CAUSES],
-        decode_errors: u64,
-        evicted: u64,
-    ) {
+    pub fn drops(&mut self, clock: &WallClock, d: &Drops) {
         let ring: serde_json::Map<String, Value> = DropCause::ALL
             .iter()
-            .map(|c| (c.name().to_string(), json!(kernel[*c as usize])))
+            .map(|c| (c.name().to_string(), json!(d.kernel[*c as usize])))
             .collect();
         let failed = self.failed_lines;
         let body = json!({
             "kernel": ring,
-            "decode_errors": decode_errors,
-            "evicted_processes": evicted,
+            "decode_errors": d.decode_errors,
+            "evicted_processes": d.evicted_processes,
             "output_failed_lines": failed,
+            "runtime_checks_skipped": d.runtime_checks_skipped,
         });
         self.line("drops", WallClock::mono_now(), clock, body);
     }

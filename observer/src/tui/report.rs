@@ -36,6 +36,25 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
             parts.join(", ")
         );
     }
+    let mut gcs: Vec<_> = st
+        .table
+        .sorted()
+        .into_iter()
+        .filter(|p| p.gc.count > 0)
+        .collect();
+    gcs.sort_by_key(|p| std::cmp::Reverse(p.gc.total_ns));
+    for p in gcs.iter().take(10) {
+        let _ = writeln!(
+            s,
+            "  {:>7} {:<16} {} stop-the-world pauses ({} collections), total {} (max {})",
+            p.pid,
+            p.comm,
+            p.gc.count,
+            p.gc_collections,
+            fmt_ns(p.gc.total_ns),
+            fmt_ns(p.gc.max_ns)
+        );
+    }
     let drops: u64 = st.kernel_drops.iter().sum();
     let _ = writeln!(s, "drops: {drops} kernel, {} undecodable", st.decode_errors);
     if let Some(c) = crate::probe::cost::mean_net_ns(costs) {
@@ -52,6 +71,37 @@ mod tests {
         let t = super::text(&st, &[]);
         assert!(
             t.contains("4242 postgres") && t.contains("runq 30.0ms"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn lists_runtime_stop_the_world_per_process() {
+        use observer_common::{
+            GC_FLAG_COLLECTION, GC_OP_LEN, GcRecord, RecordKind, Runtime, TASK_COMM_LEN,
+        };
+        let mut st = super::super::view::tests::state();
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..4].copy_from_slice(b"java");
+        let rec = GcRecord {
+            kind: RecordKind::Gc as u32,
+            runtime: Runtime::Jvm as u32,
+            tgid: 77,
+            tid: 78,
+            start_mono_ns: 0,
+            duration_ns: 12_000_000,
+            gc_ns: 11_000_000,
+            reason: 0,
+            flags: GC_FLAG_COLLECTION,
+            operation: [0; GC_OP_LEN],
+            comm,
+        };
+        st.table
+            .note_gc(&crate::model::gc::GcPause::from_record(1, &rec));
+        let t = super::text(&st, &[]);
+        assert!(
+            t.contains("77 java")
+                && t.contains("1 stop-the-world pauses (1 collections), total 12.0ms"),
             "{t}"
         );
     }
