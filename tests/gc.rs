@@ -116,8 +116,8 @@ fn jvm_pauses(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// -Xlog:safepoint lines: (VM operation, "Total" in ns), in order.
-fn jvm_safepoints(log: &str) -> Vec<(String, u64)> {
+/// -Xlog:safepoint lines: (VM operation, "Total", "Reaching safepoint" in ns), in order.
+fn jvm_safepoints(log: &str) -> Vec<(String, u64, u64)> {
     log.lines()
         .filter(|l| l.contains("[safepoint") && l.contains("Safepoint \""))
         .map(|l| {
@@ -127,7 +127,12 @@ fn jvm_safepoints(log: &str) -> Vec<(String, u64)> {
                 .nth(1)
                 .and_then(|t| t.split(' ').next())
                 .unwrap_or_else(|| panic!("no total in {l}"));
-            (op, total.parse().unwrap())
+            let reaching = l
+                .split("Reaching safepoint: ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .unwrap_or_else(|| panic!("no reaching time in {l}"));
+            (op, total.parse().unwrap(), reaching.parse().unwrap())
         })
         .collect()
 }
@@ -163,13 +168,18 @@ fn check_against_jvm_log(lines: &[Value], pid: u32, log: &str) {
         safepoints.len(),
         "one gc line per safepoint in the JVM's log\nlog:\n{log}\npausewatch:\n{gcs:#?}"
     );
-    for (g, (op, total)) in gcs.iter().zip(&safepoints) {
+    for (g, (op, total, reaching)) in gcs.iter().zip(&safepoints) {
         assert_eq!(g["runtime"], "jvm");
         assert_eq!(g["operation"], op.as_str(), "{g}");
         let d = ns(g, "duration_ns");
         assert!(
             d.abs_diff(*total) <= TOLERANCE_NS,
             "safepoint {op}: JVM says {total} ns, pausewatch {d} ns: {g}"
+        );
+        let ttsp = ns(g, "time_to_safepoint_ns");
+        assert!(
+            ttsp.abs_diff(*reaching) <= TOLERANCE_NS && ttsp <= d,
+            "time to safepoint of {op}: JVM says {reaching} ns, pausewatch {ttsp} ns: {g}"
         );
     }
     let collections: Vec<&Value> = gcs.iter().filter(|g| g["collection"] == true).collect();

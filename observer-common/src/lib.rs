@@ -316,6 +316,9 @@ pub struct GcRecord {
     /// JVM: the collection inside the safepoint (gc__begin to gc__end), matching -Xlog:gc's
     /// "Pause" time; 0 for safepoints without a collection. Go: equal to `duration_ns`.
     pub gc_ns: u64,
+    /// JVM: time to safepoint, from the start of the stop until every Java thread had stopped
+    /// (-Xlog:safepoint's "Reaching safepoint"); 0 when not measured.
+    pub sync_ns: u64,
     /// Go's stwReason (valid with `GC_FLAG_REASON`).
     pub reason: u32,
     /// `GC_FLAG_*`.
@@ -325,7 +328,7 @@ pub struct GcRecord {
     /// Process name (thread group leader's comm).
     pub comm: [u8; TASK_COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<GcRecord>() == 96);
+const _: () = assert!(core::mem::size_of::<GcRecord>() == 104);
 
 /// Kernel-private state of one process's stop-the-world in progress, keyed by tgid in
 /// `GC_OPEN`.
@@ -336,13 +339,15 @@ pub struct GcState {
     /// When the collection inside began (0: none yet).
     pub gc_start_ns: u64,
     pub gc_ns: u64,
+    /// Time to safepoint (0: not yet synchronized, or not measured).
+    pub sync_ns: u64,
     pub tid: u32,
     pub flags: u32,
     pub reason: u32,
     pub _pad0: u32,
     pub operation: [u8; GC_OP_LEN],
 }
-const _: () = assert!(core::mem::size_of::<GcState>() == 72);
+const _: () = assert!(core::mem::size_of::<GcState>() == 80);
 
 /// A process replaced its program image (tracepoint sched_process_exec).
 #[repr(C)]

@@ -214,6 +214,7 @@ mod tests {
             start_mono_ns: 1,
             duration_ns: 5_400_000,
             gc_ns: 5_200_000,
+            sync_ns: 80_000,
             reason: 0,
             flags: crate::GC_FLAG_COLLECTION | crate::GC_FLAG_FULL,
             operation: op,

@@ -85,6 +85,7 @@ fn close(runtime: Runtime) {
             start_mono_ns: st.start_ns,
             duration_ns,
             gc_ns,
+            sync_ns: st.sync_ns,
             reason: st.reason,
             flags,
             operation: st.operation,
@@ -109,6 +110,20 @@ fn with_open(f: impl FnOnce(&mut GcState)) {
 #[uprobe]
 pub fn jvm_safepoint_begin(_ctx: ProbeContext) -> u32 {
     open(None);
+    0
+}
+
+/// hs_private:safepoint__begin when the stop is opened at `SafepointSynchronize::begin()`'s
+/// entry: that USDT probe fires once every Java thread has reached the safepoint, so it marks
+/// the end of the time to safepoint.
+#[uprobe]
+pub fn jvm_safepoint_synchronized(_ctx: ProbeContext) -> u32 {
+    let now = sched::now();
+    with_open(|st| {
+        if st.sync_ns == 0 {
+            st.sync_ns = now.saturating_sub(st.start_ns).max(1);
+        }
+    });
     0
 }
 

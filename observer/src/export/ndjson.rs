@@ -162,6 +162,7 @@ impl<W: Write> NdjsonWriter<W> {
             "end_mono_ns": g.end_mono_ns(),
             "duration_ns": g.duration_ns,
             "gc_ns": g.gc_ns,
+            "time_to_safepoint_ns": g.sync_ns,
             "collection": g.collection,
             "full": g.full,
             "cause": g.cause(),

@@ -25,6 +25,8 @@ pub struct GcPause {
     pub duration_ns: u64,
     /// JVM: the collection inside (matches -Xlog:gc "Pause"); Go: the whole STW.
     pub gc_ns: u64,
+    /// JVM: time to safepoint, until every Java thread had stopped (None: not measured).
+    pub sync_ns: Option<u64>,
     /// The stop included a garbage collection (JVM: gc__begin seen; Go: a GC phase reason).
     pub collection: bool,
     pub full: bool,
@@ -54,6 +56,7 @@ impl GcPause {
             start_mono_ns: r.start_mono_ns,
             duration_ns: r.duration_ns,
             gc_ns: r.gc_ns,
+            sync_ns: (r.sync_ns != 0).then_some(r.sync_ns),
             collection,
             full: r.flags & GC_FLAG_FULL != 0,
             operation: (!operation.is_empty()).then_some(operation),
@@ -128,6 +131,7 @@ mod tests {
             start_mono_ns: 1_000,
             duration_ns: 5_406_365,
             gc_ns: 5_239_000,
+            sync_ns: 0,
             reason,
             flags,
             operation,

@@ -30,8 +30,9 @@ use observer_common::Runtime;
 use self::{elf::Elf, stapsdt::UsdtArg};
 
 /// Every uprobe program this module may load (for cost reporting; unloaded ones are skipped).
-pub const PROGRAMS: [&str; 24] = [
+pub const PROGRAMS: [&str; 25] = [
     "jvm_safepoint_begin",
+    "jvm_safepoint_synchronized",
     "jvm_safepoint_end",
     "jvm_gc_begin_rdi",
     "jvm_gc_begin_full",
@@ -449,33 +450,51 @@ fn inspect_jvm(path: &Path, ebpf: &mut Ebpf) -> Verdict {
         runtime: Runtime::Jvm,
         reason,
     };
-    let cache = match open_elf(path) {
-        Ok(c) => c,
+    let (plan, detail) = match open_elf(path).and_then(|cache| jvm_plan(&cache)) {
+        Ok(p) => p,
         Err(e) => return unobservable(e),
     };
-    let elf = match Elf::parse(&cache) {
-        Ok(e) => e,
-        Err(e) => return unobservable(format!("libjvm.so is {e}")),
-    };
+    let mut links = Vec::new();
+    for (prog, loc) in plan {
+        match attach_program(ebpf, &prog, path, loc.offset, loc.ref_ctr_offset) {
+            Ok(l) => links.push(l),
+            Err(e) => return unobservable(format!("attaching USDT probes failed: {e}")),
+        }
+    }
+    Verdict::Attached {
+        runtime: Runtime::Jvm,
+        links,
+        detail,
+    }
+}
+
+/// Which program goes where in a libjvm.so: (program, location) for every probe site, ends
+/// before begins (a begin seen without its end would stay open until the next one). An error
+/// says why the file's stop-the-world cannot be observed; the string says what is degraded.
+///
+/// hs_private:safepoint__begin fires once every Java thread has reached the safepoint, so a
+/// stop that began there would leave out the time to safepoint, often the longest part of a
+/// stop. The stop begins at the entry of `SafepointSynchronize::begin()` when the symbol table
+/// has it (Debian's and Temurin's libjvm.so do), and the USDT probe marks the synchronisation.
+fn jvm_plan<'a, R: object::ReadRef<'a>>(
+    data: R,
+) -> Result<(Vec<(String, stapsdt::UsdtLocation)>, String), String> {
+    let elf = Elf::parse(data).map_err(|e| format!("libjvm.so is {e}"))?;
     let probes = stapsdt::probes(&elf);
     let sites = |provider: &'static str, name: &'static str| {
         probes
             .iter()
             .filter(move |p| p.provider == provider && p.name == name)
     };
-    let (begins, ends) = (
-        sites("hs_private", "safepoint__begin").count(),
-        sites("hs_private", "safepoint__end").count(),
-    );
-    if begins == 0 || ends == 0 {
-        return unobservable(if probes.is_empty() {
+    if sites("hs_private", "safepoint__begin").count() == 0
+        || sites("hs_private", "safepoint__end").count() == 0
+    {
+        return Err(if probes.is_empty() {
             "libjvm.so has no USDT probes (a JDK built without DTrace/SystemTap support)".into()
         } else {
             "libjvm.so lacks the hs_private:safepoint__begin/end USDT probes".into()
         });
     }
-    // (program, probe site) for every site, ends before begins: a begin seen without its end
-    // would stay open until the next one.
     let mut plan: Vec<(String, &stapsdt::UsdtProbe)> = Vec::new();
     plan.extend(
         sites("hs_private", "safepoint__end").map(|p| ("jvm_safepoint_end".to_string(), p)),
@@ -497,26 +516,31 @@ fn inspect_jvm(path: &Path, ebpf: &mut Ebpf) -> Verdict {
             _ => None,
         }
     }));
-    plan.extend(
-        sites("hs_private", "safepoint__begin").map(|p| ("jvm_safepoint_begin".to_string(), p)),
-    );
-    let mut links = Vec::new();
-    for (prog, probe) in plan {
-        let loc = match stapsdt::locate(&elf, probe) {
-            Ok(l) => l,
-            Err(e) => return unobservable(e),
-        };
-        match attach_program(ebpf, &prog, path, loc.offset, loc.ref_ctr_offset) {
-            Ok(l) => links.push(l),
-            Err(e) => return unobservable(format!("attaching USDT probes failed: {e}")),
+    let begin_symbol = elf
+        .symbol(SAFEPOINT_BEGIN_SYMBOL)
+        .and_then(|(addr, _)| elf::file_offset(&elf.segments(), addr));
+    let sync_prog = if begin_symbol.is_some() {
+        "jvm_safepoint_synchronized"
+    } else {
+        "jvm_safepoint_begin"
+    };
+    plan.extend(sites("hs_private", "safepoint__begin").map(|p| (sync_prog.to_string(), p)));
+    let mut out = plan
+        .into_iter()
+        .map(|(prog, probe)| Ok((prog, stapsdt::locate(&elf, probe)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let detail = match begin_symbol {
+        Some(offset) => {
+            out.push(("jvm_safepoint_begin".to_string(), stapsdt::UsdtLocation { offset, ref_ctr_offset: 0 }));
+            String::new()
         }
-    }
-    Verdict::Attached {
-        runtime: Runtime::Jvm,
-        links,
-        detail: String::new(),
-    }
+        None => "; no SafepointSynchronize::begin in its symbol table, so safepoints are timed from when every thread had stopped (the time to safepoint is left out)".to_string(),
+    };
+    Ok((out, detail))
 }
+
+/// `SafepointSynchronize::begin()`, where HotSpot arms a safepoint (Itanium C++ mangling).
+const SAFEPOINT_BEGIN_SYMBOL: &str = "_ZN20SafepointSynchronize5beginEv";
 
 #[cfg(test)]
 mod tests {
@@ -533,6 +557,45 @@ mod tests {
             "/proc/42/map_files/7f00-7f10"
         );
         assert_eq!(display_path(Path::new("/usr/bin/go")), "/usr/bin/go");
+    }
+
+    #[test]
+    fn a_library_without_usdt_probes_is_unobservable_with_the_reason() {
+        // This test binary is a real ELF file without .note.stapsdt, like a JDK built without
+        // DTrace support.
+        let data = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let err = jvm_plan(&data[..]).unwrap_err();
+        assert!(
+            err.contains("no USDT probes") && err.contains("without DTrace"),
+            "{err}"
+        );
+        assert!(
+            jvm_plan(&b"not an ELF file"[..])
+                .unwrap_err()
+                .starts_with("libjvm.so is not a 64-bit ELF")
+        );
+    }
+
+    #[test]
+    fn every_program_a_plan_can_name_is_registered_for_cost_reporting() {
+        let regs = [
+            "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
+            "r13", "r14", "r15",
+        ];
+        for r in regs {
+            assert!(
+                PROGRAMS.contains(&format!("jvm_vmop_begin_{r}").as_str()),
+                "{r}"
+            );
+        }
+        for p in [
+            "jvm_gc_begin_rdi",
+            "jvm_gc_begin_full",
+            "jvm_gc_begin_partial",
+            "go_stw_stop_reason",
+        ] {
+            assert!(PROGRAMS.contains(&p));
+        }
     }
 
     #[test]

@@ -91,6 +91,7 @@ mod tests {
             start_mono_ns: 0,
             duration_ns: 12_000_000,
             gc_ns: 11_000_000,
+            sync_ns: 0,
             reason: 0,
             flags: GC_FLAG_COLLECTION,
             operation: [0; GC_OP_LEN],
