@@ -222,8 +222,8 @@ mod tests {
         };
         assert_eq!(decode(&raw(&gc)), Ok(Record::Gc(gc)));
         assert!(matches!(
-            decode(&raw(&gc)[..95]),
-            Err(DecodeError::WrongSize { expected: 96, .. })
+            decode(&raw(&gc)[..103]),
+            Err(DecodeError::WrongSize { expected: 104, .. })
         ));
         let exec = crate::ExecRecord {
             kind: RecordKind::Exec as u32,
@@ -238,7 +238,7 @@ mod tests {
             decode(&mislabelled),
             Err(DecodeError::WrongSize {
                 len: 32,
-                expected: 96,
+                expected: 104,
                 ..
             })
         ));
