@@ -12,24 +12,10 @@ use serde_json::Value;
 
 const TOLERANCE_NS: u64 = 1_000_000;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
-
 fn scratch(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn check_status(what: &str, out: std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// GcLoop.class, compiled once.
@@ -37,20 +23,12 @@ fn java_classes() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("gc-java");
-        let out = Command::new("javac")
-            .arg("-d")
-            .arg(&dir)
-            .arg(fixtures().join("GcLoop.java"))
-            .output()
-            .expect(
-                "running javac (Debian's openjdk-17-jdk-headless; `cargo xtask test` installs it)",
-            );
-        check_status("javac", out);
+        build_java("GcLoop.java", &dir).unwrap_or_else(|e| panic!("{e}"));
         dir
     })
 }
 
-/// The Go workload, built once plain and once stripped.
+/// The Go workload, built plain or stripped.
 fn go_binary(stripped: bool) -> PathBuf {
     let dir = scratch("gc-go");
     let bin = dir.join(if stripped {
@@ -58,21 +36,7 @@ fn go_binary(stripped: bool) -> PathBuf {
     } else {
         "gcloop"
     });
-    let mut cmd = Command::new("go");
-    cmd.current_dir(fixtures().join("gcloop"))
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .args(["build", "-o"])
-        .arg(&bin);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    check_status(
-        "go build",
-        cmd.output()
-            .expect("running go (Debian's golang-go; `cargo xtask test` installs it)"),
-    );
+    build_go(&bin, &dir, stripped).unwrap_or_else(|e| panic!("{e}"));
     bin
 }
 
@@ -337,7 +301,12 @@ fn go_stop_the_world_matches_gctrace() {
         .unwrap();
     let pid = out.id();
     let out = out.wait_with_output().unwrap();
-    check_status("gcloop", out.clone());
+    assert!(
+        out.status.success(),
+        "gcloop failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(300));
     let lines = pw.stop();
     let trace = String::from_utf8_lossy(&out.stderr);

@@ -402,6 +402,15 @@ pub struct ComponentStats {
 }
 const _: () = assert!(core::mem::size_of::<ComponentStats>() == 8 * (3 + hist::BUCKETS));
 
+impl ComponentStats {
+    pub const ZERO: Self = Self {
+        count: 0,
+        total_ns: 0,
+        max_ns: 0,
+        hist: [0; hist::BUCKETS],
+    };
+}
+
 /// In-kernel per-process aggregate, keyed by tgid in the `PROC_STATS` LRU hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -416,6 +425,16 @@ pub struct ProcStats {
 const _: () = assert!(
     core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 24
 );
+
+impl ProcStats {
+    /// An empty aggregate (too large for the BPF stack: the kernel programs copy theirs from a
+    /// zeroed per-CPU map instead).
+    pub const ZERO: Self = Self {
+        stats: [ComponentStats::ZERO; NUM_STATS],
+        dropped_records: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+}
 
 /// Per-thread state of an episode in progress, keyed by tid in the `THREADS` LRU hash.
 /// Kernel-private, but kept here so its size is checked once and visible to the loader.

@@ -101,21 +101,10 @@ mod tests {
         }
     }
 
-    fn bytes_of(r: &PauseRecord) -> Vec<u8> {
-        // SAFETY: PauseRecord is Pod with no implicit padding; we copy exactly its size.
-        unsafe {
-            core::slice::from_raw_parts(
-                (r as *const PauseRecord).cast::<u8>(),
-                core::mem::size_of::<PauseRecord>(),
-            )
-        }
-        .to_vec()
-    }
-
     #[test]
     fn roundtrip() {
         let r = sample();
-        assert_eq!(decode(&bytes_of(&r)), Ok(Record::Pause(r)));
+        assert_eq!(decode(&raw(&r)), Ok(Record::Pause(r)));
         assert_eq!(r.components_ns.iter().sum::<u64>(), r.duration_ns);
         assert_eq!(NUM_COMPONENTS, 3);
     }
@@ -124,13 +113,13 @@ mod tests {
     fn decodes_from_unaligned_buffers() {
         let r = sample();
         let mut buf = vec![0u8; 1];
-        buf.extend(bytes_of(&r));
+        buf.extend(raw(&r));
         assert_eq!(decode(&buf[1..]), Ok(Record::Pause(r)));
     }
 
     #[test]
     fn rejects_short_long_and_unknown() {
-        let b = bytes_of(&sample());
+        let b = raw(&sample());
         assert_eq!(decode(&b[..3]), Err(DecodeError::NoKind { len: 3 }));
         assert!(matches!(
             decode(&b[..50]),
@@ -164,14 +153,7 @@ mod tests {
             },
             comm: [0; TASK_COMM_LEN],
         };
-        // SAFETY: Pod, exact size.
-        let b = unsafe {
-            core::slice::from_raw_parts(
-                (&stop as *const StopRecord).cast::<u8>(),
-                size_of::<StopRecord>(),
-            )
-        }
-        .to_vec();
+        let b = raw(&stop);
         assert_eq!(decode(&b), Ok(Record::Stop(stop)));
         assert!(matches!(
             decode(&b[..80]),
@@ -182,14 +164,7 @@ mod tests {
             })
         ));
         stop.kind = RecordKind::Signal as u32;
-        // SAFETY: as above.
-        let b = unsafe {
-            core::slice::from_raw_parts(
-                (&stop as *const StopRecord).cast::<u8>(),
-                size_of::<StopRecord>(),
-            )
-        }
-        .to_vec();
+        let b = raw(&stop);
         assert!(
             matches!(decode(&b), Err(DecodeError::WrongSize { expected: 80, .. })),
             "a stop-sized record tagged signal is rejected"

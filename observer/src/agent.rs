@@ -123,6 +123,19 @@ impl AgentState {
         }
     }
 
+    /// Reads everything the ring buffer holds. True when there was anything.
+    fn drain_all(&mut self, ring: &mut RingBuf<aya::maps::MapData>, out: &mut Output) -> bool {
+        let mut got = false;
+        loop {
+            let (batch, more) = ringbuf::drain(ring);
+            got |= !batch.is_empty();
+            self.on_batch(batch, out);
+            if !more {
+                return got;
+            }
+        }
+    }
+
     /// Runs the runtime checks that are due and reports what they found.
     fn on_runtime_checks(&mut self, ebpf: &mut aya::Ebpf, out: &mut Output) {
         for n in self.runtimes.run_due(WallClock::mono_now(), ebpf) {
@@ -264,16 +277,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 }
             }
             _ = poll.tick() => {
-                let mut got = false;
-                loop {
-                    let (batch, more) = ringbuf::drain(ring.get_mut());
-                    got |= !batch.is_empty();
-                    st.on_batch(batch, &mut out);
-                    if !more {
-                        break;
-                    }
-                }
-                if got && let Output::Json(w) = &mut out {
+                if st.drain_all(ring.get_mut(), &mut out) && let Output::Json(w) = &mut out {
                     w.flush();
                 }
             }
@@ -313,13 +317,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
 
     // Final drain and harvest while the programs are still attached: nothing written before
     // this point is lost.
-    loop {
-        let (batch, more) = ringbuf::drain(ring.get_mut());
-        st.on_batch(batch, &mut out);
-        if !more {
-            break;
-        }
-    }
+    st.drain_all(ring.get_mut(), &mut out);
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
     st.release_stops(None, &mut out);

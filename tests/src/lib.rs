@@ -3,7 +3,7 @@
 //! that cannot load its programs, they fail with the reason.
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -40,6 +40,55 @@ pub fn workload_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The GC workloads' sources (Java and Go), shared by the tests and `cargo xtask bench gc`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Runs a build command, returning its output as the error when it fails.
+fn build(what: &str, cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {what}: {e} (`cargo xtask test` installs it)"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Compiles `fixtures/<source>` with javac into `out_dir` (Debian's openjdk-17-jdk-headless).
+pub fn build_java(source: &str, out_dir: &Path) -> Result<(), String> {
+    build(
+        "javac",
+        Command::new("javac")
+            .arg("-d")
+            .arg(out_dir)
+            .arg(fixtures().join(source)),
+    )
+}
+
+/// Builds `fixtures/gcloop` with go into `out` (Debian's golang-go), with its build cache in
+/// `cache_dir`; `stripped` drops the symbol table and DWARF (`-ldflags=-s -w`).
+pub fn build_go(out: &Path, cache_dir: &Path, stripped: bool) -> Result<(), String> {
+    let mut cmd = Command::new("go");
+    // go builds the module of its working directory.
+    cmd.current_dir(fixtures().join("gcloop"))
+        .env("GOCACHE", cache_dir.join("cache"))
+        .env("GOPATH", cache_dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .args(["build", "-o"])
+        .arg(out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    build("go build", &mut cmd)
 }
 
 /// Fails (never skips) when not root: these tests exist to load real eBPF.

@@ -60,6 +60,89 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Medians of rounds measured alternately without and with pausewatch, and the spread of the
+/// per-round slowdown ratios.
+pub(crate) struct Alternation {
+    pub without: f64,
+    pub with: f64,
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+}
+
+impl Alternation {
+    pub fn slowdown(&self) -> f64 {
+        self.with / self.without - 1.0
+    }
+}
+
+/// Runs `rounds` rounds of `one(false)` (without pausewatch) and `one(true)` (with it), the
+/// order flipped every round so drift cancels.
+pub(crate) fn alternate(
+    name: &str,
+    rounds: usize,
+    mut one: impl FnMut(bool) -> anyhow::Result<f64>,
+) -> anyhow::Result<Alternation> {
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let (a, b) = if r % 2 == 0 {
+            (one(false)?, one(true)?)
+        } else {
+            let b = one(true)?;
+            (one(false)?, b)
+        };
+        println!("bench: {name} round {r}: without {a}, with {b}");
+        without.push(a);
+        with.push(b);
+        ratios.push(b / a - 1.0);
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    Ok(Alternation {
+        without: median(&mut without),
+        with: median(&mut with),
+        min_ratio: ratios.first().copied().unwrap_or(f64::NAN),
+        max_ratio: ratios.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// The report's title and the command and machine that produced it.
+pub(crate) fn report_header(which: &str, rounds: usize) -> String {
+    format!(
+        "# pausewatch benchmark: {which}\n\nCommand: `cargo xtask bench {which} --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    )
+}
+
+/// Adds the run counts and run times of a `self_cost` line's programs named as `keep` wants.
+pub(crate) fn add_program_costs(
+    into: &mut std::collections::BTreeMap<String, (u64, u64)>,
+    cost: &serde_json::Value,
+    keep: impl Fn(&str) -> bool,
+) {
+    for p in cost["programs"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("?");
+        if keep(name) {
+            let e = into.entry(name.to_string()).or_default();
+            e.0 += p["run_count"].as_u64().unwrap_or(0);
+            e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
+        }
+    }
+}
+
+/// Writes target/bench/<which>.md and prints it.
+pub(crate) fn write_report(which: &str, report: &str) -> anyhow::Result<()> {
+    let dir = root_dir().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{which}.md"));
+    std::fs::write(&path, report)?;
+    println!("\n{report}\nwritten to {}", path.display());
+    Ok(())
+}
+
 fn ensure_perf() -> anyhow::Result<()> {
     crate::ensure_debian_packages(&[(
         "linux-perf",
@@ -73,25 +156,15 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
     }
     ensure_perf()?;
     let bin = build_release()?;
-    let mut report = String::from("# pausewatch benchmark: sched\n\n");
-    report += &format!(
-        "Command: `cargo xtask bench sched --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
+    let mut report = report_header("sched", rounds);
     report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
     let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     let (mut floor_n, mut floor_t) = (0u64, 0u64);
     for w in &WORKLOADS {
         time_workload(w)?; // warm-up: page cache, CPU frequency
-        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         // Slowdown rounds run pausewatch as deployed: without BPF statistics, which would
         // otherwise add two clock reads to every program run.
-        let one = |on: bool| -> anyhow::Result<f64> {
+        let alt = alternate(w.name, rounds, |on| {
             if !on {
                 return Ok(time_workload(w)?.as_secs_f64());
             }
@@ -99,19 +172,7 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
             let t = time_workload(w)?.as_secs_f64();
             pw.stop();
             Ok(t)
-        };
-        for r in 0..rounds {
-            let (a, b) = if r % 2 == 0 {
-                (one(false)?, one(true)?)
-            } else {
-                let b = one(true)?;
-                (one(false)?, b)
-            };
-            println!("bench: {} round {r}: without {a:.3}s, with {b:.3}s", w.name);
-            without.push(a);
-            with.push(b);
-            ratios.push(b / a - 1.0);
-        }
+        })?;
         // Cost run: statistics on, with the empty calibration program measuring their floor.
         let pw = Pausewatch::start_bin(&bin, &["--min-pause", "5ms", "--bpf-stats"]);
         time_workload(w)?;
@@ -119,13 +180,7 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
         let cost = of_type(&lines, "self_cost")
             .next()
             .context("pausewatch wrote no self_cost line")?;
-        for p in cost["programs"].as_array().into_iter().flatten() {
-            let e = prog
-                .entry(p["name"].as_str().unwrap_or("?").to_string())
-                .or_default();
-            e.0 += p["run_count"].as_u64().unwrap_or(0);
-            e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
-        }
+        add_program_costs(&mut prog, cost, |_| true);
         if let Some(f) = cost["stats_floor_ns"].as_u64() {
             // Weighted like the programs: by sched_switch runs, which the floor program shares.
             let n = cost["programs"]
@@ -142,14 +197,14 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
             floor_n += n;
             floor_t += f * n;
         }
-        let (mw, mp) = (median(&mut without), median(&mut with));
-        ratios.sort_by(|a, b| a.total_cmp(b));
         report += &format!(
-            "| {} | {mw:.3} s | {mp:.3} s | {:+.2}% | {:+.2}% … {:+.2}% |\n",
+            "| {} | {:.3} s | {:.3} s | {:+.2}% | {:+.2}% … {:+.2}% |\n",
             w.name,
-            (mp / mw - 1.0) * 100.0,
-            ratios[0] * 100.0,
-            ratios[ratios.len() - 1] * 100.0
+            alt.without,
+            alt.with,
+            alt.slowdown() * 100.0,
+            alt.min_ratio * 100.0,
+            alt.max_ratio * 100.0
         );
     }
     let floor = floor_t.checked_div(floor_n);
@@ -169,9 +224,6 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
                 .map_or("-".into(), |(m, f)| m.saturating_sub(f).to_string())
         );
     }
-    let dir = root_dir().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("sched.md"), &report)?;
-    println!("\n{report}\nwritten to {}", dir.join("sched.md").display());
+    write_report("sched", &report)?;
     Ok(())
 }

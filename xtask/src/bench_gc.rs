@@ -17,34 +17,20 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use pausewatch_tests::of_type;
+use pausewatch_tests::{build_go, build_java, of_type};
 use serde_json::Value;
 
-use crate::{build_release, ensure_debian_packages, is_root, root_dir, run};
-
-fn fixtures() -> PathBuf {
-    root_dir().join("tests/fixtures")
-}
+use crate::{
+    TEST_PACKAGES,
+    bench::{add_program_costs, alternate, report_header, write_report},
+    build_release, ensure_debian_packages, is_root, root_dir,
+};
 
 fn build_workloads(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    run(Command::new("javac")
-        .arg("-d")
-        .arg(dir.join("java"))
-        .arg(fixtures().join("GcBench.java")))?;
-    let go = dir.join("gcloop");
-    // Not `run`, which works in the workspace root: go builds the module of its directory.
-    let status = Command::new("go")
-        .current_dir(fixtures().join("gcloop"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .args(["build", "-o"])
-        .arg(&go)
-        .status()
-        .context("starting go build")?;
-    if !status.success() {
-        bail!("go build of tests/fixtures/gcloop failed: {status}");
-    }
-    Ok((dir.join("java"), go))
+    let (classes, go) = (dir.join("java"), dir.join("gcloop"));
+    build_java("GcBench.java", &classes).map_err(anyhow::Error::msg)?;
+    build_go(&go, dir, false).map_err(anyhow::Error::msg)?;
+    Ok((classes, go))
 }
 
 struct Workload {
@@ -71,16 +57,6 @@ fn measure(w: &Workload) -> anyhow::Result<(u32, f64)> {
         .and_then(|t| t.parse().ok())
         .with_context(|| format!("{} printed {text:?}", w.name))?;
     Ok((pid, v))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// pausewatch as deployed: NDJSON into a file that nobody parses while the workload runs (the
@@ -134,10 +110,7 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads eBPF: run it as root");
     }
-    ensure_debian_packages(&[
-        ("openjdk-17-jdk-headless", &["javac", "-version"]),
-        ("golang-go", &["go", "version"]),
-    ])?;
+    ensure_debian_packages(TEST_PACKAGES)?;
     let bin = build_release()?;
     let dir = root_dir().join("target/bench/gc");
     std::fs::create_dir_all(&dir)?;
@@ -176,51 +149,27 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
         },
     ];
 
-    let mut report = String::from("# pausewatch benchmark: gc\n\n");
-    report += &format!(
-        "Command: `cargo xtask bench gc --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
+    let mut report = report_header("gc", rounds);
     report += "| workload | median without | median with | added | slowdown (ratio of medians) | per-round min … max |\n|---|---|---|---|---|---|\n";
     for w in &workloads {
         measure(w)?; // warm-up: page cache, JIT-independent start-up costs
-        let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for r in 0..rounds {
-            let on = |with_pw: bool| -> anyhow::Result<f64> {
-                Ok(if with_pw {
-                    measure_with(&bin, w, &[])?.0
-                } else {
-                    measure(w)?.1
-                })
-            };
-            let (a, b) = if r % 2 == 0 {
-                (on(false)?, on(true)?)
+        let alt = alternate(w.name, rounds, |with_pw| {
+            Ok(if with_pw {
+                measure_with(&bin, w, &[])?.0
             } else {
-                let b = on(true)?;
-                (on(false)?, b)
-            };
-            println!("bench: {} round {r}: without {a}, with {b}", w.name);
-            without.push(a);
-            with.push(b);
-            ratios.push(b / a - 1.0);
-        }
-        let (mw, mp) = (median(&mut without), median(&mut with));
-        ratios.sort_by(|a, b| a.total_cmp(b));
+                measure(w)?.1
+            })
+        })?;
         let scale = if w.unit == "s" { 1e-9 } else { 1e-3 };
         report += &format!(
             "| {} | {:.1} {u} | {:.1} {u} | {:+.1} {u} | {:+.2}% | {:+.2}% … {:+.2}% |\n",
             w.name,
-            mw * scale,
-            mp * scale,
-            (mp - mw) * scale,
-            (mp / mw - 1.0) * 100.0,
-            ratios[0] * 100.0,
-            ratios[ratios.len() - 1] * 100.0,
+            alt.without * scale,
+            alt.with * scale,
+            (alt.with - alt.without) * scale,
+            alt.slowdown() * 100.0,
+            alt.min_ratio * 100.0,
+            alt.max_ratio * 100.0,
             u = w.unit.split(' ').next().unwrap_or(""),
         );
     }
@@ -236,14 +185,9 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
         let cost = of_type(&lines, "self_cost")
             .next()
             .context("no self_cost line")?;
-        for p in cost["programs"].as_array().into_iter().flatten() {
-            let name = p["name"].as_str().unwrap_or("?");
-            if name.starts_with("jvm_") || name.starts_with("go_") {
-                let e = progs.entry(name.to_string()).or_default();
-                e.0 += p["run_count"].as_u64().unwrap_or(0);
-                e.1 += p["run_time_ns"].as_u64().unwrap_or(0);
-            }
-        }
+        add_program_costs(&mut progs, cost, |name| {
+            name.starts_with("jvm_") || name.starts_with("go_")
+        });
     }
     for (name, (n, t)) in &progs {
         report += &format!(
@@ -251,10 +195,5 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
             t.checked_div(*n).map_or("-".into(), |m| m.to_string())
         );
     }
-    std::fs::write(root_dir().join("target/bench/gc.md"), &report)?;
-    println!(
-        "\n{report}\nwritten to {}",
-        root_dir().join("target/bench/gc.md").display()
-    );
-    Ok(())
+    write_report("gc", &report)
 }

@@ -86,7 +86,7 @@ pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
 
 /// What the privileged tests run besides pausewatch: a JDK (javac, java with hotspot USDT
 /// probes) and a Go toolchain for the GC tests.
-const TEST_PACKAGES: &[(&str, &[&str])] = &[
+pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("openjdk-17-jdk-headless", &["javac", "-version"]),
     ("golang-go", &["go", "version"]),
 ];

@@ -177,20 +177,10 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::{ComponentStats, TASK_COMM_LEN, hist};
+    use observer_common::hist;
 
     fn snap(episodes: u64, total: u64) -> ProcStats {
-        let zero = ComponentStats {
-            count: 0,
-            total_ns: 0,
-            max_ns: 0,
-            hist: [0; hist::BUCKETS],
-        };
-        let mut s = ProcStats {
-            stats: [zero; NUM_STATS],
-            dropped_records: 0,
-            comm: [0; TASK_COMM_LEN],
-        };
+        let mut s = ProcStats::ZERO;
         s.stats[STAT_EPISODE].count = episodes;
         s.stats[STAT_EPISODE].total_ns = total;
         s.stats[STAT_EPISODE].hist[hist::bucket(total / episodes.max(1))] = episodes;

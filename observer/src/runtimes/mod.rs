@@ -203,7 +203,7 @@ impl RuntimeWatcher {
         let Some(exe_id) = file_id(&exe_link) else {
             return;
         };
-        if self.bounded_insert(exe_id) {
+        if self.needs_verdict(exe_id) {
             let v = inspect_go(&exe_link, ebpf);
             if let Some(n) = attach_notice(&v, &exe_link, pid) {
                 notices.push(n);
@@ -214,7 +214,7 @@ impl RuntimeWatcher {
             return;
         }
         if let Some((jvm_id, path)) = find_libjvm(pid) {
-            if self.bounded_insert(jvm_id) {
+            if self.needs_verdict(jvm_id) {
                 let v = inspect_jvm(&path, ebpf);
                 if let Some(n) = attach_notice(&v, &path, pid) {
                     notices.push(n);
@@ -243,8 +243,8 @@ impl RuntimeWatcher {
         }
     }
 
-    /// True when `id` has no verdict yet and there is room to remember one.
-    fn bounded_insert(&mut self, id: FileId) -> bool {
+    /// True when `id` has no verdict yet (making room for one: the cache is bounded).
+    fn needs_verdict(&mut self, id: FileId) -> bool {
         if self.files.contains_key(&id) {
             return false;
         }

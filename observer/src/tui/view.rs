@@ -104,22 +104,12 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
 pub(crate) mod tests {
     use super::*;
     use crate::{model::process::ProcessTable, source::clock::WallClock};
-    use observer_common::{ComponentStats, NUM_STATS, ProcStats, TASK_COMM_LEN, hist};
+    use observer_common::{ComponentStats, ProcStats, hist};
     use ratatui::{Terminal, backend::TestBackend};
 
     pub(crate) fn state() -> AgentState {
         let mut table = ProcessTable::new(100);
-        let zero = ComponentStats {
-            count: 0,
-            total_ns: 0,
-            max_ns: 0,
-            hist: [0; hist::BUCKETS],
-        };
-        let mut s = ProcStats {
-            stats: [zero; NUM_STATS],
-            dropped_records: 0,
-            comm: [0; TASK_COMM_LEN],
-        };
+        let mut s = ProcStats::ZERO;
         s.stats[0] = ComponentStats {
             count: 3,
             total_ns: 30_000_000,
