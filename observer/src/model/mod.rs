@@ -1,7 +1,10 @@
 //! Pure model: no tokio, no aya, no terminal, no clock reads. Time is a field of each input.
+pub mod correlate;
 pub mod episode;
 pub mod gc;
+pub mod lease;
 pub mod process;
 pub mod stats;
 pub mod stop;
+pub mod timeline;
 pub mod units;

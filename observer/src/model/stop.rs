@@ -74,10 +74,9 @@ impl Stop {
         self.start_mono_ns.saturating_add(self.duration_ns)
     }
 
-    /// One line for people: "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by
-    /// SIGCONT from pid 4250 (kill, uid 0)".
-    pub fn describe(&self) -> String {
-        let cause = match (self.kind, self.signal, &self.stopped_by) {
+    /// What stopped the process: "SIGSTOP from pid 4242 (bash, uid 0)".
+    pub fn cause(&self) -> String {
+        match (self.kind, self.signal, &self.stopped_by) {
             (Some(StopKind::Signal), Some(sig), Some(by)) => {
                 format!("{} from {}", signal_name(sig), by.describe())
             }
@@ -93,8 +92,12 @@ impl Stop {
             (Some(StopKind::Ptrace), _, None) => "ptrace stop (tracer unknown)".to_string(),
             (Some(StopKind::Freezer), ..) => "cgroup freezer".to_string(),
             (None, ..) => "unknown stop".to_string(),
-        };
-        let resumed = match (&self.resumed_by, self.kind) {
+        }
+    }
+
+    /// What ended the stop: "resumed by SIGCONT from pid 4250 (kill, uid 0)".
+    pub fn resumption(&self) -> String {
+        match (&self.resumed_by, self.kind) {
             (Some((sig, a)), _) => {
                 format!("resumed by {} from {}", signal_name(*sig), a.describe())
             }
@@ -103,7 +106,13 @@ impl Stop {
                 "thawed (the thawing process is invisible to tracepoints)".to_string()
             }
             (None, _) => "resumed (no SIGCONT or SIGKILL seen)".to_string(),
-        };
+        }
+    }
+
+    /// One line for people: "stopped 15.2s: SIGSTOP from pid 4242 (bash, uid 0); resumed by
+    /// SIGCONT from pid 4250 (kill, uid 0)".
+    pub fn describe(&self) -> String {
+        let (cause, resumed) = (self.cause(), self.resumption());
         let threads = if self.threads > 1 {
             format!(", {} threads", self.threads)
         } else {
