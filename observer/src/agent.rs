@@ -17,16 +17,26 @@ use tokio::{
 };
 
 use crate::{
+    cli::DeclaredLease,
     export::ndjson::NdjsonWriter,
     model::{
+        correlate::{Correlator, Incident},
         episode::Episode,
         gc::GcPause,
+        lease::Report,
         process::ProcessTable,
         stop::{Signal, Stop, StopJoiner},
+        timeline::{Segment, Timeline},
     },
     probe::Probes,
     runtimes::{Notice, RuntimeWatcher},
-    source::{clock::WallClock, harvest::Harvester, ringbuf},
+    source::{
+        clock::WallClock,
+        clock_steps::{ClockSteps, Step},
+        harvest::Harvester,
+        lease_socket::{self, LeaseSocket, Message},
+        ringbuf,
+    },
     tui,
 };
 
@@ -40,7 +50,21 @@ pub struct Settings {
     pub max_processes: usize,
     pub pids: Vec<u32>,
     pub min_pause: Duration,
+    pub leases: Vec<DeclaredLease>,
+    pub lease_socket: Option<LeaseSocketSettings>,
+    pub lease_risk_share: f64,
 }
+
+pub struct LeaseSocketSettings {
+    pub path: std::path::PathBuf,
+    pub mode: u32,
+    pub gid: Option<u32>,
+    /// Given on the command line: failing to bind it is an error, not a notice.
+    pub explicit: bool,
+}
+
+/// Pause evidence older than this is forgotten (questions are about recent pauses).
+const TIMELINE_HORIZON_NS: u64 = 15 * 60 * 1_000_000_000;
 
 /// What the loop knows besides the process table.
 pub struct AgentState {
@@ -62,6 +86,14 @@ pub struct AgentState {
     pub mechanism: &'static str,
     /// Degraded-mode notices from loading (shown in the live view's footer).
     pub notices: Vec<String>,
+    /// Pause timeline, leases and incidents.
+    pub corr: Correlator,
+    /// Most recent incidents, newest last (bounded).
+    pub recent_incidents: std::collections::VecDeque<Incident>,
+    /// Lease requests refused (malformed, not permitted, not held), by the agent.
+    pub lease_errors: u64,
+    /// Start time (clock ticks since boot) of each lease holder, to notice exit and pid reuse.
+    pub holder_start: std::collections::HashMap<u32, u64>,
 }
 
 const RECENT_EPISODES: usize = 256;
@@ -84,6 +116,8 @@ impl AgentState {
                     self.next_episode_id += 1;
                     let ep = Episode::from_record(self.next_episode_id, &r);
                     self.table.note_episode(&ep);
+                    self.corr
+                        .on_segment(Segment::from_episode(&ep), WallClock::mono_now());
                     if let Output::Json(w) = out {
                         w.pause(&self.clock, &ep);
                     }
@@ -91,10 +125,12 @@ impl AgentState {
                 }
                 Ok(Record::Stop(r)) => {
                     self.next_episode_id += 1;
-                    if let Some(stop) = self
-                        .stops
-                        .on_stop(Stop::from_record(self.next_episode_id, &r))
-                    {
+                    let stop = Stop::from_record(self.next_episode_id, &r);
+                    // The timeline needs who stopped it, which the record has; the resumer
+                    // the joiner waits for is only for the stop line.
+                    self.corr
+                        .on_segment(Segment::from_stop(&stop), WallClock::mono_now());
+                    if let Some(stop) = self.stops.on_stop(stop) {
                         self.emit_stop(stop, out);
                     }
                 }
@@ -112,6 +148,8 @@ impl AgentState {
                     self.next_episode_id += 1;
                     let g = GcPause::from_record(self.next_episode_id, &r);
                     self.table.note_gc(&g);
+                    self.corr
+                        .on_segment(Segment::from_gc(&g), WallClock::mono_now());
                     if let Output::Json(w) = out {
                         w.gc(&self.clock, &g);
                     }
@@ -161,6 +199,116 @@ impl AgentState {
         }
     }
 
+    fn emit_incidents(&mut self, incidents: Vec<Incident>, out: &mut Output) {
+        for i in incidents {
+            if let Output::Json(w) = out {
+                w.incident(&self.clock, &i);
+            }
+            push_recent(&mut self.recent_incidents, i);
+        }
+    }
+
+    /// One lease request: everything about the sender's past pauses is judged first (it is
+    /// running again, so its pauses are in the ring buffer), then the request itself.
+    fn on_lease_message(
+        &mut self,
+        msg: Message,
+        ring: &mut RingBuf<aya::maps::MapData>,
+        out: &mut Output,
+    ) {
+        let reply = match self.lease_request(msg.peer, msg.request, ring, out) {
+            Ok(r) => r,
+            Err(e) => {
+                self.lease_errors += 1;
+                if let Output::Json(w) = out {
+                    w.lease_error(&self.clock, msg.peer.pid, &e);
+                }
+                format!("error {e}")
+            }
+        };
+        // The client may have gone; nothing to do then.
+        let _ = msg.reply.send(reply);
+        if let Output::Json(w) = out {
+            w.flush();
+        }
+    }
+
+    fn lease_request(
+        &mut self,
+        peer: lease_socket::Peer,
+        request: Result<
+            crate::source::lease_protocol::Request,
+            crate::source::lease_protocol::ProtocolError,
+        >,
+        ring: &mut RingBuf<aya::maps::MapData>,
+        out: &mut Output,
+    ) -> Result<String, String> {
+        let req = request.map_err(|e| e.to_string())?;
+        let subject = lease_socket::authenticate(peer, &req)?;
+        self.drain_all(ring, out);
+        let flushed = self.corr.flush_pid(subject.pid);
+        self.emit_incidents(flushed, out);
+        let now_clock = WallClock::sample();
+        let report = Report {
+            ts_mono_ns: WallClock::mono_now(),
+            verb: req.verb(),
+            name: req.name.clone(),
+            pid: subject.pid,
+            comm: subject.comm,
+            tid: subject.tid,
+            ttl_ns: req.ttl_ns,
+            token: req.token,
+            expires_wall_ns: req.expires_wall_ns,
+            wall_offset_ns: now_clock.offset_ns,
+        };
+        let (accepted, late) = self.corr.report(&report).map_err(|e| e.to_string())?;
+        if let std::collections::hash_map::Entry::Vacant(e) = self.holder_start.entry(report.pid)
+            && let Some(t) = start_time(report.pid)
+        {
+            e.insert(t);
+        }
+        if let Output::Json(w) = out {
+            w.lease(&self.clock, &report, &accepted);
+        }
+        self.emit_incidents(late.into_iter().collect(), out);
+        Ok(format!(
+            "ok {} {}{}",
+            report.verb.name(),
+            report.name,
+            accepted.reply(report.ts_mono_ns)
+        ))
+    }
+
+    /// Leases of processes that exited (or whose pid now names another process) end.
+    fn check_holders(&mut self) {
+        let now = WallClock::mono_now();
+        for pid in self.corr.leases.holder_pids() {
+            let known = self.holder_start.get(&pid).copied();
+            let current = start_time(pid);
+            if current.is_none() || (known.is_some() && known != current) {
+                self.corr.leases.process_gone(pid, now);
+                self.holder_start.remove(&pid);
+            }
+        }
+        self.holder_start
+            .retain(|pid, _| self.corr.leases.holder_pids().contains(pid));
+        self.corr
+            .timeline
+            .forget_before(now.saturating_sub(TIMELINE_HORIZON_NS));
+    }
+
+    fn on_clock_step(&mut self, step: Step, out: &mut Output) {
+        self.clock = step.clock;
+        if let Output::Json(w) = out {
+            w.clock_step(&step);
+        }
+        let incidents = self.corr.on_clock_step(step.ts_mono_ns, step.step_ns);
+        self.emit_incidents(incidents, out);
+        if let Output::Json(w) = out {
+            w.flush();
+        }
+    }
+
     fn emit_stop(&mut self, stop: Stop, out: &mut Output) {
         self.table.note_stop(&stop);
         if let Output::Json(w) = out {
@@ -189,6 +337,29 @@ impl AgentState {
             self.table.retire(pid);
         }
         self.kernel_drops = h.drops;
+    }
+}
+
+/// A process's start time in clock ticks after boot (None: it is gone).
+fn start_time(pid: u32) -> Option<u64> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
+}
+
+/// Opens the lease socket; a default path another pausewatch already serves is a notice.
+fn open_lease_socket(
+    s: &LeaseSocketSettings,
+    notices: &mut Vec<String>,
+) -> anyhow::Result<Option<LeaseSocket>> {
+    match lease_socket::bind(&s.path, s.mode, s.gid) {
+        Ok(sock) => Ok(Some(sock)),
+        Err(e @ lease_socket::BindError::InUse { .. }) if !s.explicit => {
+            notices.push(format!("no lease socket: {e}"));
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(e)),
     }
 }
 
@@ -226,6 +397,34 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         live.spawn_input(key_tx);
     }
 
+    let mut notices = probes.notices.clone();
+    let mut lease_sock = match &settings.lease_socket {
+        Some(s) => open_lease_socket(s, &mut notices)?,
+        None => None,
+    };
+    let mut clock_steps = match ClockSteps::new(WallClock::sample()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            notices.push(format!(
+                "clock steps are not watched: timerfd on CLOCK_REALTIME failed: {e}"
+            ));
+            None
+        }
+    };
+    let mut corr = Correlator::new(
+        Timeline::DEFAULT_CAPACITY,
+        crate::model::lease::LeaseBook::DEFAULT_MAX,
+        settings.lease_risk_share,
+    );
+    for l in &settings.leases {
+        corr.leases.declare(
+            &l.name,
+            l.pid,
+            l.ttl.as_nanos() as u64,
+            l.renew_every.as_nanos() as u64,
+            WallClock::mono_now(),
+        );
+    }
     let mut st = AgentState {
         table: ProcessTable::new(settings.max_processes),
         next_episode_id: 0,
@@ -238,11 +437,20 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         recent_gc: Default::default(),
         runtimes: RuntimeWatcher::default(),
         mechanism: probes.sched_mechanism,
-        notices: probes.notices.clone(),
+        notices: notices.clone(),
+        corr,
+        recent_incidents: Default::default(),
+        lease_errors: 0,
+        holder_start: Default::default(),
     };
+    for l in &settings.leases {
+        if let Some(t) = start_time(l.pid) {
+            st.holder_start.insert(l.pid, t);
+        }
+    }
 
     if let Output::Json(w) = &mut out {
-        for n in &probes.notices {
+        for n in &notices {
             w.notice(&st.clock, "warn", "degraded", n, json!({}));
         }
         let pids = &settings.pids;
@@ -253,6 +461,15 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             &format!("scheduler programs attached via {}", probes.sched_mechanism),
             json!({ "mechanism": probes.sched_mechanism, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
         );
+        if let Some(sock) = &lease_sock {
+            w.notice(
+                &st.clock,
+                "info",
+                "lease_socket",
+                &format!("lease reports accepted on {}", sock.path.display()),
+                json!({ "path": sock.path }),
+            );
+        }
         w.flush();
     }
 
@@ -277,14 +494,53 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 }
             }
             _ = poll.tick() => {
-                if st.drain_all(ring.get_mut(), &mut out) && let Output::Json(w) = &mut out {
+                let got = st.drain_all(ring.get_mut(), &mut out);
+                let incidents = st.corr.due(WallClock::mono_now());
+                let any = got || !incidents.is_empty();
+                st.emit_incidents(incidents, &mut out);
+                if any && let Output::Json(w) = &mut out {
                     w.flush();
+                }
+            }
+            Some(msg) = async {
+                match &mut lease_sock {
+                    Some(s) => s.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                st.on_lease_message(msg, ring.get_mut(), &mut out);
+            }
+            step = async {
+                match &mut clock_steps {
+                    Some(c) => c.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match step {
+                    Ok(step) => st.on_clock_step(step, &mut out),
+                    Err(e) => {
+                        clock_steps = None;
+                        st.notice(
+                            Notice {
+                                level: "warn",
+                                event: "clock_steps",
+                                message: format!("clock steps are no longer watched: {e}"),
+                                pid: None,
+                                path: None,
+                            },
+                            &mut out,
+                        );
+                    }
                 }
             }
             _ = tick.tick() => {
                 st.clock = WallClock::sample();
+                if let Some(c) = &mut clock_steps {
+                    c.resample(st.clock);
+                }
                 st.on_harvest(&mut harvester);
                 st.release_stops(Some(WallClock::mono_now()), &mut out);
+                st.check_holders();
                 st.runtimes.prune();
                 if let Output::Json(w) = &mut out {
                     w.flush();
@@ -321,6 +577,23 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
     st.release_stops(None, &mut out);
+    let incidents = st.corr.flush_all();
+    st.emit_incidents(incidents, &mut out);
+    let lease_counters = crate::export::ndjson::LeaseCounters {
+        errors: st.lease_errors,
+        connections: lease_sock.as_ref().map_or(0, |s| {
+            s.stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
+        refused_connections: lease_sock.as_ref().map_or(0, |s| {
+            s.stats
+                .refused_connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
+    };
+    // Stop accepting lease reports (and remove the socket file) before reporting.
+    drop(lease_sock);
     let costs = probes.costs();
     let stats_enabled = probes.stats_fd.is_some();
     drop(ring);
@@ -343,6 +616,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     runtime_checks_skipped: st.runtimes.checks_skipped,
                 },
             );
+            w.lease_summary(&st.clock, &st.corr, &lease_counters);
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();
         }

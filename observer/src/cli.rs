@@ -1,15 +1,23 @@
 //! Command line. Parsing only; checks that need the system (does the pid exist?) are in main.
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::probe::{AttachMode, btf::VMLINUX_BTF};
+use crate::{
+    model::lease::Verb,
+    probe::{AttachMode, btf::VMLINUX_BTF},
+    source::lease_socket::DEFAULT_PATH,
+};
 
 /// pausewatch: every pause a process never noticed — run-queue waits, D-state stalls, stops —
 /// per process, from eBPF on the running kernel.
 #[derive(Debug, Parser)]
 #[command(name = "pausewatch", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Observe only this process (repeatable), its threads, and the processes it creates
     /// afterwards. Without it: every process on the host.
     #[arg(long = "pid", value_name = "PID", value_parser = parse_pid)]
@@ -44,6 +52,153 @@ pub struct Cli {
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first).
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_processes: usize,
+
+    /// A lease held by every thread of PID that is not reported over the lease socket
+    /// (repeatable). Without renewal messages a pause of at least TTL - RENEW_EVERY puts it at
+    /// risk and one of at least TTL expired it. RENEW_EVERY defaults to TTL/3.
+    #[arg(long = "lease", value_name = "NAME:PID:TTL[:RENEW_EVERY]", value_parser = parse_declared_lease)]
+    pub leases: Vec<DeclaredLease>,
+
+    /// Unix socket where processes report their leases (docs/lease-protocol.md).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PATH)]
+    pub lease_socket: PathBuf,
+
+    /// Do not open the lease socket.
+    #[arg(long, conflicts_with = "lease_socket")]
+    pub no_lease_socket: bool,
+
+    /// Permissions of the lease socket (octal). Who may connect may report leases for its own
+    /// processes, and for those it could send a signal to.
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    pub lease_socket_mode: u32,
+
+    /// Group owning the lease socket (name or gid), so that its members may report.
+    #[arg(long, value_name = "GROUP")]
+    pub lease_socket_group: Option<String>,
+
+    /// A pause that uses more than this share of what is left of a lease is `lease_at_risk`.
+    #[arg(long, value_name = "SHARE", default_value = "0.5", value_parser = parse_share)]
+    pub lease_risk_share: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report a lease event to a running pausewatch over its lease socket (for shell scripts;
+    /// programs can speak the line protocol directly, see docs/lease-protocol.md).
+    Lease(LeaseArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerbArg {
+    Acquire,
+    Renew,
+    Release,
+    Act,
+    Reject,
+}
+
+impl From<VerbArg> for Verb {
+    fn from(v: VerbArg) -> Self {
+        match v {
+            VerbArg::Acquire => Verb::Acquire,
+            VerbArg::Renew => Verb::Renew,
+            VerbArg::Release => Verb::Release,
+            VerbArg::Act => Verb::Act,
+            VerbArg::Reject => Verb::Reject,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LeaseArgs {
+    #[arg(value_enum)]
+    pub verb: VerbArg,
+    /// The lease's name (letters, digits and . _ - : / @).
+    pub name: String,
+    /// How long the lease is valid from now (acquire, renew).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub ttl: Option<Duration>,
+    /// Fencing token of the lease (acquire), or the token a storage service refused (reject).
+    #[arg(long)]
+    pub token: Option<u64>,
+    /// Expiry on the wall clock, as Unix time in ns (a deadline set by another machine).
+    #[arg(long, value_name = "UNIX_NS", allow_negative_numbers = true)]
+    pub expires_wall_ns: Option<i64>,
+    /// The process holding the lease. Default: the one that ran this command (its parent),
+    /// e.g. the shell script. Another process needs the permission kill(2) would.
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: Option<u32>,
+    /// The thread whose pauses count (default: every thread of the process).
+    #[arg(long, value_parser = parse_pid)]
+    pub tid: Option<u32>,
+    /// The lease socket of the pausewatch to report to.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PATH)]
+    pub socket: PathBuf,
+}
+
+/// `--lease NAME:PID:TTL[:RENEW_EVERY]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredLease {
+    pub name: String,
+    pub pid: u32,
+    pub ttl: Duration,
+    pub renew_every: Duration,
+}
+
+fn parse_declared_lease(s: &str) -> Result<DeclaredLease, String> {
+    let usage =
+        || format!("'{s}' is not NAME:PID:TTL[:RENEW_EVERY] (for example leader:4242:10s:3s)");
+    let parts: Vec<&str> = s.rsplitn(4, ':').collect();
+    let with_renew = parts.len() == 4
+        && parts[2].parse::<u32>().is_ok()
+        && humantime::parse_duration(parts[0]).is_ok();
+    let (name, pid, ttl, renew) = if with_renew {
+        (parts[3], parts[2], parts[1], Some(parts[0]))
+    } else {
+        let p: Vec<&str> = s.rsplitn(3, ':').collect();
+        if p.len() != 3 {
+            return Err(usage());
+        }
+        (p[2], p[1], p[0], None)
+    };
+    if name.is_empty() {
+        return Err(usage());
+    }
+    let pid = parse_pid(pid)?;
+    let ttl = parse_positive_duration(ttl)?;
+    let renew_every = match renew {
+        Some(r) => parse_duration(r)?,
+        None => ttl / 3,
+    };
+    if renew_every >= ttl {
+        return Err(format!(
+            "'{s}': RENEW_EVERY must be shorter than the TTL, or the lease lapses between renewals"
+        ));
+    }
+    Ok(DeclaredLease {
+        name: name.to_string(),
+        pid,
+        ttl,
+        renew_every,
+    })
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "'{s}' is not a file mode: use octal, such as 660 or 666"
+        )),
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+        _ => Err(format!(
+            "'{s}' is not a share: use a number between 0 and 1, such as 0.5"
+        )),
+    }
 }
 
 fn parse_pid(s: &str) -> Result<u32, String> {
@@ -107,6 +262,35 @@ mod tests {
     }
 
     #[test]
+    fn leases() {
+        let c = parse(&["--lease", "leader:42:9s", "--lease", "db:shard:1:43:10s:2s"]).unwrap();
+        assert_eq!(
+            c.leases,
+            vec![
+                DeclaredLease {
+                    name: "leader".into(),
+                    pid: 42,
+                    ttl: Duration::from_secs(9),
+                    renew_every: Duration::from_secs(3),
+                },
+                DeclaredLease {
+                    name: "db:shard:1".into(),
+                    pid: 43,
+                    ttl: Duration::from_secs(10),
+                    renew_every: Duration::from_secs(2),
+                },
+            ]
+        );
+        assert_eq!(c.lease_socket_mode, 0o660);
+        let c = parse(&["lease", "acquire", "leader", "--ttl", "2s", "--token", "7"]).unwrap();
+        let Some(Command::Lease(l)) = c.command else {
+            panic!("not a lease command")
+        };
+        assert_eq!((l.verb, l.name.as_str()), (VerbArg::Acquire, "leader"));
+        assert_eq!((l.ttl, l.token), (Some(Duration::from_secs(2)), Some(7)));
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_the_reason() {
         for (args, needle) in [
             (vec!["--pid", "0"], "not a process id"),
@@ -117,6 +301,22 @@ mod tests {
             (vec!["--duration", "0s"], "greater than zero"),
             (vec!["--min-pause", "5"], "not a duration"),
             (vec!["--attach", "kprobe"], "invalid value"),
+            (vec!["--lease", "leader:4242"], "not NAME:PID:TTL"),
+            (vec!["--lease", ":4242:10s"], "not NAME:PID:TTL"),
+            (vec!["--lease", "leader:x:10s"], "not a process id"),
+            (vec!["--lease", "leader:42:0s"], "greater than zero"),
+            (vec!["--lease", "leader:42:10s:10s"], "shorter than the TTL"),
+            (vec!["--lease-socket-mode", "999"], "not a file mode"),
+            (vec!["--lease-risk-share", "1.5"], "not a share"),
+            (
+                vec!["--pid", "1", "lease", "act", "x"],
+                "cannot be used with",
+            ),
+            (vec!["lease", "grab", "x"], "invalid value"),
+            (
+                vec!["lease", "acquire", "x", "--ttl", "soon"],
+                "not a duration",
+            ),
         ] {
             let e = parse(&args).unwrap_err().to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -2,6 +2,7 @@
 mod agent;
 mod cli;
 mod export;
+mod lease_client;
 mod model;
 mod probe;
 mod runtimes;
@@ -14,8 +15,12 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match run(cli) {
+    let mut cli = cli::Cli::parse();
+    let result = match cli.command.take() {
+        Some(cli::Command::Lease(l)) => lease_client::run(l),
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pausewatch: {e:#}");
@@ -74,6 +79,22 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         max_processes: cli.max_processes,
         pids,
         min_pause: cli.min_pause,
+        leases: cli.leases.clone(),
+        lease_socket: (!cli.no_lease_socket)
+            .then(|| -> anyhow::Result<_> {
+                Ok(agent::LeaseSocketSettings {
+                    explicit: cli.lease_socket.as_os_str() != source::lease_socket::DEFAULT_PATH,
+                    path: cli.lease_socket.clone(),
+                    mode: cli.lease_socket_mode,
+                    gid: cli
+                        .lease_socket_group
+                        .as_deref()
+                        .map(source::lease_socket::resolve_group)
+                        .transpose()?,
+                })
+            })
+            .transpose()?,
+        lease_risk_share: cli.lease_risk_share,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,14 +8,17 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
+        correlate::{Correlator, Incident, IncidentKind},
         episode::Episode,
         gc::GcPause,
+        lease::{Accepted, HolderRef, Report, Scope},
         process::ProcessEntry,
         stats::Aggregate,
         stop::{Actor, Signal, Stop, signal_name},
+        timeline::Decomposition,
     },
     probe::cost::{ProgramCost, is_stats_floor, stats_floor_ns},
-    source::clock::WallClock,
+    source::{clock::WallClock, clock_steps::Step},
 };
 
 /// Version of the line format; bumped on any incompatible change.
@@ -34,6 +37,39 @@ fn actor_json(a: &Actor) -> Value {
     json!({ "pid": a.pid, "tid": a.tid, "uid": a.uid, "comm": a.comm })
 }
 
+fn scope_name(s: Scope) -> &'static str {
+    match s {
+        Scope::Thread(_) => "thread",
+        Scope::Process => "process",
+    }
+}
+
+fn holder_json(h: &HolderRef) -> Value {
+    json!({ "pid": h.pid, "comm": h.comm, "token": h.token, "acquired_mono_ns": h.acquired_mono_ns })
+}
+
+fn decomposition_json(d: &Decomposition) -> Value {
+    let parts: Vec<Value> = d
+        .parts
+        .iter()
+        .map(|p| {
+            json!({
+                "cause": p.cause.name(),
+                "duration_ns": p.duration_ns,
+                "detail": p.detail,
+                "evidence": p.evidence,
+            })
+        })
+        .collect();
+    json!({
+        "start_mono_ns": d.start_mono_ns,
+        "end_mono_ns": d.end_mono_ns,
+        "duration_ns": d.duration_ns(),
+        "parts": parts,
+        "description": d.describe(),
+    })
+}
+
 fn stat_json(a: &Aggregate) -> StatJson {
     StatJson {
         count: a.count,
@@ -50,6 +86,13 @@ pub struct Drops<'a> {
     pub decode_errors: u64,
     pub evicted_processes: u64,
     pub runtime_checks_skipped: u64,
+}
+
+/// Lease socket counters, for the `lease_summary` line.
+pub struct LeaseCounters {
+    pub errors: u64,
+    pub connections: u64,
+    pub refused_connections: u64,
 }
 
 /// Writes lines to any sink, counting lines it could not write (a full disk, a closed pipe)
@@ -185,6 +228,112 @@ impl<W: Write> NdjsonWriter<W> {
             "sender": sig.sender.as_ref().map(actor_json),
         });
         self.line("signal", sig.ts_mono_ns, clock, body);
+    }
+
+    /// A lease report the agent accepted.
+    pub fn lease(&mut self, clock: &WallClock, r: &Report, a: &Accepted) {
+        let body = json!({
+            "event": r.verb.name(),
+            "lease": r.name,
+            "pid": r.pid,
+            "tid": r.tid,
+            "comm": r.comm,
+            "token": r.token,
+            "ttl_ns": r.ttl_ns,
+            "expires_wall_ns": r.expires_wall_ns,
+            "scope": a.scope.map(scope_name),
+            "deadline_mono_ns": a.deadline_mono_ns,
+            "deadline_wall_ns": a.deadline_mono_ns.map(|d| clock.wall_ns(d)),
+            "expired_ns_ago": a.expired_ago_ns,
+            "token_holder": a.token_holder.as_ref().map(holder_json),
+        });
+        self.line("lease", r.ts_mono_ns, clock, body);
+    }
+
+    /// A lease report the agent refused (malformed, not permitted, not held).
+    pub fn lease_error(&mut self, clock: &WallClock, peer_pid: u32, error: &str) {
+        let body = json!({ "event": "error", "peer_pid": peer_pid, "error": error });
+        self.line("lease", WallClock::mono_now(), clock, body);
+    }
+
+    pub fn incident(&mut self, clock: &WallClock, i: &Incident) {
+        let body = json!({
+            "id": i.id,
+            "kind": i.kind.name(),
+            "lease": i.lease,
+            "pid": i.pid,
+            "comm": i.comm,
+            "token": i.token,
+            "scope": scope_name(i.scope),
+            "scope_tid": i.scope.tid(),
+            "deadline_mono_ns": i.deadline_mono_ns,
+            "deadline_wall_ns": i.deadline_mono_ns.map(|d| clock.wall_ns(d)),
+            "pause": i.pause.as_ref().map(decomposition_json),
+            "pause_tid": i.pause_tid,
+            "cause": i.pause.as_ref().and_then(|d| d.main_cause()).map(|p| match &p.detail {
+                Some(d) => format!("{}: {d}", p.cause.name()),
+                None => p.cause.name().to_string(),
+            }),
+            "resumed_mono_ns": i.pause.as_ref().map(|d| d.end_mono_ns),
+            "action": i.action.map(|a| a.name()),
+            "newer_holder": i.newer_holder.as_ref().map(holder_json),
+            "holder_error_ns": i.holder_error_ns,
+            "share_used": i.share_used,
+            "estimate": i.estimate,
+            "evidence": i.evidence(),
+            "message": i.message,
+        });
+        self.line("incident", i.ts_mono_ns, clock, body);
+    }
+
+    /// At exit: the leases pausewatch knew of and the incidents it raised.
+    pub fn lease_summary(&mut self, clock: &WallClock, c: &Correlator, l: &LeaseCounters) {
+        let leases: Vec<Value> = c
+            .leases
+            .holdings()
+            .iter()
+            .rev()
+            .take(256)
+            .map(|h| {
+                json!({
+                    "lease": h.name,
+                    "pid": h.pid,
+                    "comm": h.comm,
+                    "token": h.token,
+                    "scope": scope_name(h.scope),
+                    "scope_tid": h.scope.tid(),
+                    "declared": h.declared_renew_every_ns.is_some(),
+                    "ttl_ns": h.ttl_ns,
+                    "deadline_mono_ns": h.deadline(),
+                    "released_mono_ns": h.released_mono_ns,
+                })
+            })
+            .collect();
+        let incidents: serde_json::Map<String, Value> = IncidentKind::ALL
+            .iter()
+            .map(|&k| (k.name().to_string(), json!(c.counts[k as usize])))
+            .collect();
+        let body = json!({
+            "leases": leases,
+            "incidents": incidents,
+            "lease_errors": l.errors,
+            "connections": l.connections,
+            "refused_connections": l.refused_connections,
+            "pauses_not_judged": c.pending_dropped,
+            "timeline_forgotten": c.timeline.forgotten,
+        });
+        self.line("lease_summary", WallClock::mono_now(), clock, body);
+    }
+
+    /// A step of the wall clock; `wall_ns` is on the clock after the step.
+    pub fn clock_step(&mut self, s: &Step) {
+        let body = json!({
+            "event": "step",
+            "step_ns": s.step_ns,
+            "offset_ns": i64::try_from(s.clock.offset_ns).unwrap_or(i64::MAX),
+            "unsynced": s.clock.unsynced,
+        });
+        self.line("clock", s.ts_mono_ns, &s.clock, body);
     }
 
     pub fn summary(&mut self, clock: &WallClock, ts_mono_ns: u64, p: &ProcessEntry) {

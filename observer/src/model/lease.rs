@@ -28,13 +28,6 @@ impl Scope {
             Scope::Process => None,
         }
     }
-
-    pub fn describe(self) -> String {
-        match self {
-            Scope::Thread(t) => format!("thread {t}"),
-            Scope::Process => "every thread of the process".to_string(),
-        }
-    }
 }
 
 /// What a process says it did with a lease.

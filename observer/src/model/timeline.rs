@@ -270,6 +270,7 @@ impl Timeline {
         self.forgotten += (before - self.segments.len()) as u64;
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.segments.len()
     }

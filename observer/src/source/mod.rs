@@ -1,5 +1,7 @@
 //! Sources: everything that reads the kernel or the system and turns it into owned messages.
 pub mod clock;
+pub mod clock_steps;
 pub mod harvest;
 pub mod lease_protocol;
+pub mod lease_socket;
 pub mod ringbuf;

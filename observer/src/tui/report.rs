@@ -55,6 +55,12 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
             fmt_ns(p.gc.max_ns)
         );
     }
+    if !st.recent_incidents.is_empty() {
+        let _ = writeln!(s, "incidents ({} most recent):", st.recent_incidents.len());
+        for i in &st.recent_incidents {
+            let _ = writeln!(s, "  #{} {}: {}", i.id, i.kind.name(), i.message);
+        }
+    }
     let drops: u64 = st.kernel_drops.iter().sum();
     let _ = writeln!(s, "drops: {drops} kernel, {} undecodable", st.decode_errors);
     if let Some(c) = crate::probe::cost::mean_net_ns(costs) {

@@ -44,9 +44,14 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         )),
     ];
     f.render_widget(Paragraph::new(header), head);
-    let footer = match st.notices.first() {
-        Some(n) => format!("q quit  f freeze  | ! {n}"),
-        None => "q quit  f freeze".to_string(),
+    let footer = match (st.recent_incidents.back(), st.notices.first()) {
+        (Some(i), _) => format!(
+            "q quit  f freeze  | INCIDENT {}: {}",
+            i.kind.name(),
+            i.message
+        ),
+        (None, Some(n)) => format!("q quit  f freeze  | ! {n}"),
+        (None, None) => "q quit  f freeze".to_string(),
     };
     f.render_widget(Paragraph::new(footer), foot);
     if st.table.is_empty() {
@@ -136,6 +141,10 @@ pub(crate) mod tests {
             runtimes: Default::default(),
             mechanism: "tp_btf",
             notices: vec![],
+            corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
+            recent_incidents: Default::default(),
+            lease_errors: 0,
+            holder_start: Default::default(),
         }
     }
 
