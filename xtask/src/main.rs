@@ -27,6 +27,9 @@ enum Cmd {
     },
     /// Set up, build, and run every test: unit tests, then the privileged suite (root, real eBPF).
     Test,
+    /// Set up, build, and run the lease demo (DDIA's stale write, then a clock step) under
+    /// pausewatch, as root.
+    Demo,
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
         /// Which benchmark: `sched` (scheduler programs) or `gc` (runtime probes).
@@ -135,11 +138,33 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             // The privileged suite, against the debug binary built with real eBPF. Serial:
             // each test pins workloads to one CPU and must not compete with the others.
-            run(cargo().args(["build", "-p", "observer"]))?;
+            run(cargo().args(["build", "-p", "observer", "-p", "pausewatch-demo"]))?;
             let bin = root_dir().join("target/debug/pausewatch");
             run(cargo()
                 .args(["test", "-p", "pausewatch-tests", "--", "--test-threads=1"])
                 .env("PAUSEWATCH_BIN", bin))
+        }
+        Cmd::Demo => {
+            setup::setup()?;
+            if !is_root() {
+                bail!(
+                    "the demo loads eBPF, stops processes and steps the clock: run `sudo -E cargo xtask demo` as root"
+                );
+            }
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "observer",
+                "-p",
+                "pausewatch-demo",
+            ]))?;
+            let demo = root_dir().join("target/release/pausewatch-demo");
+            for scenario in ["stale-write", "clock-step"] {
+                println!("\n=== scenario {scenario} ===");
+                run(Command::new(&demo).args(["scenario", scenario]))?;
+            }
+            Ok(())
         }
         Cmd::Bench { which, rounds } => {
             setup::setup()?;

@@ -1,0 +1,323 @@
+//! Leases end to end with real eBPF: the DDIA stale-write scenario (a lease holder SIGSTOPped
+//! past its TTL, a takeover, a write with the old fencing token), wall-clock leases under real
+//! clock steps, and the lease socket's handling of bad and unauthorised requests. Ground truth
+//! is what the scenario itself did: when it sent SIGSTOP and SIGCONT, the step it made.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+/// pausewatch-demo, built next to the pausewatch under test.
+fn demo_bin() -> PathBuf {
+    let p = pausewatch_bin().with_file_name("pausewatch-demo");
+    assert!(
+        p.exists(),
+        "{} missing: build it with `cargo build -p pausewatch-demo` (`cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pw-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs a demo scenario; returns its result line and pausewatch's NDJSON lines.
+fn scenario(name: &str, extra: &[&str]) -> (Value, Vec<Value>) {
+    require_root();
+    let dir = temp_dir(name);
+    let out = Command::new(demo_bin())
+        .args(["scenario", name, "--pausewatch"])
+        .arg(pausewatch_bin())
+        .arg("--dir")
+        .arg(&dir)
+        .args(extra)
+        .output()
+        .expect("running pausewatch-demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line ({}):\n{stdout}\n{stderr}", out.status));
+    let result: Value = serde_json::from_str(result).unwrap();
+    let lines: Vec<Value> = std::fs::read_to_string(dir.join("pausewatch.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        out.status.success(),
+        "scenario {name} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (result, lines)
+}
+
+fn position(lines: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    lines
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("no {what} line in:\n{}", dump(lines)))
+}
+
+fn dump(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .filter(|v| {
+            ["incident", "lease", "stop", "clock"].contains(&v["type"].as_str().unwrap_or(""))
+        })
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const MS: i64 = 1_000_000;
+
+#[test]
+fn ddia_stale_write_is_caught_in_order() {
+    let (r, lines) = scenario("stale-write", &["--ttl", "2s", "--stop-for", "4s"]);
+    let (a, b) = (
+        r["client_a"].as_u64().unwrap(),
+        r["client_b"].as_u64().unwrap(),
+    );
+    let (stop, cont) = (
+        r["sigstop_mono_ns"].as_i64().unwrap(),
+        r["sigcont_mono_ns"].as_i64().unwrap(),
+    );
+    assert_eq!(r["client_a_exit"], 3, "A's stale write must be refused");
+
+    // 1. The lease expired while A was stopped, and pausewatch says by whom.
+    let expired = position(&lines, "lease_expired_during_pause", |v| {
+        v["type"] == "incident" && v["kind"] == "lease_expired_during_pause" && v["pid"] == a
+    });
+    let e = &lines[expired];
+    assert_eq!(
+        e["cause"],
+        format!(
+            "stopped: SIGSTOP from pid {} (scenario, uid 0)",
+            r["scenario_pid"]
+        ),
+        "{e}"
+    );
+    assert_eq!(e["scope"], "thread");
+    // The deadline is the one A's last report set (its renew before the check), and it fell
+    // inside the interval the scenario held A stopped.
+    let last_deadline = lines[..expired]
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "lease" && v["pid"] == a && v["deadline_mono_ns"].is_u64())
+        .map(|v| v["deadline_mono_ns"].as_i64().unwrap())
+        .expect("A's lease reports");
+    assert_eq!(e["deadline_mono_ns"].as_i64().unwrap(), last_deadline);
+    assert!(stop < last_deadline && last_deadline < cont, "{e}");
+    // The stopped part is the time the scenario held A stopped (kill to kill, within 20 ms).
+    let parts = e["pause"]["parts"].as_array().unwrap();
+    let stopped: i64 = parts
+        .iter()
+        .filter(|p| p["cause"] == "stopped")
+        .map(|p| p["duration_ns"].as_i64().unwrap())
+        .sum();
+    assert!(
+        (stopped - (cont - stop)).abs() < 20 * MS,
+        "stopped {stopped} vs {} held: {e}",
+        cont - stop
+    );
+    let total: i64 = parts
+        .iter()
+        .map(|p| p["duration_ns"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        e["pause"]["duration_ns"].as_i64().unwrap(),
+        "parts sum to the pause"
+    );
+    let evidence: Vec<u64> = e["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["type"] == "stop"
+            && v["pid"] == a
+            && evidence.contains(&v["id"].as_u64().unwrap())),
+        "the evidence names the stop line: {e}"
+    );
+
+    // 2. A acted after expiry, and pausewatch names B and its newer token.
+    let acted = position(&lines, "acted_after_expiry", |v| {
+        v["type"] == "incident" && v["kind"] == "acted_after_expiry" && v["pid"] == a
+    });
+    assert!(
+        expired < acted,
+        "the expiry is reported before the act it led to"
+    );
+    let i = &lines[acted];
+    assert_eq!(i["action"], "act");
+    assert_eq!(i["newer_holder"]["pid"], b, "{i}");
+    assert_eq!(i["newer_holder"]["token"], 2, "{i}");
+    assert_eq!(i["token"], 1);
+
+    // 3. The storage refused A's token, and pausewatch traces the token to A.
+    let reject = position(&lines, "reject", |v| {
+        v["type"] == "lease" && v["event"] == "reject"
+    });
+    assert!(acted < reject);
+    assert_eq!(lines[reject]["pid"], r["storage"]);
+    assert_eq!(lines[reject]["token"], 1);
+    assert_eq!(lines[reject]["token_holder"]["pid"], a);
+
+    // B did nothing wrong.
+    assert!(
+        !lines
+            .iter()
+            .any(|v| v["type"] == "incident" && v["pid"] == b),
+        "no incident for B:\n{}",
+        dump(&lines)
+    );
+    let summary = of_type(&lines, "lease_summary")
+        .next()
+        .expect("lease_summary");
+    assert_eq!(summary["incidents"]["lease_expired_during_pause"], 1);
+    assert_eq!(summary["incidents"]["acted_after_expiry"], 1);
+}
+
+#[test]
+fn clock_steps_under_a_wall_clock_lease() {
+    let (r, lines) = scenario("clock-step", &[]);
+    let a = r["client_a"].as_u64().unwrap();
+    let made: Vec<i64> = r["steps_ns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect();
+    let clock: Vec<&Value> = of_type(&lines, "clock").collect();
+    assert_eq!(clock.len(), 2, "{}", dump(&lines));
+    let incidents: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "incident" && v["kind"] == "clock_step_moved_deadline")
+        .collect();
+    assert_eq!(incidents.len(), 2, "{}", dump(&lines));
+    for ((c, i), step) in clock.iter().zip(&incidents).zip(&made) {
+        // The measured step is the step the scenario made (to within 5 ms: the time between
+        // reading the clock and setting it, plus slew since the agent's last sample).
+        let measured = c["step_ns"].as_i64().unwrap();
+        assert!(
+            (measured - step).abs() < 5 * MS,
+            "measured {measured} vs made {step}"
+        );
+        assert_eq!(i["pid"], a);
+        assert_eq!(i["holder_error_ns"].as_i64().unwrap(), -measured);
+    }
+    assert!(
+        incidents[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("5.00s more than it has")
+    );
+}
+
+/// Sends lines on one connection, returning one reply per line.
+fn converse(sock: &Path, lines: &[&[u8]]) -> Vec<String> {
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    lines
+        .iter()
+        .map(|l| {
+            w.write_all(l).unwrap();
+            w.write_all(b"\n").unwrap();
+            let mut reply = String::new();
+            r.read_line(&mut reply).unwrap();
+            reply.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_lease_socket_refuses_bad_and_unauthorised_requests() {
+    require_root();
+    let dir = temp_dir("socket");
+    let sock = dir.join("lease.sock");
+    let sock_s = sock.to_str().unwrap();
+    let pw = Pausewatch::start(&["--lease-socket", sock_s, "--lease-socket-mode", "666"]);
+    let huge = vec![b'x'; 5000];
+    let replies = converse(
+        &sock,
+        &[
+            b"hello",
+            &huge,
+            b"act nothing-held",
+            b"acquire leader ttl=0s",
+            b"acquire leader ttl=5s tid=1",
+            b"acquire leader ttl=5s pid=999999999",
+            b"acquire leader ttl=5s token=7",
+            b"act leader token=7",
+        ],
+    );
+    let want = [
+        "error unknown verb 'hello'",
+        "error request longer than 1024 bytes",
+        "error pid ",
+        "error ttl=0s: must be greater than zero",
+        "error tid 1 is not a thread of process",
+        "error no process with pid 999999999",
+        "ok acquire leader deadline_in_ns=",
+        "ok act leader deadline_in_ns=",
+    ];
+    for (got, want) in replies.iter().zip(want) {
+        assert!(got.starts_with(want), "got '{got}', want '{want}…'");
+    }
+    // A process of another uid may not report for one it could not signal (pid 1, root).
+    let out = Command::new(pausewatch_bin())
+        .args([
+            "lease", "acquire", "x", "--ttl", "5s", "--pid", "1", "--socket", sock_s,
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("may not report for pid 1"),
+        "{err}"
+    );
+    // The shell form reports for its caller (this test) and says what pausewatch answered.
+    let out = Command::new(pausewatch_bin())
+        .args([
+            "lease", "renew", "leader", "--ttl", "5s", "--socket", sock_s,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok renew leader"));
+    let lines = pw.stop();
+    let acquire = lines
+        .iter()
+        .find(|v| v["type"] == "lease" && v["event"] == "acquire")
+        .expect("the accepted acquire");
+    assert_eq!(
+        acquire["pid"],
+        std::process::id(),
+        "identity comes from the socket"
+    );
+    let summary = of_type(&lines, "lease_summary").next().unwrap();
+    assert_eq!(summary["lease_errors"], 7, "{summary}");
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
