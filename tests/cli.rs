@@ -76,3 +76,36 @@ fn not_root_names_the_capabilities() {
     }
     fails_with(&mut cmd, "needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)");
 }
+
+#[test]
+fn lease_reports_without_a_running_pausewatch_say_so() {
+    fails_with(
+        Command::new(pausewatch_bin()).args([
+            "lease",
+            "act",
+            "leader",
+            "--socket",
+            "/nonexistent/lease.sock",
+        ]),
+        "cannot reach pausewatch at /nonexistent/lease.sock",
+    );
+    // Refused before anything is sent, in the agent's words.
+    fails_with(
+        Command::new(pausewatch_bin()).args(["lease", "act", "bad name!"]),
+        "is not valid",
+    );
+}
+
+#[test]
+fn an_explicit_lease_socket_in_use_is_an_error() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("pw-cli-sock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("lease.sock");
+    let first = Pausewatch::start(&["--lease-socket", sock.to_str().unwrap()]);
+    fails_with(
+        pw().args(["--duration", "5s", "--lease-socket", sock.to_str().unwrap()]),
+        "is in use by another running pausewatch",
+    );
+    first.stop();
+}

@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     cli::LeaseArgs,
-    source::lease_protocol::{Request, parse},
+    source::lease_protocol::{ProtocolError, Request, parse, valid_name},
 };
 
 pub fn run(a: LeaseArgs) -> anyhow::Result<()> {
@@ -17,6 +17,9 @@ pub fn run(a: LeaseArgs) -> anyhow::Result<()> {
     // process exits at once and could not hold anything.
     // SAFETY: getppid has no preconditions and cannot fail.
     let parent = unsafe { libc::getppid() } as u32;
+    if !valid_name(&a.name) {
+        bail!("{}", ProtocolError::BadName(a.name));
+    }
     let req = Request {
         verb: Some(a.verb.into()),
         name: a.name,

@@ -85,7 +85,7 @@ pub enum ProtocolError {
     NotUtf8,
 }
 
-fn valid_name(n: &str) -> bool {
+pub fn valid_name(n: &str) -> bool {
     (1..=MAX_NAME).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-:/@".contains(&b))
