@@ -321,3 +321,94 @@ fn the_lease_socket_refuses_bad_and_unauthorised_requests() {
     assert_eq!(summary["lease_errors"], 7, "{summary}");
     assert!(!sock.exists(), "the socket is removed at exit");
 }
+
+/// Timeout advice rests on the pauses the kernel saw: two stops the test held, both longer than
+/// any timeout the advice may then suggest.
+#[test]
+fn timeout_advice_rests_on_the_observed_pauses() {
+    require_root();
+    let mut victim = Command::new(workload_bin())
+        .args(["spin", "12", &test_cpu().to_string(), "advised", "1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = victim.id();
+    // A CPU hog beside it gives it run-queue waits: a tail to fit.
+    let mut hogs = start_hogs(1, test_cpu(), 12.0);
+    let pw = Pausewatch::start(&["--pid", &pid.to_string(), "--no-lease-socket"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let t = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        held.push(t.elapsed().as_nanos() as i64);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let lines = pw.stop();
+    for c in hogs.iter_mut().chain(std::iter::once(&mut victim)) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let s = summary_of(&lines, u64::from(pid)).expect("summary of the victim");
+    let advice = &s["timeout_advice"];
+    let pauses = s["episodes"]["count"].as_u64().unwrap() + s["gc"]["count"].as_u64().unwrap();
+    assert_eq!(advice["pauses"], pauses, "{advice}");
+    let longest = s["episodes"]["max_ns"].as_i64().unwrap();
+    let held_max = *held.iter().max().unwrap();
+    assert!(
+        (longest - held_max).abs() < 20 * MS,
+        "longest {longest} vs held {held_max}"
+    );
+    assert!(
+        advice["shortest_timeout_ns"].as_i64().unwrap() > longest,
+        "a timeout shorter than a pause seen twice in seconds cannot meet 1e-6 per hour: {advice}"
+    );
+    assert!(
+        advice["chance_per_hour"]["100ms"].as_f64().unwrap() > 0.99,
+        "{advice}"
+    );
+    assert!(
+        advice["basis"].as_str().unwrap().contains("observed"),
+        "{advice}"
+    );
+}
+
+#[test]
+fn the_advise_command_prints_its_estimate() {
+    require_root();
+    let mut victim = Command::new(workload_bin())
+        .args(["spin", "8", &test_cpu().to_string(), "advised2", "1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = victim.id().to_string();
+    let out = Command::new(pausewatch_bin())
+        .args([
+            "advise",
+            "--pid",
+            &pid,
+            "--duration",
+            "2s",
+            "--target",
+            "1e-3",
+        ])
+        .output()
+        .unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with(&format!("pid {pid} (")), "{text}");
+    assert!(
+        text.contains("chance per hour <= 1e-3") || text.contains("nothing to estimate from"),
+        "{text}"
+    );
+}

@@ -43,6 +43,8 @@ use crate::{
 pub enum Output {
     Json(NdjsonWriter<BufWriter<Stdout>>),
     Live(tui::Live),
+    /// `pausewatch advise`: quiet while running, then timeout advice for these processes.
+    Advise(Vec<u32>),
 }
 
 pub struct Settings {
@@ -53,6 +55,8 @@ pub struct Settings {
     pub leases: Vec<DeclaredLease>,
     pub lease_socket: Option<LeaseSocketSettings>,
     pub lease_risk_share: f64,
+    /// Chance per hour the timeout advice aims under.
+    pub advise_target: f64,
 }
 
 pub struct LeaseSocketSettings {
@@ -94,6 +98,9 @@ pub struct AgentState {
     pub lease_errors: u64,
     /// Start time (clock ticks since boot) of each lease holder, to notice exit and pid reuse.
     pub holder_start: std::collections::HashMap<u32, u64>,
+    /// When the run began (the observation time behind timeout advice).
+    pub started_mono_ns: u64,
+    pub advise_target: f64,
 }
 
 const RECENT_EPISODES: usize = 256;
@@ -442,6 +449,8 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         recent_incidents: Default::default(),
         lease_errors: 0,
         holder_start: Default::default(),
+        started_mono_ns: WallClock::mono_now(),
+        advise_target: settings.advise_target,
     };
     for l in &settings.leases {
         if let Some(t) = start_time(l.pid) {
@@ -604,8 +613,9 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     match out {
         Output::Json(mut w) => {
             let now = WallClock::mono_now();
+            let observed = now.saturating_sub(st.started_mono_ns);
             for p in st.table.sorted() {
-                w.summary(&st.clock, now, p);
+                w.summary(&st.clock, now, p, observed, st.advise_target);
             }
             w.drops(
                 &st.clock,
@@ -623,6 +633,18 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         Output::Live(live) => {
             live.finish();
             print!("{}", tui::report::text(&st, &costs));
+        }
+        Output::Advise(pids) => {
+            let observed = WallClock::mono_now().saturating_sub(st.started_mono_ns);
+            for pid in pids {
+                match st.table.sorted().into_iter().find(|p| p.pid == pid) {
+                    Some(p) => println!("{}", tui::report::advice(p, observed, st.advise_target)),
+                    None => println!(
+                        "pid {pid}: no pauses observed in {}: nothing to estimate from",
+                        crate::model::units::fmt_ns(observed)
+                    ),
+                }
+            }
         }
     }
     Ok(())

@@ -76,6 +76,11 @@ pub struct Cli {
     #[arg(long, value_name = "GROUP")]
     pub lease_socket_group: Option<String>,
 
+    /// Timeout advice (summary lines, the end report) aims under this chance per hour that a
+    /// pause alone exceeds the timeout.
+    #[arg(long, value_name = "CHANCE", default_value = "1e-6", value_parser = parse_share)]
+    pub advise_target: f64,
+
     /// A pause that uses more than this share of what is left of a lease is `lease_at_risk`.
     #[arg(long, value_name = "SHARE", default_value = "0.5", value_parser = parse_share)]
     pub lease_risk_share: f64,
@@ -86,6 +91,22 @@ pub enum Command {
     /// Report a lease event to a running pausewatch over its lease socket (for shell scripts;
     /// programs can speak the line protocol directly, see docs/lease-protocol.md).
     Lease(LeaseArgs),
+    /// Watch one process for a while, then say how likely a pause alone is to exceed a lease
+    /// or failure-detector timeout, and the shortest timeout that keeps that under a target.
+    Advise(AdviseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdviseArgs {
+    /// The process to watch (with its threads and children).
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: u32,
+    /// The chance per hour that a pause alone exceeds the timeout, at most.
+    #[arg(long, value_name = "CHANCE", default_value = "1e-6", value_parser = parse_share)]
+    pub target: f64,
+    /// How long to watch (more history, better estimates).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -313,6 +334,8 @@ mod tests {
                 "cannot be used with",
             ),
             (vec!["lease", "grab", "x"], "invalid value"),
+            (vec!["advise", "--pid", "1", "--target", "2"], "not a share"),
+            (vec!["advise"], "--pid"),
             (
                 vec!["lease", "acquire", "x", "--ttl", "soon"],
                 "not a duration",

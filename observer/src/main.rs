@@ -18,7 +18,19 @@ fn main() -> ExitCode {
     let mut cli = cli::Cli::parse();
     let result = match cli.command.take() {
         Some(cli::Command::Lease(l)) => lease_client::run(l),
-        None => run(cli),
+        Some(cli::Command::Advise(a)) => {
+            cli.pids = vec![a.pid];
+            cli.duration = Some(a.duration);
+            cli.advise_target = a.target;
+            cli.no_lease_socket = true;
+            eprintln!(
+                "pausewatch: watching pid {} for {}",
+                a.pid,
+                humantime::format_duration(a.duration)
+            );
+            run(cli, true)
+        }
+        None => run(cli, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,7 +56,7 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
     Ok(out)
 }
 
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
+fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
     let pids = resolve_pids(&cli.pids)?;
     if !cli.btf.exists() {
         bail!(
@@ -63,7 +75,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     })?;
 
     let json = cli.json || !std::io::stdout().is_terminal();
-    let output = if json {
+    let output = if advise {
+        agent::Output::Advise(pids.clone())
+    } else if json {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
@@ -95,6 +109,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             })
             .transpose()?,
         lease_risk_share: cli.lease_risk_share,
+        advise_target: cli.advise_target,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
+        advise::TailEstimate,
         correlate::{Correlator, Incident, IncidentKind},
         episode::Episode,
         gc::GcPause,
@@ -336,7 +337,36 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("clock", s.ts_mono_ns, &s.clock, body);
     }
 
-    pub fn summary(&mut self, clock: &WallClock, ts_mono_ns: u64, p: &ProcessEntry) {
+    pub fn summary(
+        &mut self,
+        clock: &WallClock,
+        ts_mono_ns: u64,
+        p: &ProcessEntry,
+        observed_ns: u64,
+        target: f64,
+    ) {
+        let pauses = p.pauses();
+        let advice = TailEstimate::new(&pauses, observed_ns).map(|e| {
+            let chance: serde_json::Map<String, Value> = [
+                ("100ms", 100_000_000u64),
+                ("1s", 1_000_000_000),
+                ("10s", 10_000_000_000),
+            ]
+            .iter()
+            .map(|(k, t)| (k.to_string(), json!(e.chance_per_hour(&pauses, *t))))
+            .collect();
+            json!({
+                "target_chance_per_hour": target,
+                "shortest_timeout_ns": e.shortest_timeout(&pauses, target),
+                "chance_per_hour": chance,
+                "observed_ns": observed_ns,
+                "pauses": e.pauses,
+                "tail_pauses": e.tail_pauses,
+                "tail_threshold_ns": e.threshold_ns,
+                "tail_alpha": e.alpha,
+                "basis": e.basis(),
+            })
+        });
         let components: serde_json::Map<String, Value> = Component::ALL
             .iter()
             .map(|&c| (c.name().to_string(), json!(stat_json(&p.stat(c as usize)))))
@@ -353,6 +383,7 @@ impl<W: Write> NdjsonWriter<W> {
             "signals_received": p.signals,
             "gc": stat_json(&p.gc),
             "gc_collections": p.gc_collections,
+            "timeout_advice": advice,
         });
         self.line("summary", ts_mono_ns, clock, body);
     }

@@ -1,4 +1,5 @@
 //! Pure model: no tokio, no aya, no terminal, no clock reads. Time is a field of each input.
+pub mod advise;
 pub mod correlate;
 pub mod episode;
 pub mod gc;

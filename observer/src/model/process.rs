@@ -45,6 +45,15 @@ impl ProcessEntry {
         a
     }
 
+    /// Every pause of the process: thread episodes (of every thread, stops included) and
+    /// runtime stop-the-worlds (which thread episodes do not see: the threads wait
+    /// voluntarily at the safepoint).
+    pub fn pauses(&self) -> Aggregate {
+        let mut a = self.stat(STAT_EPISODE);
+        a.merge(&self.gc);
+        a
+    }
+
     /// Episodes at or above the threshold that the kernel could not stream.
     pub fn dropped_records(&self) -> u64 {
         self.base_dropped + self.current_dropped

@@ -4,7 +4,54 @@ use std::fmt::Write as _;
 use observer_common::{Component, STAT_EPISODE};
 
 use super::view::fmt_ns;
-use crate::{agent::AgentState, probe::cost::ProgramCost};
+use crate::{
+    agent::AgentState,
+    model::{advise::TailEstimate, process::ProcessEntry},
+    probe::cost::ProgramCost,
+};
+
+/// Timeout advice for one process, in words (`pausewatch advise`, the end report).
+pub fn advice(p: &ProcessEntry, observed_ns: u64, target: f64) -> String {
+    let a = p.pauses();
+    let Some(e) = TailEstimate::new(&a, observed_ns) else {
+        return format!(
+            "pid {} ({}): no pauses observed in {}: nothing to estimate from",
+            p.pid,
+            p.comm,
+            fmt_ns(observed_ns)
+        );
+    };
+    let mut s = format!("pid {} ({}): {}\n", p.pid, p.comm, e.basis());
+    for t in [10_000_000u64, 100_000_000, 1_000_000_000, 10_000_000_000] {
+        let beyond = if t > e.max_ns { ", extrapolated" } else { "" };
+        let chance = match e.chance_per_hour(&a, t) {
+            None => "unknown (no tail to extrapolate)".to_string(),
+            Some(c) if c < 1e-12 => format!("< 1e-12{beyond}"),
+            Some(c) => format!("{c:.1e}{beyond}"),
+        };
+        let _ = writeln!(
+            s,
+            "  a {} timeout is exceeded by a pause alone: chance per hour {chance}",
+            fmt_ns(t)
+        );
+    }
+    match e.shortest_timeout(&a, target) {
+        Some(t) => {
+            let _ = write!(
+                s,
+                "  shortest timeout with chance per hour <= {target:e}: {}",
+                fmt_ns(t)
+            );
+        }
+        None => {
+            let _ = write!(
+                s,
+                "  too little history for a timeout with chance per hour <= {target:e}"
+            );
+        }
+    }
+    s
+}
 
 pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
     let mut s = String::new();
@@ -60,6 +107,10 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
         for i in &st.recent_incidents {
             let _ = writeln!(s, "  #{} {}: {}", i.id, i.kind.name(), i.message);
         }
+    }
+    let observed = crate::source::clock::WallClock::mono_now().saturating_sub(st.started_mono_ns);
+    for p in procs.iter().take(3).filter(|p| p.pauses().count > 0) {
+        let _ = writeln!(s, "{}", advice(p, observed, st.advise_target));
     }
     let drops: u64 = st.kernel_drops.iter().sum();
     let _ = writeln!(s, "drops: {drops} kernel, {} undecodable", st.decode_errors);

@@ -145,6 +145,8 @@ pub(crate) mod tests {
             recent_incidents: Default::default(),
             lease_errors: 0,
             holder_start: Default::default(),
+            started_mono_ns: 0,
+            advise_target: 1e-6,
         }
     }
 
