@@ -472,6 +472,85 @@ mod tests {
         assert_eq!(c.counts, [1, 1, 0, 0]);
     }
 
+    /// A recording of the live stale-write demo (its lease, stop, pause and incident lines),
+    /// replayed into the model: the same incidents, with the same deadlines and causes.
+    #[test]
+    fn replays_a_recorded_stale_write() {
+        use serde_json::Value;
+        let text = include_str!("../../fixtures/stale-write.ndjson");
+        let u = |v: &Value| v.as_u64();
+        let mut c = corr();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            match v["type"].as_str().unwrap() {
+                "lease" => {
+                    let verb = Verb::ALL
+                        .into_iter()
+                        .find(|x| v["event"] == x.name())
+                        .unwrap();
+                    let pid = u(&v["pid"]).unwrap() as u32;
+                    got.extend(c.flush_pid(pid));
+                    let r = Report {
+                        ts_mono_ns: u(&v["ts_mono_ns"]).unwrap(),
+                        verb,
+                        name: v["lease"].as_str().unwrap().into(),
+                        pid,
+                        comm: v["comm"].as_str().unwrap().into(),
+                        tid: u(&v["tid"]).map(|t| t as u32),
+                        ttl_ns: u(&v["ttl_ns"]),
+                        token: u(&v["token"]),
+                        expires_wall_ns: v["expires_wall_ns"].as_i64(),
+                        wall_offset_ns: 0,
+                    };
+                    got.extend(c.report(&r).unwrap().1);
+                }
+                "stop" => {
+                    let by = &v["stopped_by"];
+                    let end = u(&v["end_mono_ns"]).unwrap();
+                    let seg = Segment {
+                        id: u(&v["id"]).unwrap(),
+                        pid: u(&v["pid"]).unwrap() as u32,
+                        start_mono_ns: u(&v["start_mono_ns"]).unwrap(),
+                        end_mono_ns: end,
+                        kind: SegmentKind::Stop {
+                            cause: format!(
+                                "{} from pid {} ({}, uid {})",
+                                v["signal"].as_str().unwrap(),
+                                by["pid"],
+                                by["comm"].as_str().unwrap(),
+                                by["uid"]
+                            ),
+                        },
+                    };
+                    c.on_segment(seg, end);
+                }
+                "incident" => want.push(v),
+                other => panic!("unexpected line type {other}"),
+            }
+        }
+        got.extend(c.flush_all());
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(w["kind"], g.kind.name());
+            assert_eq!(u(&w["pid"]), Some(u64::from(g.pid)));
+            assert_eq!(u(&w["deadline_mono_ns"]), g.deadline_mono_ns);
+            assert_eq!(u(&w["token"]), g.token);
+            let cause = g.pause.as_ref().and_then(|d| d.main_cause()).map(|p| {
+                format!(
+                    "{}: {}",
+                    p.cause.name(),
+                    p.detail.clone().unwrap_or_default()
+                )
+            });
+            assert_eq!(w["cause"].as_str().map(str::to_string), cause);
+            assert_eq!(
+                u(&w["newer_holder"]["pid"]),
+                g.newer_holder.as_ref().map(|h| u64::from(h.pid))
+            );
+        }
+    }
+
     #[test]
     fn no_incident_without_a_pause_across_the_deadline() {
         let mut c = corr();
