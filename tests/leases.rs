@@ -327,23 +327,17 @@ fn the_lease_socket_refuses_bad_and_unauthorised_requests() {
 #[test]
 fn timeout_advice_rests_on_the_observed_pauses() {
     require_root();
-    let mut victim = Command::new(workload_bin())
-        .args(["spin", "12", &test_cpu().to_string(), "advised", "1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut victim = victim("advised", 1, 12.0);
     let pid = victim.id();
     // A CPU hog beside it gives it run-queue waits: a tail to fit.
     let mut hogs = start_hogs(1, test_cpu(), 12.0);
     let pw = Pausewatch::start(&["--pid", &pid.to_string(), "--no-lease-socket"]);
     let mut held = Vec::new();
     for _ in 0..2 {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        signal(pid, libc::SIGSTOP);
         let t = std::time::Instant::now();
         std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: as above.
-        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        signal(pid, libc::SIGCONT);
         held.push(t.elapsed().as_nanos() as i64);
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -380,11 +374,7 @@ fn timeout_advice_rests_on_the_observed_pauses() {
 #[test]
 fn the_advise_command_prints_its_estimate() {
     require_root();
-    let mut victim = Command::new(workload_bin())
-        .args(["spin", "8", &test_cpu().to_string(), "advised2", "1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut victim = victim("advised2", 1, 8.0);
     let pid = victim.id().to_string();
     let out = Command::new(pausewatch_bin())
         .args([

@@ -1,27 +1,9 @@
 //! Stops measured by real eBPF: SIGSTOP/SIGCONT, ptrace and the cgroup v1 freezer, against the
 //! interval the test itself held the process stopped, with the test as the stopper and resumer.
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use pausewatch_tests::*;
 use serde_json::Value;
-
-/// A spinning victim with `threads` threads (it exits by itself after `secs`).
-fn victim(name: &str, threads: usize, secs: f64) -> Child {
-    Command::new(workload_bin())
-        .args([
-            "spin",
-            &secs.to_string(),
-            &test_cpu().to_string(),
-            name,
-            &threads.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning the victim")
-}
 
 /// The process state letter from /proc/<pid>/stat (after the parenthesised comm).
 fn state(pid: u32) -> char {
@@ -37,16 +19,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: signalling our own child.
-    assert_eq!(
-        unsafe { libc::kill(pid as i32, sig) },
-        0,
-        "kill({pid}, {sig}): {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 /// The one stop line of `pid`; fails if there is not exactly one.

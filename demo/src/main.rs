@@ -18,15 +18,8 @@ struct Cli {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration such as 2s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("'{s}' is not a duration such as 2s or 500ms")),
-    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration such as 2s or 500ms ({e})"))
 }
 
 #[derive(Subcommand)]

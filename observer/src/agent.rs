@@ -258,7 +258,7 @@ impl AgentState {
         let now_clock = WallClock::sample();
         let report = Report {
             ts_mono_ns: WallClock::mono_now(),
-            verb: req.verb(),
+            verb: req.verb,
             name: req.name.clone(),
             pid: subject.pid,
             comm: subject.comm,
@@ -294,11 +294,12 @@ impl AgentState {
             let current = start_time(pid);
             if current.is_none() || (known.is_some() && known != current) {
                 self.corr.leases.process_gone(pid, now);
-                self.holder_start.remove(&pid);
             }
         }
+        // Forget the start times of processes that hold nothing any more (released or gone).
+        let held = self.corr.leases.holder_pids();
         self.holder_start
-            .retain(|pid, _| self.corr.leases.holder_pids().contains(pid));
+            .retain(|pid, _| held.binary_search(pid).is_ok());
         self.corr
             .timeline
             .forget_before(now.saturating_sub(TIMELINE_HORIZON_NS));

@@ -21,7 +21,7 @@ pub fn run(a: LeaseArgs) -> anyhow::Result<()> {
         bail!("{}", ProtocolError::BadName(a.name));
     }
     let req = Request {
-        verb: Some(a.verb.into()),
+        verb: a.verb.into(),
         name: a.name,
         ttl_ns: a
             .ttl

@@ -248,3 +248,29 @@ pub fn start_hogs(n: usize, cpu: usize, secs: f64) -> Vec<Child> {
         })
         .collect()
 }
+
+/// A spinning victim with `threads` threads (it exits by itself after `secs`).
+pub fn victim(name: &str, threads: usize, secs: f64) -> Child {
+    Command::new(workload_bin())
+        .args([
+            "spin",
+            &secs.to_string(),
+            &test_cpu().to_string(),
+            name,
+            &threads.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning the victim")
+}
+
+/// Sends `sig` to a child of the test, failing with the reason if it cannot.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}

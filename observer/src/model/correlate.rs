@@ -173,26 +173,27 @@ impl Correlator {
         self.pending.push_back(p);
     }
 
+    /// Judges the waiting pauses that `ready` selects, in arrival order.
+    fn judge_where(&mut self, ready: impl Fn(&Pending) -> bool) -> Vec<Incident> {
+        let (now, wait): (Vec<Pending>, Vec<Pending>) =
+            self.pending.drain(..).partition(|p| ready(p));
+        self.pending = wait.into();
+        now.into_iter().flat_map(|p| self.judge(p)).collect()
+    }
+
     /// Judges the pauses whose evidence has settled by `now`.
     pub fn due(&mut self, now: u64) -> Vec<Incident> {
-        let (ready, wait): (Vec<Pending>, Vec<Pending>) =
-            self.pending.drain(..).partition(|p| p.due <= now);
-        self.pending = wait.into();
-        ready.into_iter().flat_map(|p| self.judge(p)).collect()
+        self.judge_where(|p| p.due <= now)
     }
 
     /// Judges every pause of `pid` now (it is running again and reporting).
     pub fn flush_pid(&mut self, pid: u32) -> Vec<Incident> {
-        let (ready, wait): (Vec<Pending>, Vec<Pending>) =
-            self.pending.drain(..).partition(|p| p.pid == pid);
-        self.pending = wait.into();
-        ready.into_iter().flat_map(|p| self.judge(p)).collect()
+        self.judge_where(|p| p.pid == pid)
     }
 
     /// Everything still waiting (at exit).
     pub fn flush_all(&mut self) -> Vec<Incident> {
-        let all: Vec<Pending> = self.pending.drain(..).collect();
-        all.into_iter().flat_map(|p| self.judge(p)).collect()
+        self.judge_where(|_| true)
     }
 
     fn incident(&mut self, kind: IncidentKind, ts: u64, h: &Holding, message: String) -> Incident {

@@ -189,6 +189,17 @@ pub struct HolderRef {
     pub acquired_mono_ns: u64,
 }
 
+impl HolderRef {
+    fn of(h: &Holding) -> Self {
+        Self {
+            pid: h.pid,
+            comm: h.comm.clone(),
+            token: h.token,
+            acquired_mono_ns: h.acquired_mono_ns,
+        }
+    }
+}
+
 /// What the book did with a report, for the `lease` line and the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -347,12 +358,7 @@ impl LeaseBook {
             .iter()
             .filter(|h| h.name == name && h.key != key && h.acquired_mono_ns >= since)
             .max_by_key(|h| h.acquired_mono_ns)
-            .map(|h| HolderRef {
-                pid: h.pid,
-                comm: h.comm.clone(),
-                token: h.token,
-                acquired_mono_ns: h.acquired_mono_ns,
-            })
+            .map(HolderRef::of)
     }
 
     /// Applies one report. Returns what it did and, for an act or renew past the deadline, the
@@ -459,12 +465,7 @@ impl LeaseBook {
                         holding_key: holder.map(|h| h.key),
                         deadline_mono_ns: holder.and_then(|h| h.deadline_at(now)),
                         expired_ago_ns: None,
-                        token_holder: holder.map(|h| HolderRef {
-                            pid: h.pid,
-                            comm: h.comm.clone(),
-                            token: h.token,
-                            acquired_mono_ns: h.acquired_mono_ns,
-                        }),
+                        token_holder: holder.map(HolderRef::of),
                         scope: None,
                     },
                     None,

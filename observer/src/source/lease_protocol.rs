@@ -17,9 +17,9 @@ pub const MAX_LINE: usize = 1024;
 const MAX_NAME: usize = 128;
 
 /// One parsed request, not yet authenticated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub verb: Option<Verb>,
+    pub verb: Verb,
     pub name: String,
     pub ttl_ns: Option<u64>,
     pub token: Option<u64>,
@@ -30,13 +30,9 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn verb(&self) -> Verb {
-        self.verb.unwrap_or(Verb::Act)
-    }
-
     /// The request as a line (what `pausewatch lease` sends).
     pub fn to_line(&self) -> String {
-        let mut s = format!("{} {}", self.verb().name(), self.name);
+        let mut s = format!("{} {}", self.verb.name(), self.name);
         if let Some(t) = self.ttl_ns {
             s += &format!(" ttl={}ns", t);
         }
@@ -130,9 +126,13 @@ pub fn parse(line: &[u8]) -> Result<Request, ProtocolError> {
         return Err(ProtocolError::BadName(name.chars().take(64).collect()));
     }
     let mut r = Request {
-        verb: Some(verb),
+        verb,
         name: name.to_string(),
-        ..Default::default()
+        ttl_ns: None,
+        token: None,
+        expires_wall_ns: None,
+        tid: None,
+        pid: None,
     };
     for kv in words {
         let (k, v) = kv
@@ -194,7 +194,7 @@ mod tests {
             b"acquire leader/db-1 ttl=10s token=33 expires_wall_ns=1700000000000000000 tid=12 pid=11\r",
         )
         .unwrap();
-        assert_eq!(r.verb, Some(Verb::Acquire));
+        assert_eq!(r.verb, Verb::Acquire);
         assert_eq!(r.name, "leader/db-1");
         assert_eq!(r.ttl_ns, Some(10_000_000_000));
         assert_eq!(r.token, Some(33));

@@ -301,10 +301,13 @@ mod tests {
 
     fn req(pid: Option<u32>, tid: Option<u32>) -> Request {
         Request {
+            verb: crate::model::lease::Verb::Act,
             name: "x".into(),
-            pid,
+            ttl_ns: None,
+            token: None,
+            expires_wall_ns: None,
             tid,
-            ..Default::default()
+            pid,
         }
     }
 
