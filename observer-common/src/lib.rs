@@ -99,6 +99,10 @@ pub enum RecordKind {
     Gc = 4,
     /// `ExecRecord`: a process called execve (the agent looks for runtimes to probe).
     Exec = 5,
+    /// `ClockAdjRecord`: a syscall that changed the system clock (set, step, slew, frequency).
+    ClockAdj = 6,
+    /// `RetransmitRecord`: one TCP retransmission (or SYN-ACK retransmission).
+    Retransmit = 7,
 }
 
 /// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
@@ -119,8 +123,16 @@ pub enum DropCause {
     Gc = 5,
     /// An exec record did not fit in the ring buffer (a runtime started then may be found late).
     Exec = 6,
+    /// A clock-changing syscall record did not fit in the ring buffer, or its entry could not
+    /// be kept until the syscall returned (`CLOCK_CALLS` full).
+    ClockAdj = 7,
+    /// A TCP retransmission record did not fit in the ring buffer.
+    Retransmit = 8,
+    /// A socket's owner could not be remembered (`SOCK_OWNERS` full even after LRU eviction):
+    /// its retransmissions are reported without a process.
+    SockOwner = 9,
 }
-pub const NUM_DROP_CAUSES: usize = 7;
+pub const NUM_DROP_CAUSES: usize = 10;
 
 impl DropCause {
     pub const ALL: [DropCause; NUM_DROP_CAUSES] = [
@@ -131,6 +143,9 @@ impl DropCause {
         DropCause::StopTracking,
         DropCause::Gc,
         DropCause::Exec,
+        DropCause::ClockAdj,
+        DropCause::Retransmit,
+        DropCause::SockOwner,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -141,6 +156,9 @@ impl DropCause {
             DropCause::StopTracking => "stop_tracking",
             DropCause::Gc => "gc",
             DropCause::Exec => "exec",
+            DropCause::ClockAdj => "clock_adj",
+            DropCause::Retransmit => "retransmit",
+            DropCause::SockOwner => "sock_owner",
         }
     }
 }
@@ -361,6 +379,147 @@ pub struct ExecRecord {
     pub comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
+
+/// The syscall behind a `ClockAdjRecord`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockSyscall {
+    ClockSettime = 1,
+    Settimeofday = 2,
+    Adjtimex = 3,
+    ClockAdjtime = 4,
+}
+
+impl ClockSyscall {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ClockSettime,
+            2 => Self::Settimeofday,
+            3 => Self::Adjtimex,
+            4 => Self::ClockAdjtime,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ClockSettime => "clock_settime",
+            Self::Settimeofday => "settimeofday",
+            Self::Adjtimex => "adjtimex",
+            Self::ClockAdjtime => "clock_adjtime",
+        }
+    }
+}
+
+/// `ClockAdjRecord::flags`: `set_sec`/`set_nsec` hold a requested time (clock_settime,
+/// settimeofday with a timeval) or, with `ADJ_SETOFFSET`, a requested offset.
+pub const CLOCK_FLAG_TIME: u32 = 1;
+/// `ClockAdjRecord::flags`: the `struct __kernel_timex` fields are valid (adjtimex,
+/// clock_adjtime).
+pub const CLOCK_FLAG_TIMEX: u32 = 2;
+/// `ClockAdjRecord::flags`: the user memory could not be read; only the syscall is known.
+pub const CLOCK_FLAG_UNREADABLE: u32 = 4;
+
+/// A syscall that changes the system clock, recorded at entry (the request, read from the
+/// caller's memory) and streamed at exit (with the result). Read-only adjtimex calls (modes 0
+/// or ADJ_OFFSET_SS_READ), which NTP daemons make constantly, are never recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockAdjRecord {
+    /// `RecordKind::ClockAdj`.
+    pub kind: u32,
+    /// `ClockSyscall`.
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// clock_settime / clock_adjtime: the clock id (0 = CLOCK_REALTIME); -1 otherwise.
+    pub clockid: i32,
+    /// CLOCK_MONOTONIC at syscall entry.
+    pub ts_mono_ns: u64,
+    /// Syscall return value (negative errno on failure; adjtimex returns the clock state).
+    pub ret: i64,
+    /// `struct __kernel_timex.modes` (ADJ_* bits).
+    pub modes: u32,
+    /// `CLOCK_FLAG_*`.
+    pub flags: u32,
+    /// timex.offset (µs, or ns with ADJ_NANO): the slew requested with ADJ_OFFSET.
+    pub offset: i64,
+    /// timex.freq: frequency offset in ppm with a 16-bit fraction.
+    pub freq: i64,
+    /// Requested time (or, with ADJ_SETOFFSET, offset): seconds and nanoseconds.
+    pub set_sec: i64,
+    pub set_nsec: i64,
+    /// timex.maxerror / esterror (µs) as requested with ADJ_MAXERROR / ADJ_ESTERROR.
+    pub maxerror: i64,
+    pub esterror: i64,
+    /// timex.status as requested with ADJ_STATUS.
+    pub status: i32,
+    pub _pad0: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ClockAdjRecord>() == 120);
+
+/// `RetransmitRecord::ca_state` when it could not be read.
+pub const CA_STATE_UNKNOWN: u8 = 0xff;
+
+/// One TCP retransmission (tcp:tcp_retransmit_skb, include/trace/events/tcp.h v6.18) or SYN-ACK
+/// retransmission (tcp:tcp_retransmit_synack). These fire in softirq or timer context: the
+/// owning process comes from `SOCK_OWNERS`, filled in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitRecord {
+    /// `RecordKind::Retransmit`.
+    pub kind: u32,
+    /// Owning process and the thread that last sent on (or connected, listened with) the
+    /// socket; 0 when unknown.
+    pub tgid: u32,
+    pub tid: u32,
+    /// The tracepoint's `err`: 0 when the segment went out (only then does the kernel's
+    /// TcpRetransSegs count it); negative errno otherwise.
+    pub err: i32,
+    /// CLOCK_MONOTONIC.
+    pub ts_mono_ns: u64,
+    /// Kernel socket address: a connection key inside the agent, never exported.
+    pub sock: u64,
+    /// The socket's retransmission timeout (icsk_rto, in jiffies: the agent converts it with
+    /// the kernel's HZ) and smoothed RTT (srtt_us >> 3, µs).
+    pub rto_jiffies: u32,
+    pub srtt_us: u32,
+    /// tcp_sock.total_retrans: segments this connection has retransmitted so far.
+    pub total_retrans: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// Segments in the retransmitted skb (tcp_skb_pcount), as TcpRetransSegs counts them.
+    pub segs: u16,
+    /// TCP state (TCP_ESTABLISHED = 1, ...).
+    pub state: u8,
+    /// Congestion-avoidance state: 0 open, 1 disorder, 2 cwr, 3 recovery (fast retransmit),
+    /// 4 loss (retransmission timeout); `CA_STATE_UNKNOWN`.
+    pub ca_state: u8,
+    /// icsk_retransmits: consecutive timeouts without progress.
+    pub retransmits: u8,
+    /// Non-zero for a SYN-ACK retransmission of a listener.
+    pub synack: u8,
+    /// IPv4 addresses in the first 4 bytes; IPv6 in all 16. Network byte order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<RetransmitRecord>() == 104);
+
+/// Who owns a socket, keyed by the kernel socket address in `SOCK_OWNERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOwner {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 24);
 
 /// One streamed pause episode of one thread (episodes at or above `--min-pause`).
 ///

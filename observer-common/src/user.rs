@@ -1,6 +1,9 @@
 //! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
 
-use crate::{ExecRecord, GcRecord, PauseRecord, ProcStats, RecordKind, SignalRecord, StopRecord};
+use crate::{
+    ClockAdjRecord, ExecRecord, GcRecord, PauseRecord, ProcStats, RecordKind, RetransmitRecord,
+    SignalRecord, StopRecord,
+};
 
 // SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
 // fields, so every bit pattern is a valid value and there are no implicit padding bytes.
@@ -19,6 +22,12 @@ unsafe impl aya::Pod for SignalRecord {}
 unsafe impl aya::Pod for GcRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ExecRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ClockAdjRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RetransmitRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::SockOwner {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +37,8 @@ pub enum Record {
     Signal(SignalRecord),
     Gc(GcRecord),
     Exec(ExecRecord),
+    ClockAdj(ClockAdjRecord),
+    Retransmit(RetransmitRecord),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -72,6 +83,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         k if k == RecordKind::Signal as u32 => Ok(Record::Signal(read_exact(kind, bytes)?)),
         k if k == RecordKind::Gc as u32 => Ok(Record::Gc(read_exact(kind, bytes)?)),
         k if k == RecordKind::Exec as u32 => Ok(Record::Exec(read_exact(kind, bytes)?)),
+        k if k == RecordKind::ClockAdj as u32 => Ok(Record::ClockAdj(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Retransmit as u32 => Ok(Record::Retransmit(read_exact(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind }),
     }
 }

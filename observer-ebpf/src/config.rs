@@ -102,3 +102,88 @@ pub fn task_cred_off() -> usize {
 pub fn cred_uid_off() -> usize {
     get(&CRED_UID_OFF) as usize
 }
+
+/// `struct sock_common` / `inet_connection_sock` / `tcp_sock` / `sk_buff` offsets for the TCP
+/// programs (all relative to the `struct sock *`, which begins every one of them), from BTF.
+#[unsafe(no_mangle)]
+static SK_FAMILY_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_STATE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_DADDR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_RCV_SADDR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_DPORT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_NUM_OFF: u64 = 0;
+/// 0: the kernel has no IPv6 (IPv6 addresses read as zero).
+#[unsafe(no_mangle)]
+static SK_V6_DADDR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SK_V6_RCV_SADDR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static ICSK_RTO_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static ICSK_RETRANSMITS_OFF: u64 = 0;
+/// `icsk_ca_state` is a 5-bit bitfield: the byte holding it and the bit shift within it.
+#[unsafe(no_mangle)]
+static ICSK_CA_STATE_BYTE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static ICSK_CA_STATE_SHIFT: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_SRTT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_TOTAL_RETRANS_OFF: u64 = 0;
+/// `sk_buff.cb`, where `struct tcp_skb_cb` lives (its `tcp_gso_segs` at +8).
+#[unsafe(no_mangle)]
+static SKB_CB_OFF: u64 = 0;
+/// Non-zero when tcp_retransmit_skb passes its `err` as a third argument (v6.13+).
+#[unsafe(no_mangle)]
+static RETRANSMIT_HAS_ERR: u32 = 0;
+
+/// Offsets of the TCP programs, read together.
+#[derive(Clone, Copy)]
+pub struct SockOffsets {
+    pub family: usize,
+    pub state: usize,
+    pub daddr: usize,
+    pub rcv_saddr: usize,
+    pub dport: usize,
+    pub num: usize,
+    pub v6_daddr: usize,
+    pub v6_rcv_saddr: usize,
+    pub rto: usize,
+    pub retransmits: usize,
+    pub ca_state_byte: usize,
+    pub ca_state_shift: u32,
+    pub srtt: usize,
+    pub total_retrans: usize,
+    pub skb_cb: usize,
+}
+
+#[inline(always)]
+pub fn sock_offsets() -> SockOffsets {
+    SockOffsets {
+        family: get(&SK_FAMILY_OFF) as usize,
+        state: get(&SK_STATE_OFF) as usize,
+        daddr: get(&SK_DADDR_OFF) as usize,
+        rcv_saddr: get(&SK_RCV_SADDR_OFF) as usize,
+        dport: get(&SK_DPORT_OFF) as usize,
+        num: get(&SK_NUM_OFF) as usize,
+        v6_daddr: get(&SK_V6_DADDR_OFF) as usize,
+        v6_rcv_saddr: get(&SK_V6_RCV_SADDR_OFF) as usize,
+        rto: get(&ICSK_RTO_OFF) as usize,
+        retransmits: get(&ICSK_RETRANSMITS_OFF) as usize,
+        ca_state_byte: get(&ICSK_CA_STATE_BYTE_OFF) as usize,
+        ca_state_shift: get(&ICSK_CA_STATE_SHIFT) as u32,
+        srtt: get(&TP_SRTT_OFF) as usize,
+        total_retrans: get(&TP_TOTAL_RETRANS_OFF) as usize,
+        skb_cb: get(&SKB_CB_OFF) as usize,
+    }
+}
+
+#[inline(always)]
+pub fn retransmit_has_err() -> bool {
+    get(&RETRANSMIT_HAS_ERR) != 0
+}

@@ -9,8 +9,10 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod clock;
 mod config;
 mod episodes;
+mod net;
 mod output;
 mod runtimes;
 mod sched;

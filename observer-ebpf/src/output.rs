@@ -29,6 +29,19 @@ pub fn count_drop(cause: DropCause) {
 /// room for a burst to keep coming while the agent wakes.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
+/// Streams one rare record and wakes the agent at once (clock changes: the agent is waiting to
+/// name who stepped the clock).
+#[inline(always)]
+pub fn emit_now<T: 'static>(rec: T, cause: DropCause) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_drop(cause);
+        return false;
+    };
+    entry.write(rec);
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    true
+}
+
 /// Streams one record; counts a drop of `cause` when the ring buffer is full.
 #[inline(always)]
 pub fn emit<T: 'static>(rec: T, cause: DropCause) -> bool {

@@ -20,10 +20,13 @@ use crate::{
     cli::DeclaredLease,
     export::ndjson::NdjsonWriter,
     model::{
+        clock::{ClockChange, ClockStep, JoinedStep, StepJoiner},
         correlate::{Correlator, Incident},
         episode::Episode,
         gc::GcPause,
+        hiccup::HostPause,
         lease::Report,
+        net::{NetTable, Retransmit},
         process::ProcessTable,
         stop::{Signal, Stop, StopJoiner},
         timeline::{Segment, Timeline},
@@ -34,6 +37,7 @@ use crate::{
         clock::WallClock,
         clock_steps::{ClockSteps, Step},
         harvest::Harvester,
+        host::{ControlSleeper, HostEvent, StealSample},
         lease_socket::{self, LeaseSocket, Message},
         ringbuf,
     },
@@ -66,6 +70,10 @@ pub struct LeaseSocketSettings {
     /// Given on the command line: failing to bind it is an error, not a notice.
     pub explicit: bool,
 }
+
+/// Late wakes of the control sleeper shorter than this are not reported, whatever
+/// `--min-pause` says (the sleeper wakes every 5 ms; timer latency alone is tens of µs).
+const MIN_HOST_PAUSE_NS: u64 = 2_000_000;
 
 /// Pause evidence older than this is forgotten (questions are about recent pauses).
 const TIMELINE_HORIZON_NS: u64 = 15 * 60 * 1_000_000_000;
@@ -101,6 +109,53 @@ pub struct AgentState {
     /// When the run began (the observation time behind timeout advice).
     pub started_mono_ns: u64,
     pub advise_target: f64,
+    /// Clocks, the network and the host as a whole.
+    pub host: HostState,
+}
+
+/// What the agent knows about the host rather than one process.
+pub struct HostState {
+    /// Joins measured clock steps with the syscalls that made them.
+    pub steps: StepJoiner,
+    /// Most recent clock steps, newest last (bounded).
+    pub recent_steps: std::collections::VecDeque<JoinedStep>,
+    /// TCP retransmissions per process and connection.
+    pub net: NetTable,
+    /// The kernel's HZ (socket RTOs are in jiffies); None when it could not be read.
+    pub hz: Option<u64>,
+    /// Most recent host pauses (late wakes of the control sleeper), newest last (bounded).
+    pub recent_host: std::collections::VecDeque<HostPause>,
+    /// Host pauses counted by verdict name.
+    pub host_verdicts: std::collections::BTreeMap<&'static str, u64>,
+    /// Unexplained lateness at or above this is a host freeze.
+    pub freeze_min_ns: u64,
+    /// Per-CPU steal when the run began and as last sampled.
+    pub steal_first: Option<StealSample>,
+    pub steal_last: Option<StealSample>,
+    /// Host steal % over the last sampled interval.
+    pub steal_pct: f64,
+}
+
+impl HostState {
+    pub fn new(
+        max_processes: usize,
+        hz: Option<u64>,
+        freeze_min_ns: u64,
+        steal_first: Option<StealSample>,
+    ) -> Self {
+        Self {
+            steps: StepJoiner::default(),
+            recent_steps: Default::default(),
+            net: NetTable::new(max_processes),
+            hz,
+            recent_host: Default::default(),
+            host_verdicts: Default::default(),
+            freeze_min_ns,
+            steal_last: steal_first.clone(),
+            steal_first,
+            steal_pct: 0.0,
+        }
+    }
 }
 
 const RECENT_EPISODES: usize = 256;
@@ -163,6 +218,25 @@ impl AgentState {
                     push_recent(&mut self.recent_gc, g);
                 }
                 Ok(Record::Exec(r)) => self.runtimes.on_exec(WallClock::mono_now(), r.tgid),
+                Ok(Record::ClockAdj(r)) => {
+                    let Some(c) = ClockChange::from_record(&r, self.clock.sync.nano()) else {
+                        self.decode_errors += 1;
+                        continue;
+                    };
+                    if let Output::Json(w) = out {
+                        w.clock_adjust(&self.clock, &c);
+                    }
+                    if let Some(j) = self.host.steps.on_change(&c) {
+                        self.emit_step(j, out);
+                    }
+                }
+                Ok(Record::Retransmit(r)) => {
+                    let t = Retransmit::from_record(&r, self.host.hz);
+                    self.host.net.note(&t);
+                    if let Output::Json(w) = out {
+                        w.retransmit(&self.clock, &t);
+                    }
+                }
                 Err(_) => self.decode_errors += 1,
             }
         }
@@ -305,10 +379,71 @@ impl AgentState {
             .forget_before(now.saturating_sub(TIMELINE_HORIZON_NS));
     }
 
-    fn on_clock_step(&mut self, step: Step, out: &mut Output) {
-        self.clock = step.clock;
+    fn emit_step(&mut self, j: JoinedStep, out: &mut Output) {
         if let Output::Json(w) = out {
-            w.clock_step(&step);
+            w.clock_step(&self.clock, &j);
+        }
+        push_recent(&mut self.host.recent_steps, j);
+    }
+
+    /// Steps still waiting for their cause when the wait is over (`now` None: all, at exit).
+    fn release_steps(&mut self, now_mono_ns: Option<u64>, out: &mut Output) {
+        for j in self.host.steps.due(now_mono_ns) {
+            self.emit_step(j, out);
+        }
+    }
+
+    fn on_host_event(&mut self, ev: HostEvent, out: &mut Output) {
+        match ev {
+            HostEvent::LateWake(w) => {
+                self.next_episode_id += 1;
+                let h = HostPause::judge(self.next_episode_id, &w, self.host.freeze_min_ns);
+                *self.host.host_verdicts.entry(h.verdict.name()).or_default() += 1;
+                if h.verdict.host_wide() {
+                    self.corr
+                        .on_segment(Segment::from_host_pause(&h), WallClock::mono_now());
+                }
+                if let Output::Json(w) = out {
+                    w.host_pause(&self.clock, &h);
+                    w.flush();
+                }
+                push_recent(&mut self.host.recent_host, h);
+            }
+            HostEvent::Steal(s) => {
+                if let Some(prev) = &self.host.steal_last {
+                    let interval = s.ts_mono_ns.saturating_sub(prev.ts_mono_ns);
+                    let cpus = s.per_cpu_ns.len().max(1) as f64;
+                    let steal = s.total_ns().saturating_sub(prev.total_ns());
+                    self.host.steal_pct = if interval > 0 {
+                        100.0 * steal as f64 / (interval as f64 * cpus)
+                    } else {
+                        0.0
+                    };
+                    if let Output::Json(w) = out {
+                        w.host_steal(&self.clock, "steal", prev, &s);
+                    }
+                }
+                self.host.steal_last = Some(s);
+            }
+        }
+    }
+
+    fn on_clock_step(
+        &mut self,
+        step: Step,
+        ring: &mut RingBuf<aya::maps::MapData>,
+        out: &mut Output,
+    ) {
+        self.clock = step.clock;
+        // The stepping syscall's record may already be in the ring buffer.
+        self.drain_all(ring, out);
+        let s = ClockStep {
+            ts_mono_ns: step.ts_mono_ns,
+            step_ns: step.step_ns,
+            offset_before_ns: step.offset_before_ns,
+        };
+        if let Some(j) = self.host.steps.on_step(s) {
+            self.emit_step(j, out);
         }
         let incidents = self.corr.on_clock_step(step.ts_mono_ns, step.step_ns);
         self.emit_incidents(incidents, out);
@@ -419,6 +554,23 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             None
         }
     };
+    let host_threshold_ns = (settings.min_pause.as_nanos() as u64).max(MIN_HOST_PAUSE_NS);
+    let mut control = match ControlSleeper::start(host_threshold_ns) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            notices.push(format!(
+                "host-wide pauses (VM freezes, suspend) are not detected: the control sleeper could not start: {e}"
+            ));
+            None
+        }
+    };
+    let hz = crate::source::kernel_hz::read();
+    if hz.is_none() {
+        notices.push(
+            "the kernel's HZ could not be read from /proc/timer_list: retransmission timeouts are not reported"
+                .into(),
+        );
+    }
     let mut corr = Correlator::new(
         Timeline::DEFAULT_CAPACITY,
         crate::model::lease::LeaseBook::DEFAULT_MAX,
@@ -452,6 +604,12 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         holder_start: Default::default(),
         started_mono_ns: WallClock::mono_now(),
         advise_target: settings.advise_target,
+        host: HostState::new(
+            settings.max_processes,
+            hz,
+            host_threshold_ns,
+            StealSample::read(WallClock::mono_now()).ok(),
+        ),
     };
     for l in &settings.leases {
         if let Some(t) = start_time(l.pid) {
@@ -463,6 +621,10 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         for n in &notices {
             w.notice(&st.clock, "warn", "degraded", n, json!({}));
         }
+        for n in &probes.infos {
+            w.notice(&st.clock, "info", "host_changed", n, json!({}));
+        }
+        w.clock_sync(&st.clock);
         let pids = &settings.pids;
         w.notice(
             &st.clock,
@@ -506,7 +668,8 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             _ = poll.tick() => {
                 let got = st.drain_all(ring.get_mut(), &mut out);
                 let incidents = st.corr.due(WallClock::mono_now());
-                let any = got || !incidents.is_empty();
+                let any = got || !incidents.is_empty() || !st.host.steps.due_is_empty();
+                st.release_steps(Some(WallClock::mono_now()), &mut out);
                 st.emit_incidents(incidents, &mut out);
                 if any && let Output::Json(w) = &mut out {
                     w.flush();
@@ -527,7 +690,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 }
             } => {
                 match step {
-                    Ok(step) => st.on_clock_step(step, &mut out),
+                    Ok(step) => st.on_clock_step(step, ring.get_mut(), &mut out),
                     Err(e) => {
                         clock_steps = None;
                         st.notice(
@@ -543,8 +706,15 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     }
                 }
             }
+            Some(ev) = crate::source::host::next(&mut control) => {
+                st.on_host_event(ev, &mut out);
+            }
             _ = tick.tick() => {
+                let sync_before = st.clock.sync.headline();
                 st.clock = WallClock::sample();
+                if st.clock.sync.headline() != sync_before && let Output::Json(w) = &mut out {
+                    w.clock_sync(&st.clock);
+                }
                 if let Some(c) = &mut clock_steps {
                     c.resample(st.clock);
                 }
@@ -587,6 +757,11 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
     st.release_stops(None, &mut out);
+    st.release_steps(None, &mut out);
+    let host_events_dropped = control.as_ref().map_or(0, |c| {
+        c.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    drop(control);
     let incidents = st.corr.flush_all();
     st.emit_incidents(incidents, &mut out);
     let lease_counters = crate::export::ndjson::LeaseCounters {
@@ -616,7 +791,14 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             let now = WallClock::mono_now();
             let observed = now.saturating_sub(st.started_mono_ns);
             for p in st.table.sorted() {
-                w.summary(&st.clock, now, p, observed, st.advise_target);
+                w.summary(
+                    &st.clock,
+                    now,
+                    p,
+                    st.host.net.of(p.pid),
+                    observed,
+                    st.advise_target,
+                );
             }
             w.drops(
                 &st.clock,
@@ -625,9 +807,15 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     decode_errors: st.decode_errors,
                     evicted_processes: st.table.evicted,
                     runtime_checks_skipped: st.runtimes.checks_skipped,
+                    host_events_dropped,
                 },
             );
             w.lease_summary(&st.clock, &st.corr, &lease_counters);
+            w.net_summary(&st.clock, &st.host.net);
+            w.clock_sync(&st.clock);
+            if let (Some(first), Ok(last)) = (&st.host.steal_first, StealSample::read(now)) {
+                w.host_steal(&st.clock, "run", first, &last);
+            }
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();
         }

@@ -183,6 +183,15 @@ impl Pausewatch {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line written so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
     /// SIGTERM, wait for exit 0, and return every line it wrote.
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: signalling our own child.

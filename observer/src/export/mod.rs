@@ -1,2 +1,4 @@
-//! Exporters: NDJSON today; Prometheus arrives with issue 8.
+//! Exporters: NDJSON (per-process lines in `ndjson`, host lines in `host_lines`); Prometheus
+//! arrives with issue 8.
+pub mod host_lines;
 pub mod ndjson;

@@ -13,13 +13,14 @@ use crate::{
         episode::Episode,
         gc::GcPause,
         lease::{Accepted, HolderRef, Report, Scope},
+        net::ProcessNet,
         process::ProcessEntry,
         stats::Aggregate,
         stop::{Actor, Signal, Stop, signal_name},
         timeline::Decomposition,
     },
     probe::cost::{ProgramCost, is_stats_floor, stats_floor_ns},
-    source::{clock::WallClock, clock_steps::Step},
+    source::clock::WallClock,
 };
 
 /// Version of the line format; bumped on any incompatible change.
@@ -34,7 +35,7 @@ struct StatJson {
     p99_ns: Option<u64>,
 }
 
-fn actor_json(a: &Actor) -> Value {
+pub(super) fn actor_json(a: &Actor) -> Value {
     json!({ "pid": a.pid, "tid": a.tid, "uid": a.uid, "comm": a.comm })
 }
 
@@ -87,6 +88,8 @@ pub struct Drops<'a> {
     pub decode_errors: u64,
     pub evicted_processes: u64,
     pub runtime_checks_skipped: u64,
+    /// Late wakes and steal samples of the control sleeper the agent was too busy to take.
+    pub host_events_dropped: u64,
 }
 
 /// Lease socket counters, for the `lease_summary` line.
@@ -113,7 +116,7 @@ impl<W: Write> NdjsonWriter<W> {
         }
     }
 
-    fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
+    pub(super) fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
         let mut obj = json!({
             "schema": SCHEMA_VERSION,
             "type": kind,
@@ -327,21 +330,12 @@ impl<W: Write> NdjsonWriter<W> {
     }
 
     /// A step of the wall clock; `wall_ns` is on the clock after the step.
-    pub fn clock_step(&mut self, s: &Step) {
-        let body = json!({
-            "event": "step",
-            "step_ns": s.step_ns,
-            "offset_ns": i64::try_from(s.clock.offset_ns).unwrap_or(i64::MAX),
-            "unsynced": s.clock.unsynced,
-        });
-        self.line("clock", s.ts_mono_ns, &s.clock, body);
-    }
-
     pub fn summary(
         &mut self,
         clock: &WallClock,
         ts_mono_ns: u64,
         p: &ProcessEntry,
+        net: Option<&ProcessNet>,
         observed_ns: u64,
         target: f64,
     ) {
@@ -384,6 +378,12 @@ impl<W: Write> NdjsonWriter<W> {
             "gc": stat_json(&p.gc),
             "gc_collections": p.gc_collections,
             "timeout_advice": advice,
+            "net": net.map(|n| json!({
+                "retransmits": n.total.retransmits,
+                "segs": n.total.segs,
+                "timeouts": n.total.timeouts,
+                "delay_est_ns": n.total.delay_est_ns,
+            })),
         });
         self.line("summary", ts_mono_ns, clock, body);
     }
@@ -400,6 +400,7 @@ impl<W: Write> NdjsonWriter<W> {
             "evicted_processes": d.evicted_processes,
             "output_failed_lines": failed,
             "runtime_checks_skipped": d.runtime_checks_skipped,
+            "host_events_dropped": d.host_events_dropped,
         });
         self.line("drops", WallClock::mono_now(), clock, body);
     }
@@ -441,6 +442,7 @@ mod tests {
             offset_ns: 1_700_000_000_000_000_000,
             err_ns: 5_000,
             unsynced: false,
+            sync: Default::default(),
         }
     }
 

@@ -158,19 +158,29 @@ impl Correlator {
             end: seg.end_mono_ns,
             due: now.saturating_add(Self::SETTLE_NS),
         };
+        let host_wide = seg.host_wide();
         self.timeline.push(seg);
-        if self
-            .leases
-            .concerned_by(p.pid, p.tid, p.start, p.end)
-            .is_empty()
-        {
-            return;
+        // A host freeze paused every lease holder.
+        let pids = if host_wide {
+            self.leases.holder_pids()
+        } else {
+            vec![p.pid]
+        };
+        for pid in pids {
+            let p = Pending { pid, ..p };
+            if self
+                .leases
+                .concerned_by(p.pid, p.tid, p.start, p.end)
+                .is_empty()
+            {
+                continue;
+            }
+            if self.pending.len() >= Self::MAX_PENDING {
+                self.pending.pop_front();
+                self.pending_dropped += 1;
+            }
+            self.pending.push_back(p);
         }
-        if self.pending.len() >= Self::MAX_PENDING {
-            self.pending.pop_front();
-            self.pending_dropped += 1;
-        }
-        self.pending.push_back(p);
     }
 
     /// Judges the waiting pauses that `ready` selects, in arrival order.

@@ -26,7 +26,13 @@ pub enum SegmentKind {
     Stop { cause: String },
     /// A runtime stop-the-world; `cause` says which and why.
     Gc { cause: String },
+    /// The whole host stopped (VM freeze, suspend): every process on it paused. Its `pid` is
+    /// `HOST_PID`.
+    Host { cause: String },
 }
+
+/// The `pid` of host-wide segments, which concern every process.
+pub const HOST_PID: u32 = 0;
 
 /// One piece of evidence on the timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +83,22 @@ impl Segment {
         }
     }
 
+    pub fn from_host_pause(h: &super::hiccup::HostPause) -> Self {
+        Self {
+            id: h.id,
+            pid: HOST_PID,
+            start_mono_ns: h.start_mono_ns,
+            end_mono_ns: h.end_mono_ns(),
+            kind: SegmentKind::Host {
+                cause: h.describe(),
+            },
+        }
+    }
+
+    pub fn host_wide(&self) -> bool {
+        matches!(self.kind, SegmentKind::Host { .. })
+    }
+
     fn tid(&self) -> Option<u32> {
         match self.kind {
             SegmentKind::Thread { tid, .. } => Some(tid),
@@ -91,7 +113,7 @@ impl Segment {
 
     /// Counts for `tid` (None: process-wide evidence only).
     fn concerns(&self, pid: u32, tid: Option<u32>) -> bool {
-        self.pid == pid && (self.process_wide() || self.tid() == tid)
+        self.host_wide() || (self.pid == pid && (self.process_wide() || self.tid() == tid))
     }
 
     fn overlaps(&self, t0: u64, t1: u64) -> bool {
@@ -99,14 +121,18 @@ impl Segment {
     }
 
     /// The layers this segment contributes: (start, end, precedence, cause, detail, id).
-    /// Process-wide stops explain time before GC, GC before a thread's own components.
+    /// A host freeze explains time before anything inside the host; then process-wide stops,
+    /// then GC, then a thread's own components.
     fn layers(&self) -> Vec<Layer> {
         let (s, e) = (self.start_mono_ns, self.end_mono_ns);
         match &self.kind {
-            SegmentKind::Stop { cause } => {
-                vec![Layer::new(s, e, 0, Cause::Stopped, Some(cause), self.id)]
+            SegmentKind::Host { cause } => {
+                vec![Layer::new(s, e, 0, Cause::HostFreeze, Some(cause), self.id)]
             }
-            SegmentKind::Gc { cause } => vec![Layer::new(s, e, 1, Cause::Gc, Some(cause), self.id)],
+            SegmentKind::Stop { cause } => {
+                vec![Layer::new(s, e, 1, Cause::Stopped, Some(cause), self.id)]
+            }
+            SegmentKind::Gc { cause } => vec![Layer::new(s, e, 2, Cause::Gc, Some(cause), self.id)],
             SegmentKind::Thread {
                 blocked_ns,
                 stopped_ns,
@@ -116,9 +142,9 @@ impl Segment {
                 let blocked_end = s.saturating_add(*blocked_ns).min(e);
                 let stopped_end = blocked_end.saturating_add(*stopped_ns).min(e);
                 vec![
-                    Layer::new(s, blocked_end, 2, Cause::Blocked, None, self.id),
-                    Layer::new(blocked_end, stopped_end, 2, Cause::Stopped, None, self.id),
-                    Layer::new(stopped_end, e, 2, Cause::Runq, None, self.id),
+                    Layer::new(s, blocked_end, 3, Cause::Blocked, None, self.id),
+                    Layer::new(blocked_end, stopped_end, 3, Cause::Stopped, None, self.id),
+                    Layer::new(stopped_end, e, 3, Cause::Runq, None, self.id),
                 ]
             }
         }
@@ -128,6 +154,8 @@ impl Segment {
 /// Why a thread was not running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cause {
+    /// The whole host stopped (VM freeze, suspend).
+    HostFreeze,
     Stopped,
     Gc,
     Blocked,
@@ -139,6 +167,7 @@ pub enum Cause {
 impl Cause {
     pub fn name(self) -> &'static str {
         match self {
+            Cause::HostFreeze => "host_freeze",
             Cause::Stopped => "stopped",
             Cause::Gc => "gc",
             Cause::Blocked => "blocked",

@@ -30,12 +30,14 @@ pub enum BtfError {
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// One parsed type: its kind, name, `size_or_type` and where its trailing data starts.
@@ -188,6 +190,34 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous unions and structs.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let bits = self.member_bit_offset(strukt, member)?;
+        if bits % 8 != 0 {
+            return Err(BtfError::Bitfield {
+                strukt: strukt.into(),
+                member: member.into(),
+            });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Number of arguments a tracepoint passes to BPF programs: the parameters of the
+    /// `btf_trace_NAME` function-pointer typedef, minus its leading `void *` context.
+    pub fn tracepoint_args(&self, tracepoint: &str) -> Option<u32> {
+        let name = format!("btf_trace_{tracepoint}");
+        let td = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == name.as_bytes())?;
+        let ptr = self.ty(td.size_or_type)?;
+        if ptr.kind != KIND_PTR {
+            return None;
+        }
+        let proto = self.ty(self.resolve(ptr.size_or_type))?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
+    }
+
+    /// Bit offset of `member` in `struct strukt` (bitfields included).
+    pub fn member_bit_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let sid = self
             .types
             .iter()
@@ -201,13 +231,7 @@ impl Btf {
                 strukt: strukt.into(),
                 member: member.into(),
             })?;
-        if bits % 8 != 0 {
-            return Err(BtfError::Bitfield {
-                strukt: strukt.into(),
-                member: member.into(),
-            });
-        }
-        Ok(bits / 8)
+        Ok(bits)
     }
 
     fn find_member(&self, id: u32, member: &[u8], base_bits: u32, depth: u32) -> Option<u32> {
@@ -275,6 +299,53 @@ impl RqClockOffsets {
                 + btf.member_offset("sched_entity", "cfs_rq")?,
             cfs_rq_rq: btf.member_offset("cfs_rq", "rq")?,
             rq_clock: btf.member_offset("rq", "clock")?,
+        })
+    }
+}
+
+/// Socket fields the TCP retransmit programs read, all relative to the `struct sock *` (which
+/// begins `inet_connection_sock` and `tcp_sock`), plus `sk_buff.cb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetOffsets {
+    pub family: u32,
+    pub state: u32,
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    /// 0 without CONFIG_IPV6.
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    pub rto: u32,
+    pub retransmits: u32,
+    /// `icsk_ca_state` (a 5-bit bitfield): byte and shift.
+    pub ca_state_byte: u32,
+    pub ca_state_shift: u32,
+    pub srtt: u32,
+    pub total_retrans: u32,
+    pub skb_cb: u32,
+}
+
+impl NetOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let sc = |m: &str| btf.member_offset("sock_common", m);
+        let ca = btf.member_bit_offset("inet_connection_sock", "icsk_ca_state")?;
+        Ok(Self {
+            family: sc("skc_family")?,
+            state: sc("skc_state")?,
+            daddr: sc("skc_daddr")?,
+            rcv_saddr: sc("skc_rcv_saddr")?,
+            dport: sc("skc_dport")?,
+            num: sc("skc_num")?,
+            v6_daddr: sc("skc_v6_daddr").unwrap_or(0),
+            v6_rcv_saddr: sc("skc_v6_rcv_saddr").unwrap_or(0),
+            rto: btf.member_offset("inet_connection_sock", "icsk_rto")?,
+            retransmits: btf.member_offset("inet_connection_sock", "icsk_retransmits")?,
+            ca_state_byte: ca / 8,
+            ca_state_shift: ca % 8,
+            srtt: btf.member_offset("tcp_sock", "srtt_us")?,
+            total_retrans: btf.member_offset("tcp_sock", "total_retrans")?,
+            skb_cb: btf.member_offset("sk_buff", "cb")?,
         })
     }
 }
@@ -375,6 +446,20 @@ mod tests {
             );
         }
         assert!(Btf::parse("t".into(), b"not btf at all, really not".to_vec()).is_err());
+    }
+
+    /// The running kernel's socket layout is as in include/net/sock.h.
+    #[test]
+    fn reads_the_running_kernels_socket_layout_when_present() {
+        let Ok(btf) = Btf::from_file(Path::new(VMLINUX_BTF)) else {
+            return;
+        };
+        let n = NetOffsets::from_btf(&btf).unwrap();
+        // sock_common packs the addresses first, then the ports (include/net/sock.h).
+        assert!(n.rcv_saddr == n.daddr + 4 && n.num == n.dport + 2, "{n:?}");
+        assert!(n.ca_state_shift < 8 && n.rto > n.family);
+        assert_eq!(btf.tracepoint_args("sched_switch"), Some(4));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
     }
 
     /// The running kernel's offsets are plausible and ordered as in include/linux/sched.h.

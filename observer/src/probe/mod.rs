@@ -11,7 +11,7 @@ use self::cost::{ProgramCost, STATS_FLOOR};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{BtfTracePoint, Program, RawTracePoint},
+    programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
 };
 
 /// The kernel object built by build.rs (empty when built with PAUSEWATCH_SKIP_EBPF=1).
@@ -48,7 +48,10 @@ pub struct Probes {
     pub stats_fd: Option<OwnedFd>,
     /// Names of the programs attached, for cost reporting.
     pub attached: Vec<&'static str>,
+    /// Degraded modes: a cause or detail not observed, and why.
     pub notices: Vec<String>,
+    /// Things done to the host that an operator should know (e.g. tracefs mounted).
+    pub infos: Vec<String>,
 }
 
 const SCHED: [TracepointProgs; 3] = [
@@ -73,6 +76,78 @@ const EXEC: [TracepointProgs; 1] = [(
     "sched_process_exec_btf",
     "sched_process_exec_raw",
 )];
+
+/// TCP socket owners (process context) and retransmissions (softirq/timer context).
+const TCP_OWNERS: [TracepointProgs; 3] = [
+    (
+        "inet_sock_set_state",
+        "inet_sock_set_state_btf",
+        "inet_sock_set_state_raw",
+    ),
+    (
+        "tcp_sendmsg_locked",
+        "tcp_sendmsg_locked_btf",
+        "tcp_sendmsg_locked_raw",
+    ),
+    (
+        "tcp_destroy_sock",
+        "tcp_destroy_sock_btf",
+        "tcp_destroy_sock_raw",
+    ),
+];
+const TCP_RETRANSMITS: [TracepointProgs; 2] = [
+    (
+        "tcp_retransmit_skb",
+        "tcp_retransmit_skb_btf",
+        "tcp_retransmit_skb_raw",
+    ),
+    (
+        "tcp_retransmit_synack",
+        "tcp_retransmit_synack_btf",
+        "tcp_retransmit_synack_raw",
+    ),
+];
+
+/// Clock-changing syscalls: (syscall, entry program, exit program). Classic tracepoints.
+const CLOCK_SYSCALLS: [(&str, &str, &str); 4] = [
+    ("clock_settime", "clock_settime_enter", "clock_settime_exit"),
+    ("settimeofday", "settimeofday_enter", "settimeofday_exit"),
+    ("adjtimex", "adjtimex_enter", "adjtimex_exit"),
+    ("clock_adjtime", "clock_adjtime_enter", "clock_adjtime_exit"),
+];
+
+/// Where tracefs is expected; pausewatch mounts it there when no tracefs is mounted.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Makes tracefs available for classic tracepoints. Some(note) when it had to mount it.
+fn ensure_tracefs() -> Result<Option<String>, String> {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(None);
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(Some(format!(
+        "mounted tracefs at {TRACEFS} (needed for the clock syscall tracepoints)"
+    )))
+}
 
 /// Whether this binary carries real kernel programs.
 pub fn has_object() -> bool {
@@ -117,6 +192,30 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         u64::from(id.task_cred),
         u64::from(id.cred_uid),
     );
+    let net = btf::NetOffsets::from_btf(&kbtf);
+    let net_vals: [u64; 15] = match &net {
+        Ok(n) => [
+            n.family,
+            n.state,
+            n.daddr,
+            n.rcv_saddr,
+            n.dport,
+            n.num,
+            n.v6_daddr,
+            n.v6_rcv_saddr,
+            n.rto,
+            n.retransmits,
+            n.ca_state_byte,
+            n.ca_state_shift,
+            n.srtt,
+            n.total_retrans,
+            n.skb_cb,
+        ]
+        .map(u64::from),
+        Err(_) => [0; 15],
+    };
+    let retransmit_has_err =
+        u32::from(kbtf.tracepoint_args("tcp_retransmit_skb").unwrap_or(2) >= 3);
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
     let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
@@ -126,8 +225,30 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         u64::from(off.group_leader),
         u64::from(off.on_cpu),
     );
-    let mut ebpf = EbpfLoader::new()
+    const NET_GLOBALS: [&str; 15] = [
+        "SK_FAMILY_OFF",
+        "SK_STATE_OFF",
+        "SK_DADDR_OFF",
+        "SK_RCV_SADDR_OFF",
+        "SK_DPORT_OFF",
+        "SK_NUM_OFF",
+        "SK_V6_DADDR_OFF",
+        "SK_V6_RCV_SADDR_OFF",
+        "ICSK_RTO_OFF",
+        "ICSK_RETRANSMITS_OFF",
+        "ICSK_CA_STATE_BYTE_OFF",
+        "ICSK_CA_STATE_SHIFT",
+        "TP_SRTT_OFF",
+        "TP_TOTAL_RETRANS_OFF",
+        "SKB_CB_OFF",
+    ];
+    let mut loader = EbpfLoader::new();
+    for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
+        loader.override_global(name, v, true);
+    }
+    let mut ebpf = loader
         .btf(Some(&aya_btf))
+        .override_global("RETRANSMIT_HAS_ERR", &retransmit_has_err, true)
         // TASK_EPISODES (task-local storage) has no userspace API in aya 0.14; only the kernel
         // programs use it.
         .allow_unsupported_maps()
@@ -197,6 +318,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         stats_fd,
         attached,
         notices,
+        infos: Vec::new(),
     };
     probes.attach_optional(
         &SIGNAL,
@@ -208,6 +330,22 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         &aya_btf,
         "exec events (runtimes started after pausewatch are found only at start-up)",
     );
+    match &net {
+        Ok(_) => {
+            for p in TCP_OWNERS {
+                probes.attach_optional(
+                    &[p],
+                    &aya_btf,
+                    &format!("TCP socket owners from {} (retransmissions of sockets first seen elsewhere have no process)", p.0),
+                );
+            }
+            probes.attach_optional(&TCP_RETRANSMITS, &aya_btf, "TCP retransmissions");
+        }
+        Err(e) => probes
+            .notices
+            .push(format!("TCP retransmissions not observed: {e}")),
+    }
+    probes.attach_clock_syscalls();
     if probes.stats_fd.is_some() {
         // The empty `stats_floor` program: the run-time statistics time each run with
         // sched_clock() around the program, so they include about one clock read of their own
@@ -281,6 +419,47 @@ impl Probes {
         let btf = (self.sched_mechanism == "tp_btf").then_some(btf);
         if let Err(e) = attach_all(&mut self.ebpf, btf, progs, &mut self.attached) {
             self.notices.push(format!("{what} not observed: {e:#}"));
+        }
+    }
+
+    /// Attaches the clock syscall tracepoints (mounting tracefs if needed). Who changed the
+    /// clock is lost without them; steps themselves are still measured.
+    fn attach_clock_syscalls(&mut self) {
+        match ensure_tracefs() {
+            Ok(Some(note)) => self.infos.push(note),
+            Ok(None) => {}
+            Err(e) => {
+                self.notices
+                    .push(format!("who changes the clock is not observed: {e}"));
+                return;
+            }
+        }
+        for (syscall, enter, exit) in CLOCK_SYSCALLS {
+            for (prog, tp) in [
+                (enter, format!("sys_enter_{syscall}")),
+                (exit, format!("sys_exit_{syscall}")),
+            ] {
+                let r = (|| -> anyhow::Result<()> {
+                    let p: &mut TracePoint = self
+                        .ebpf
+                        .program_mut(prog)
+                        .with_context(|| format!("program {prog} missing"))?
+                        .try_into()?;
+                    p.load()
+                        .with_context(|| format!("loading tracepoint/syscalls/{tp}"))?;
+                    p.attach("syscalls", &tp)
+                        .with_context(|| format!("attaching tracepoint/syscalls/{tp}"))?;
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => self.attached.push(prog),
+                    Err(e) => {
+                        self.notices
+                            .push(format!("who calls {syscall} is not observed: {e:#}"));
+                        break;
+                    }
+                }
+            }
         }
     }
 

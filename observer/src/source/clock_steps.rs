@@ -14,7 +14,10 @@ pub struct Step {
     pub ts_mono_ns: u64,
     /// Signed: negative when the clock went back.
     pub step_ns: i64,
+    /// The reading after the step.
     pub clock: WallClock,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC before it (the last sample).
+    pub offset_before_ns: i128,
 }
 
 pub struct ClockSteps {
@@ -98,7 +101,8 @@ impl ClockSteps {
             match err.raw_os_error() {
                 Some(libc::ECANCELED) => {
                     let now = WallClock::sample();
-                    let step = now.offset_ns - self.last.offset_ns;
+                    let before = self.last.offset_ns;
+                    let step = now.offset_ns - before;
                     self.last = now;
                     self.arm()?;
                     return Ok(Step {
@@ -109,6 +113,7 @@ impl ClockSteps {
                             i64::MAX
                         }),
                         clock: now,
+                        offset_before_ns: before,
                     });
                 }
                 Some(libc::EAGAIN) => guard.clear_ready(),

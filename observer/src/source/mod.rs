@@ -2,6 +2,8 @@
 pub mod clock;
 pub mod clock_steps;
 pub mod harvest;
+pub mod host;
+pub mod kernel_hz;
 pub mod lease_protocol;
 pub mod lease_socket;
 pub mod ringbuf;

@@ -11,6 +11,15 @@ use ratatui::{
 pub use crate::model::units::fmt_ns;
 use crate::{agent::AgentState, probe::cost::ProgramCost};
 
+/// "+1.50s" / "-2.0ms"
+fn signed(ns: i64) -> String {
+    format!(
+        "{}{}",
+        if ns < 0 { "-" } else { "+" },
+        fmt_ns(ns.unsigned_abs())
+    )
+}
+
 pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost]) {
     if area.width < 20 || area.height < 4 {
         f.render_widget(Paragraph::new("pausewatch: window too small"), area);
@@ -27,12 +36,27 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
         .map_or("n/a".to_string(), |n| format!("{n} ns/event"));
     let header = vec![
         Line::from(format!(
-            "pausewatch  sched via {}  processes {}  episodes streamed {}  clock ±{}{}",
+            "pausewatch  sched via {}  processes {}  episodes streamed {}  clock ±{}{}{}  steal {:.1}%  host freezes {}  retransmits {}",
             st.mechanism,
             st.table.len(),
             st.next_episode_id,
             fmt_ns(st.clock.err_ns),
             if st.clock.unsynced { " (unsynced)" } else { "" },
+            st.host
+                .recent_steps
+                .back()
+                .map_or(String::new(), |j| format!(
+                    " last step {}",
+                    signed(j.step.step_ns)
+                )),
+            st.host.steal_pct,
+            st.host
+                .host_verdicts
+                .get("host_freeze")
+                .copied()
+                .unwrap_or(0)
+                + st.host.host_verdicts.get("suspend").copied().unwrap_or(0),
+            st.host.net.host.retransmits,
         )),
         Line::from(format!(
             "drops: ring {} aggregate {}  decode errors {}  own cost {}{}",
@@ -133,6 +157,7 @@ pub(crate) mod tests {
                 offset_ns: 0,
                 err_ns: 1_000_000,
                 unsynced: false,
+                sync: Default::default(),
             },
             recent: Default::default(),
             recent_stops: Default::default(),
@@ -147,6 +172,7 @@ pub(crate) mod tests {
             holder_start: Default::default(),
             started_mono_ns: 0,
             advise_target: 1e-6,
+            host: crate::agent::HostState::new(100, Some(250), 5_000_000, None),
         }
     }
 

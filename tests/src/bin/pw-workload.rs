@@ -9,6 +9,17 @@
 //!                                            /proc/thread-self/schedstat
 //!   pw-workload fork-on-stdin SECS CPU       wait for a line on stdin, fork a child that spins
 //!                                            pinned for SECS, spin too, print {"pid","child"}
+//!   pw-workload tcp-serve ADDR:PORT          accept one connection, read it to EOF, close,
+//!                                            print {"pid","bytes"}
+//!   pw-workload tcp-send ADDR:PORT SECS      connect, write for SECS, shut down and wait for
+//!                                            the peer's EOF (everything acknowledged), print
+//!                                            {"pid","tid","local","bytes"}
+//!   pw-workload rt-hog SECS CPU              spin as SCHED_FIFO 1 pinned to CPU for SECS
+//!   pw-workload step-clock NS                step CLOCK_REALTIME by NS (signed) with
+//!                                            clock_settime, print {"pid","requested_ns"}
+//!   pw-workload slew-clock US HOLD_SECS      ask the kernel PLL to slew by US µs (adjtimex
+//!                                            ADJ_OFFSET with STA_PLL), hold it HOLD_SECS, then
+//!                                            restore the status and offset found; print {"pid"}
 use std::{
     io::BufRead,
     sync::{
@@ -147,6 +158,132 @@ fn main() {
             args.get(6).map_or(0, |s| s.parse().unwrap()),
         ),
         Some("fork-on-stdin") => fork_on_stdin(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
-        _ => panic!("usage: pw-workload spin SECS CPU NAME THREADS | fork-on-stdin SECS CPU"),
+        Some("tcp-serve") => tcp_serve(arg(2)),
+        Some("tcp-send") => tcp_send(arg(2), arg(3).parse().unwrap()),
+        Some("rt-hog") => rt_hog(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        Some("step-clock") => step_clock(arg(2).parse().unwrap()),
+        Some("slew-clock") => slew_clock(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        _ => panic!("usage: see the module docs"),
     }
+}
+
+fn tcp_serve(addr: &str) {
+    use std::io::Read as _;
+    let l = std::net::TcpListener::bind(addr).expect("bind");
+    // The test waits for this line before connecting.
+    println!("{{\"listening\":true}}");
+    let (mut c, _) = l.accept().expect("accept");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    drop(c);
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "bytes": bytes })
+    );
+}
+
+fn tcp_send(addr: &str, secs: f64) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    let local = c.local_addr().expect("local addr").to_string();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let chunk = vec![0x5au8; 16 * 1024];
+    let mut bytes = 0u64;
+    while Instant::now() < deadline {
+        c.write_all(&chunk).expect("write");
+        bytes += chunk.len() as u64;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    // The peer closes after reading our EOF: everything sent has been acknowledged.
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("waiting for the peer's EOF");
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "tid": gettid(), "local": local, "bytes": bytes })
+    );
+}
+
+fn rt_hog(secs: f64, cpu: usize) {
+    pin(cpu);
+    set_name("pw-rt-hog");
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: valid pointer to a sched_param; pid 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        panic!(
+            "sched_setscheduler(SCHED_FIFO): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let stop = AtomicBool::new(false);
+    spin_until(&stop, Instant::now() + Duration::from_secs_f64(secs));
+}
+
+fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn step_clock(ns: i64) {
+    let target = realtime_ns() + i128::from(ns);
+    let ts = libc::timespec {
+        tv_sec: (target.div_euclid(1_000_000_000)) as libc::time_t,
+        tv_nsec: (target.rem_euclid(1_000_000_000)) as libc::c_long,
+    };
+    // SAFETY: valid timespec; CLOCK_REALTIME.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        panic!("clock_settime: {}", std::io::Error::last_os_error());
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "requested_ns": ns })
+    );
+}
+
+fn adjtimex(tx: &mut libc::timex) -> i32 {
+    // SAFETY: valid pointer to a timex.
+    let r = unsafe { libc::adjtimex(tx) };
+    if r < 0 {
+        panic!(
+            "adjtimex(modes {:#x}): {}",
+            tx.modes,
+            std::io::Error::last_os_error()
+        );
+    }
+    r
+}
+
+fn slew_clock(us: i64, hold_secs: f64) {
+    const STA_PLL: i32 = 0x0001;
+    // SAFETY: a zeroed timex is valid; modes 0 only reads.
+    let mut was: libc::timex = unsafe { std::mem::zeroed() };
+    adjtimex(&mut was);
+    // SAFETY: as above.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = libc::ADJ_STATUS | libc::ADJ_OFFSET | libc::ADJ_MICRO;
+    tx.status = was.status | STA_PLL;
+    tx.offset = us;
+    adjtimex(&mut tx);
+    std::thread::sleep(Duration::from_secs_f64(hold_secs));
+    // SAFETY: as above.
+    let mut back: libc::timex = unsafe { std::mem::zeroed() };
+    back.modes = libc::ADJ_STATUS | libc::ADJ_OFFSET;
+    back.status = was.status;
+    back.offset = 0;
+    adjtimex(&mut back);
+    println!("{}", serde_json::json!({ "pid": std::process::id() }));
 }

@@ -1,0 +1,210 @@
+//! Who changes the system clock: the clock_settime, settimeofday, adjtimex and clock_adjtime
+//! syscall tracepoints (classic tracepoints: syscalls have no raw or BTF tracepoint of their
+//! own short of sys_enter for every syscall).
+//!
+//! At entry the request is read from the caller's memory and kept per thread; at exit it is
+//! streamed with the result, so a refused call (EPERM) is told apart from a step that happened.
+//! Read-only adjtimex calls (modes 0, or ADJ_OFFSET_SS_READ), which NTP daemons make many
+//! times a second, are dismissed after one 4-byte read and never reach the ring buffer.
+//!
+//! Clock changes are host-wide, so they are recorded whatever `--pid` says.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use observer_common::{
+    CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall,
+    DropCause, RecordKind,
+};
+
+use crate::{output, sched};
+
+/// Calls in progress, by thread.
+#[map]
+static CLOCK_CALLS: HashMap<u32, ClockAdjRecord> = HashMap::with_max_entries(1024, 0);
+
+/// Syscall tracepoint layout (include/trace/syscall.h, v6.18): 8-byte common header,
+/// `__syscall_nr`, then each argument as 8 bytes from offset 16; exit's `ret` at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+
+/// `modes` bits (include/uapi/linux/timex.h).
+const ADJ_ADJTIME: u32 = 0x8000;
+const ADJ_OFFSET_READONLY: u32 = 0x2000;
+const ADJ_SETOFFSET: u32 = 0x0100;
+const ADJ_NANO: u32 = 0x2000;
+
+/// The head of `struct __kernel_timex` (include/uapi/linux/timex.h), up to `time`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TimexHead {
+    modes: u32,
+    _pad0: i32,
+    offset: i64,
+    freq: i64,
+    maxerror: i64,
+    esterror: i64,
+    status: i32,
+    _pad1: i32,
+    constant: i64,
+    precision: i64,
+    tolerance: i64,
+    time_sec: i64,
+    /// µs, or ns with ADJ_NANO.
+    time_usec: i64,
+}
+
+#[inline(always)]
+fn new_record(syscall: ClockSyscall, clockid: i32) -> ClockAdjRecord {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ClockAdjRecord {
+        kind: RecordKind::ClockAdj as u32,
+        syscall: syscall as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        clockid,
+        ts_mono_ns: sched::now(),
+        ret: 0,
+        modes: 0,
+        flags: 0,
+        offset: 0,
+        freq: 0,
+        set_sec: 0,
+        set_nsec: 0,
+        maxerror: 0,
+        esterror: 0,
+        status: 0,
+        _pad0: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+#[inline(always)]
+fn keep(rec: &ClockAdjRecord) {
+    if CLOCK_CALLS.insert(&rec.tid, rec, 0).is_err() {
+        output::count_drop(DropCause::ClockAdj);
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, off: usize) -> u64 {
+    // SAFETY: reads within the tracepoint record at the fixed syscall-tracepoint layout.
+    unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0)
+}
+
+/// Reads a `(sec, sub)` pair from user memory; `sub_ns` converts its second half to ns.
+#[inline(always)]
+fn read_pair(rec: &mut ClockAdjRecord, ptr: u64, sub_ns: i64) {
+    // SAFETY: bpf_probe_read_user copies through the fault-tolerant path.
+    match unsafe { bpf_probe_read_user(ptr as *const [i64; 2]) } {
+        Ok([sec, sub]) => {
+            rec.set_sec = sec;
+            rec.set_nsec = sub.wrapping_mul(sub_ns);
+            rec.flags |= CLOCK_FLAG_TIME;
+        }
+        Err(_) => rec.flags |= CLOCK_FLAG_UNREADABLE,
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_clock_settime")]
+pub fn clock_settime_enter(ctx: TracePointContext) -> u32 {
+    let mut rec = new_record(ClockSyscall::ClockSettime, arg(&ctx, ARG0) as i32);
+    read_pair(&mut rec, arg(&ctx, ARG1), 1);
+    keep(&rec);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_settimeofday")]
+pub fn settimeofday_enter(ctx: TracePointContext) -> u32 {
+    let tv = arg(&ctx, ARG0);
+    // settimeofday(NULL, tz) only sets the timezone (or warps an RTC-local clock once): not a
+    // change of the clock pausewatch tracks.
+    if tv == 0 {
+        return 0;
+    }
+    let mut rec = new_record(ClockSyscall::Settimeofday, -1);
+    read_pair(&mut rec, tv, 1000);
+    keep(&rec);
+    0
+}
+
+#[inline(always)]
+fn on_timex(syscall: ClockSyscall, clockid: i32, ptr: u64) {
+    // SAFETY: bpf_probe_read_user copies through the fault-tolerant path.
+    let Ok(modes) = (unsafe { bpf_probe_read_user(ptr as *const u32) }) else {
+        let mut rec = new_record(syscall, clockid);
+        rec.flags |= CLOCK_FLAG_UNREADABLE;
+        keep(&rec);
+        return;
+    };
+    if modes == 0 || (modes & ADJ_ADJTIME != 0 && modes & ADJ_OFFSET_READONLY != 0) {
+        return;
+    }
+    let mut rec = new_record(syscall, clockid);
+    rec.modes = modes;
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_user(ptr as *const TimexHead) } {
+        Ok(t) => {
+            rec.flags |= CLOCK_FLAG_TIMEX;
+            rec.offset = t.offset;
+            rec.freq = t.freq;
+            rec.maxerror = t.maxerror;
+            rec.esterror = t.esterror;
+            rec.status = t.status;
+            if modes & ADJ_SETOFFSET != 0 {
+                rec.set_sec = t.time_sec;
+                rec.set_nsec = if modes & ADJ_NANO != 0 { t.time_usec } else { t.time_usec.wrapping_mul(1000) };
+                rec.flags |= CLOCK_FLAG_TIME;
+            }
+        }
+        Err(_) => rec.flags |= CLOCK_FLAG_UNREADABLE,
+    }
+    keep(&rec);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_adjtimex")]
+pub fn adjtimex_enter(ctx: TracePointContext) -> u32 {
+    on_timex(ClockSyscall::Adjtimex, -1, arg(&ctx, ARG0));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_clock_adjtime")]
+pub fn clock_adjtime_enter(ctx: TracePointContext) -> u32 {
+    on_timex(ClockSyscall::ClockAdjtime, arg(&ctx, ARG0) as i32, arg(&ctx, ARG1));
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the entry is copied out before it is removed; only this thread writes its key.
+    let Some(rec) = (unsafe { CLOCK_CALLS.get(&tid) }) else { return 0 };
+    let mut rec = *rec;
+    let _ = CLOCK_CALLS.remove(&tid);
+    rec.ret = arg(ctx, ARG0) as i64;
+    output::emit_now(rec, DropCause::ClockAdj);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clock_settime")]
+pub fn clock_settime_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_settimeofday")]
+pub fn settimeofday_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_adjtimex")]
+pub fn adjtimex_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_clock_adjtime")]
+pub fn clock_adjtime_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx)
+}

@@ -1,0 +1,164 @@
+//! Host-wide signals: per-CPU steal against /proc/stat, and the control sleeper's late wakes
+//! split into what the kernel explains (its run-queue wait, against its own schedstat) and what
+//! it does not. A real run-queue wait imposed on the sleeper must never be called a host freeze.
+use std::time::Duration;
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+/// Per-CPU steal from /proc/stat in ns (USER_HZ ticks converted).
+fn proc_stat_steal() -> Vec<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let ticks: u64 = l.split_whitespace().nth(8).unwrap().parse().unwrap();
+            ticks * (1_000_000_000 / hz)
+        })
+        .collect()
+}
+
+fn ns_list(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn host_steal_equals_the_proc_stat_delta() {
+    require_root();
+    let before = proc_stat_steal();
+    let pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = pw.stop();
+    let after = proc_stat_steal();
+    let run = of_type(&lines, "host")
+        .find(|v| v["event"] == "run")
+        .expect("the run's steal line");
+    let (from, to) = (
+        ns_list(&run["per_cpu_steal_total_from_ns"]),
+        ns_list(&run["per_cpu_steal_total_ns"]),
+    );
+    assert_eq!(from.len(), before.len());
+    for cpu in 0..before.len() {
+        // pausewatch's window lies inside the test's: its counters lie between the test's.
+        assert!(
+            before[cpu] <= from[cpu] && from[cpu] <= to[cpu] && to[cpu] <= after[cpu],
+            "cpu {cpu}: test {} .. {}, pausewatch {} .. {}",
+            before[cpu],
+            after[cpu],
+            from[cpu],
+            to[cpu]
+        );
+        if before[cpu] == after[cpu] {
+            assert_eq!(
+                from[cpu], before[cpu],
+                "cpu {cpu} had no steal; same counter"
+            );
+        }
+    }
+    let delta: u64 = to.iter().zip(&from).map(|(t, f)| t - f).sum();
+    assert_eq!(run["steal_ns"].as_u64().unwrap(), delta);
+    // The interval lines chain: each starts where the previous ended.
+    let intervals: Vec<&Value> = of_type(&lines, "host")
+        .filter(|v| v["event"] == "steal")
+        .collect();
+    for w in intervals.windows(2) {
+        assert_eq!(
+            w[1]["per_cpu_steal_total_from_ns"],
+            w[0]["per_cpu_steal_total_ns"]
+        );
+    }
+}
+
+/// Threads of `pid` named `name`.
+fn thread_named(pid: u32, name: &str) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .unwrap_or_else(|| panic!("no thread {name} in {pid}"))
+}
+
+fn run_delay(pid: u32, tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .expect("schedstat")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_run_queue_wait_of_the_control_sleeper_is_never_a_host_freeze() {
+    require_root();
+    let pw = Pausewatch::start(&["--no-lease-socket"]);
+    let tid = thread_named(pw.pid(), "pw-control");
+    let cpu = test_cpu();
+    // Pin the sleeper where a real-time hog will run: it then waits on the run queue.
+    // SAFETY: zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning pw-control: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let delay_before = run_delay(pw.pid(), tid);
+    run_workload_quiet(&["rt-hog", "0.4", &cpu.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let delay = run_delay(pw.pid(), tid) - delay_before;
+    let lines = pw.stop();
+    let late: Vec<&Value> = of_type(&lines, "host_pause").collect();
+    assert!(
+        late.iter()
+            .all(|v| v["verdict"] != "host_freeze" && v["host_wide"] == false),
+        "run-queue wait called a host-wide pause: {late:#?}"
+    );
+    let worst = late
+        .iter()
+        .max_by_key(|v| v["duration_ns"].as_u64().unwrap())
+        .expect("the hog made the sleeper late");
+    assert_eq!(worst["verdict"], "runq", "{worst}");
+    let runq: u64 = late
+        .iter()
+        .map(|v| v["parts"]["runq_ns"].as_u64().unwrap())
+        .sum();
+    // What pausewatch calls run-queue wait is the sleeper's own schedstat run_delay: never more
+    // than the kernel counted over the window, and most of the worst wake.
+    assert!(
+        runq <= delay,
+        "reported runq {runq} ns > schedstat delta {delay} ns"
+    );
+    let worst_ns = worst["duration_ns"].as_u64().unwrap();
+    assert!(
+        worst_ns >= 100_000_000,
+        "a 400 ms FIFO hog delayed the sleeper only {worst_ns} ns"
+    );
+    assert!(
+        worst["parts"]["runq_ns"].as_u64().unwrap() * 10 >= worst_ns * 9,
+        "{worst}"
+    );
+}
+
+/// Runs pw-workload for its effect (no report).
+fn run_workload_quiet(args: &[&str]) {
+    let st = std::process::Command::new(workload_bin())
+        .args(args)
+        .status()
+        .expect("running pw-workload");
+    assert!(st.success(), "pw-workload {args:?} failed");
+}
