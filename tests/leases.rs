@@ -202,7 +202,9 @@ fn clock_steps_under_a_wall_clock_lease() {
         .iter()
         .map(|s| s.as_i64().unwrap())
         .collect();
-    let clock: Vec<&Value> = of_type(&lines, "clock").collect();
+    let clock: Vec<&Value> = of_type(&lines, "clock")
+        .filter(|v| v["event"] == "step")
+        .collect();
     assert_eq!(clock.len(), 2, "{}", dump(&lines));
     let incidents: Vec<&Value> = lines
         .iter()
@@ -219,6 +221,9 @@ fn clock_steps_under_a_wall_clock_lease() {
         );
         assert_eq!(i["pid"], a);
         assert_eq!(i["holder_error_ns"].as_i64().unwrap(), -measured);
+        // The scenario itself stepped the clock, and pausewatch says so.
+        assert_eq!(c["by"]["syscall"], "clock_settime", "{c}");
+        assert_eq!(c["by"]["pid"], r["scenario_pid"], "{c}");
     }
     assert!(
         incidents[0]["message"]

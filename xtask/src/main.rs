@@ -88,10 +88,14 @@ pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
 }
 
 /// What the privileged tests run besides pausewatch: a JDK (javac, java with hotspot USDT
-/// probes) and a Go toolchain for the GC tests.
+/// probes) and a Go toolchain for the GC tests, iproute2 and nftables for the network test.
 pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("openjdk-17-jdk-headless", &["javac", "-version"]),
     ("golang-go", &["go", "version"]),
+    // The retransmission test: network namespaces and veth (ip), TcpRetransSegs (nstat),
+    // injected loss (nft).
+    ("iproute2", &["nstat", "-V"]),
+    ("nftables", &["nft", "--version"]),
 ];
 
 pub fn is_root() -> bool {
