@@ -485,6 +485,40 @@ mod tests {
 
     /// A recording of the live stale-write demo (its lease, stop, pause and incident lines),
     /// replayed into the model: the same incidents, with the same deadlines and causes.
+    /// A VM freeze stops the holder without any tracepoint firing for it: the control
+    /// sleeper's unexplained lateness is the evidence, and it concerns every process.
+    #[test]
+    fn a_host_freeze_across_the_deadline_is_the_cause() {
+        use crate::model::hiccup::{HostPause, Wake};
+        let mut c = corr();
+        c.report(&rep(10 * S, Verb::Acquire, 1, Some(11))).unwrap();
+        let frozen = HostPause::judge(
+            7,
+            &Wake {
+                woke_mono_ns: 13_500 * MS,
+                lateness_ns: 2 * S,
+                runq_ns: 0,
+                steal_ns: 0,
+                suspended_ns: 0,
+                cpu: 0,
+            },
+            5 * MS,
+        );
+        c.on_segment(Segment::from_host_pause(&frozen), 13_500 * MS);
+        // After the thaw the holder waits 100 ms for a CPU like everything else.
+        c.on_segment(thread(8, 1, 11, 13_500 * MS, 0, 100 * MS), 13_600 * MS);
+        let got = c.flush_pid(1);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        let e = &got[0];
+        assert_eq!(e.kind, IncidentKind::LeaseExpiredDuringPause);
+        let d = e.pause.as_ref().unwrap();
+        assert_eq!((d.start_mono_ns, d.end_mono_ns), (11_500 * MS, 13_600 * MS));
+        let top = d.main_cause().unwrap();
+        assert_eq!((top.cause, top.duration_ns), (Cause::HostFreeze, 2 * S));
+        assert!(top.detail.as_deref().unwrap().starts_with("host freeze 2.00s"));
+        assert_eq!(e.evidence(), vec![7, 8]);
+    }
+
     #[test]
     fn replays_a_recorded_stale_write() {
         use serde_json::Value;
