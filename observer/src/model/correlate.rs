@@ -515,7 +515,12 @@ mod tests {
         assert_eq!((d.start_mono_ns, d.end_mono_ns), (11_500 * MS, 13_600 * MS));
         let top = d.main_cause().unwrap();
         assert_eq!((top.cause, top.duration_ns), (Cause::HostFreeze, 2 * S));
-        assert!(top.detail.as_deref().unwrap().starts_with("host freeze 2.00s"));
+        assert!(
+            top.detail
+                .as_deref()
+                .unwrap()
+                .starts_with("host freeze 2.00s")
+        );
         assert_eq!(e.evidence(), vec![7, 8]);
     }
 
