@@ -102,6 +102,7 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
             fmt_ns(p.gc.max_ns)
         );
     }
+    host_section(&mut s, st);
     if !st.recent_incidents.is_empty() {
         let _ = writeln!(s, "incidents ({} most recent):", st.recent_incidents.len());
         for i in &st.recent_incidents {
@@ -120,8 +121,80 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
     s
 }
 
+/// Clock steps, host-wide pauses and TCP retransmissions, where there were any.
+fn host_section(s: &mut String, st: &AgentState) {
+    let h = &st.host;
+    for j in &h.recent_steps {
+        let _ = writeln!(s, "{}", j.describe());
+    }
+    let wide: Vec<_> = h
+        .recent_host
+        .iter()
+        .filter(|p| p.verdict.host_wide())
+        .collect();
+    if !wide.is_empty() {
+        let _ = writeln!(s, "host-wide pauses (every process paused):");
+        for p in wide {
+            let _ = writeln!(s, "  #{} {}", p.id, p.describe());
+        }
+    }
+    let mut procs: Vec<_> = h.net.procs.iter().collect();
+    procs.sort_by_key(|(_, p)| std::cmp::Reverse(p.total.segs));
+    for (pid, p) in procs.iter().take(5) {
+        let who = pid.map_or("(owner unknown)".to_string(), |pid| {
+            format!("{pid} {}", p.comm)
+        });
+        let _ = writeln!(
+            s,
+            "  {who}: {} TCP retransmissions ({} segments, {} timeouts), est. delay {}{}",
+            p.total.retransmits,
+            p.total.segs,
+            p.total.timeouts,
+            fmt_ns(p.total.delay_est_ns),
+            p.busiest().first().map_or(String::new(), |(e, _)| format!(
+                ", most on {}",
+                e.describe()
+            ))
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_host_freezes_and_clock_steps() {
+        use crate::model::{
+            clock::{ClockStep, JoinedStep},
+            hiccup::{HostPause, Wake},
+        };
+        let mut st = super::super::view::tests::state();
+        let w = Wake {
+            woke_mono_ns: 5_000_000_000,
+            lateness_ns: 2_000_000_000,
+            runq_ns: 0,
+            steal_ns: 0,
+            suspended_ns: 0,
+            cpu: 0,
+        };
+        st.host
+            .recent_host
+            .push_back(HostPause::judge(9, &w, 5_000_000));
+        st.host.recent_steps.push_back(JoinedStep {
+            step: ClockStep {
+                ts_mono_ns: 1,
+                step_ns: -1_500_000_000,
+                offset_before_ns: 0,
+            },
+            by: None,
+        });
+        let t = super::text(&st, &[]);
+        assert!(t.contains("#9 host freeze 2.00s"), "{t}");
+        assert!(
+            t.contains("clock stepped back 1.50s (cause not seen)"),
+            "{t}"
+        );
+    }
+
     #[test]
     fn names_the_worst_process_and_its_cause() {
         let st = super::super::view::tests::state();
