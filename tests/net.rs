@@ -47,6 +47,28 @@ impl NetnsPair {
         run(&["ip", "link", "set", &vb, "netns", &b]);
         run(&["ip", "-n", &a, "addr", "add", "10.231.0.1/24", "dev", &va]);
         run(&["ip", "-n", &b, "addr", "add", "10.231.0.2/24", "dev", &vb]);
+        run(&[
+            "ip",
+            "-n",
+            &a,
+            "addr",
+            "add",
+            "fd77::1/64",
+            "dev",
+            &va,
+            "nodad",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &b,
+            "addr",
+            "add",
+            "fd77::2/64",
+            "dev",
+            &vb,
+            "nodad",
+        ]);
         for (ns, dev) in [(&a, &va), (&b, &vb)] {
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -89,11 +111,22 @@ impl Drop for NetnsPair {
 fn retransmissions_match_the_namespaces_tcp_counter() {
     require_root();
     let net = NetnsPair::new("r");
+    for (listen, remote, family) in [
+        ("10.231.0.2:7000", "10.231.0.2", "ipv4"),
+        ("[fd77::2]:7000", "fd77::2", "ipv6"),
+    ] {
+        lossy_connection(&net, listen, remote, family);
+    }
+}
+
+/// One connection from namespace a to b whose packets are dropped for 1.5 s; pausewatch's
+/// retransmitted segments for the sender must equal a's TcpRetransSegs delta.
+fn lossy_connection(net: &NetnsPair, listen: &str, remote: &str, family: &str) {
     let pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
     let w = workload_bin();
     let w = w.to_str().unwrap();
     let mut server = net
-        .exec(&net.b, &[w, "tcp-serve", "10.231.0.2:7000"])
+        .exec(&net.b, &[w, "tcp-serve", listen])
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the server");
@@ -103,7 +136,7 @@ fn retransmissions_match_the_namespaces_tcp_counter() {
         .expect("server ready line");
     let before = net.retrans_segs(&net.a);
     let sender = net
-        .exec(&net.a, &[w, "tcp-send", "10.231.0.2:7000", "4"])
+        .exec(&net.a, &[w, "tcp-send", listen, "4"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the sender");
@@ -143,14 +176,14 @@ fn retransmissions_match_the_namespaces_tcp_counter() {
     assert_eq!(
         segs,
         after - before,
-        "pausewatch's retransmitted segments for the sender vs the namespace's TcpRetransSegs"
+        "{family}: pausewatch's retransmitted segments for the sender vs the namespace's TcpRetransSegs"
     );
     let (local_addr, local_port) = sent["local"].as_str().unwrap().rsplit_once(':').unwrap();
     for v in &ours {
-        assert_eq!(v["family"], "ipv4");
-        assert_eq!(v["local"]["addr"], local_addr);
+        assert_eq!(v["family"], family);
+        assert_eq!(v["local"]["addr"], local_addr.trim_matches(['[', ']']));
         assert_eq!(v["local"]["port"].as_u64().unwrap().to_string(), local_port);
-        assert_eq!(v["remote"]["addr"], "10.231.0.2");
+        assert_eq!(v["remote"]["addr"], remote);
         assert_eq!(v["remote"]["port"], 7000);
         assert_eq!(v["comm"], "pw-workload");
     }

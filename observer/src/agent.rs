@@ -134,7 +134,15 @@ pub struct HostState {
     pub steal_last: Option<StealSample>,
     /// Host steal % over the last sampled interval.
     pub steal_pct: f64,
+    /// Lines left this second for late wakes that were not host-wide (a saturated CPU makes
+    /// the sleeper late every few ms; those are counted, and shown up to this rate).
+    pub local_lines_left: u32,
+    /// Late-wake lines not written for that reason.
+    pub local_lines_suppressed: u64,
 }
+
+/// `host_pause` lines per second for late wakes that were not host-wide.
+const LOCAL_HOST_PAUSE_LINES_PER_S: u32 = 10;
 
 impl HostState {
     pub fn new(
@@ -154,6 +162,8 @@ impl HostState {
             steal_last: steal_first.clone(),
             steal_first,
             steal_pct: 0.0,
+            local_lines_left: LOCAL_HOST_PAUSE_LINES_PER_S,
+            local_lines_suppressed: 0,
         }
     }
 }
@@ -403,7 +413,15 @@ impl AgentState {
                     self.corr
                         .on_segment(Segment::from_host_pause(&h), WallClock::mono_now());
                 }
-                if let Output::Json(w) = out {
+                let write = h.verdict.host_wide() || self.host.local_lines_left > 0;
+                if !h.verdict.host_wide() {
+                    if self.host.local_lines_left > 0 {
+                        self.host.local_lines_left -= 1;
+                    } else {
+                        self.host.local_lines_suppressed += 1;
+                    }
+                }
+                if write && let Output::Json(w) = out {
                     w.host_pause(&self.clock, &h);
                     w.flush();
                 }
@@ -710,6 +728,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 st.on_host_event(ev, &mut out);
             }
             _ = tick.tick() => {
+                st.host.local_lines_left = LOCAL_HOST_PAUSE_LINES_PER_S;
                 let sync_before = st.clock.sync.headline();
                 st.clock = WallClock::sample();
                 if st.clock.sync.headline() != sync_before && let Output::Json(w) = &mut out {
@@ -815,6 +834,11 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             w.clock_sync(&st.clock);
             if let (Some(first), Ok(last)) = (&st.host.steal_first, StealSample::read(now)) {
                 w.host_steal(&st.clock, "run", first, &last);
+                w.late_wakes(
+                    &st.clock,
+                    &st.host.host_verdicts,
+                    st.host.local_lines_suppressed,
+                );
             }
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();

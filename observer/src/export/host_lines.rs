@@ -188,6 +188,21 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("host", to.ts_mono_ns, clock, body);
     }
 
+    /// Late wakes of the control sleeper over the run, by verdict (`event: "late_wakes"`).
+    pub fn late_wakes(
+        &mut self,
+        clock: &WallClock,
+        by_verdict: &std::collections::BTreeMap<&'static str, u64>,
+        lines_suppressed: u64,
+    ) {
+        let body = json!({
+            "event": "late_wakes",
+            "by_verdict": by_verdict,
+            "lines_suppressed": lines_suppressed,
+        });
+        self.line("host", WallClock::mono_now(), clock, body);
+    }
+
     /// Retransmissions per process at exit (`net_summary`).
     pub fn net_summary(&mut self, clock: &WallClock, t: &NetTable) {
         let mut procs: Vec<_> = t.procs.iter().collect();

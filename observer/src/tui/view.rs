@@ -34,12 +34,25 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
     let drops: u64 = st.kernel_drops.iter().sum();
     let cost = crate::probe::cost::mean_net_ns(costs)
         .map_or("n/a".to_string(), |n| format!("{n} ns/event"));
+    let freezes = st
+        .host
+        .host_verdicts
+        .get("host_freeze")
+        .copied()
+        .unwrap_or(0)
+        + st.host.host_verdicts.get("suspend").copied().unwrap_or(0);
     let header = vec![
         Line::from(format!(
-            "pausewatch  sched via {}  processes {}  episodes streamed {}  clock ±{}{}{}  steal {:.1}%  host freezes {}  retransmits {}",
+            "pausewatch  sched via {}  processes {}  episodes {}  steal {:.1}%  host freezes {}  retransmits {}",
             st.mechanism,
             st.table.len(),
             st.next_episode_id,
+            st.host.steal_pct,
+            freezes,
+            st.host.net.host.retransmits,
+        )),
+        Line::from(format!(
+            "clock ±{}{}{}  drops: ring {} aggregate {}  decode errors {}  own cost {}{}",
             fmt_ns(st.clock.err_ns),
             if st.clock.unsynced { " (unsynced)" } else { "" },
             st.host
@@ -49,17 +62,6 @@ pub fn render(f: &mut Frame, area: Rect, st: &AgentState, costs: &[ProgramCost])
                     " last step {}",
                     signed(j.step.step_ns)
                 )),
-            st.host.steal_pct,
-            st.host
-                .host_verdicts
-                .get("host_freeze")
-                .copied()
-                .unwrap_or(0)
-                + st.host.host_verdicts.get("suspend").copied().unwrap_or(0),
-            st.host.net.host.retransmits,
-        )),
-        Line::from(format!(
-            "drops: ring {} aggregate {}  decode errors {}  own cost {}{}",
             st.kernel_drops[DropCause::Sched as usize],
             st.kernel_drops[DropCause::SchedAggregate as usize],
             st.decode_errors,
