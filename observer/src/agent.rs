@@ -61,6 +61,8 @@ pub struct Settings {
     pub lease_risk_share: f64,
     /// Chance per hour the timeout advice aims under.
     pub advise_target: f64,
+    /// The control sleeper's period (zero: off).
+    pub control_period: Duration,
 }
 
 pub struct LeaseSocketSettings {
@@ -72,7 +74,7 @@ pub struct LeaseSocketSettings {
 }
 
 /// Late wakes of the control sleeper shorter than this are not reported, whatever
-/// `--min-pause` says (the sleeper wakes every 5 ms; timer latency alone is tens of µs).
+/// `--min-pause` says (timer latency alone is tens of µs).
 const MIN_HOST_PAUSE_NS: u64 = 2_000_000;
 
 /// Pause evidence older than this is forgotten (questions are about recent pauses).
@@ -573,9 +575,18 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         }
     };
     let host_threshold_ns = (settings.min_pause.as_nanos() as u64).max(MIN_HOST_PAUSE_NS);
-    let mut control = match ControlSleeper::start(host_threshold_ns) {
-        Ok(c) => Some(c),
-        Err(e) => {
+    let period_ns = settings.control_period.as_nanos() as u64;
+    let started = (period_ns > 0).then(|| ControlSleeper::start(host_threshold_ns, period_ns));
+    let mut control = match started {
+        None => {
+            notices.push(
+                "host-wide pauses (VM freezes, suspend) are not detected: --control-period 0s"
+                    .into(),
+            );
+            None
+        }
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
             notices.push(format!(
                 "host-wide pauses (VM freezes, suspend) are not detected: the control sleeper could not start: {e}"
             ));

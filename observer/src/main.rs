@@ -110,6 +110,7 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
             .transpose()?,
         lease_risk_share: cli.lease_risk_share,
         advise_target: cli.advise_target,
+        control_period: cli.control_period,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
