@@ -6,11 +6,6 @@ use std::time::Duration;
 use pausewatch_tests::*;
 use serde_json::Value;
 
-/// Runs `pw-workload ARGS` and returns its report.
-fn clock_tool(args: &[&str]) -> Value {
-    run_workload(args)
-}
-
 fn steps(lines: &[Value]) -> Vec<&Value> {
     of_type(lines, "clock")
         .filter(|v| v["event"] == "step")
@@ -21,10 +16,10 @@ fn steps(lines: &[Value]) -> Vec<&Value> {
 fn steps_are_measured_and_attributed_to_the_stepping_process() {
     require_root();
     let mut pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
-    let fwd = clock_tool(&["step-clock", "1500000000"]);
+    let fwd = run_workload(&["step-clock", "1500000000"]);
     pw.wait_for(Duration::from_secs(10), |v| v["event"] == "step");
     std::thread::sleep(Duration::from_millis(300));
-    let back = clock_tool(&["step-clock", "-1500000000"]);
+    let back = run_workload(&["step-clock", "-1500000000"]);
     pw.wait_for(Duration::from_secs(10), |v| {
         v["event"] == "step" && v["step_ns"].as_i64() < Some(0)
     });
@@ -74,7 +69,7 @@ fn a_slew_is_reported_as_a_slew_not_a_step() {
     require_root();
     let mut pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
     // 5 ms through the PLL, held for 2.5 s so the agent's once-a-second sample sees it.
-    let made = clock_tool(&["slew-clock", "5000", "2.5"]);
+    let made = run_workload(&["slew-clock", "5000", "2.5"]);
     pw.wait_for(Duration::from_secs(10), |v| {
         v["event"] == "adjust" && v["by"]["pid"] == made["pid"] && v["changes"][0]["offset_ns"] == 0
     });

@@ -430,19 +430,18 @@ pub struct ClockAdjRecord {
     pub kind: u32,
     /// `ClockSyscall`.
     pub syscall: u32,
-    pub tgid: u32,
-    pub tid: u32,
-    pub uid: u32,
     /// clock_settime / clock_adjtime: the clock id (0 = CLOCK_REALTIME); -1 otherwise.
     pub clockid: i32,
+    /// `CLOCK_FLAG_*`.
+    pub flags: u32,
     /// CLOCK_MONOTONIC at syscall entry.
     pub ts_mono_ns: u64,
     /// Syscall return value (negative errno on failure; adjtimex returns the clock state).
     pub ret: i64,
     /// `struct __kernel_timex.modes` (ADJ_* bits).
     pub modes: u32,
-    /// `CLOCK_FLAG_*`.
-    pub flags: u32,
+    /// timex.status as requested with ADJ_STATUS.
+    pub status: i32,
     /// timex.offset (µs, or ns with ADJ_NANO): the slew requested with ADJ_OFFSET.
     pub offset: i64,
     /// timex.freq: frequency offset in ppm with a 16-bit fraction.
@@ -453,12 +452,33 @@ pub struct ClockAdjRecord {
     /// timex.maxerror / esterror (µs) as requested with ADJ_MAXERROR / ADJ_ESTERROR.
     pub maxerror: i64,
     pub esterror: i64,
-    /// timex.status as requested with ADJ_STATUS.
-    pub status: i32,
-    pub _pad0: u32,
-    pub comm: [u8; TASK_COMM_LEN],
+    /// The calling thread.
+    pub by: TaskId,
 }
 const _: () = assert!(core::mem::size_of::<ClockAdjRecord>() == 120);
+
+impl ClockAdjRecord {
+    /// A call by `by` at `ts_mono_ns`, before its request has been read or it has returned.
+    pub const fn call(syscall: ClockSyscall, clockid: i32, ts_mono_ns: u64, by: TaskId) -> Self {
+        Self {
+            kind: RecordKind::ClockAdj as u32,
+            syscall: syscall as u32,
+            clockid,
+            flags: 0,
+            ts_mono_ns,
+            ret: 0,
+            modes: 0,
+            status: 0,
+            offset: 0,
+            freq: 0,
+            set_sec: 0,
+            set_nsec: 0,
+            maxerror: 0,
+            esterror: 0,
+            by,
+        }
+    }
+}
 
 /// `RetransmitRecord::ca_state` when it could not be read.
 pub const CA_STATE_UNKNOWN: u8 = 0xff;

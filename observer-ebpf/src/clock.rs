@@ -9,17 +9,17 @@
 //!
 //! Clock changes are host-wide, so they are recorded whatever `--pid` says.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
 };
 use observer_common::{
     CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall,
-    DropCause, RecordKind,
+    DropCause,
 };
 
-use crate::{output, sched};
+use crate::{output, sched, task};
 
 /// Calls in progress, by thread.
 #[map]
@@ -58,33 +58,12 @@ struct TimexHead {
 
 #[inline(always)]
 fn new_record(syscall: ClockSyscall, clockid: i32) -> ClockAdjRecord {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ClockAdjRecord {
-        kind: RecordKind::ClockAdj as u32,
-        syscall: syscall as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        clockid,
-        ts_mono_ns: sched::now(),
-        ret: 0,
-        modes: 0,
-        flags: 0,
-        offset: 0,
-        freq: 0,
-        set_sec: 0,
-        set_nsec: 0,
-        maxerror: 0,
-        esterror: 0,
-        status: 0,
-        _pad0: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    }
+    ClockAdjRecord::call(syscall, clockid, sched::now(), task::current())
 }
 
 #[inline(always)]
 fn keep(rec: &ClockAdjRecord) {
-    if CLOCK_CALLS.insert(&rec.tid, rec, 0).is_err() {
+    if CLOCK_CALLS.insert(&rec.by.tid, rec, 0).is_err() {
         output::count_drop(DropCause::ClockAdj);
     }
 }

@@ -114,7 +114,13 @@ pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
 /// Fills a record from a `sock_common` at `common` (a socket, or a request socket for
 /// SYN-ACKs) and the owner of `owner_sk`.
 #[inline(always)]
-fn record(owner_sk: u64, common: u64, err: i32, synack: bool) -> Option<RetransmitRecord> {
+fn record(
+    off: &config::SockOffsets,
+    owner_sk: u64,
+    common: u64,
+    err: i32,
+    synack: bool,
+) -> Option<RetransmitRecord> {
     // SAFETY: read-only lookup, copied out at once.
     let owner = unsafe { SOCK_OWNERS.get(&owner_sk) }.copied();
     match owner {
@@ -123,7 +129,6 @@ fn record(owner_sk: u64, common: u64, err: i32, synack: bool) -> Option<Retransm
         _ => {}
     }
     let o = owner.unwrap_or_default();
-    let off = config::sock_offsets();
     let family: u16 = rd(common, off.family);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
@@ -163,8 +168,8 @@ fn record(owner_sk: u64, common: u64, err: i32, synack: bool) -> Option<Retransm
 /// `rto_jiffies` carries icsk_rto in jiffies; the agent converts it with the kernel's HZ.
 #[inline(always)]
 fn on_retransmit(sk: u64, skb: u64, err: i32) {
-    let Some(mut rec) = record(sk, sk, err, false) else { return };
     let off = config::sock_offsets();
+    let Some(mut rec) = record(&off, sk, sk, err, false) else { return };
     rec.rto_jiffies = rd(sk, off.rto);
     rec.srtt_us = rd::<u32>(sk, off.srtt) >> 3;
     rec.total_retrans = rd(sk, off.total_retrans);
@@ -195,7 +200,7 @@ pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> i32 {
 // with its own sock_common (the connection's addresses); `sk` is the listener.
 #[inline(always)]
 fn on_synack(sk: u64, req: u64) {
-    if let Some(rec) = record(sk, req, 0, true) {
+    if let Some(rec) = record(&config::sock_offsets(), sk, req, 0, true) {
         output::emit(rec, DropCause::Retransmit);
     }
 }

@@ -14,7 +14,6 @@
 //! from the signal.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, LruHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -56,26 +55,13 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The current task, as a sender or resumer.
-#[inline(always)]
-fn current() -> TaskId {
-    let (pid_tgid, uid_gid) = (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid());
-    TaskId {
-        tid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        _pad0: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    }
-}
-
 #[inline(always)]
 fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) {
     let Some((tid, tgid)) = task::ids::<D>(target) else { return };
     if tid == 0 || !sched::is_traced(tgid) {
         return;
     }
-    let sender = current();
+    let sender = task::current();
     // A delivered stop signal: remember who sent it until the process stops. SIGCONT clears a
     // stop signal that never stopped anything (one handled or ignored by the process).
     if result == 0 && (SIGSTOP..=SIGTTOU).contains(&sig) {

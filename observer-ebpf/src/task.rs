@@ -5,7 +5,9 @@
 //!   checks the offset against the struct's BTF (the offsets are constants from frozen .rodata)
 //!   and emits a fault-tolerant PROBE_MEM load. No helper call: the cheapest read there is.
 //! - raw_tp programs receive untyped pointers and must go through bpf_probe_read_kernel.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+};
 use observer_common::{TASK_COMM_LEN, TaskId};
 
 use crate::config;
@@ -100,4 +102,17 @@ pub fn identity<const DIRECT: bool>(task: TaskPtr) -> TaskId {
         .and_then(|cred| read::<DIRECT, u32>(cred, config::cred_uid_off()))
         .unwrap_or(u32::MAX);
     TaskId { tid, tgid, uid, _pad0: 0, comm: comm::<DIRECT>(task) }
+}
+
+/// The current task: a signal's sender, a stop's resumer, a clock syscall's caller.
+#[inline(always)]
+pub fn current() -> TaskId {
+    let (pid_tgid, uid_gid) = (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid());
+    TaskId {
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        _pad0: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
 }

@@ -415,14 +415,15 @@ impl AgentState {
                     self.corr
                         .on_segment(Segment::from_host_pause(&h), WallClock::mono_now());
                 }
-                let write = h.verdict.host_wide() || self.host.local_lines_left > 0;
-                if !h.verdict.host_wide() {
-                    if self.host.local_lines_left > 0 {
-                        self.host.local_lines_left -= 1;
-                    } else {
-                        self.host.local_lines_suppressed += 1;
-                    }
-                }
+                let write = if h.verdict.host_wide() {
+                    true
+                } else if self.host.local_lines_left > 0 {
+                    self.host.local_lines_left -= 1;
+                    true
+                } else {
+                    self.host.local_lines_suppressed += 1;
+                    false
+                };
                 if write && let Output::Json(w) = out {
                     w.host_pause(&self.clock, &h);
                     w.flush();
@@ -431,14 +432,7 @@ impl AgentState {
             }
             HostEvent::Steal(s) => {
                 if let Some(prev) = &self.host.steal_last {
-                    let interval = s.ts_mono_ns.saturating_sub(prev.ts_mono_ns);
-                    let cpus = s.per_cpu_ns.len().max(1) as f64;
-                    let steal = s.total_ns().saturating_sub(prev.total_ns());
-                    self.host.steal_pct = if interval > 0 {
-                        100.0 * steal as f64 / (interval as f64 * cpus)
-                    } else {
-                        0.0
-                    };
+                    self.host.steal_pct = s.pct_since(prev);
                     if let Output::Json(w) = out {
                         w.host_steal(&self.clock, "steal", prev, &s);
                     }

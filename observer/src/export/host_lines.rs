@@ -175,12 +175,11 @@ impl<W: Write> NdjsonWriter<W> {
             .map(|c| to.cpu_delta(from, c))
             .collect();
         let steal: u64 = per_cpu.iter().sum();
-        let cpus = to.per_cpu_ns.len().max(1) as f64;
         let body = json!({
             "event": event,
             "interval_ns": interval,
             "steal_ns": steal,
-            "steal_pct": if interval > 0 { 100.0 * steal as f64 / (interval as f64 * cpus) } else { 0.0 },
+            "steal_pct": to.pct_since(from),
             "per_cpu_steal_ns": per_cpu,
             "per_cpu_steal_total_from_ns": from.per_cpu_ns,
             "per_cpu_steal_total_ns": to.per_cpu_ns,

@@ -11,7 +11,7 @@ use observer_common::{
     CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall,
 };
 
-use super::{episode::comm_string, stop::Actor, units::fmt_ns};
+use super::{stop::Actor, units::fmt_ns};
 
 /// `struct __kernel_timex.modes` bits (include/uapi/linux/timex.h).
 const ADJ_OFFSET: u32 = 0x0001;
@@ -108,15 +108,11 @@ pub struct ClockChange {
 
 impl ClockChange {
     /// `nano_status`: the clock's STA_NANO bit as last sampled, which decides the unit of
-    /// ADJ_OFFSET when the call does not say (ADJ_NANO / ADJ_MICRO).
+    /// ADJ_OFFSET when the call does not say (ADJ_NANO / ADJ_MICRO). None for a record no
+    /// syscall could have made (unknown syscall, no calling thread).
     pub fn from_record(r: &ClockAdjRecord, nano_status: bool) -> Option<Self> {
         let syscall = ClockSyscall::from_u32(r.syscall)?;
-        let by = Actor {
-            pid: r.tgid,
-            tid: r.tid,
-            uid: (r.uid != u32::MAX).then_some(r.uid),
-            comm: comm_string(&r.comm),
-        };
+        let by = Actor::from_task_id(&r.by)?;
         let mut changes = Vec::new();
         let time_ns = || i128::from(r.set_sec) * 1_000_000_000 + i128::from(r.set_nsec);
         match syscall {
@@ -351,32 +347,19 @@ fn explains(c: &ClockChange, s: &ClockStep) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::{RecordKind, TASK_COMM_LEN};
+    use observer_common::{TASK_COMM_LEN, TaskId};
 
     fn rec(syscall: ClockSyscall, ts: u64) -> ClockAdjRecord {
         let mut comm = [0u8; TASK_COMM_LEN];
         comm[..4].copy_from_slice(b"date");
-        ClockAdjRecord {
-            kind: RecordKind::ClockAdj as u32,
-            syscall: syscall as u32,
-            tgid: 42,
+        let by = TaskId {
             tid: 42,
+            tgid: 42,
             uid: 0,
-            clockid: 0,
-            ts_mono_ns: ts,
-            ret: 0,
-            modes: 0,
-            flags: 0,
-            offset: 0,
-            freq: 0,
-            set_sec: 0,
-            set_nsec: 0,
-            maxerror: 0,
-            esterror: 0,
-            status: 0,
             _pad0: 0,
             comm,
-        }
+        };
+        ClockAdjRecord::call(syscall, 0, ts, by)
     }
 
     #[test]

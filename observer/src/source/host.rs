@@ -9,7 +9,6 @@
 //! `STEAL_EVERY` it samples per-CPU steal from /proc/stat. A late wake is handed to the agent
 //! with what the kernel can explain of it; `model::hiccup` splits and judges it.
 use std::{
-    io::Read as _,
     os::unix::fs::FileExt as _,
     sync::{
         Arc,
@@ -54,6 +53,16 @@ impl StealSample {
                 .map(|c| c.steal.unwrap_or(0).saturating_mul(ns_per_tick))
                 .collect(),
         })
+    }
+
+    /// Steal of all CPUs between `earlier` and this sample, as a share of their time (%).
+    pub fn pct_since(&self, earlier: &StealSample) -> f64 {
+        let interval = self.ts_mono_ns.saturating_sub(earlier.ts_mono_ns);
+        if interval == 0 {
+            return 0.0;
+        }
+        let steal = self.total_ns().saturating_sub(earlier.total_ns());
+        100.0 * steal as f64 / (interval as f64 * self.per_cpu_ns.len().max(1) as f64)
     }
 
     /// Steal of `cpu` between `earlier` and this sample.
@@ -149,13 +158,9 @@ impl ControlSleeper {
         let (tx, rx) = mpsc::channel(256);
         let stats = Arc::new(ControlStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        // Opened here so a kernel without schedstat fails start-up with a clear error.
-        let mut schedstat = std::fs::File::open("/proc/thread-self/schedstat");
-        if let Ok(f) = &mut schedstat {
-            let mut s = String::new();
-            f.read_to_string(&mut s)?;
-        }
-        schedstat?;
+        // Read here so a kernel without schedstat or /proc/stat fails start-up with a clear
+        // error (the thread opens its own: /proc/thread-self is per thread).
+        std::fs::read_to_string("/proc/thread-self/schedstat")?;
         StealSample::read(0)?;
         let (stats2, stop2) = (stats.clone(), stop.clone());
         let thread = std::thread::Builder::new()
