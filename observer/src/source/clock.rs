@@ -110,7 +110,8 @@ impl SyncState {
 /// maxerror (NTP_PHASE_LIMIT-based, kernel/time/ntp.c v6.18).
 const UNKNOWN_ERR_NS: u64 = 16_000_000_000;
 
-fn now(clock: libc::clockid_t) -> i128 {
+/// A clock's current reading in ns.
+pub(crate) fn now(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -106,14 +106,9 @@ impl Drop for ControlSleeper {
     }
 }
 
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME are never negative.
 fn now(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    super::clock::now(clock) as u64
 }
 
 /// Sleeps until an absolute CLOCK_MONOTONIC time (restarted on EINTR).
