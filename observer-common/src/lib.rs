@@ -18,7 +18,7 @@ pub const TASK_COMM_LEN: usize = 16;
 pub enum Component {
     /// Runnable but not running: after a wakeup, or after involuntary preemption.
     Runq = 0,
-    /// Uninterruptible sleep (D state). Its reason (I/O, fault, reclaim) comes with issue 3.
+    /// Uninterruptible sleep (D state); `BlockReason` says why.
     Blocked = 1,
     /// Stopped or traced (T/t state) until woken by SIGCONT or the tracer.
     Stopped = 2,
@@ -103,6 +103,10 @@ pub enum RecordKind {
     ClockAdj = 6,
     /// `RetransmitRecord`: one TCP retransmission (or SYN-ACK retransmission).
     Retransmit = 7,
+    /// `SyncRecord`: one call of the fsync family at or above `--min-pause`.
+    Sync = 8,
+    /// `MemStallRecord`: one direct reclaim or compaction stall at or above `--min-pause`.
+    MemStall = 9,
 }
 
 /// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
@@ -131,8 +135,16 @@ pub enum DropCause {
     /// A socket's owner could not be remembered (`SOCK_OWNERS` full even after LRU eviction):
     /// its retransmissions are reported without a process.
     SockOwner = 9,
+    /// An fsync-family record did not fit in the ring buffer, or its call could not be kept
+    /// until it returned (`SYNC_CALLS` full).
+    Sync = 10,
+    /// A reclaim or compaction stall record did not fit in the ring buffer.
+    MemStall = 11,
+    /// A process's memory and disk aggregate could not be created (`PROC_MEM` full even
+    /// after LRU eviction failed).
+    MemAggregate = 12,
 }
-pub const NUM_DROP_CAUSES: usize = 10;
+pub const NUM_DROP_CAUSES: usize = 13;
 
 impl DropCause {
     pub const ALL: [DropCause; NUM_DROP_CAUSES] = [
@@ -146,6 +158,9 @@ impl DropCause {
         DropCause::ClockAdj,
         DropCause::Retransmit,
         DropCause::SockOwner,
+        DropCause::Sync,
+        DropCause::MemStall,
+        DropCause::MemAggregate,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -159,6 +174,9 @@ impl DropCause {
             DropCause::ClockAdj => "clock_adj",
             DropCause::Retransmit => "retransmit",
             DropCause::SockOwner => "sock_owner",
+            DropCause::Sync => "sync",
+            DropCause::MemStall => "mem_stall",
+            DropCause::MemAggregate => "mem_aggregate",
         }
     }
 }
@@ -541,6 +559,239 @@ pub struct SockOwner {
 }
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 24);
 
+/// Why a thread was in uninterruptible sleep: the activity bracket it was in when it left the
+/// CPU (innermost first: reclaim or compaction, then a page fault, then an fsync-family call),
+/// or, outside any bracket, its kernel stack. Values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlockReason {
+    /// No bracket and no stack (the stack map was full, or the raw_tp fallback is in use).
+    Unknown = 0,
+    /// A page fault on a file mapping (filemap_fault ran): reading the page from disk.
+    MajorFault = 1,
+    /// A page fault on anonymous memory: reading the page back from swap.
+    Swapin = 2,
+    /// Inside fsync, fdatasync, sync_file_range, msync(MS_SYNC), sync or syncfs.
+    Sync = 3,
+    /// Direct reclaim (the allocation had to free memory itself).
+    Reclaim = 4,
+    /// Reclaim to stay under a memory cgroup's limit.
+    MemcgReclaim = 5,
+    /// Memory compaction.
+    Compaction = 6,
+    /// Outside any bracket: the kernel stack (`stack_id`) says where it slept.
+    Stack = 7,
+}
+
+pub const NUM_BLOCK_REASONS: usize = 8;
+
+impl BlockReason {
+    pub const ALL: [BlockReason; NUM_BLOCK_REASONS] = [
+        BlockReason::Unknown,
+        BlockReason::MajorFault,
+        BlockReason::Swapin,
+        BlockReason::Sync,
+        BlockReason::Reclaim,
+        BlockReason::MemcgReclaim,
+        BlockReason::Compaction,
+        BlockReason::Stack,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Unknown,
+            1 => Self::MajorFault,
+            2 => Self::Swapin,
+            3 => Self::Sync,
+            4 => Self::Reclaim,
+            5 => Self::MemcgReclaim,
+            6 => Self::Compaction,
+            7 => Self::Stack,
+            _ => return None,
+        })
+    }
+
+    /// Stable snake_case name used in JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::MajorFault => "major_fault",
+            Self::Swapin => "swapin",
+            Self::Sync => "fsync",
+            Self::Reclaim => "direct_reclaim",
+            Self::MemcgReclaim => "memcg_reclaim",
+            Self::Compaction => "compaction",
+            Self::Stack => "kernel",
+        }
+    }
+}
+
+/// `Activity::flags`: the entry has been initialised (`majflt_seen` holds a real reading).
+pub const ACT_INIT: u32 = 1;
+/// `Activity::flags`: the latest fault was on a file mapping (mm_filemap_fault fired in it).
+pub const ACT_FAULT_FILE: u32 = 2;
+/// `Activity::flags`: the latest fault came from user mode (its ip is the user ip, which the
+/// task's saved user registers still show while the fault is being handled).
+pub const ACT_FAULT_USER: u32 = 4;
+
+/// Kernel-private per-thread activity brackets, in BPF task storage (`ACTIVITY`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// The thread's latest page fault: instruction pointer and address.
+    pub fault_ip: u64,
+    pub fault_addr: u64,
+    /// File faults: inode number and page offset (mm_filemap_fault).
+    pub fault_ino: u64,
+    pub fault_pgoff: u64,
+    /// `task->maj_flt` when last looked at: a change means the previous fault was major.
+    pub majflt_seen: u64,
+    /// Start of the reclaim or compaction in progress (episode clock: bpf_ktime_get_ns).
+    pub mem_start_ns: u64,
+    pub fault_dev: u32,
+    /// `ACT_*`.
+    pub flags: u32,
+    /// `BlockReason` of the reclaim or compaction in progress; 0 when none.
+    pub mem_reason: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(core::mem::size_of::<Activity>() == 64);
+
+/// The fsync-family syscall behind a `SyncRecord`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncSyscall {
+    Fsync = 1,
+    Fdatasync = 2,
+    SyncFileRange = 3,
+    Msync = 4,
+    Sync = 5,
+    Syncfs = 6,
+}
+
+impl SyncSyscall {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Fsync,
+            2 => Self::Fdatasync,
+            3 => Self::SyncFileRange,
+            4 => Self::Msync,
+            5 => Self::Sync,
+            6 => Self::Syncfs,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Fsync => "fsync",
+            Self::Fdatasync => "fdatasync",
+            Self::SyncFileRange => "sync_file_range",
+            Self::Msync => "msync",
+            Self::Sync => "sync",
+            Self::Syncfs => "syncfs",
+        }
+    }
+
+    /// Whether `arg` is a file descriptor.
+    pub const fn takes_fd(self) -> bool {
+        matches!(
+            self,
+            Self::Fsync | Self::Fdatasync | Self::SyncFileRange | Self::Syncfs
+        )
+    }
+}
+
+/// One call of the fsync family, kept per thread from entry (`SYNC_CALLS`) and streamed at
+/// exit when it lasted at least `--min-pause`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncRecord {
+    /// `RecordKind::Sync`.
+    pub kind: u32,
+    /// `SyncSyscall`.
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC at entry.
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    /// Return value (negative errno on failure).
+    pub ret: i64,
+    /// The fd (msync: the start address; sync: 0).
+    pub arg: u64,
+    /// The file's inode number and device (kernel dev_t), read from the fd at entry; 0 when
+    /// unknown (msync, sync, a bad fd).
+    pub ino: u64,
+    pub dev: u32,
+    /// msync / sync_file_range flags.
+    pub flags: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SyncRecord>() == 80);
+
+/// One direct reclaim, memcg reclaim or compaction, charged to the thread that stalled in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemStallRecord {
+    /// `RecordKind::MemStall`.
+    pub kind: u32,
+    /// `BlockReason::{Reclaim, MemcgReclaim, Compaction}`.
+    pub reason: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC at the begin tracepoint.
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    /// Reclaim: pages reclaimed. Compaction: the kernel's compact_result.
+    pub result: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<MemStallRecord>() == 56);
+
+/// Count, total and maximum of one kind of stall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StallStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+/// In-kernel per-process memory and disk aggregate, keyed by tgid in the `PROC_MEM` LRU hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcMem {
+    /// Major faults (the kernel's own `maj_flt` accounting) by what the fault was on.
+    pub major_file: u64,
+    pub major_swap: u64,
+    /// Blocked phases of episodes by `BlockReason`: the time each kept a thread off the CPU.
+    pub blocked: [StallStats; NUM_BLOCK_REASONS],
+    /// Direct reclaim, memcg reclaim, compaction (indexed by `BlockReason - Reclaim`), whole
+    /// duration from begin to end tracepoint, on or off the CPU.
+    pub mem_stalls: [StallStats; 3],
+    /// Every fsync-family call, whole duration.
+    pub sync: ComponentStats,
+}
+
+impl ProcMem {
+    pub const ZERO: Self = Self {
+        major_file: 0,
+        major_swap: 0,
+        blocked: [StallStats {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+        }; NUM_BLOCK_REASONS],
+        mem_stalls: [StallStats {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+        }; 3],
+        sync: ComponentStats::ZERO,
+    };
+}
+
 /// One streamed pause episode of one thread (episodes at or above `--min-pause`).
 ///
 /// `components_ns` sum exactly to `duration_ns`: the kernel closes a phase where the next begins.
@@ -564,11 +815,23 @@ pub struct PauseRecord {
     pub start_reason: u32,
     /// For `Preempted`: the thread that took the CPU (0 when unknown).
     pub preempted_by_tid: u32,
-    pub _pad0: u32,
+    /// Why the `Blocked` component happened: a `BlockReason` (0 when there was none).
+    pub block_reason: u32,
     pub comm: [u8; TASK_COMM_LEN],
     pub preempted_by_comm: [u8; TASK_COMM_LEN],
+    /// `BlockReason::Stack`: the kernel stack in `STACKS` (negative: not captured).
+    pub stack_id: i32,
+    /// Faults: the file's device (kernel dev_t: major << 20 | minor; 0 for anonymous memory).
+    /// fsync family: the file's device.
+    pub block_dev: u32,
+    /// Faults: the faulting address. fsync family: the fd (msync: the address).
+    pub block_addr: u64,
+    /// Faults and fsync family: the file's inode number (0: anonymous memory, or unknown).
+    pub block_ino: u64,
+    /// File faults: the page offset in the file.
+    pub block_pgoff: u64,
 }
-const _: () = assert!(core::mem::size_of::<PauseRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<PauseRecord>() == 136);
 
 /// Count, total, max and a log-linear histogram (see `hist`) of one component for one process.
 #[repr(C)]
@@ -631,10 +894,17 @@ pub struct ThreadState {
     pub start_reason: u32,
     pub prev_cpu: u32,
     pub preempted_by_tid: u32,
-    pub _pad0: u32,
+    /// `BlockReason` of the blocked phase (an episode has at most one: it begins with it).
+    pub block_reason: u32,
     pub preempted_by_comm: [u8; TASK_COMM_LEN],
+    /// As on `PauseRecord`.
+    pub stack_id: i32,
+    pub block_dev: u32,
+    pub block_addr: u64,
+    pub block_ino: u64,
+    pub block_pgoff: u64,
 }
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 80);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 112);
 
 /// Trims a NUL-padded `comm` to its bytes.
 pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {

@@ -1,8 +1,8 @@
 //! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
 
 use crate::{
-    ClockAdjRecord, ExecRecord, GcRecord, PauseRecord, ProcStats, RecordKind, RetransmitRecord,
-    SignalRecord, StopRecord,
+    ClockAdjRecord, ExecRecord, GcRecord, MemStallRecord, PauseRecord, ProcStats, RecordKind,
+    RetransmitRecord, SignalRecord, StopRecord, SyncRecord,
 };
 
 // SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
@@ -28,6 +28,14 @@ unsafe impl aya::Pod for ClockAdjRecord {}
 unsafe impl aya::Pod for RetransmitRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::SockOwner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SyncRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MemStallRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::ProcMem {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Activity {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,8 @@ pub enum Record {
     Exec(ExecRecord),
     ClockAdj(ClockAdjRecord),
     Retransmit(RetransmitRecord),
+    Sync(SyncRecord),
+    MemStall(MemStallRecord),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -85,6 +95,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         k if k == RecordKind::Exec as u32 => Ok(Record::Exec(read_exact(kind, bytes)?)),
         k if k == RecordKind::ClockAdj as u32 => Ok(Record::ClockAdj(read_exact(kind, bytes)?)),
         k if k == RecordKind::Retransmit as u32 => Ok(Record::Retransmit(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Sync as u32 => Ok(Record::Sync(read_exact(kind, bytes)?)),
+        k if k == RecordKind::MemStall as u32 => Ok(Record::MemStall(read_exact(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -108,9 +120,14 @@ mod tests {
             prev_cpu: 0,
             start_reason: EpisodeStart::Blocked as u32,
             preempted_by_tid: 0,
-            _pad0: 0,
+            block_reason: 0,
             comm,
             preempted_by_comm: [0; TASK_COMM_LEN],
+            stack_id: -1,
+            block_dev: 0,
+            block_addr: 0,
+            block_ino: 0,
+            block_pgoff: 0,
         }
     }
 

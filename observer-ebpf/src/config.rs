@@ -187,3 +187,106 @@ pub fn sock_offsets() -> SockOffsets {
 pub fn retransmit_has_err() -> bool {
     get(&RETRANSMIT_HAS_ERR) != 0
 }
+
+/// Offsets for the memory and disk programs (0: the group that needs it is not attached).
+/// `task->maj_flt`, `pt_regs.ip`, `address_space.host`, `inode.i_ino`, `inode.i_sb`,
+/// `super_block.s_dev`, `task->files`, `files_struct.fdt`, `fdtable.max_fds`, `fdtable.fd`,
+/// `file.f_inode`, `request.q`, `request_queue.disk`, `gendisk.major`, `gendisk.first_minor`.
+#[unsafe(no_mangle)]
+static TASK_MAJ_FLT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_IP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static MAPPING_HOST_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static INODE_INO_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static INODE_SB_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static SB_DEV_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_FILES_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FILES_FDT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FDT_MAX_FDS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FDT_FD_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static FILE_INODE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_Q_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static Q_DISK_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static DISK_MAJOR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static DISK_FIRST_MINOR_OFF: u64 = 0;
+
+#[inline(always)]
+pub fn task_maj_flt_off() -> usize {
+    get(&TASK_MAJ_FLT_OFF) as usize
+}
+#[inline(always)]
+pub fn pt_regs_ip_off() -> usize {
+    get(&PT_REGS_IP_OFF) as usize
+}
+
+/// `address_space.host`, then the inode's number and its super block's device.
+#[derive(Clone, Copy)]
+pub struct InodeOffsets {
+    pub mapping_host: usize,
+    pub ino: usize,
+    pub sb: usize,
+    pub sb_dev: usize,
+}
+
+#[inline(always)]
+pub fn inode_offsets() -> InodeOffsets {
+    InodeOffsets {
+        mapping_host: get(&MAPPING_HOST_OFF) as usize,
+        ino: get(&INODE_INO_OFF) as usize,
+        sb: get(&INODE_SB_OFF) as usize,
+        sb_dev: get(&SB_DEV_OFF) as usize,
+    }
+}
+
+/// From a task to the file behind one of its descriptors.
+#[derive(Clone, Copy)]
+pub struct FdOffsets {
+    pub task_files: usize,
+    pub files_fdt: usize,
+    pub fdt_max_fds: usize,
+    pub fdt_fd: usize,
+    pub file_inode: usize,
+}
+
+#[inline(always)]
+pub fn fd_offsets() -> FdOffsets {
+    FdOffsets {
+        task_files: get(&TASK_FILES_OFF) as usize,
+        files_fdt: get(&FILES_FDT_OFF) as usize,
+        fdt_max_fds: get(&FDT_MAX_FDS_OFF) as usize,
+        fdt_fd: get(&FDT_FD_OFF) as usize,
+        file_inode: get(&FILE_INODE_OFF) as usize,
+    }
+}
+
+/// From a block request to its disk's device number.
+#[derive(Clone, Copy)]
+pub struct DiskOffsets {
+    pub rq_q: usize,
+    pub q_disk: usize,
+    pub major: usize,
+    pub first_minor: usize,
+}
+
+#[inline(always)]
+pub fn disk_offsets() -> DiskOffsets {
+    DiskOffsets {
+        rq_q: get(&RQ_Q_OFF) as usize,
+        q_disk: get(&Q_DISK_OFF) as usize,
+        major: get(&DISK_MAJOR_OFF) as usize,
+        first_minor: get(&DISK_FIRST_MINOR_OFF) as usize,
+    }
+}

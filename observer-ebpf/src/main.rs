@@ -11,12 +11,16 @@
 
 mod clock;
 mod config;
+mod counters;
+mod disk;
 mod episodes;
+mod memory;
 mod net;
 mod output;
 mod runtimes;
 mod sched;
 mod stops;
+mod sync;
 mod task;
 
 #[cfg(not(test))]

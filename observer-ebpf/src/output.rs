@@ -2,7 +2,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use observer_common::{DropCause, NUM_DROP_CAUSES};
 
@@ -42,19 +42,33 @@ pub fn emit_now<T: 'static>(rec: T, cause: DropCause) -> bool {
     true
 }
 
+/// Room for one record, to be filled in place and passed to `submit`; None (and a drop of
+/// `cause` counted) when the ring buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>(cause: DropCause) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count_drop(cause);
+    }
+    entry
+}
+
 /// Streams one record; counts a drop of `cause` when the ring buffer is full.
 #[inline(always)]
 pub fn emit<T: 'static>(rec: T, cause: DropCause) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        count_drop(cause);
-        return false;
-    };
+    let Some(mut entry) = reserve::<T>(cause) else { return false };
     entry.write(rec);
+    submit(entry);
+    true
+}
+
+/// Submits a reserved record, waking the agent only when enough is waiting (`WAKEUP_BYTES`).
+#[inline(always)]
+pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
-    true
 }

@@ -17,15 +17,15 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
     Component, DropCause, EpisodeStart, PauseRecord, ProcStats, RecordKind, STAT_EPISODE,
-    StopKind, TASK_COMM_LEN, ThreadState, hist,
+    StopKind, TASK_COMM_LEN, ThreadState,
 };
 
 use crate::{
-    config, episodes, output, stops,
+    config, counters, episodes, memory, output, stops,
     task::{self, TaskPtr},
 };
 
@@ -61,7 +61,7 @@ static PROC_STATS_INIT: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch::<true>(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    on_switch::<true, _>(&ctx, ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
     0
 }
 
@@ -79,7 +79,7 @@ pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
-    on_switch::<false>(ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    on_switch::<false, _>(&ctx, ctx.arg::<u64>(0) != 0, ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
     0
 }
 
@@ -151,12 +151,12 @@ pub fn cpu() -> u32 {
 }
 
 #[inline(always)]
-fn on_switch<const D: bool>(preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
+fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     // prev and next share this CPU's run queue.
     let Some(ts) = clock::<D>(next) else { return };
     // Read once: switch_out names it as the preemptor, switch_in ends its episode.
     let next_tid = task::tid::<D>(next);
-    switch_out::<D>(ts, preempt, prev, next, next_tid, prev_state);
+    switch_out::<D, C>(ctx, ts, preempt, prev, next, next_tid, prev_state);
     if let Some(tid) = next_tid {
         switch_in::<D>(ts, next, tid);
     }
@@ -174,14 +174,20 @@ fn new_episode(ts: u64, tgid: u32, phase: Component, reason: EpisodeStart) -> Th
         start_reason: reason as u32,
         prev_cpu: cpu(),
         preempted_by_tid: 0,
-        _pad0: 0,
+        block_reason: 0,
         preempted_by_comm: [0; TASK_COMM_LEN],
+        stack_id: -1,
+        block_dev: 0,
+        block_addr: 0,
+        block_ino: 0,
+        block_pgoff: 0,
     }
 }
 
 /// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
 #[inline(always)]
-fn switch_out<const D: bool>(
+fn switch_out<const D: bool, C: StackIdContext>(
+    ctx: &C,
     ts: u64,
     preempt: bool,
     prev: TaskPtr,
@@ -221,6 +227,9 @@ fn switch_out<const D: bool>(
         stops::thread_stopped(tgid, ts, kind, holder);
     }
     let mut st = new_episode(ts, tgid, phase, reason);
+    if phase == Component::Blocked {
+        memory::explain_block::<D, C>(ctx, prev, tid, &mut st);
+    }
     if phase == Component::Runq {
         if let Some(by) = next_tid {
             st.preempted_by_tid = by;
@@ -319,37 +328,52 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
         stops::thread_resumed::<D>(next, st.tgid, ts);
     }
     add_phase(st, ts);
-    let st = *st;
-    // Consumed: the start timestamps must not be reused by a later episode.
-    episodes::end::<D>(stp, tid);
     let duration = ts.saturating_sub(st.episode_start_ns);
     // Stops are streamed once per process (stops.rs), not once per stopped thread.
     let streamed = duration >= config::min_pause_ns() && st.components_ns[Component::Stopped as usize] == 0;
-    let dropped = streamed && !emit::<D>(tid, next, &st, duration);
-    aggregate::<D>(&st, duration, next, streamed, dropped);
+    // Read in place (a copy would not fit beside the record on the 512-byte BPF stack): nothing
+    // below touches the episode maps, so the entry stays valid until `end`.
+    let dropped = streamed && !emit::<D>(tid, next, st, duration);
+    aggregate::<D>(st, duration, next, streamed, dropped);
+    let blocked = st.components_ns[Component::Blocked as usize];
+    if blocked > 0 {
+        memory::charge_block(st, blocked);
+    }
+    // Consumed: the start timestamps must not be reused by a later episode.
+    episodes::end::<D>(stp, tid);
 }
 
-/// Streams one episode; returns false (and counts the drop) when the ring buffer is full.
+/// Streams one episode, written straight into the ring buffer (a 136-byte record built on
+/// the stack first would not fit beside the rest of sched_switch); returns false (and counts
+/// the drop) when the ring buffer is full.
 #[inline(always)]
 fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64) -> bool {
-    output::emit(
-        PauseRecord {
-            kind: RecordKind::Pause as u32,
-            cpu: cpu(),
-            tid,
-            tgid: st.tgid,
-            start_mono_ns: to_mono::<D>(st.episode_start_ns, duration),
-            duration_ns: duration,
-            components_ns: st.components_ns,
-            prev_cpu: st.prev_cpu,
-            start_reason: st.start_reason,
-            preempted_by_tid: st.preempted_by_tid,
-            _pad0: 0,
-            comm: task::comm::<D>(next),
-            preempted_by_comm: st.preempted_by_comm,
-        },
-        DropCause::Sched,
-    )
+    let Some(mut entry) = output::reserve::<PauseRecord>(DropCause::Sched) else { return false };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` points to a reserved, writable PauseRecord in the ring buffer; every field
+    // is written before submit.
+    unsafe {
+        (*r).kind = RecordKind::Pause as u32;
+        (*r).cpu = cpu();
+        (*r).tid = tid;
+        (*r).tgid = st.tgid;
+        (*r).start_mono_ns = to_mono::<D>(st.episode_start_ns, duration);
+        (*r).duration_ns = duration;
+        (*r).components_ns = st.components_ns;
+        (*r).prev_cpu = st.prev_cpu;
+        (*r).start_reason = st.start_reason;
+        (*r).preempted_by_tid = st.preempted_by_tid;
+        (*r).block_reason = st.block_reason;
+        (*r).comm = task::comm::<D>(next);
+        (*r).preempted_by_comm = st.preempted_by_comm;
+        (*r).stack_id = st.stack_id;
+        (*r).block_dev = st.block_dev;
+        (*r).block_addr = st.block_addr;
+        (*r).block_ino = st.block_ino;
+        (*r).block_pgoff = st.block_pgoff;
+    }
+    output::submit(entry);
+    true
 }
 
 /// Adds one episode to its process's aggregate. Counters are updated with atomic adds (several
@@ -379,7 +403,7 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
     // SAFETY: pointer into our own map value, valid for this invocation.
     let ps = unsafe { &mut *ps };
     if dropped {
-        atomic_add(&mut ps.dropped_records, 1);
+        counters::atomic_add(&mut ps.dropped_records, 1);
     }
     if streamed {
         // Processes rename themselves (exec, prctl) after their first episode; refreshing on
@@ -388,36 +412,15 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
     }
     let c = &st.components_ns;
     if c[0] > 0 {
-        add_stat(&mut ps.stats[0], c[0]);
+        counters::add_stat(&mut ps.stats[0], c[0]);
     }
     if c[1] > 0 {
-        add_stat(&mut ps.stats[1], c[1]);
+        counters::add_stat(&mut ps.stats[1], c[1]);
     }
     if c[2] > 0 {
-        add_stat(&mut ps.stats[2], c[2]);
+        counters::add_stat(&mut ps.stats[2], c[2]);
     }
-    add_stat(&mut ps.stats[STAT_EPISODE], duration);
-}
-
-#[inline(always)]
-fn add_stat(s: &mut observer_common::ComponentStats, v: u64) {
-    atomic_add(&mut s.count, 1);
-    atomic_add(&mut s.total_ns, v);
-    if v > s.max_ns {
-        s.max_ns = v;
-    }
-    let b = hist::bucket(v);
-    if let Some(slot) = s.hist.get_mut(b) {
-        atomic_add(slot, 1);
-    }
-}
-
-#[inline(always)]
-fn atomic_add(p: &mut u64, v: u64) {
-    // SAFETY: `p` is a valid, 8-byte-aligned u64 inside a map value; the BPF atomic add is the
-    // kernel's __sync_fetch_and_add, safe against other CPUs updating the same counter.
-    // (core::sync::atomic has no RMW on the BPF target; the intrinsic lowers to BPF_ATOMIC add.)
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
+    counters::add_stat(&mut ps.stats[STAT_EPISODE], duration);
 }
 
 // ---- cost calibration (attached only with --bpf-stats)

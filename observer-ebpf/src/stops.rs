@@ -21,7 +21,7 @@ use aya_ebpf::{
 use observer_common::{DropCause, ProcStop, RecordKind, SignalRecord, StopKind, StopRecord, TaskId};
 
 use crate::{
-    output, sched,
+    counters, output, sched,
     task::{self, TaskPtr},
 };
 
@@ -130,8 +130,8 @@ pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind, holder: Option<TaskId>
             ps.stop_sig = 0;
         }
     }
-    atomic_add(&mut ps.stopped_threads, 1);
-    atomic_add(&mut ps.threads_total, 1);
+    counters::atomic_add(&mut ps.stopped_threads, 1);
+    counters::atomic_add(&mut ps.threads_total, 1);
 }
 
 /// A stopped thread of the process whose task is `p` was woken at episode clock `ts` (or found
@@ -146,7 +146,7 @@ pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64) {
         // to close.
         return;
     }
-    atomic_add(&mut ps.stopped_threads, u64::MAX); // - 1
+    counters::atomic_add(&mut ps.stopped_threads, u64::MAX); // - 1
     if ps.stopped_threads != 0 {
         return; // Other threads are still stopped.
     }
@@ -175,12 +175,4 @@ pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64) {
     ps.stop_sig = 0;
     ps.stopped_by = TaskId::default();
     output::emit(rec, DropCause::Stop);
-}
-
-#[inline(always)]
-fn atomic_add(p: &mut u64, v: u64) {
-    // SAFETY: `p` is a valid, 8-byte-aligned u64 inside a map value. (No fetching form: LLVM
-    // emits BPF_FETCH only for ALU32 CPUs and aya-build links for the generic one, hence the
-    // NOEXIST-insert / delete claims in STOP_OPEN for "first" and "last".)
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
 }

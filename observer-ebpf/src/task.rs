@@ -15,8 +15,10 @@ use crate::config;
 /// Opaque kernel `struct task_struct *`.
 pub type TaskPtr = *const u8;
 
+/// Reads a `T` at `off` bytes into the kernel object at `task` (any kernel pointer: the name
+/// is historical, the same two ways apply to every struct).
 #[inline(always)]
-fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T> {
+pub fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T> {
     if task.is_null() {
         return None;
     }
@@ -115,4 +117,10 @@ pub fn current() -> TaskId {
         _pad0: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     }
+}
+
+/// `task->maj_flt`: the kernel's count of this thread's major faults.
+#[inline(always)]
+pub fn maj_flt(task: TaskPtr) -> Option<u64> {
+    read::<true, u64>(task, config::task_maj_flt_off())
 }

@@ -17,6 +17,7 @@ use tokio::{
 };
 
 use crate::{
+    agent_memory::MemState,
     cli::DeclaredLease,
     export::ndjson::NdjsonWriter,
     model::{
@@ -40,6 +41,7 @@ use crate::{
         host::{ControlSleeper, HostEvent, StealSample},
         lease_socket::{self, LeaseSocket, Message},
         ringbuf,
+        stacks::Stacks,
     },
     tui,
 };
@@ -113,6 +115,8 @@ pub struct AgentState {
     pub advise_target: f64,
     /// Clocks, the network and the host as a whole.
     pub host: HostState,
+    /// Memory and disk: what blocked threads waited on, fsync calls, reclaim, disks.
+    pub mem: MemState,
 }
 
 /// What the agent knows about the host rather than one process.
@@ -188,7 +192,8 @@ impl AgentState {
             match rec {
                 Ok(Record::Pause(r)) => {
                     self.next_episode_id += 1;
-                    let ep = Episode::from_record(self.next_episode_id, &r);
+                    let mut ep = Episode::from_record(self.next_episode_id, &r);
+                    self.mem.resolve(&mut ep);
                     self.table.note_episode(&ep);
                     self.corr
                         .on_segment(Segment::from_episode(&ep), WallClock::mono_now());
@@ -247,6 +252,18 @@ impl AgentState {
                     self.host.net.note(&t);
                     if let Output::Json(w) = out {
                         w.retransmit(&self.clock, &t);
+                    }
+                }
+                Ok(Record::Sync(r)) => {
+                    let c = self.mem.on_sync(&r);
+                    if let Output::Json(w) = out {
+                        w.sync_call(&self.clock, &c);
+                    }
+                }
+                Ok(Record::MemStall(r)) => {
+                    let s = self.mem.on_stall(&r);
+                    if let Output::Json(w) = out {
+                        w.mem_stall(&self.clock, &s);
                     }
                 }
                 Err(_) => self.decode_errors += 1,
@@ -490,6 +507,7 @@ impl AgentState {
         for (pid, comm, stats) in &h.procs {
             self.table.apply_snapshot(*pid, comm, stats);
         }
+        self.mem.on_harvest(&h, &mut self.table);
         for pid in h.retired {
             self.table.retire(pid);
         }
@@ -537,6 +555,16 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             )
         })?;
     let mut harvester = Harvester::new(&mut probes.ebpf)?;
+    let mut notices = probes.notices.clone();
+    let stacks = match Stacks::new(&mut probes.ebpf) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            notices.push(format!(
+                "kernel stacks of blocked threads are not named: {e:#}"
+            ));
+            None
+        }
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -554,7 +582,6 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         live.spawn_input(key_tx);
     }
 
-    let mut notices = probes.notices.clone();
     let mut lease_sock = match &settings.lease_socket {
         Some(s) => open_lease_socket(s, &mut notices)?,
         None => None,
@@ -633,6 +660,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             host_threshold_ns,
             StealSample::read(WallClock::mono_now()).ok(),
         ),
+        mem: MemState::new(stacks),
     };
     for l in &settings.leases {
         if let Some(t) = start_time(l.pid) {
@@ -832,10 +860,15 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     evicted_processes: st.table.evicted,
                     runtime_checks_skipped: st.runtimes.checks_skipped,
                     host_events_dropped,
+                    unnamed_stacks: st.mem.unnamed_stacks,
                 },
             );
+            if let Some(why) = st.mem.stacks.as_ref().and_then(|s| s.unavailable()) {
+                w.notice(&st.clock, "warn", "stacks_unnamed", why, json!({}));
+            }
             w.lease_summary(&st.clock, &st.corr, &lease_counters);
             w.net_summary(&st.clock, &st.host.net);
+            w.disk_summary(&st.clock, &st.mem.disks);
             w.clock_sync(&st.clock);
             if let (Some(first), Ok(last)) = (&st.host.steal_first, StealSample::read(now)) {
                 w.host_steal(&st.clock, "run", first, &last);

@@ -1,5 +1,6 @@
 //! pausewatch: wiring only. Parse, check the environment, load the probes, run the loop.
 mod agent;
+mod agent_memory;
 mod cli;
 mod export;
 mod lease_client;

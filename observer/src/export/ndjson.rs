@@ -90,6 +90,8 @@ pub struct Drops<'a> {
     pub runtime_checks_skipped: u64,
     /// Late wakes and steal samples of the control sleeper the agent was too busy to take.
     pub host_events_dropped: u64,
+    /// Blocked phases whose kernel stack could not be named.
+    pub unnamed_stacks: u64,
 }
 
 /// Lease socket counters, for the `lease_summary` line.
@@ -175,6 +177,7 @@ impl<W: Write> NdjsonWriter<W> {
             "dominant": ep.dominant().name(),
             "start_reason": ep.start_reason.map(|r| r.name()),
             "preempted_by": ep.preempted_by.as_ref().map(|(tid, comm)| json!({"tid": tid, "comm": comm})),
+            "blocked": ep.blocked.as_ref().map(super::memory_lines::blocked_json),
         });
         self.line("pause", ep.start_mono_ns, clock, body);
     }
@@ -378,6 +381,7 @@ impl<W: Write> NdjsonWriter<W> {
             "gc": stat_json(&p.gc),
             "gc_collections": p.gc_collections,
             "timeout_advice": advice,
+            "memory": super::memory_lines::memory_json(p),
             "net": net.map(|n| json!({
                 "retransmits": n.total.retransmits,
                 "segs": n.total.segs,
@@ -401,6 +405,7 @@ impl<W: Write> NdjsonWriter<W> {
             "output_failed_lines": failed,
             "runtime_checks_skipped": d.runtime_checks_skipped,
             "host_events_dropped": d.host_events_dropped,
+            "unnamed_stacks": d.unnamed_stacks,
         });
         self.line("drops", WallClock::mono_now(), clock, body);
     }
@@ -461,6 +466,7 @@ mod tests {
             components_ns: [6_000_000, 0, 0],
             start_reason: Some(EpisodeStart::Preempted),
             preempted_by: Some((99, "hog".into())),
+            blocked: None,
         };
         assert_eq!(NUM_COMPONENTS, 3);
         w.pause(&clock(), &ep);

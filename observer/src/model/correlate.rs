@@ -419,6 +419,7 @@ mod tests {
             kind: SegmentKind::Thread {
                 tid,
                 blocked_ns: 0,
+                blocked_why: None,
                 stopped_ns: stopped,
                 runq_ns: runq,
             },

@@ -15,6 +15,8 @@ pub struct Episode {
     pub components_ns: [u64; NUM_COMPONENTS],
     pub start_reason: Option<EpisodeStart>,
     pub preempted_by: Option<(u32, String)>,
+    /// Why the blocked component happened (None: no blocked component).
+    pub blocked: Option<super::memory::BlockedWhy>,
 }
 
 pub fn comm_string(c: &[u8; observer_common::TASK_COMM_LEN]) -> String {
@@ -36,6 +38,7 @@ impl Episode {
             start_reason: EpisodeStart::from_u32(r.start_reason),
             preempted_by: (r.preempted_by_tid != 0)
                 .then(|| (r.preempted_by_tid, comm_string(&r.preempted_by_comm))),
+            blocked: super::memory::BlockedWhy::from_record(r),
         }
     }
 
@@ -78,9 +81,14 @@ mod tests {
             prev_cpu: 0,
             start_reason: EpisodeStart::Preempted as u32,
             preempted_by_tid: 77,
-            _pad0: 0,
+            block_reason: 0,
             comm,
             preempted_by_comm: by,
+            stack_id: -1,
+            block_dev: 0,
+            block_addr: 0,
+            block_ino: 0,
+            block_pgoff: 0,
         };
         let e = Episode::from_record(3, &r);
         assert_eq!(e.comm, "pg1");

@@ -6,6 +6,7 @@ pub mod episode;
 pub mod gc;
 pub mod hiccup;
 pub mod lease;
+pub mod memory;
 pub mod net;
 pub mod process;
 pub mod stats;

@@ -11,6 +11,7 @@ use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE};
 use super::{
     episode::Episode,
     gc::GcPause,
+    memory::{FaultCounts, MemTotals},
     stats::Aggregate,
     stop::{Signal, Stop},
 };
@@ -35,6 +36,12 @@ pub struct ProcessEntry {
     pub gc: Aggregate,
     /// Those of them that collected garbage.
     pub gc_collections: u64,
+    /// Memory and disk totals from the kernel (`PROC_MEM`), with the same reset handling as
+    /// the pause aggregates.
+    mem_base: MemTotals,
+    mem_current: MemTotals,
+    /// The kernel's own minor/major fault counters, as last read from /proc/<pid>/stat.
+    pub faults: Option<FaultCounts>,
 }
 
 impl ProcessEntry {
@@ -57,6 +64,13 @@ impl ProcessEntry {
     /// Episodes at or above the threshold that the kernel could not stream.
     pub fn dropped_records(&self) -> u64 {
         self.base_dropped + self.current_dropped
+    }
+
+    /// Cumulative memory and disk totals.
+    pub fn mem(&self) -> MemTotals {
+        let mut m = self.mem_base.clone();
+        m.merge(&self.mem_current);
+        m
     }
 
     fn fold_current_into_base(&mut self) {
@@ -109,10 +123,26 @@ impl ProcessTable {
         self.enforce_bound();
     }
 
+    /// Applies one cumulative `PROC_MEM` snapshot for `pid`, and its /proc fault counters.
+    pub fn apply_mem(&mut self, pid: u32, m: &MemTotals, faults: Option<FaultCounts>) {
+        let e = self.entry(pid);
+        if e.mem_current.reset_by(m) {
+            let old = std::mem::take(&mut e.mem_current);
+            e.mem_base.merge(&old);
+        }
+        e.mem_current = m.clone();
+        if faults.is_some() {
+            e.faults = faults;
+        }
+        self.enforce_bound();
+    }
+
     /// The process exited and its kernel entry (already applied) was deleted.
     pub fn retire(&mut self, pid: u32) {
         if let Some(e) = self.entries.get_mut(&pid) {
             e.fold_current_into_base();
+            let m = std::mem::take(&mut e.mem_current);
+            e.mem_base.merge(&m);
             e.exited = true;
         }
     }
@@ -213,6 +243,32 @@ mod tests {
         let s = t.get(1).unwrap().stat(STAT_EPISODE);
         assert_eq!((s.count, s.total_ns), (6, 430));
         assert_eq!(s.hist.iter().sum::<u64>(), 6);
+    }
+
+    #[test]
+    fn memory_totals_survive_recreation_and_exit() {
+        let mut t = ProcessTable::new(10);
+        let m = |n| MemTotals {
+            major_file: n,
+            ..Default::default()
+        };
+        t.apply_mem(1, &m(5), Some(FaultCounts { minor: 9, major: 5 }));
+        t.apply_snapshot(1, "a", &snap(0, 0));
+        t.apply_mem(1, &m(7), None);
+        assert_eq!(t.get(1).unwrap().mem().major_file, 7);
+        assert_eq!(
+            t.get(1).unwrap().faults,
+            Some(FaultCounts { minor: 9, major: 5 })
+        );
+        t.apply_mem(1, &m(2), None);
+        assert_eq!(
+            t.get(1).unwrap().mem().major_file,
+            9,
+            "recreated entry adds to the old one"
+        );
+        t.retire(1);
+        t.apply_mem(1, &m(1), None);
+        assert_eq!(t.get(1).unwrap().mem().major_file, 10);
     }
 
     #[test]

@@ -42,6 +42,30 @@ impl Aggregate {
         }
     }
 
+    /// What was added between `earlier` and this later snapshot of the same cumulative
+    /// aggregate. Its max is the exact max when that is within the interval's highest bucket,
+    /// else that bucket's upper edge (the maximum of an interval is not kept).
+    pub fn since(&self, earlier: &Aggregate) -> Aggregate {
+        let mut d = Aggregate {
+            count: self.count.saturating_sub(earlier.count),
+            total_ns: self.total_ns.saturating_sub(earlier.total_ns),
+            max_ns: 0,
+            hist: [0; hist::BUCKETS],
+        };
+        for (i, slot) in d.hist.iter_mut().enumerate() {
+            *slot = self.hist[i].saturating_sub(earlier.hist[i]);
+        }
+        if let Some(top) = d.hist.iter().rposition(|&n| n > 0) {
+            let (lo, hi) = hist::bounds(top);
+            d.max_ns = if (lo..hi).contains(&self.max_ns) {
+                self.max_ns
+            } else {
+                hi.min(self.max_ns)
+            };
+        }
+        d
+    }
+
     /// Records one value (aggregates built in userspace: process stops, fixtures).
     pub fn record(&mut self, v: u64) {
         self.count += 1;
@@ -78,6 +102,26 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_is_the_difference_of_two_snapshots() {
+        let mut a = Aggregate::default();
+        for v in [1_000_000, 2_000_000, 500_000_000] {
+            a.record(v);
+        }
+        let earlier = a.clone();
+        a.record(3_000_000);
+        let d = a.since(&earlier);
+        assert_eq!((d.count, d.total_ns), (1, 3_000_000));
+        // The old maximum (500 ms) is outside the interval: the bucket's edge bounds it.
+        assert!(
+            d.max_ns >= 3_000_000 && d.max_ns < 4_000_000,
+            "{}",
+            d.max_ns
+        );
+        assert!(d.percentile(0.99).unwrap() <= d.max_ns);
+        assert_eq!(a.since(&a).percentile(0.5), None);
+    }
 
     #[test]
     fn empty_has_no_percentiles() {

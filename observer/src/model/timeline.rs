@@ -19,6 +19,8 @@ pub enum SegmentKind {
     Thread {
         tid: u32,
         blocked_ns: u64,
+        /// What the blocked component was ("major_fault at 0x… in /data/x").
+        blocked_why: Option<String>,
         stopped_ns: u64,
         runq_ns: u64,
     },
@@ -55,6 +57,7 @@ impl Segment {
             kind: SegmentKind::Thread {
                 tid: e.tid,
                 blocked_ns: e.component(Component::Blocked),
+                blocked_why: e.blocked.as_ref().map(|b| b.describe()),
                 stopped_ns: e.component(Component::Stopped),
                 runq_ns: e.component(Component::Runq),
             },
@@ -135,6 +138,7 @@ impl Segment {
             SegmentKind::Gc { cause } => vec![Layer::new(s, e, 2, Cause::Gc, Some(cause), self.id)],
             SegmentKind::Thread {
                 blocked_ns,
+                blocked_why,
                 stopped_ns,
                 runq_ns: _,
                 ..
@@ -142,7 +146,14 @@ impl Segment {
                 let blocked_end = s.saturating_add(*blocked_ns).min(e);
                 let stopped_end = blocked_end.saturating_add(*stopped_ns).min(e);
                 vec![
-                    Layer::new(s, blocked_end, 3, Cause::Blocked, None, self.id),
+                    Layer::new(
+                        s,
+                        blocked_end,
+                        3,
+                        Cause::Blocked,
+                        blocked_why.as_ref(),
+                        self.id,
+                    ),
                     Layer::new(blocked_end, stopped_end, 3, Cause::Stopped, None, self.id),
                     Layer::new(stopped_end, e, 3, Cause::Runq, None, self.id),
                 ]
@@ -446,6 +457,7 @@ mod tests {
             kind: SegmentKind::Thread {
                 tid,
                 blocked_ns: blocked,
+                blocked_why: None,
                 stopped_ns: stopped,
                 runq_ns: runq,
             },

@@ -483,3 +483,88 @@ mod tests {
         assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
     }
 }
+
+/// Which memory and disk programs a set of offsets serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemGroup {
+    /// Page faults and the reason of D sleeps inside them.
+    Faults,
+    /// The file (inode, device) behind an fsync-family call's fd.
+    SyncFiles,
+    /// The disk of a block request.
+    Disk,
+}
+
+/// Offsets the memory and disk programs read: (loader global, struct, member, group).
+pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 15] = [
+    (
+        "TASK_MAJ_FLT_OFF",
+        "task_struct",
+        "maj_flt",
+        MemGroup::Faults,
+    ),
+    ("PT_REGS_IP_OFF", "pt_regs", "ip", MemGroup::Faults),
+    (
+        "MAPPING_HOST_OFF",
+        "address_space",
+        "host",
+        MemGroup::Faults,
+    ),
+    ("INODE_INO_OFF", "inode", "i_ino", MemGroup::SyncFiles),
+    ("INODE_SB_OFF", "inode", "i_sb", MemGroup::SyncFiles),
+    ("SB_DEV_OFF", "super_block", "s_dev", MemGroup::SyncFiles),
+    (
+        "TASK_FILES_OFF",
+        "task_struct",
+        "files",
+        MemGroup::SyncFiles,
+    ),
+    ("FILES_FDT_OFF", "files_struct", "fdt", MemGroup::SyncFiles),
+    ("FDT_MAX_FDS_OFF", "fdtable", "max_fds", MemGroup::SyncFiles),
+    ("FDT_FD_OFF", "fdtable", "fd", MemGroup::SyncFiles),
+    ("FILE_INODE_OFF", "file", "f_inode", MemGroup::SyncFiles),
+    ("RQ_Q_OFF", "request", "q", MemGroup::Disk),
+    ("Q_DISK_OFF", "request_queue", "disk", MemGroup::Disk),
+    ("DISK_MAJOR_OFF", "gendisk", "major", MemGroup::Disk),
+    (
+        "DISK_FIRST_MINOR_OFF",
+        "gendisk",
+        "first_minor",
+        MemGroup::Disk,
+    ),
+];
+
+/// Resolved memory and disk offsets: the loader globals' values (0 where missing) and the
+/// groups that could not be resolved, with the first error of each.
+pub struct MemOffsets {
+    pub values: Vec<(&'static str, u64)>,
+    pub missing: Vec<(MemGroup, BtfError)>,
+}
+
+impl MemOffsets {
+    pub fn from_btf(btf: &Btf) -> Self {
+        let mut values = Vec::with_capacity(MEM_OFFSETS.len());
+        let mut missing: Vec<(MemGroup, BtfError)> = Vec::new();
+        for (global, strukt, member, group) in MEM_OFFSETS {
+            match btf.member_offset(strukt, member) {
+                Ok(off) => values.push((global, u64::from(off))),
+                Err(e) => {
+                    values.push((global, 0));
+                    if !missing.iter().any(|(g, _)| *g == group) {
+                        missing.push((group, e));
+                    }
+                }
+            }
+        }
+        Self { values, missing }
+    }
+
+    /// Why `group` cannot work, if it cannot. Fault file identities need the inode offsets
+    /// too, which are listed under `SyncFiles`.
+    pub fn missing(&self, group: MemGroup) -> Option<&BtfError> {
+        self.missing
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, e)| e)
+    }
+}

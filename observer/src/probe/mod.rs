@@ -116,6 +116,38 @@ const CLOCK_SYSCALLS: [(&str, &str, &str); 4] = [
     ("clock_adjtime", "clock_adjtime_enter", "clock_adjtime_exit"),
 ];
 
+/// Memory brackets and major-fault accounting: (tracepoint, tp_btf program). tp_btf only:
+/// they keep their state in task storage, which needs BTF-typed task pointers.
+const FAULTS: [(&str, &str); 4] = [
+    ("page_fault_user", "page_fault_user"),
+    ("page_fault_kernel", "page_fault_kernel"),
+    ("mm_filemap_fault", "mm_filemap_fault"),
+    ("sched_process_exit", "mem_process_exit"),
+];
+const MEM_STALLS: [(&str, &str); 6] = [
+    ("mm_vmscan_direct_reclaim_begin", "direct_reclaim_begin"),
+    ("mm_vmscan_direct_reclaim_end", "direct_reclaim_end"),
+    ("mm_vmscan_memcg_reclaim_begin", "memcg_reclaim_begin"),
+    ("mm_vmscan_memcg_reclaim_end", "memcg_reclaim_end"),
+    ("mm_compaction_begin", "compaction_begin"),
+    ("mm_compaction_end", "compaction_end"),
+];
+const DISK: [(&str, &str); 2] = [
+    ("block_rq_issue", "block_rq_issue"),
+    ("block_rq_complete", "block_rq_complete"),
+];
+
+/// The fsync family: (syscall, entry program). One exit program serves them all.
+const SYNC_SYSCALLS: [(&str, &str); 6] = [
+    ("fsync", "fsync_enter"),
+    ("fdatasync", "fdatasync_enter"),
+    ("sync_file_range", "sync_file_range_enter"),
+    ("msync", "msync_enter"),
+    ("sync", "sync_enter"),
+    ("syncfs", "syncfs_enter"),
+];
+const SYNC_EXIT: &str = "sync_exit";
+
 /// Where tracefs is expected; pausewatch mounts it there when no tracefs is mounted.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -242,8 +274,12 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         "TP_TOTAL_RETRANS_OFF",
         "SKB_CB_OFF",
     ];
+    let mem = btf::MemOffsets::from_btf(&kbtf);
     let mut loader = EbpfLoader::new();
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
+        loader.override_global(name, v, true);
+    }
+    for (name, v) in &mem.values {
         loader.override_global(name, v, true);
     }
     let mut ebpf = loader
@@ -346,6 +382,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             .push(format!("TCP retransmissions not observed: {e}")),
     }
     probes.attach_clock_syscalls();
+    probes.attach_memory(&aya_btf, &mem);
     if probes.stats_fd.is_some() {
         // The empty `stats_floor` program: the run-time statistics time each run with
         // sched_clock() around the program, so they include about one clock read of their own
@@ -419,6 +456,118 @@ impl Probes {
         let btf = (self.sched_mechanism == "tp_btf").then_some(btf);
         if let Err(e) = attach_all(&mut self.ebpf, btf, progs, &mut self.attached) {
             self.notices.push(format!("{what} not observed: {e:#}"));
+        }
+    }
+
+    /// Attaches tp_btf-only programs (no raw_tp build: they need BTF-typed pointers), each on
+    /// its own: one that fails is named in a notice and the others stay.
+    fn attach_btf_only(&mut self, progs: &[(&str, &'static str)], btf: &Btf, what: &str) {
+        if self.sched_mechanism != "tp_btf" {
+            self.notices.push(format!(
+                "{what} not observed: needs tp_btf programs, which this kernel refused"
+            ));
+            return;
+        }
+        for &(tp, prog) in progs {
+            let r = (|| -> anyhow::Result<()> {
+                let p: &mut BtfTracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .with_context(|| format!("program {prog} missing"))?
+                    .try_into()?;
+                p.load(tp, btf)
+                    .with_context(|| format!("loading tp_btf/{tp}"))?;
+                p.attach()
+                    .with_context(|| format!("attaching tp_btf/{tp}"))?;
+                Ok(())
+            })();
+            match r {
+                Ok(()) => self.attached.push(prog),
+                Err(e) => self.notices.push(format!("{what}: {e:#}")),
+            }
+        }
+    }
+
+    /// Memory and disk pauses: fault brackets and major-fault accounting, reclaim and
+    /// compaction stalls, the fsync family, block device latency.
+    fn attach_memory(&mut self, btf: &Btf, mem: &btf::MemOffsets) {
+        match (
+            mem.missing(btf::MemGroup::Faults),
+            mem.missing(btf::MemGroup::SyncFiles),
+        ) {
+            (None, None) => self.attach_btf_only(&FAULTS, btf, "page faults"),
+            (Some(e), _) | (None, Some(e)) => self.notices.push(format!(
+                "page faults not observed (offsets not in BTF: {e})"
+            )),
+        }
+        self.attach_btf_only(&MEM_STALLS, btf, "reclaim and compaction stalls");
+        match mem.missing(btf::MemGroup::Disk) {
+            None => self.attach_btf_only(&DISK, btf, "block device latency"),
+            Some(e) => self.notices.push(format!(
+                "block device latency not observed (offsets not in BTF: {e})"
+            )),
+        }
+        if let Some(e) = mem.missing(btf::MemGroup::SyncFiles) {
+            self.notices.push(format!(
+                "fsync-family calls are timed but their files are unknown (offsets not in BTF: {e})"
+            ));
+        }
+        self.attach_sync_syscalls();
+    }
+
+    /// The fsync-family syscall tracepoints (classic: tracefs must be there, which
+    /// `attach_clock_syscalls` made sure of).
+    fn attach_sync_syscalls(&mut self) {
+        let r = (|| -> anyhow::Result<()> {
+            let exit: &mut TracePoint = self
+                .ebpf
+                .program_mut(SYNC_EXIT)
+                .with_context(|| format!("program {SYNC_EXIT} missing"))?
+                .try_into()?;
+            exit.load()
+                .context("loading the fsync-family exit program")?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.notices
+                .push(format!("fsync-family calls not observed: {e:#}"));
+            return;
+        }
+        let mut exit_attached = false;
+        for (syscall, enter) in SYNC_SYSCALLS {
+            let r = (|| -> anyhow::Result<()> {
+                let p: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(enter)
+                    .with_context(|| format!("program {enter} missing"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("loading tracepoint/syscalls/sys_enter_{syscall}"))?;
+                p.attach("syscalls", &format!("sys_enter_{syscall}"))
+                    .with_context(|| {
+                        format!("attaching tracepoint/syscalls/sys_enter_{syscall}")
+                    })?;
+                let exit: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(SYNC_EXIT)
+                    .context("exit program missing")?
+                    .try_into()?;
+                exit.attach("syscalls", &format!("sys_exit_{syscall}"))
+                    .with_context(|| format!("attaching tracepoint/syscalls/sys_exit_{syscall}"))?;
+                Ok(())
+            })();
+            match r {
+                Ok(()) => {
+                    self.attached.push(enter);
+                    exit_attached = true;
+                }
+                Err(e) => self
+                    .notices
+                    .push(format!("{syscall} calls not observed: {e:#}")),
+            }
+        }
+        if exit_attached {
+            self.attached.push(SYNC_EXIT);
         }
     }
 

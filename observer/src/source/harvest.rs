@@ -4,10 +4,12 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use observer_common::{NUM_DROP_CAUSES, ProcStats, comm_bytes};
+use observer_common::{ComponentStats, NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
 
 pub struct Harvester {
     procs: BpfHashMap<MapData, u32, ProcStats>,
+    mem: BpfHashMap<MapData, u32, ProcMem>,
+    disks: BpfHashMap<MapData, u32, ComponentStats>,
     drops: PerCpuArray<MapData, u64>,
 }
 
@@ -16,6 +18,10 @@ pub struct Harvester {
 pub struct Harvest {
     /// (tgid, comm, cumulative stats) for every process the kernel has an entry for.
     pub procs: Vec<(u32, String, ProcStats)>,
+    /// (tgid, cumulative memory and disk totals).
+    pub mem: Vec<(u32, ProcMem)>,
+    /// (kernel dev_t of a disk, cumulative request latency).
+    pub disks: Vec<(u32, ComponentStats)>,
     /// Processes that have exited: read above for the last time, and now deleted in the kernel.
     pub retired: Vec<u32>,
     /// Ring-buffer and aggregate drops per `DropCause`, summed over CPUs.
@@ -28,8 +34,18 @@ impl Harvester {
             ebpf.take_map("PROC_STATS")
                 .context("map PROC_STATS missing")?,
         )?;
+        let mem = BpfHashMap::try_from(ebpf.take_map("PROC_MEM").context("map PROC_MEM missing")?)?;
+        let disks = BpfHashMap::try_from(
+            ebpf.take_map("DISK_LATENCY")
+                .context("map DISK_LATENCY missing")?,
+        )?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
-        Ok(Self { procs, drops })
+        Ok(Self {
+            procs,
+            mem,
+            disks,
+            drops,
+        })
     }
 
     /// Reads every aggregate; entries of processes that no longer exist are deleted after this
@@ -42,13 +58,24 @@ impl Harvester {
             let comm = String::from_utf8_lossy(comm_bytes(&stats.comm)).into_owned();
             h.procs.push((tgid, comm, stats));
         }
-        for &(tgid, _, _) in &h.procs {
+        h.mem.extend(self.mem.iter().flatten());
+        h.disks.extend(self.disks.iter().flatten());
+        let mut seen: Vec<u32> = h
+            .procs
+            .iter()
+            .map(|p| p.0)
+            .chain(h.mem.iter().map(|m| m.0))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for tgid in seen {
             if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
                 h.retired.push(tgid);
             }
         }
         for tgid in &h.retired {
             let _ = self.procs.remove(tgid);
+            let _ = self.mem.remove(tgid);
         }
         for (i, slot) in h.drops.iter_mut().enumerate() {
             if let Ok(values) = self.drops.get(&(i as u32), 0) {

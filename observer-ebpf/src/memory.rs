@@ -1,0 +1,347 @@
+//! Memory pauses: page faults (file-backed and swap-in), direct and memcg reclaim, compaction,
+//! and why a thread was in uninterruptible sleep.
+//!
+//! Each thread has activity brackets in BPF task storage (`ACTIVITY`), set by tracepoints
+//! (tp_btf only: task storage needs a BTF-typed task pointer):
+//!
+//! - **Fault**: exceptions page_fault_user / page_fault_kernel record the latest fault's ip and
+//!   address; filemap mm_filemap_fault marks it file-backed (with inode, device, page offset).
+//!   There is no fault-exit tracepoint, so a fault counts as in progress while the thread's
+//!   saved user registers still show the faulting ip: a return to user space and any later
+//!   kernel entry (syscall, another fault) change them.
+//! - **Reclaim / compaction**: vmscan direct and memcg reclaim begin/end, compaction
+//!   begin/end; each stall is timed, aggregated, and streamed when at or above `--min-pause`.
+//!
+//! Major faults are counted from the kernel's own accounting (`task->maj_flt`, which is what
+//! /proc/<pid>/stat sums): a change seen at the thread's next fault, or at its exit, means its
+//! previous fault was major, and the bracket says whether that fault was on a file or on
+//! anonymous memory (a swap-in). The hot path (every fault) is one task-storage lookup and a
+//! few stores; the per-process map is touched only for major faults.
+//!
+//! When a thread leaves the CPU in D, `explain_block` names the innermost bracket it is in
+//! (reclaim/compaction, then fault, then an fsync-family call), or captures its kernel stack.
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_REUSE_STACKID, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        generated::{bpf_task_pt_regs, bpf_task_storage_get},
+    },
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, StackTrace},
+    programs::{BtfTracePointContext, tracing::StackIdContext},
+};
+use observer_common::{
+    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BlockReason, DropCause, MemStallRecord,
+    ProcMem, RecordKind, ThreadState,
+};
+
+use crate::{
+    config, counters, output, sched, sync,
+    task::{self, TaskPtr},
+};
+
+/// BTF-defined task-storage map (see episodes.rs for why it is declared this way).
+#[repr(C)]
+pub struct ActivityStorageDef {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const Activity,
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: null placeholders only the loader interprets; never read or written by the program.
+unsafe impl Sync for ActivityStorageDef {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "ACTIVITY")]
+static ACTIVITY: ActivityStorageDef = ActivityStorageDef {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
+/// Per-process memory and disk aggregates, keyed by tgid; harvested and retired like
+/// `PROC_STATS`.
+#[map]
+static PROC_MEM: LruHashMap<u32, ProcMem> = LruHashMap::with_max_entries(4096, 0);
+
+/// Zeroed template for new `PROC_MEM` entries (too large for the BPF stack).
+#[map]
+static PROC_MEM_INIT: PerCpuArray<ProcMem> = PerCpuArray::with_max_entries(1, 0);
+
+/// Kernel stacks of threads that went into D outside any bracket. The agent symbolises a
+/// stack when its episode arrives and then deletes it, so the map holds only recent stacks;
+/// REUSE_STACKID lets a new stack replace an old one whose hash collides instead of failing.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
+
+#[inline(always)]
+fn activity<const CREATE: bool>(task: TaskPtr) -> Option<&'static mut Activity> {
+    let map = core::ptr::from_ref(&ACTIVITY).cast_mut().cast();
+    let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
+    // SAFETY: `task` is a BTF-typed task pointer (a tp_btf argument or
+    // bpf_get_current_task_btf); a NULL value with F_CREATE zero-fills a new entry.
+    let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
+    // SAFETY: non-null pointers from the helper point to this task's entry, valid for the
+    // program's run; a task's entry is only written by programs running as that task.
+    if p.is_null() { None } else { Some(unsafe { &mut *p.cast::<Activity>() }) }
+}
+
+#[inline(always)]
+fn current_task() -> TaskPtr {
+    // SAFETY: helper without preconditions; the result is BTF-typed (never NULL in process
+    // context).
+    unsafe { bpf_get_current_task_btf() as TaskPtr }
+}
+
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let v = bpf_get_current_pid_tgid();
+    (v as u32, (v >> 32) as u32)
+}
+
+/// The process's memory aggregate, created on first use.
+#[inline(always)]
+pub fn proc_mem(tgid: u32) -> Option<&'static mut ProcMem> {
+    if let Some(p) = PROC_MEM.get_ptr_mut(&tgid) {
+        // SAFETY: pointer into our own map value, valid for this invocation.
+        return Some(unsafe { &mut *p });
+    }
+    let init = PROC_MEM_INIT.get_ptr(0)?;
+    // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
+    // SAFETY: `init` points to a valid, zeroed ProcMem in the per-CPU array.
+    let _ = PROC_MEM.insert(&tgid, unsafe { &*init }, BPF_NOEXIST as u64);
+    match PROC_MEM.get_ptr_mut(&tgid) {
+        // SAFETY: as above.
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            output::count_drop(DropCause::MemAggregate);
+            None
+        }
+    }
+}
+
+// ---- page faults
+//   page_fault_user / page_fault_kernel(unsigned long address, struct pt_regs *regs,
+//                                       unsigned long error_code)   (arch/x86)
+//   mm_filemap_fault(struct address_space *mapping, pgoff_t index)
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn page_fault_user(ctx: BtfTracePointContext) -> i32 {
+    on_fault(ctx.arg(0), ctx.arg(1), ACT_FAULT_USER);
+    0
+}
+
+#[btf_tracepoint(function = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: BtfTracePointContext) -> i32 {
+    on_fault(ctx.arg(0), ctx.arg(1), 0);
+    0
+}
+
+#[inline(always)]
+fn on_fault(addr: u64, regs: TaskPtr, user: u32) {
+    let task = current_task();
+    let Some(act) = activity::<true>(task) else { return };
+    settle_major(task, act);
+    act.fault_ip = task::read::<true, u64>(regs, config::pt_regs_ip_off()).unwrap_or(0);
+    act.fault_addr = addr;
+    act.fault_ino = 0;
+    act.fault_pgoff = 0;
+    act.fault_dev = 0;
+    act.flags = ACT_INIT | user;
+}
+
+/// Counts the thread's previous fault as major if the kernel's `maj_flt` moved since.
+#[inline(always)]
+fn settle_major(task: TaskPtr, act: &mut Activity) {
+    let Some(maj) = task::maj_flt(task) else { return };
+    if act.flags & ACT_INIT == 0 {
+        // First sight of this thread: its earlier faults are not ours to count.
+        act.majflt_seen = maj;
+        return;
+    }
+    if maj == act.majflt_seen {
+        return;
+    }
+    let n = maj.wrapping_sub(act.majflt_seen);
+    act.majflt_seen = maj;
+    let (_, tgid) = current_ids();
+    if !sched::is_traced(tgid) {
+        return;
+    }
+    let Some(pm) = proc_mem(tgid) else { return };
+    if act.flags & ACT_FAULT_FILE != 0 {
+        counters::atomic_add(&mut pm.major_file, n);
+    } else {
+        counters::atomic_add(&mut pm.major_swap, n);
+    }
+}
+
+#[btf_tracepoint(function = "mm_filemap_fault")]
+pub fn mm_filemap_fault(ctx: BtfTracePointContext) -> i32 {
+    let Some(act) = activity::<false>(current_task()) else { return 0 };
+    let mapping: TaskPtr = ctx.arg(0);
+    let o = config::inode_offsets();
+    act.flags |= ACT_FAULT_FILE;
+    act.fault_pgoff = ctx.arg::<u64>(1);
+    if let Some(inode) = task::read::<true, TaskPtr>(mapping, o.mapping_host).filter(|p| !p.is_null()) {
+        act.fault_ino = task::read::<true, u64>(inode, o.ino).unwrap_or(0);
+        act.fault_dev = task::read::<true, TaskPtr>(inode, o.sb)
+            .filter(|p| !p.is_null())
+            .and_then(|sb| task::read::<true, u32>(sb, o.sb_dev))
+            .unwrap_or(0);
+    }
+    0
+}
+
+/// A thread exits: its last fault is settled (nothing after it would do so).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn mem_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    let task = current_task();
+    if let Some(act) = activity::<false>(task) {
+        settle_major(task, act);
+    }
+    0
+}
+
+// ---- reclaim and compaction
+//   mm_vmscan_direct_reclaim_begin / mm_vmscan_memcg_reclaim_begin(int order, gfp_t gfp_flags)
+//   mm_vmscan_direct_reclaim_end / mm_vmscan_memcg_reclaim_end(unsigned long nr_reclaimed)
+//   mm_compaction_begin(struct compact_control *cc, unsigned long zone_start,
+//                       unsigned long zone_end, bool sync)
+//   mm_compaction_end(..., bool sync, int status)
+
+#[btf_tracepoint(function = "mm_vmscan_direct_reclaim_begin")]
+pub fn direct_reclaim_begin(_ctx: BtfTracePointContext) -> i32 {
+    stall_begin(BlockReason::Reclaim);
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_direct_reclaim_end")]
+pub fn direct_reclaim_end(ctx: BtfTracePointContext) -> i32 {
+    stall_end(BlockReason::Reclaim, ctx.arg::<u64>(0));
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
+pub fn memcg_reclaim_begin(_ctx: BtfTracePointContext) -> i32 {
+    stall_begin(BlockReason::MemcgReclaim);
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
+pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
+    stall_end(BlockReason::MemcgReclaim, ctx.arg::<u64>(0));
+    0
+}
+
+#[btf_tracepoint(function = "mm_compaction_begin")]
+pub fn compaction_begin(_ctx: BtfTracePointContext) -> i32 {
+    stall_begin(BlockReason::Compaction);
+    0
+}
+
+#[btf_tracepoint(function = "mm_compaction_end")]
+pub fn compaction_end(ctx: BtfTracePointContext) -> i32 {
+    stall_end(BlockReason::Compaction, ctx.arg::<i64>(4) as u64);
+    0
+}
+
+#[inline(always)]
+fn stall_begin(reason: BlockReason) {
+    let (_, tgid) = current_ids();
+    if !sched::is_traced(tgid) {
+        return;
+    }
+    let Some(act) = activity::<true>(current_task()) else { return };
+    act.mem_reason = reason as u32;
+    act.mem_start_ns = sched::now();
+}
+
+#[inline(always)]
+fn stall_end(reason: BlockReason, result: u64) {
+    let Some(act) = activity::<false>(current_task()) else { return };
+    if act.mem_reason != reason as u32 {
+        return;
+    }
+    act.mem_reason = 0;
+    let duration = sched::now().saturating_sub(act.mem_start_ns);
+    let (tid, tgid) = current_ids();
+    if let Some(pm) = proc_mem(tgid) {
+        let i = reason as usize - BlockReason::Reclaim as usize;
+        if let Some(s) = pm.mem_stalls.get_mut(i) {
+            counters::add_stall(s, duration);
+        }
+    }
+    if duration >= config::min_pause_ns() {
+        output::emit(
+            MemStallRecord {
+                kind: RecordKind::MemStall as u32,
+                reason: reason as u32,
+                tgid,
+                tid,
+                start_mono_ns: act.mem_start_ns,
+                duration_ns: duration,
+                result,
+                comm: task::comm::<true>(current_task()),
+            },
+            DropCause::MemStall,
+        );
+    }
+}
+
+// ---- why a thread is in D
+
+/// The user-mode instruction pointer `task` will return to (its saved registers).
+#[inline(always)]
+fn user_ip(task: TaskPtr) -> Option<u64> {
+    // SAFETY: `task` is a BTF-typed task pointer; the helper returns a BTF-typed pt_regs
+    // pointer (or 0), read through a fault-tolerant load.
+    let regs = unsafe { bpf_task_pt_regs(task.cast_mut().cast()) } as TaskPtr;
+    task::read::<true, u64>(regs, config::pt_regs_ip_off())
+}
+
+/// Fills in why `prev` (thread `tid`) is leaving the CPU in uninterruptible sleep.
+/// `DIRECT`: tp_btf, where brackets are readable; raw_tp has the kernel stack only.
+#[inline(always)]
+pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskPtr, tid: u32, st: &mut ThreadState) {
+    if DIRECT {
+        if let Some(act) = activity::<false>(prev) {
+            if act.mem_reason != 0 {
+                st.block_reason = act.mem_reason;
+                return;
+            }
+            if act.flags & ACT_FAULT_USER != 0 && user_ip(prev) == Some(act.fault_ip) {
+                st.block_reason = if act.flags & ACT_FAULT_FILE != 0 {
+                    BlockReason::MajorFault as u32
+                } else {
+                    BlockReason::Swapin as u32
+                };
+                st.block_addr = act.fault_addr;
+                st.block_ino = act.fault_ino;
+                st.block_pgoff = act.fault_pgoff;
+                st.block_dev = act.fault_dev;
+                return;
+            }
+        }
+    }
+    if let Some(call) = sync::call_of(tid) {
+        st.block_reason = BlockReason::Sync as u32;
+        st.block_addr = call.arg;
+        st.block_ino = call.ino;
+        st.block_dev = call.dev;
+        return;
+    }
+    st.block_reason = BlockReason::Stack as u32;
+    st.stack_id = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID as u64).map_or(-1, |id| id as i32);
+}
+
+/// Charges an episode's blocked phase to its process, by reason.
+#[inline(always)]
+pub fn charge_block(st: &ThreadState, blocked_ns: u64) {
+    let Some(pm) = proc_mem(st.tgid) else { return };
+    if let Some(s) = pm.blocked.get_mut(st.block_reason as usize) {
+        counters::add_stall(s, blocked_ns);
+    }
+}

@@ -1,0 +1,121 @@
+//! The agent's memory and disk state: naming what blocked threads waited on (files, kernel
+//! stacks), fsync-family calls and reclaim stalls, per-process totals, disk latency.
+use std::collections::VecDeque;
+
+use observer_common::{BlockReason, MemStallRecord, ProcMem, SyncRecord, SyncSyscall};
+
+use crate::{
+    model::{
+        episode::Episode,
+        memory::{DiskTable, FaultCounts, MemStall, MemTotals, SyncCall},
+        process::ProcessTable,
+        stats::Aggregate,
+    },
+    source::{files::FileNames, harvest::Harvest, stacks::Stacks},
+};
+
+/// Most recent fsync-family calls and reclaim stalls kept for the views.
+const RECENT: usize = 64;
+
+/// fds are small; anything above this on a `Sync` blocked phase is an msync address.
+const MAX_FD: u64 = 1 << 24;
+
+pub struct MemState {
+    pub files: FileNames,
+    /// None when the stack map could not be opened (stacks are then not named).
+    pub stacks: Option<Stacks>,
+    pub disks: DiskTable,
+    pub recent_sync: VecDeque<SyncCall>,
+    pub recent_stalls: VecDeque<MemStall>,
+    /// Blocked phases whose kernel stack could not be named (map entry gone or kallsyms
+    /// unreadable).
+    pub unnamed_stacks: u64,
+}
+
+impl MemState {
+    pub fn new(stacks: Option<Stacks>) -> Self {
+        Self {
+            files: FileNames::default(),
+            stacks,
+            disks: DiskTable::default(),
+            recent_sync: VecDeque::new(),
+            recent_stalls: VecDeque::new(),
+            unnamed_stacks: 0,
+        }
+    }
+
+    /// Names the file or kernel place behind an episode's blocked phase, while the process
+    /// still exists.
+    pub fn resolve(&mut self, ep: &mut Episode) {
+        let pid = ep.pid;
+        let Some(b) = ep.blocked.as_mut() else { return };
+        b.resolved = match b.reason {
+            BlockReason::MajorFault => self.files.mapping(pid, b.addr),
+            BlockReason::Sync if b.addr < MAX_FD => self.files.fd_path(pid, b.addr, b.dev, b.ino),
+            BlockReason::Sync => self.files.mapping(pid, b.addr),
+            BlockReason::Stack => {
+                let place = b
+                    .stack_id
+                    .and_then(|id| self.stacks.as_mut()?.place(id))
+                    .map(|(place, _)| place);
+                if place.is_none() {
+                    self.unnamed_stacks += 1;
+                }
+                place
+            }
+            _ => None,
+        };
+    }
+
+    pub fn on_sync(&mut self, r: &SyncRecord) -> SyncCall {
+        let mut c = SyncCall::from_record(r);
+        c.path = match c.syscall {
+            Some(s) if s.takes_fd() => self.files.fd_path(c.pid, c.arg, c.dev, c.ino),
+            Some(SyncSyscall::Msync) => self.files.mapping(c.pid, c.arg),
+            _ => None,
+        };
+        c.device = self.files.device(c.dev);
+        c.disk_p99_ns = self.disks.recent_p99(c.dev);
+        push(&mut self.recent_sync, c.clone());
+        c
+    }
+
+    pub fn on_stall(&mut self, r: &MemStallRecord) -> MemStall {
+        let s = MemStall::from_record(r);
+        push(&mut self.recent_stalls, s.clone());
+        s
+    }
+
+    /// Applies one harvest's memory totals (with the processes' own fault counters) and disk
+    /// latencies.
+    pub fn on_harvest(&mut self, h: &Harvest, table: &mut ProcessTable) {
+        for (pid, m) in &h.mem {
+            let faults = (!h.retired.contains(pid))
+                .then(|| proc_faults(*pid))
+                .flatten();
+            table.apply_mem(*pid, &MemTotals::from(m as &ProcMem), faults);
+        }
+        for (dev, s) in &h.disks {
+            let name = self.files.device(*dev);
+            self.disks.apply(*dev, name, Aggregate::from(s));
+        }
+    }
+}
+
+fn push<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() >= RECENT {
+        list.pop_front();
+    }
+    list.push_back(item);
+}
+
+/// The kernel's fault counters for a process (/proc/<pid>/stat).
+fn proc_faults(pid: u32) -> Option<FaultCounts> {
+    let s = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()?;
+    Some(FaultCounts {
+        minor: s.minflt,
+        major: s.majflt,
+    })
+}

@@ -1,0 +1,468 @@
+//! Memory and disk pauses in the agent: why a thread was blocked, fsync-family calls, reclaim
+//! and compaction stalls, per-process totals, and disk latency for context.
+use observer_common::{
+    BlockReason, MemStallRecord, NUM_BLOCK_REASONS, PauseRecord, ProcMem, StallStats, SyncRecord,
+    SyncSyscall,
+};
+
+use super::{episode::comm_string, stats::Aggregate, units::fmt_ns};
+
+/// A kernel dev_t (major << 20 | minor) as "major:minor".
+pub fn dev_name(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xfffff)
+}
+
+/// Where a blocked thread was, as the kernel saw it when it left the CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedWhy {
+    pub reason: BlockReason,
+    /// Faults: the faulting address. fsync family: the fd (msync: the address).
+    pub addr: u64,
+    /// The file's device and inode (0: anonymous memory or unknown).
+    pub dev: u32,
+    pub ino: u64,
+    /// File faults: page offset in the file.
+    pub pgoff: u64,
+    /// Outside any bracket: the kernel stack id (None when not captured).
+    pub stack_id: Option<u32>,
+    /// Resolved by the agent while the process still exists: the file (path) or, for kernel
+    /// stacks, where it slept ("jbd2 commit"); None until resolved or when it cannot be.
+    pub resolved: Option<String>,
+}
+
+impl BlockedWhy {
+    /// None when the episode had no blocked phase.
+    pub fn from_record(r: &PauseRecord) -> Option<Self> {
+        if r.components_ns[observer_common::Component::Blocked as usize] == 0 {
+            return None;
+        }
+        Some(Self {
+            reason: BlockReason::from_u32(r.block_reason).unwrap_or(BlockReason::Unknown),
+            addr: r.block_addr,
+            dev: r.block_dev,
+            ino: r.block_ino,
+            pgoff: r.block_pgoff,
+            stack_id: u32::try_from(r.stack_id).ok(),
+            resolved: None,
+        })
+    }
+
+    /// The label of the blocked component: `major_fault`, `fsync`, or for kernel stacks the
+    /// place it slept (`kernel: jbd2 commit`).
+    pub fn label(&self) -> String {
+        match (self.reason, &self.resolved) {
+            (BlockReason::Stack, Some(place)) => format!("kernel: {place}"),
+            (r, _) => r.name().to_string(),
+        }
+    }
+
+    /// One line for people: "major_fault at 0x7f00 in /data/x (offset 0x1000)".
+    pub fn describe(&self) -> String {
+        let file = || match &self.resolved {
+            Some(p) => p.clone(),
+            None if self.ino != 0 => format!("inode {} on {}", self.ino, dev_name(self.dev)),
+            None => "unknown file".to_string(),
+        };
+        match self.reason {
+            BlockReason::MajorFault => format!(
+                "major_fault at {:#x} in {} (offset {:#x})",
+                self.addr,
+                file(),
+                self.pgoff * 4096
+            ),
+            BlockReason::Swapin => format!("swapin at {:#x}", self.addr),
+            BlockReason::Sync => format!("fsync of {}", file()),
+            BlockReason::Stack => self.label(),
+            r => r.name().to_string(),
+        }
+    }
+}
+
+/// One fsync-family call at or above the threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncCall {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub syscall: Option<SyncSyscall>,
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    pub ret: i64,
+    /// fd (msync: address).
+    pub arg: u64,
+    pub dev: u32,
+    pub ino: u64,
+    /// The file's path, resolved while the process holds the fd; None: unknown.
+    pub path: Option<String>,
+    /// The device's name ("loop0", "vda"), or its mount source for devices without one.
+    pub device: Option<String>,
+    /// The disk's p99 request latency over the last window, when the device is a disk.
+    pub disk_p99_ns: Option<u64>,
+}
+
+impl SyncCall {
+    pub fn from_record(r: &SyncRecord) -> Self {
+        Self {
+            pid: r.tgid,
+            tid: r.tid,
+            comm: comm_string(&r.comm),
+            syscall: SyncSyscall::from_u32(r.syscall),
+            start_mono_ns: r.start_mono_ns,
+            duration_ns: r.duration_ns,
+            ret: r.ret,
+            arg: r.arg,
+            dev: r.dev,
+            ino: r.ino,
+            path: None,
+            device: None,
+            disk_p99_ns: None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.syscall.map_or("fsync-family call", SyncSyscall::name)
+    }
+
+    pub fn fd(&self) -> Option<u64> {
+        self.syscall.filter(|s| s.takes_fd()).map(|_| self.arg)
+    }
+
+    /// "fsync of /data/wal (loop0) took 450ms; the disk's p99 was 3.0ms: the time went to
+    /// queueing or throttling before the device".
+    pub fn describe(&self) -> String {
+        let what = match (&self.path, self.syscall) {
+            (_, Some(SyncSyscall::Sync)) => "all file systems".to_string(),
+            (Some(p), _) => p.clone(),
+            (None, _) => "an unknown file".to_string(),
+        };
+        let dev = self
+            .device
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        let mut s = format!(
+            "{} of {what}{dev} took {}",
+            self.name(),
+            fmt_ns(self.duration_ns)
+        );
+        if let Some(p99) = self.disk_p99_ns {
+            s.push_str(&format!("; the disk's p99 was {}", fmt_ns(p99)));
+            if self.duration_ns > p99.saturating_mul(10) {
+                s.push_str(": the time went to queueing or throttling before the device, or to waiting behind other write-back");
+            }
+        }
+        s
+    }
+}
+
+/// One reclaim or compaction stall at or above the threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemStall {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub reason: BlockReason,
+    pub start_mono_ns: u64,
+    pub duration_ns: u64,
+    /// Reclaim: pages reclaimed; compaction: the kernel's result code.
+    pub result: u64,
+}
+
+impl MemStall {
+    pub fn from_record(r: &MemStallRecord) -> Self {
+        Self {
+            pid: r.tgid,
+            tid: r.tid,
+            comm: comm_string(&r.comm),
+            reason: BlockReason::from_u32(r.reason).unwrap_or(BlockReason::Unknown),
+            start_mono_ns: r.start_mono_ns,
+            duration_ns: r.duration_ns,
+            result: r.result,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self.reason {
+            BlockReason::Reclaim | BlockReason::MemcgReclaim => format!(
+                "{} {} ({} pages reclaimed)",
+                self.reason.name(),
+                fmt_ns(self.duration_ns),
+                self.result
+            ),
+            r => format!("{} {}", r.name(), fmt_ns(self.duration_ns)),
+        }
+    }
+}
+
+/// Count, total and maximum of one kind of stall, in userspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stall {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+impl From<&StallStats> for Stall {
+    fn from(s: &StallStats) -> Self {
+        Self {
+            count: s.count,
+            total_ns: s.total_ns,
+            max_ns: s.max_ns,
+        }
+    }
+}
+
+impl Stall {
+    fn merge(&mut self, o: &Stall) {
+        self.count += o.count;
+        self.total_ns += o.total_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+}
+
+/// A process's memory and disk totals (the userspace form of the kernel's `ProcMem`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemTotals {
+    pub major_file: u64,
+    pub major_swap: u64,
+    /// Blocked time by `BlockReason`.
+    pub blocked: [Stall; NUM_BLOCK_REASONS],
+    /// Direct reclaim, memcg reclaim, compaction.
+    pub mem_stalls: [Stall; 3],
+    /// fsync-family calls.
+    pub sync: Aggregate,
+}
+
+impl From<&ProcMem> for MemTotals {
+    fn from(m: &ProcMem) -> Self {
+        Self {
+            major_file: m.major_file,
+            major_swap: m.major_swap,
+            blocked: std::array::from_fn(|i| Stall::from(&m.blocked[i])),
+            mem_stalls: std::array::from_fn(|i| Stall::from(&m.mem_stalls[i])),
+            sync: Aggregate::from(&m.sync),
+        }
+    }
+}
+
+impl MemTotals {
+    pub fn merge(&mut self, o: &MemTotals) {
+        self.major_file += o.major_file;
+        self.major_swap += o.major_swap;
+        for (a, b) in self.blocked.iter_mut().zip(&o.blocked) {
+            a.merge(b);
+        }
+        for (a, b) in self.mem_stalls.iter_mut().zip(&o.mem_stalls) {
+            a.merge(b);
+        }
+        self.sync.merge(&o.sync);
+    }
+
+    /// Whether a fresh kernel snapshot is smaller than this one: the entry was recreated.
+    pub fn reset_by(&self, fresh: &MemTotals) -> bool {
+        let events = |m: &MemTotals| {
+            m.major_file
+                + m.major_swap
+                + m.sync.count
+                + m.blocked.iter().map(|s| s.count).sum::<u64>()
+                + m.mem_stalls.iter().map(|s| s.count).sum::<u64>()
+        };
+        events(fresh) < events(self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == MemTotals::default()
+    }
+
+    pub fn stall(&self, r: BlockReason) -> Stall {
+        match r {
+            BlockReason::Reclaim | BlockReason::MemcgReclaim | BlockReason::Compaction => {
+                self.mem_stalls[r as usize - BlockReason::Reclaim as usize]
+            }
+            _ => Stall::default(),
+        }
+    }
+}
+
+/// The kernel's own fault counters for a process (/proc/<pid>/stat minflt and majflt, which
+/// include its exited threads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub minor: u64,
+    pub major: u64,
+}
+
+/// Snapshots of a disk's latency kept for its recent p99 (one per harvest, about a second).
+const DISK_WINDOW: usize = 10;
+
+/// Block request latency of one disk: cumulative, and over the last few seconds.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub dev: u32,
+    pub name: Option<String>,
+    snapshots: std::collections::VecDeque<Aggregate>,
+}
+
+impl Disk {
+    pub fn total(&self) -> Aggregate {
+        self.snapshots.back().cloned().unwrap_or_default()
+    }
+
+    /// Latency over the last `DISK_WINDOW` snapshots.
+    pub fn recent(&self) -> Aggregate {
+        match (self.snapshots.front(), self.snapshots.back()) {
+            (Some(first), Some(last)) if self.snapshots.len() > 1 => last.since(first),
+            (_, Some(last)) => last.clone(),
+            _ => Aggregate::default(),
+        }
+    }
+}
+
+/// Every disk's latency, keyed by kernel dev_t.
+#[derive(Debug, Default)]
+pub struct DiskTable {
+    disks: std::collections::BTreeMap<u32, Disk>,
+}
+
+impl DiskTable {
+    /// One harvest's cumulative snapshot of a disk.
+    pub fn apply(&mut self, dev: u32, name: Option<String>, a: Aggregate) {
+        let d = self.disks.entry(dev).or_insert_with(|| Disk {
+            dev,
+            name: None,
+            snapshots: Default::default(),
+        });
+        if name.is_some() {
+            d.name = name;
+        }
+        if d.snapshots.len() >= DISK_WINDOW {
+            d.snapshots.pop_front();
+        }
+        d.snapshots.push_back(a);
+    }
+
+    /// The disk a file system on `dev` lives on: the same dev_t, else the disk of the same
+    /// major with the highest first minor at or below it (a partition's disk).
+    pub fn for_dev(&self, dev: u32) -> Option<&Disk> {
+        self.disks.get(&dev).or_else(|| {
+            self.disks
+                .range(..=dev)
+                .next_back()
+                .map(|(_, d)| d)
+                .filter(|d| d.dev >> 20 == dev >> 20)
+        })
+    }
+
+    /// The disk's p99 request latency over the last seconds (None: no requests then).
+    pub fn recent_p99(&self, dev: u32) -> Option<u64> {
+        self.for_dev(dev)?.recent().percentile(0.99)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Disk> {
+        self.disks.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::{RecordKind, TASK_COMM_LEN};
+
+    fn sync_rec(duration_ns: u64) -> SyncRecord {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..2].copy_from_slice(b"pg");
+        SyncRecord {
+            kind: RecordKind::Sync as u32,
+            syscall: SyncSyscall::Fdatasync as u32,
+            tgid: 10,
+            tid: 11,
+            start_mono_ns: 5,
+            duration_ns,
+            ret: 0,
+            arg: 3,
+            ino: 12,
+            dev: (7 << 20) | 1,
+            flags: 0,
+            comm,
+        }
+    }
+
+    #[test]
+    fn sync_calls_say_where_the_time_went() {
+        let mut c = SyncCall::from_record(&sync_rec(450_000_000));
+        assert_eq!(c.fd(), Some(3));
+        assert_eq!(c.describe(), "fdatasync of an unknown file took 450.0ms");
+        c.path = Some("/data/wal".into());
+        c.device = Some("loop1".into());
+        c.disk_p99_ns = Some(3_000_000);
+        assert_eq!(
+            c.describe(),
+            "fdatasync of /data/wal (loop1) took 450.0ms; the disk's p99 was 3.0ms: the time went to queueing or throttling before the device, or to waiting behind other write-back"
+        );
+        c.disk_p99_ns = Some(100_000_000);
+        assert!(c.describe().ends_with("the disk's p99 was 100.0ms"));
+    }
+
+    #[test]
+    fn blocked_reasons_are_described() {
+        let mut w = BlockedWhy {
+            reason: BlockReason::MajorFault,
+            addr: 0x7f00_0000_1000,
+            dev: (254 << 20),
+            ino: 42,
+            pgoff: 3,
+            stack_id: None,
+            resolved: None,
+        };
+        assert_eq!(
+            w.describe(),
+            "major_fault at 0x7f0000001000 in inode 42 on 254:0 (offset 0x3000)"
+        );
+        w.resolved = Some("/usr/lib/libx.so".into());
+        assert_eq!(
+            w.describe(),
+            "major_fault at 0x7f0000001000 in /usr/lib/libx.so (offset 0x3000)"
+        );
+        w.reason = BlockReason::Stack;
+        w.resolved = Some("jbd2 commit".into());
+        assert_eq!(w.label(), "kernel: jbd2 commit");
+    }
+
+    #[test]
+    fn a_partition_finds_its_disk_and_the_window_slides() {
+        let mut t = DiskTable::default();
+        let disk = 254 << 20;
+        let mut a = Aggregate::default();
+        a.record(900_000_000);
+        t.apply(disk, Some("vda".into()), a.clone());
+        for _ in 0..DISK_WINDOW {
+            a.record(1_000_000);
+            t.apply(disk, None, a.clone());
+        }
+        assert_eq!(t.for_dev(disk + 1).unwrap().name.as_deref(), Some("vda"));
+        assert!(t.for_dev(253 << 20).is_none());
+        // The 900 ms request has left the window; the recent p99 is about 1 ms.
+        let p99 = t.recent_p99(disk + 1).unwrap();
+        assert!((750_000..=1_048_576).contains(&p99), "{p99}");
+        assert_eq!(
+            t.for_dev(disk).unwrap().total().count,
+            1 + DISK_WINDOW as u64
+        );
+    }
+
+    #[test]
+    fn a_recreated_kernel_entry_is_noticed() {
+        let mut a = MemTotals {
+            major_file: 5,
+            ..Default::default()
+        };
+        let b = MemTotals {
+            major_file: 1,
+            ..Default::default()
+        };
+        assert!(a.reset_by(&b));
+        assert!(!b.reset_by(&a));
+        a.merge(&b);
+        assert_eq!(a.major_file, 6);
+    }
+}
