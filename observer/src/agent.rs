@@ -556,6 +556,17 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         })?;
     let mut harvester = Harvester::new(&mut probes.ebpf)?;
     let mut notices = probes.notices.clone();
+    let disk_map = match probes
+        .ebpf
+        .take_map("DISK_LATENCY")
+        .map(aya::maps::HashMap::try_from)
+    {
+        Some(Ok(m)) => Some(m),
+        _ => {
+            notices.push("disk latency is not read: map DISK_LATENCY unavailable".into());
+            None
+        }
+    };
     let stacks = match Stacks::new(&mut probes.ebpf) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -660,7 +671,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             host_threshold_ns,
             StealSample::read(WallClock::mono_now()).ok(),
         ),
-        mem: MemState::new(stacks),
+        mem: MemState::new(stacks, disk_map),
     };
     for l in &settings.leases {
         if let Some(t) = start_time(l.pid) {

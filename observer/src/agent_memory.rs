@@ -2,7 +2,10 @@
 //! stacks), fsync-family calls and reclaim stalls, per-process totals, disk latency.
 use std::collections::VecDeque;
 
-use observer_common::{BlockReason, MemStallRecord, ProcMem, SyncRecord, SyncSyscall};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use observer_common::{
+    BlockReason, ComponentStats, MemStallRecord, ProcMem, SyncRecord, SyncSyscall,
+};
 
 use crate::{
     model::{
@@ -22,6 +25,9 @@ const MAX_FD: u64 = 1 << 24;
 
 pub struct MemState {
     pub files: FileNames,
+    /// The kernel's per-disk latency (read at every harvest and before naming a slow fsync's
+    /// disk); None when the map could not be opened.
+    disk_map: Option<BpfHashMap<MapData, u32, ComponentStats>>,
     /// None when the stack map could not be opened (stacks are then not named).
     pub stacks: Option<Stacks>,
     pub disks: DiskTable,
@@ -33,9 +39,13 @@ pub struct MemState {
 }
 
 impl MemState {
-    pub fn new(stacks: Option<Stacks>) -> Self {
+    pub fn new(
+        stacks: Option<Stacks>,
+        disk_map: Option<BpfHashMap<MapData, u32, ComponentStats>>,
+    ) -> Self {
         Self {
             files: FileNames::default(),
+            disk_map,
             stacks,
             disks: DiskTable::default(),
             recent_sync: VecDeque::new(),
@@ -75,6 +85,7 @@ impl MemState {
             _ => None,
         };
         c.device = self.files.device(c.dev);
+        self.refresh_disks();
         c.disk_p99_ns = self.disks.recent_p99(c.dev);
         push(&mut self.recent_sync, c.clone());
         c
@@ -95,9 +106,17 @@ impl MemState {
                 .flatten();
             table.apply_mem(*pid, &MemTotals::from(m as &ProcMem), faults);
         }
-        for (dev, s) in &h.disks {
-            let name = self.files.device(*dev);
-            self.disks.apply(*dev, name, Aggregate::from(s));
+        self.refresh_disks();
+    }
+
+    /// Reads every disk's cumulative latency.
+    fn refresh_disks(&mut self) {
+        let Some(map) = &self.disk_map else { return };
+        let now = crate::source::clock::WallClock::mono_now();
+        let readings: Vec<(u32, ComponentStats)> = map.iter().flatten().collect();
+        for (dev, s) in readings {
+            let name = self.files.device(dev);
+            self.disks.apply(dev, name, Aggregate::from(&s), now);
         }
     }
 }

@@ -133,6 +133,9 @@ impl SyncCall {
         let what = match (&self.path, self.syscall) {
             (_, Some(SyncSyscall::Sync)) => "all file systems".to_string(),
             (Some(p), _) => p.clone(),
+            (None, _) if self.ino != 0 => {
+                format!("inode {} (the process no longer had it open)", self.ino)
+            }
             (None, _) => "an unknown file".to_string(),
         };
         let dev = self
@@ -300,19 +303,27 @@ const DISK_WINDOW: usize = 10;
 pub struct Disk {
     pub dev: u32,
     pub name: Option<String>,
-    snapshots: std::collections::VecDeque<Aggregate>,
+    /// (CLOCK_MONOTONIC of the reading, cumulative latency), at least `DISK_STEP_NS` apart
+    /// except for the newest, which later readings within the step replace.
+    snapshots: std::collections::VecDeque<(u64, Aggregate)>,
 }
+
+/// Spacing of the kept snapshots.
+const DISK_STEP_NS: u64 = 1_000_000_000;
 
 impl Disk {
     pub fn total(&self) -> Aggregate {
-        self.snapshots.back().cloned().unwrap_or_default()
+        self.snapshots
+            .back()
+            .map(|s| s.1.clone())
+            .unwrap_or_default()
     }
 
     /// Latency over the last `DISK_WINDOW` snapshots.
     pub fn recent(&self) -> Aggregate {
         match (self.snapshots.front(), self.snapshots.back()) {
-            (Some(first), Some(last)) if self.snapshots.len() > 1 => last.since(first),
-            (_, Some(last)) => last.clone(),
+            (Some(first), Some(last)) if self.snapshots.len() > 1 => last.1.since(&first.1),
+            (_, Some(last)) => last.1.clone(),
             _ => Aggregate::default(),
         }
     }
@@ -325,8 +336,8 @@ pub struct DiskTable {
 }
 
 impl DiskTable {
-    /// One harvest's cumulative snapshot of a disk.
-    pub fn apply(&mut self, dev: u32, name: Option<String>, a: Aggregate) {
+    /// A cumulative reading of a disk's latency at `now_ns`.
+    pub fn apply(&mut self, dev: u32, name: Option<String>, a: Aggregate, now_ns: u64) {
         let d = self.disks.entry(dev).or_insert_with(|| Disk {
             dev,
             name: None,
@@ -335,10 +346,13 @@ impl DiskTable {
         if name.is_some() {
             d.name = name;
         }
-        if d.snapshots.len() >= DISK_WINDOW {
+        let n = d.snapshots.len();
+        if n >= 2 && now_ns.saturating_sub(d.snapshots[n - 2].0) < DISK_STEP_NS {
+            d.snapshots.pop_back();
+        } else if n > DISK_WINDOW {
             d.snapshots.pop_front();
         }
-        d.snapshots.push_back(a);
+        d.snapshots.push_back((now_ns, a));
     }
 
     /// The disk a file system on `dev` lives on: the same dev_t, else the disk of the same
@@ -391,7 +405,10 @@ mod tests {
     fn sync_calls_say_where_the_time_went() {
         let mut c = SyncCall::from_record(&sync_rec(450_000_000));
         assert_eq!(c.fd(), Some(3));
-        assert_eq!(c.describe(), "fdatasync of an unknown file took 450.0ms");
+        assert_eq!(
+            c.describe(),
+            "fdatasync of inode 12 (the process no longer had it open) took 450.0ms"
+        );
         c.path = Some("/data/wal".into());
         c.device = Some("loop1".into());
         c.disk_p99_ns = Some(3_000_000);
@@ -434,10 +451,12 @@ mod tests {
         let disk = 254 << 20;
         let mut a = Aggregate::default();
         a.record(900_000_000);
-        t.apply(disk, Some("vda".into()), a.clone());
-        for _ in 0..DISK_WINDOW {
+        t.apply(disk, Some("vda".into()), a.clone(), 0);
+        for i in 1..=DISK_WINDOW as u64 {
             a.record(1_000_000);
-            t.apply(disk, None, a.clone());
+            // A reading between steps replaces the newest instead of shortening the window.
+            t.apply(disk, None, a.clone(), i * DISK_STEP_NS - 1);
+            t.apply(disk, None, a.clone(), i * DISK_STEP_NS);
         }
         assert_eq!(t.for_dev(disk + 1).unwrap().name.as_deref(), Some("vda"));
         assert!(t.for_dev(253 << 20).is_none());

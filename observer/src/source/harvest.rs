@@ -4,12 +4,11 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use observer_common::{ComponentStats, NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
+use observer_common::{NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
 
 pub struct Harvester {
     procs: BpfHashMap<MapData, u32, ProcStats>,
     mem: BpfHashMap<MapData, u32, ProcMem>,
-    disks: BpfHashMap<MapData, u32, ComponentStats>,
     drops: PerCpuArray<MapData, u64>,
 }
 
@@ -20,8 +19,6 @@ pub struct Harvest {
     pub procs: Vec<(u32, String, ProcStats)>,
     /// (tgid, cumulative memory and disk totals).
     pub mem: Vec<(u32, ProcMem)>,
-    /// (kernel dev_t of a disk, cumulative request latency).
-    pub disks: Vec<(u32, ComponentStats)>,
     /// Processes that have exited: read above for the last time, and now deleted in the kernel.
     pub retired: Vec<u32>,
     /// Ring-buffer and aggregate drops per `DropCause`, summed over CPUs.
@@ -35,17 +32,8 @@ impl Harvester {
                 .context("map PROC_STATS missing")?,
         )?;
         let mem = BpfHashMap::try_from(ebpf.take_map("PROC_MEM").context("map PROC_MEM missing")?)?;
-        let disks = BpfHashMap::try_from(
-            ebpf.take_map("DISK_LATENCY")
-                .context("map DISK_LATENCY missing")?,
-        )?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
-        Ok(Self {
-            procs,
-            mem,
-            disks,
-            drops,
-        })
+        Ok(Self { procs, mem, drops })
     }
 
     /// Reads every aggregate; entries of processes that no longer exist are deleted after this
@@ -59,7 +47,6 @@ impl Harvester {
             h.procs.push((tgid, comm, stats));
         }
         h.mem.extend(self.mem.iter().flatten());
-        h.disks.extend(self.disks.iter().flatten());
         let mut seen: Vec<u32> = h
             .procs
             .iter()

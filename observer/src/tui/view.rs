@@ -167,7 +167,7 @@ pub(crate) mod tests {
             recent_gc: Default::default(),
             runtimes: Default::default(),
             mechanism: "tp_btf",
-            mem: crate::agent_memory::MemState::new(None),
+            mem: crate::agent_memory::MemState::new(None, None),
             notices: vec![],
             corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
             recent_incidents: Default::default(),

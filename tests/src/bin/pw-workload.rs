@@ -20,6 +20,16 @@
 //!   pw-workload slew-clock US HOLD_SECS      ask the kernel PLL to slew by US µs (adjtimex
 //!                                            ADJ_OFFSET with STA_PLL), hold it HOLD_SECS, then
 //!                                            restore the status and offset found; print {"pid"}
+//!   pw-workload touch-file PATH              drop PATH's page cache, map it, touch every page
+//!                                            (MADV_RANDOM: one major fault each), print
+//!                                            {"pid","tid","minflt","majflt","addr"} from
+//!                                            /proc/self/stat
+//!   pw-workload fsync-file PATH BYTES        write BYTES to PATH, fsync it, print
+//!                                            {"pid","tid","fsync_ns"} measured around the call,
+//!                                            and keep the file open a second longer (as a
+//!                                            database keeps its log open)
+//!   pw-workload read-file PATH               read PATH to the end (filling the page cache),
+//!                                            print {"pid","tid","bytes"}
 use std::{
     io::BufRead,
     sync::{
@@ -163,6 +173,9 @@ fn main() {
         Some("rt-hog") => rt_hog(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("step-clock") => step_clock(arg(2).parse().unwrap()),
         Some("slew-clock") => slew_clock(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        Some("touch-file") => touch_file(arg(2)),
+        Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
+        Some("read-file") => read_file(arg(2)),
         _ => panic!("usage: see the module docs"),
     }
 }
@@ -286,4 +299,84 @@ fn slew_clock(us: i64, hold_secs: f64) {
     back.offset = 0;
     adjtimex(&mut back);
     println!("{}", serde_json::json!({ "pid": std::process::id() }));
+}
+
+/// (minflt, majflt) of this process from /proc/self/stat (fields 10 and 12).
+fn fault_counts() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    (f[7].parse().unwrap(), f[9].parse().unwrap())
+}
+
+fn touch_file(path: &str) {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path).expect("open");
+    let len = f.metadata().expect("stat").len() as usize;
+    // SAFETY: valid fd and length; the mapping is only read through `p` while it exists.
+    unsafe {
+        // Clean pages (the test synced the file): DONTNEED drops them from the page cache.
+        assert_eq!(
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED),
+            0
+        );
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::madvise(p, len, libc::MADV_RANDOM), 0);
+        let mut sum = 0u64;
+        for off in (0..len).step_by(4096) {
+            sum = sum.wrapping_add(u64::from(std::ptr::read_volatile(p.cast::<u8>().add(off))));
+        }
+        std::hint::black_box(sum);
+        let (minflt, majflt) = fault_counts();
+        println!(
+            "{}",
+            serde_json::json!({"pid": std::process::id(), "tid": gettid(), "minflt": minflt, "majflt": majflt, "addr": p as u64, "len": len})
+        );
+        libc::munmap(p, len);
+    }
+}
+
+fn fsync_file(path: &str, bytes: usize) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(&vec![0x5au8; bytes]).expect("write");
+    let t = Instant::now();
+    f.sync_all().expect("fsync");
+    let fsync_ns = t.elapsed().as_nanos() as u64;
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "tid": gettid(), "fsync_ns": fsync_ns})
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop(f);
+}
+
+fn read_file(path: &str) {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        match f.read(&mut buf).expect("read") {
+            0 => break,
+            n => bytes += n as u64,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "tid": gettid(), "bytes": bytes})
+    );
 }
