@@ -18,31 +18,46 @@ use crate::{build_release, is_root, root_dir};
 
 struct Workload {
     name: &'static str,
+    /// `perf`, or `pw-workload` (the tests' workload helper).
+    program: &'static str,
     args: &'static [&'static str],
 }
 
-const WORKLOADS: [Workload; 2] = [
+const WORKLOADS: [Workload; 3] = [
     Workload {
         name: "perf bench sched pipe (200k round trips)",
+        program: "perf",
         args: &["bench", "sched", "pipe", "-l", "200000"],
     },
     Workload {
         name: "perf bench sched messaging (10 groups, 400 loops)",
+        program: "perf",
         args: &["bench", "sched", "messaging", "-g", "10", "-l", "400"],
+    },
+    // The page-fault path: 262,144 minor faults, each through page_fault_user.
+    Workload {
+        name: "touch 1 GiB of fresh anonymous memory (4 KiB pages)",
+        program: "pw-workload",
+        args: &["touch-anon", "1024"],
     },
 ];
 
 fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
+    let program = match w.program {
+        "pw-workload" => pausewatch_tests::workload_bin(),
+        p => p.into(),
+    };
     let t = Instant::now();
-    let out = Command::new("perf")
+    let out = Command::new(&program)
         .args(w.args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .context("running perf")?;
+        .with_context(|| format!("running {}", w.program))?;
     if !out.status.success() {
         bail!(
-            "perf {:?} failed: {}",
+            "{} {:?} failed: {}",
+            w.program,
             w.args,
             String::from_utf8_lossy(&out.stderr)
         );

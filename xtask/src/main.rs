@@ -96,6 +96,9 @@ pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     // injected loss (nft).
     ("iproute2", &["nstat", "-V"]),
     ("nftables", &["nft", "--version"]),
+    // The memory tests: an ext4 file system on a loop device (mkfs.ext4, losetup, lsblk).
+    ("e2fsprogs", &["mkfs.ext4", "-V"]),
+    ("util-linux", &["losetup", "--version"]),
 ];
 
 pub fn is_root() -> bool {

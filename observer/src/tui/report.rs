@@ -1,7 +1,7 @@
 //! Plain-text report printed when the live view ends.
 use std::fmt::Write as _;
 
-use observer_common::{Component, STAT_EPISODE};
+use observer_common::{BlockReason, Component, STAT_EPISODE};
 
 use super::view::fmt_ns;
 use crate::{
@@ -102,6 +102,7 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
             fmt_ns(p.gc.max_ns)
         );
     }
+    memory_section(&mut s, st);
     host_section(&mut s, st);
     if !st.recent_incidents.is_empty() {
         let _ = writeln!(s, "incidents ({} most recent):", st.recent_incidents.len());
@@ -119,6 +120,51 @@ pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
         let _ = writeln!(s, "own cost: {c} ns per program run");
     }
     s
+}
+
+/// Why processes were blocked, the slowest fsync-family calls and reclaim stalls.
+fn memory_section(s: &mut String, st: &AgentState) {
+    let mut procs: Vec<_> = st
+        .table
+        .sorted()
+        .into_iter()
+        .map(|p| (p, p.mem()))
+        .filter(|(_, m)| m.blocked.iter().any(|b| b.total_ns > 0))
+        .collect();
+    procs
+        .sort_by_key(|(_, m)| std::cmp::Reverse(m.blocked.iter().map(|b| b.total_ns).sum::<u64>()));
+    for (p, m) in procs.iter().take(5) {
+        let parts: Vec<String> = BlockReason::ALL
+            .iter()
+            .filter(|&&r| m.blocked[r as usize].total_ns > 0)
+            .map(|&r| format!("{} {}", r.name(), fmt_ns(m.blocked[r as usize].total_ns)))
+            .collect();
+        let faults = if m.major_file + m.major_swap > 0 {
+            format!(
+                " ({} major faults on files, {} swap-ins)",
+                m.major_file, m.major_swap
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "  {:>7} {:<16} blocked: {}{faults}",
+            p.pid,
+            p.comm,
+            parts.join(", ")
+        );
+    }
+    let mut slow: Vec<_> = st.mem.recent_sync.iter().collect();
+    slow.sort_by_key(|c| std::cmp::Reverse(c.duration_ns));
+    for c in slow.iter().take(5) {
+        let _ = writeln!(s, "  {:>7} {:<16} {}", c.pid, c.comm, c.describe());
+    }
+    let mut stalls: Vec<_> = st.mem.recent_stalls.iter().collect();
+    stalls.sort_by_key(|m| std::cmp::Reverse(m.duration_ns));
+    for m in stalls.iter().take(5) {
+        let _ = writeln!(s, "  {:>7} {:<16} {}", m.pid, m.comm, m.describe());
+    }
 }
 
 /// Clock steps, host-wide pauses and TCP retransmissions, where there were any.
@@ -191,6 +237,44 @@ mod tests {
         assert!(t.contains("#9 host freeze 2.00s"), "{t}");
         assert!(
             t.contains("clock stepped back 1.50s (cause not seen)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn names_slow_fsyncs_and_reclaim() {
+        use observer_common::BlockReason;
+
+        use crate::model::memory::{MemStall, SyncCall};
+        let mut st = super::super::view::tests::state();
+        st.mem.recent_sync.push_back(SyncCall {
+            pid: 77,
+            tid: 77,
+            comm: "pg".into(),
+            syscall: Some(observer_common::SyncSyscall::Fsync),
+            start_mono_ns: 1,
+            duration_ns: 450_000_000,
+            ret: 0,
+            arg: 3,
+            dev: 7 << 20,
+            ino: 12,
+            path: Some("/data/wal".into()),
+            device: Some("loop0".into()),
+            disk_p99_ns: None,
+        });
+        st.mem.recent_stalls.push_back(MemStall {
+            pid: 78,
+            tid: 79,
+            comm: "java".into(),
+            reason: BlockReason::MemcgReclaim,
+            start_mono_ns: 1,
+            duration_ns: 12_000_000,
+            result: 32,
+        });
+        let t = super::text(&st, &[]);
+        assert!(t.contains("fsync of /data/wal (loop0) took 450.0ms"), "{t}");
+        assert!(
+            t.contains("memcg_reclaim 12.0ms (32 pages reclaimed)"),
             "{t}"
         );
     }

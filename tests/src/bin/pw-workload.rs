@@ -28,6 +28,9 @@
 //!                                            {"pid","tid","fsync_ns"} measured around the call,
 //!                                            and keep the file open a second longer (as a
 //!                                            database keeps its log open)
+//!   pw-workload touch-anon MIB               map MIB MiB of anonymous memory without huge pages
+//!                                            and write one byte per 4 KiB page (one minor fault
+//!                                            each); print {"pid","minflt"}
 //!   pw-workload read-file PATH               read PATH to the end (filling the page cache),
 //!                                            print {"pid","tid","bytes"}
 use std::{
@@ -176,6 +179,7 @@ fn main() {
         Some("touch-file") => touch_file(arg(2)),
         Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
         Some("read-file") => read_file(arg(2)),
+        Some("touch-anon") => touch_anon(arg(2).parse().unwrap()),
         _ => panic!("usage: see the module docs"),
     }
 }
@@ -378,5 +382,35 @@ fn read_file(path: &str) {
     println!(
         "{}",
         serde_json::json!({"pid": std::process::id(), "tid": gettid(), "bytes": bytes})
+    );
+}
+
+fn touch_anon(mib: usize) {
+    let len = mib << 20;
+    // SAFETY: a fresh private anonymous mapping, written only inside its bounds, then unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
+        for off in (0..len).step_by(4096) {
+            std::ptr::write_volatile(p.cast::<u8>().add(off), 1);
+        }
+        libc::munmap(p, len);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "minflt": fault_counts().0})
     );
 }
