@@ -44,7 +44,7 @@ const WORKLOADS: [Workload; 3] = [
 
 fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
     let program = match w.program {
-        "pw-workload" => pausewatch_tests::workload_bin(),
+        "pw-workload" => root_dir().join("target/release/pw-workload"),
         p => p.into(),
     };
     let t = Instant::now();
@@ -171,6 +171,14 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
     }
     ensure_perf()?;
     let bin = build_release()?;
+    crate::run(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "-p",
+        "pausewatch-tests",
+        "--bin",
+        "pw-workload",
+    ]))?;
     let mut report = report_header("sched", rounds);
     report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
     let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
