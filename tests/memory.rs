@@ -12,19 +12,6 @@ use std::{
 use pausewatch_tests::*;
 use serde_json::Value;
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A file of `mib` MiB of non-zero data, written to disk and dropped from the page cache.
 fn cold_file(path: &Path, mib: usize) {
     let mut f = std::fs::File::create(path).expect("create");
@@ -53,18 +40,18 @@ impl LoopFs {
         let id = std::process::id();
         let image = PathBuf::from(format!("/var/tmp/pw-loop-{id}.img"));
         let mnt = PathBuf::from(format!("/var/tmp/pw-loop-{id}.mnt"));
-        run(&["truncate", "-s", "64M", image.to_str().unwrap()]);
-        let dev = run(&["losetup", "-f", "--show", image.to_str().unwrap()]);
+        run_cmd(&["truncate", "-s", "64M", image.to_str().unwrap()]);
+        let dev = run_cmd(&["losetup", "-f", "--show", image.to_str().unwrap()]);
         let fs = Self { image, dev, mnt };
-        run(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", &fs.dev]);
+        run_cmd(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", &fs.dev]);
         std::fs::create_dir_all(&fs.mnt).unwrap();
-        run(&["mount", &fs.dev, fs.mnt.to_str().unwrap()]);
+        run_cmd(&["mount", &fs.dev, fs.mnt.to_str().unwrap()]);
         fs
     }
 
     /// "major:minor" of the loop device.
     fn maj_min(&self) -> String {
-        run(&["lsblk", "-dno", "MAJ:MIN", &self.dev])
+        run_cmd(&["lsblk", "-dno", "MAJ:MIN", &self.dev])
     }
 }
 

@@ -11,18 +11,6 @@ use std::{
 use pausewatch_tests::*;
 use serde_json::Value;
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Two namespaces joined by veth, removed (with the veth pair) when dropped.
 struct NetnsPair {
     a: String,
@@ -38,16 +26,16 @@ impl NetnsPair {
             a: a.clone(),
             b: b.clone(),
         };
-        run(&["ip", "netns", "add", &a]);
-        run(&["ip", "netns", "add", &b]);
-        run(&[
+        run_cmd(&["ip", "netns", "add", &a]);
+        run_cmd(&["ip", "netns", "add", &b]);
+        run_cmd(&[
             "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
         ]);
-        run(&["ip", "link", "set", &va, "netns", &a]);
-        run(&["ip", "link", "set", &vb, "netns", &b]);
-        run(&["ip", "-n", &a, "addr", "add", "10.231.0.1/24", "dev", &va]);
-        run(&["ip", "-n", &b, "addr", "add", "10.231.0.2/24", "dev", &vb]);
-        run(&[
+        run_cmd(&["ip", "link", "set", &va, "netns", &a]);
+        run_cmd(&["ip", "link", "set", &vb, "netns", &b]);
+        run_cmd(&["ip", "-n", &a, "addr", "add", "10.231.0.1/24", "dev", &va]);
+        run_cmd(&["ip", "-n", &b, "addr", "add", "10.231.0.2/24", "dev", &vb]);
+        run_cmd(&[
             "ip",
             "-n",
             &a,
@@ -58,7 +46,7 @@ impl NetnsPair {
             &va,
             "nodad",
         ]);
-        run(&[
+        run_cmd(&[
             "ip",
             "-n",
             &b,
@@ -70,8 +58,8 @@ impl NetnsPair {
             "nodad",
         ]);
         for (ns, dev) in [(&a, &va), (&b, &vb)] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            run_cmd(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run_cmd(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         pair
     }

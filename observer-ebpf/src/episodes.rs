@@ -22,50 +22,59 @@ use observer_common::ThreadState;
 
 use crate::task::TaskPtr;
 
-/// BTF-defined task-storage map: member types carry the definition, values are never read.
+/// BTF-defined task-storage map of `V`: member types carry the definition, values are never
+/// read. Also used for `ACTIVITY` (memory.rs).
 #[repr(C)]
-pub struct TaskStorageDef {
+pub struct TaskStorageDef<V> {
     r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
     key: *const i32,
-    value: *const ThreadState,
+    value: *const V,
     map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
 }
 
 // SAFETY: the fields are null placeholders only the loader interprets; the program never reads
 // or writes them (the map pointer is the static's address, rewritten to the map by relocation).
-unsafe impl Sync for TaskStorageDef {}
+unsafe impl<V> Sync for TaskStorageDef<V> {}
+
+impl<V> TaskStorageDef<V> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value, zero-filled on first use when `CREATE`.
+    #[inline(always)]
+    pub fn get<const CREATE: bool>(&'static self, task: TaskPtr) -> Option<*mut V> {
+        let map = core::ptr::from_ref(self).cast_mut().cast();
+        let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
+        // SAFETY: `task` is a BTF-typed task_struct pointer (a tp_btf argument or
+        // bpf_get_current_task_btf; the verifier rejects anything else); a NULL value with
+        // F_CREATE zero-fills a new entry. A NULL return (no entry, allocation failure, or the
+        // helper's recursion guard) is handled by the caller.
+        let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
+        if p.is_null() { None } else { Some(p.cast()) }
+    }
+}
 
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "TASK_EPISODES")]
-static TASK_EPISODES: TaskStorageDef = TaskStorageDef {
-    r#type: core::ptr::null(),
-    key: core::ptr::null(),
-    value: core::ptr::null(),
-    map_flags: core::ptr::null(),
-};
+static TASK_EPISODES: TaskStorageDef<ThreadState> = TaskStorageDef::new();
 
 /// Episodes in progress for the raw_tp programs, one per thread inside an episode. LRU bounds
 /// what threads that exit mid-episode leave behind.
 #[map]
 static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
 
-#[inline(always)]
-fn storage<const CREATE: bool>(task: TaskPtr) -> Option<*mut ThreadState> {
-    let map = core::ptr::from_ref(&TASK_EPISODES).cast_mut().cast();
-    let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
-    // SAFETY: `task` is the BTF-typed task_struct pointer of a tp_btf argument (the verifier
-    // rejects anything else); a NULL value with F_CREATE zero-fills a new entry. A NULL return
-    // (no entry, allocation failure, or the helper's recursion guard) is handled by the caller.
-    let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
-    if p.is_null() { None } else { Some(p.cast()) }
-}
-
 /// The episode in progress of `task` (thread `tid`), if any.
 #[inline(always)]
 pub fn get<const DIRECT: bool>(task: TaskPtr, tid: u32) -> Option<*mut ThreadState> {
     if DIRECT {
         // SAFETY: pointer into this task's own storage, valid for the program's run.
-        storage::<false>(task).filter(|&p| unsafe { (*p).episode_start_ns } != 0)
+        TASK_EPISODES.get::<false>(task).filter(|&p| unsafe { (*p).episode_start_ns } != 0)
     } else {
         THREADS.get_ptr_mut(&tid)
     }
@@ -77,7 +86,7 @@ pub fn get<const DIRECT: bool>(task: TaskPtr, tid: u32) -> Option<*mut ThreadSta
 #[inline(always)]
 pub fn slot<const DIRECT: bool>(task: TaskPtr, tid: u32) -> (Option<*mut ThreadState>, bool) {
     if DIRECT {
-        let p = storage::<true>(task);
+        let p = TASK_EPISODES.get::<true>(task);
         // SAFETY: pointer into this task's own storage, valid for the program's run.
         let active = p.is_some_and(|p| unsafe { (*p).episode_start_ns } != 0);
         (p, active)
@@ -106,7 +115,7 @@ pub fn start_in<const DIRECT: bool>(slot: Option<*mut ThreadState>, tid: u32, st
 /// Starts (or replaces) the episode of `task`.
 #[inline(always)]
 pub fn start<const DIRECT: bool>(task: TaskPtr, tid: u32, st: &ThreadState) {
-    let slot = if DIRECT { storage::<true>(task) } else { None };
+    let slot = if DIRECT { TASK_EPISODES.get::<true>(task) } else { None };
     start_in::<DIRECT>(slot, tid, st);
 }
 

@@ -21,10 +21,10 @@
 //! When a thread leaves the CPU in D, `explain_block` names the innermost bracket it is in
 //! (reclaim/compaction, then fault, then an fsync-family call), or captures its kernel stack.
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_REUSE_STACKID, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
+    bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        generated::{bpf_task_pt_regs, bpf_task_storage_get},
+        generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, StackTrace},
@@ -36,30 +36,16 @@ use observer_common::{
 };
 
 use crate::{
-    config, counters, output, sched, sync,
+    config, counters,
+    episodes::TaskStorageDef,
+    output, sched, sync,
     task::{self, TaskPtr},
 };
 
-/// BTF-defined task-storage map (see episodes.rs for why it is declared this way).
-#[repr(C)]
-pub struct ActivityStorageDef {
-    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const Activity,
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: null placeholders only the loader interprets; never read or written by the program.
-unsafe impl Sync for ActivityStorageDef {}
-
+/// Activity brackets per thread (a BTF-defined task-storage map, see episodes.rs).
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "ACTIVITY")]
-static ACTIVITY: ActivityStorageDef = ActivityStorageDef {
-    r#type: core::ptr::null(),
-    key: core::ptr::null(),
-    value: core::ptr::null(),
-    map_flags: core::ptr::null(),
-};
+static ACTIVITY: TaskStorageDef<Activity> = TaskStorageDef::new();
 
 /// Per-process memory and disk aggregates, keyed by tgid; harvested and retired like
 /// `PROC_STATS`.
@@ -78,14 +64,9 @@ static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
 
 #[inline(always)]
 fn activity<const CREATE: bool>(task: TaskPtr) -> Option<&'static mut Activity> {
-    let map = core::ptr::from_ref(&ACTIVITY).cast_mut().cast();
-    let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
-    // SAFETY: `task` is a BTF-typed task pointer (a tp_btf argument or
-    // bpf_get_current_task_btf); a NULL value with F_CREATE zero-fills a new entry.
-    let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
-    // SAFETY: non-null pointers from the helper point to this task's entry, valid for the
-    // program's run; a task's entry is only written by programs running as that task.
-    if p.is_null() { None } else { Some(unsafe { &mut *p.cast::<Activity>() }) }
+    // SAFETY: pointers from the map point to this task's entry, valid for the program's run; a
+    // task's entry is only written by programs running as that task.
+    ACTIVITY.get::<CREATE>(task).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -186,11 +167,7 @@ pub fn mm_filemap_fault(ctx: BtfTracePointContext) -> i32 {
     act.flags |= ACT_FAULT_FILE;
     act.fault_pgoff = ctx.arg::<u64>(1);
     if let Some(inode) = task::read::<true, TaskPtr>(mapping, o.mapping_host).filter(|p| !p.is_null()) {
-        act.fault_ino = task::read::<true, u64>(inode, o.ino).unwrap_or(0);
-        act.fault_dev = task::read::<true, TaskPtr>(inode, o.sb)
-            .filter(|p| !p.is_null())
-            .and_then(|sb| task::read::<true, u32>(sb, o.sb_dev))
-            .unwrap_or(0);
+        (act.fault_ino, act.fault_dev) = task::inode_id::<true>(inode);
     }
     0
 }

@@ -50,7 +50,6 @@ pub fn call_of(tid: u32) -> Option<SyncRecord> {
 #[inline(always)]
 fn fd_inode(fd: u64) -> (u64, u32) {
     let o = config::fd_offsets();
-    let io = config::inode_offsets();
     // SAFETY: helper without preconditions; an untyped pointer, read through probe reads.
     let task = unsafe { bpf_get_current_task() } as TaskPtr;
     let nonnull = |p: &TaskPtr| !p.is_null();
@@ -74,12 +73,7 @@ fn fd_inode(fd: u64) -> (u64, u32) {
     else {
         return (0, 0);
     };
-    let ino = task::read::<false, u64>(inode, io.ino).unwrap_or(0);
-    let dev = task::read::<false, TaskPtr>(inode, io.sb)
-        .filter(nonnull)
-        .and_then(|sb| task::read::<false, u32>(sb, io.sb_dev))
-        .unwrap_or(0);
-    (ino, dev)
+    task::inode_id::<false>(inode)
 }
 
 #[inline(always)]

@@ -124,3 +124,15 @@ pub fn current() -> TaskId {
 pub fn maj_flt(task: TaskPtr) -> Option<u64> {
     read::<true, u64>(task, config::task_maj_flt_off())
 }
+
+/// `(inode->i_ino, inode->i_sb->s_dev)`: a file's identity, (0, 0) where unreadable.
+#[inline(always)]
+pub fn inode_id<const DIRECT: bool>(inode: TaskPtr) -> (u64, u32) {
+    let o = config::inode_offsets();
+    let ino = read::<DIRECT, u64>(inode, o.ino).unwrap_or(0);
+    let dev = read::<DIRECT, TaskPtr>(inode, o.sb)
+        .filter(|p| !p.is_null())
+        .and_then(|sb| read::<DIRECT, u32>(sb, o.sb_dev))
+        .unwrap_or(0);
+    (ino, dev)
+}

@@ -225,6 +225,21 @@ pub fn summary_of(lines: &[Value], pid: u64) -> Option<&Value> {
     of_type(lines, "summary").find(|v| v["pid"] == pid)
 }
 
+/// Runs a command to success (failing the test with its stderr otherwise) and returns its
+/// trimmed stdout.
+pub fn run_cmd(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Runs a workload to completion and parses the JSON it prints.
 pub fn run_workload(args: &[&str]) -> Value {
     let out = Command::new(workload_bin())

@@ -408,14 +408,7 @@ fn attach_one(
     (tp, btf_prog, raw_prog): TracepointProgs,
 ) -> anyhow::Result<&'static str> {
     if let Some(btf) = btf {
-        let p: &mut BtfTracePoint = ebpf
-            .program_mut(btf_prog)
-            .with_context(|| format!("program {btf_prog} missing"))?
-            .try_into()?;
-        p.load(tp, btf)
-            .with_context(|| format!("loading tp_btf/{tp}"))?;
-        p.attach()
-            .with_context(|| format!("attaching tp_btf/{tp}"))?;
+        attach_btf(ebpf, btf, tp, btf_prog)?;
         Ok(btf_prog)
     } else {
         let p: &mut RawTracePoint = ebpf
@@ -427,6 +420,35 @@ fn attach_one(
             .with_context(|| format!("attaching raw_tp/{tp}"))?;
         Ok(raw_prog)
     }
+}
+
+/// Loads and attaches the tp_btf program `prog` on tracepoint `tp`.
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, prog: &str) -> anyhow::Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
+        .try_into()?;
+    p.load(tp, btf)
+        .with_context(|| format!("loading tp_btf/{tp}"))?;
+    p.attach()
+        .with_context(|| format!("attaching tp_btf/{tp}"))?;
+    Ok(())
+}
+
+/// Attaches the classic tracepoint program `prog` to syscalls/`tp`, loading it first when
+/// `load` (a program attached to several tracepoints is loaded once).
+fn attach_syscall(ebpf: &mut Ebpf, prog: &str, tp: &str, load: bool) -> anyhow::Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
+        .try_into()?;
+    if load {
+        p.load()
+            .with_context(|| format!("loading tracepoint/syscalls/{tp}"))?;
+    }
+    p.attach("syscalls", tp)
+        .with_context(|| format!("attaching tracepoint/syscalls/{tp}"))?;
+    Ok(())
 }
 
 /// Attaches `progs` in order, adding each attached name to `done`; stops at the first failure.
@@ -469,19 +491,7 @@ impl Probes {
             return;
         }
         for &(tp, prog) in progs {
-            let r = (|| -> anyhow::Result<()> {
-                let p: &mut BtfTracePoint = self
-                    .ebpf
-                    .program_mut(prog)
-                    .with_context(|| format!("program {prog} missing"))?
-                    .try_into()?;
-                p.load(tp, btf)
-                    .with_context(|| format!("loading tp_btf/{tp}"))?;
-                p.attach()
-                    .with_context(|| format!("attaching tp_btf/{tp}"))?;
-                Ok(())
-            })();
-            match r {
+            match attach_btf(&mut self.ebpf, btf, tp, prog) {
                 Ok(()) => self.attached.push(prog),
                 Err(e) => self.notices.push(format!("{what}: {e:#}")),
             }
@@ -535,27 +545,15 @@ impl Probes {
         }
         let mut exit_attached = false;
         for (syscall, enter) in SYNC_SYSCALLS {
-            let r = (|| -> anyhow::Result<()> {
-                let p: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(enter)
-                    .with_context(|| format!("program {enter} missing"))?
-                    .try_into()?;
-                p.load()
-                    .with_context(|| format!("loading tracepoint/syscalls/sys_enter_{syscall}"))?;
-                p.attach("syscalls", &format!("sys_enter_{syscall}"))
-                    .with_context(|| {
-                        format!("attaching tracepoint/syscalls/sys_enter_{syscall}")
-                    })?;
-                let exit: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(SYNC_EXIT)
-                    .context("exit program missing")?
-                    .try_into()?;
-                exit.attach("syscalls", &format!("sys_exit_{syscall}"))
-                    .with_context(|| format!("attaching tracepoint/syscalls/sys_exit_{syscall}"))?;
-                Ok(())
-            })();
+            let r = attach_syscall(&mut self.ebpf, enter, &format!("sys_enter_{syscall}"), true)
+                .and_then(|()| {
+                    attach_syscall(
+                        &mut self.ebpf,
+                        SYNC_EXIT,
+                        &format!("sys_exit_{syscall}"),
+                        false,
+                    )
+                });
             match r {
                 Ok(()) => {
                     self.attached.push(enter);
@@ -588,18 +586,7 @@ impl Probes {
                 (enter, format!("sys_enter_{syscall}")),
                 (exit, format!("sys_exit_{syscall}")),
             ] {
-                let r = (|| -> anyhow::Result<()> {
-                    let p: &mut TracePoint = self
-                        .ebpf
-                        .program_mut(prog)
-                        .with_context(|| format!("program {prog} missing"))?
-                        .try_into()?;
-                    p.load()
-                        .with_context(|| format!("loading tracepoint/syscalls/{tp}"))?;
-                    p.attach("syscalls", &tp)
-                        .with_context(|| format!("attaching tracepoint/syscalls/{tp}"))?;
-                    Ok(())
-                })();
+                let r = attach_syscall(&mut self.ebpf, prog, &tp, true);
                 match r {
                     Ok(()) => self.attached.push(prog),
                     Err(e) => {

@@ -201,14 +201,6 @@ ffffffff81005000 T ext4_sync_file
             "pipe_read",
         ];
         assert_eq!(place(traced.iter().copied()).as_deref(), Some("pipe_read"));
-        let traced = [
-            "bpf_prog_0f6a8fa4c2725283_sched_switch_btf",
-            "bpf_trace_run4",
-            "__schedule",
-            "schedule",
-            "pipe_read",
-        ];
-        assert_eq!(place(traced.iter().copied()).as_deref(), Some("pipe_read"));
         let generic: [&str; 2] = ["__schedule", "schedule"];
         assert_eq!(place(generic.iter().copied()), None);
     }
