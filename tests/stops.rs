@@ -5,14 +5,6 @@ use std::time::{Duration, Instant};
 use pausewatch_tests::*;
 use serde_json::Value;
 
-/// The process state letter from /proc/<pid>/stat (after the parenthesised comm).
-fn state(pid: u32) -> char {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
-    s.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .expect("state field")
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -70,7 +62,7 @@ fn sigstop_then_sigcont_is_one_stop_per_process_naming_both_senders() {
 
     let t0 = Instant::now();
     signal(pid, libc::SIGSTOP);
-    wait_until("the victim is stopped", || state(pid) == 'T');
+    wait_until("the victim is stopped", || proc_state(pid) == 'T');
     let seen_stopped = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     signal(pid, libc::SIGCONT);

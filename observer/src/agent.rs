@@ -1,9 +1,6 @@
 //! The agent loop: owns the probes, the model and the output; reacts to the ring buffer (epoll),
 //! a one-second tick (aggregates, clock), signals, the deadline and, in the live view, keys.
-use std::{
-    io::{BufWriter, Stdout},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::RingBuf;
@@ -27,6 +24,7 @@ use crate::{
         gc::GcPause,
         hiccup::HostPause,
         lease::Report,
+        metrics::Metrics,
         net::{NetTable, Retransmit},
         process::ProcessTable,
         stop::{Signal, Stop, StopJoiner},
@@ -47,7 +45,7 @@ use crate::{
 };
 
 pub enum Output {
-    Json(NdjsonWriter<BufWriter<Stdout>>),
+    Json(NdjsonWriter<crate::export::spool::Spool>),
     Live(tui::Live),
     /// `pausewatch advise`: quiet while running, then timeout advice for these processes.
     Advise(Vec<u32>),
@@ -65,6 +63,9 @@ pub struct Settings {
     pub advise_target: f64,
     /// The control sleeper's period (zero: off).
     pub control_period: Duration,
+    /// Where to serve Prometheus metrics, and how many label pairs get series of their own.
+    pub prometheus: Option<std::net::SocketAddr>,
+    pub prometheus_max_series: usize,
 }
 
 pub struct LeaseSocketSettings {
@@ -117,6 +118,8 @@ pub struct AgentState {
     pub host: HostState,
     /// Memory and disk: what blocked threads waited on, fsync calls, reclaim, disks.
     pub mem: MemState,
+    /// What `--prometheus` serves (None: not serving).
+    pub metrics: Option<crate::export::prometheus::Shared>,
 }
 
 /// What the agent knows about the host rather than one process.
@@ -187,6 +190,13 @@ fn push_recent<T>(list: &mut std::collections::VecDeque<T>, item: T) {
 }
 
 impl AgentState {
+    /// The metrics, when served (a poisoned lock is taken over: the data is counters).
+    fn metrics(&self) -> Option<std::sync::MutexGuard<'_, Metrics>> {
+        self.metrics
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn on_batch(&mut self, batch: ringbuf::Batch, out: &mut Output) {
         for rec in batch {
             match rec {
@@ -227,6 +237,9 @@ impl AgentState {
                     self.next_episode_id += 1;
                     let g = GcPause::from_record(self.next_episode_id, &r);
                     self.table.note_gc(&g);
+                    if let Some(mut m) = self.metrics() {
+                        m.on_gc(&g, WallClock::mono_now());
+                    }
                     self.corr
                         .on_segment(Segment::from_gc(&g), WallClock::mono_now());
                     if let Output::Json(w) = out {
@@ -250,6 +263,9 @@ impl AgentState {
                 Ok(Record::Retransmit(r)) => {
                     let t = Retransmit::from_record(&r, self.host.hz);
                     self.host.net.note(&t);
+                    if let Some(mut m) = self.metrics() {
+                        m.on_retransmit(&t, WallClock::mono_now());
+                    }
                     if let Output::Json(w) = out {
                         w.retransmit(&self.clock, &t);
                     }
@@ -311,6 +327,9 @@ impl AgentState {
 
     fn emit_incidents(&mut self, incidents: Vec<Incident>, out: &mut Output) {
         for i in incidents {
+            if let Some(mut m) = self.metrics() {
+                m.on_incident(&i, WallClock::mono_now());
+            }
             if let Output::Json(w) = out {
                 w.incident(&self.clock, &i);
             }
@@ -409,6 +428,9 @@ impl AgentState {
     }
 
     fn emit_step(&mut self, j: JoinedStep, out: &mut Output) {
+        if let Some(mut m) = self.metrics() {
+            m.on_clock_step(j.step.step_ns);
+        }
         if let Output::Json(w) = out {
             w.clock_step(&self.clock, &j);
         }
@@ -428,6 +450,9 @@ impl AgentState {
                 self.next_episode_id += 1;
                 let h = HostPause::judge(self.next_episode_id, &w, self.host.freeze_min_ns);
                 *self.host.host_verdicts.entry(h.verdict.name()).or_default() += 1;
+                if let Some(mut m) = self.metrics() {
+                    m.on_host_pause(&h);
+                }
                 if h.verdict.host_wide() {
                     self.corr
                         .on_segment(Segment::from_host_pause(&h), WallClock::mono_now());
@@ -508,10 +533,63 @@ impl AgentState {
             self.table.apply_snapshot(*pid, comm, stats);
         }
         self.mem.on_harvest(&h, &mut self.table);
+        if let Some(shared) = &self.metrics {
+            let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let now = WallClock::mono_now();
+            for (pid, _, _) in &h.procs {
+                if let Some(e) = self.table.get(*pid) {
+                    let stats = std::array::from_fn(|i| e.stat(i));
+                    m.on_process(
+                        *pid,
+                        &e.comm,
+                        &stats,
+                        &e.mem().blocked,
+                        || crate::model::metrics::cgroup_of(*pid),
+                        now,
+                    );
+                }
+            }
+            m.prune(|pid| self.table.get(pid).is_some(), now);
+        }
         for pid in h.retired {
             self.table.retire(pid);
         }
         self.kernel_drops = h.drops;
+    }
+
+    /// Host-wide gauges for the metrics endpoint, once a second.
+    fn update_gauges(&mut self, probes: &Probes, out: &Output) {
+        let Some(shared) = &self.metrics else {
+            return;
+        };
+        let (dropped, failed) = match out {
+            Output::Json(w) => (w.dropped_lines(), w.failed_lines()),
+            _ => (0, 0),
+        };
+        let me = procfs::process::Process::myself()
+            .and_then(|p| p.stat())
+            .ok();
+        let tick_ns = 1_000_000_000 / procfs::ticks_per_second().max(1);
+        let page = procfs::page_size();
+        let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
+        m.host = crate::model::metrics::HostGauges {
+            steal_ratio: self.host.steal_pct / 100.0,
+            clock_uncertainty_ns: self.clock.err_ns,
+            clock_synchronized: !self.clock.unsynced,
+            clock_slew_offset_ns: self.clock.sync.pll_offset_ns,
+            kernel_drops: self.kernel_drops,
+            decode_errors: self.decode_errors,
+            output_lines_dropped: dropped,
+            output_lines_failed: failed,
+            processes: self.table.len(),
+            costs: if probes.stats_fd.is_some() {
+                probes.costs()
+            } else {
+                Vec::new()
+            },
+            agent_cpu_ns: me.as_ref().map_or(0, |s| (s.utime + s.stime) * tick_ns),
+            agent_rss_bytes: me.as_ref().map_or(0, |s| s.rss * page),
+        };
     }
 }
 
@@ -672,7 +750,26 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             StealSample::read(WallClock::mono_now()).ok(),
         ),
         mem: MemState::new(stacks, disk_map),
+        metrics: None,
     };
+    if let Some(addr) = settings.prometheus {
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Metrics::new(
+            settings.prometheus_max_series,
+            !settings.pids.is_empty(),
+        )));
+        let local = crate::export::prometheus::start(addr, shared.clone()).await?;
+        st.metrics = Some(shared);
+        st.update_gauges(&probes, &out);
+        if let Output::Json(w) = &mut out {
+            w.notice(
+                &st.clock,
+                "info",
+                "prometheus",
+                &format!("metrics served at http://{local}/metrics"),
+                json!({ "addr": local.to_string() }),
+            );
+        }
+    }
     for l in &settings.leases {
         if let Some(t) = start_time(l.pid) {
             st.holder_start.insert(l.pid, t);
@@ -782,6 +879,7 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     c.resample(st.clock);
                 }
                 st.on_harvest(&mut harvester);
+                st.update_gauges(&probes, &out);
                 st.release_stops(Some(WallClock::mono_now()), &mut out);
                 st.check_holders();
                 st.runtimes.prune();

@@ -31,9 +31,18 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5ms", value_parser = parse_duration)]
     pub min_pause: Duration,
 
-    /// NDJSON on stdout (the default whenever stdout is not a terminal).
-    #[arg(long)]
-    pub json: bool,
+    /// NDJSON on stdout (the default whenever stdout is not a terminal), or appended to FILE,
+    /// rotated by size (--json-max-size, --json-keep).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub json: Option<Option<PathBuf>>,
+
+    /// Rotate the --json FILE when it would grow past this size (e.g. 100MiB, 1GB).
+    #[arg(long, value_name = "SIZE", default_value = "100MiB", value_parser = parse_size)]
+    pub json_max_size: u64,
+
+    /// Rotated files kept besides the current one (FILE.1 is the newest); 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub json_keep: u32,
 
     /// Tracepoint mechanism for the scheduler programs.
     #[arg(long, value_enum, default_value = "auto")]
@@ -90,6 +99,55 @@ pub struct Cli {
     /// on a VM); 0s turns it off.
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_control_period)]
     pub control_period: Duration,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics. ADDR is HOST:PORT, or
+    /// PORT alone for 127.0.0.1:PORT. Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub prometheus: Option<std::net::SocketAddr>,
+
+    /// Most (command, cgroup) label pairs with series of their own; the rest share
+    /// comm="other". A pair that has not paused for 10 minutes gives its place up.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub prometheus_max_series: u32,
+}
+
+/// A size in bytes: a number with an optional unit (B, KB, MB, GB powers of 1000; KiB, MiB,
+/// GiB powers of 1024; K, M, G alone are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: give a number with an optional unit, e.g. 100MiB")
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("{s:?}: the size must be more than zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an address to listen on: give HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464) or a port")
+    })
 }
 
 fn parse_control_period(s: &str) -> Result<Duration, String> {
@@ -282,6 +340,37 @@ mod tests {
         assert_eq!(c.duration, None);
         assert_eq!(c.attach, AttachMode::Auto);
         assert!(!c.bpf_stats);
+    }
+
+    #[test]
+    fn json_destination_and_rotation() {
+        assert_eq!(parse(&[]).unwrap().json, None);
+        assert_eq!(parse(&["--json"]).unwrap().json, Some(None));
+        let c = parse(&["--json", "--pid", "1"]).unwrap();
+        assert_eq!((c.json, c.pids), (Some(None), vec![1]));
+        let c = parse(&["--json", "/var/log/pw.ndjson", "--json-max-size", "10MB"]).unwrap();
+        assert_eq!(c.json, Some(Some(PathBuf::from("/var/log/pw.ndjson"))));
+        assert_eq!(c.json_max_size, 10_000_000);
+        assert_eq!(parse(&[]).unwrap().json_max_size, 100 << 20);
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("0").is_err() && parse_size("ten").is_err());
+        assert!(parse_size("5PB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn prometheus_address() {
+        assert_eq!(parse(&[]).unwrap().prometheus, None);
+        let c = parse(&["--prometheus", "9464"]).unwrap();
+        assert_eq!(c.prometheus, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = parse(&["--prometheus", "[::1]:80"]).unwrap();
+        assert_eq!(c.prometheus, Some("[::1]:80".parse().unwrap()));
+        let e = parse(&["--prometheus", "localhost"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HOST:PORT"), "{e}");
+        assert!(parse(&["--prometheus-max-series", "0"]).is_err());
     }
 
     #[test]

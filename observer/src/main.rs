@@ -57,6 +57,9 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
     Ok(out)
 }
 
+/// NDJSON waiting for a slow consumer beyond this is dropped (and counted).
+const SPOOL_MAX_QUEUED: usize = 32 << 20;
+
 fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
     let pids = resolve_pids(&cli.pids)?;
     if !cli.btf.exists() {
@@ -75,17 +78,25 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
         bpf_stats: cli.bpf_stats,
     })?;
 
-    let json = cli.json || !std::io::stdout().is_terminal();
+    let json = cli.json.is_some() || !std::io::stdout().is_terminal();
     let output = if advise {
         agent::Output::Advise(pids.clone())
     } else if json {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
-        agent::Output::Json(export::ndjson::NdjsonWriter::new(
-            std::io::BufWriter::new(std::io::stdout()),
-            host,
-        ))
+        let spool = match cli.json.clone().flatten() {
+            Some(path) => export::spool::Spool::file(
+                &path,
+                export::spool::Rotation {
+                    max_bytes: cli.json_max_size,
+                    keep: cli.json_keep,
+                },
+                SPOOL_MAX_QUEUED,
+            )?,
+            None => export::spool::Spool::stdout(SPOOL_MAX_QUEUED),
+        };
+        agent::Output::Json(export::ndjson::NdjsonWriter::spooled(spool, host))
     } else {
         agent::Output::Live(tui::Live::start())
     };
@@ -112,6 +123,8 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
         lease_risk_share: cli.lease_risk_share,
         advise_target: cli.advise_target,
         control_period: cli.control_period,
+        prometheus: cli.prometheus,
+        prometheus_max_series: cli.prometheus_max_series as usize,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

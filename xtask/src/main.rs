@@ -88,7 +88,8 @@ pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
 }
 
 /// What the privileged tests run besides pausewatch: a JDK (javac, java with hotspot USDT
-/// probes) and a Go toolchain for the GC tests, iproute2 and nftables for the network test.
+/// probes) and a Go toolchain for the GC tests, iproute2 and nftables for the network test,
+/// Prometheus for the export tests.
 pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("openjdk-17-jdk-headless", &["javac", "-version"]),
     ("golang-go", &["go", "version"]),
@@ -99,6 +100,8 @@ pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     // The memory tests: an ext4 file system on a loop device (mkfs.ext4, losetup, lsblk).
     ("e2fsprogs", &["mkfs.ext4", "-V"]),
     ("util-linux", &["losetup", "--version"]),
+    // The export tests: a real Prometheus server scraping pausewatch, promtool for the rules.
+    ("prometheus", &["promtool", "--version"]),
 ];
 
 pub fn is_root() -> bool {

@@ -106,7 +106,10 @@ pub struct LeaseCounters {
 pub struct NdjsonWriter<W: Write> {
     out: W,
     host: String,
-    pub failed_lines: u64,
+    failed_lines: u64,
+    /// The spool's counters when `out` is one (lines dropped for a slow consumer, lines its
+    /// thread could not write).
+    spool: Option<std::sync::Arc<super::spool::SpoolStats>>,
 }
 
 impl<W: Write> NdjsonWriter<W> {
@@ -115,9 +118,37 @@ impl<W: Write> NdjsonWriter<W> {
             out,
             host,
             failed_lines: 0,
+            spool: None,
         }
     }
 
+    /// Lines lost because the sink refused them (disk full, closed pipe).
+    pub fn failed_lines(&self) -> u64 {
+        self.failed_lines
+            + self.spool.as_ref().map_or(0, |s| {
+                s.failed_lines.load(std::sync::atomic::Ordering::Relaxed)
+            })
+    }
+
+    /// Lines dropped because the consumer did not keep up.
+    pub fn dropped_lines(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| {
+            s.dropped_lines.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+}
+
+impl NdjsonWriter<super::spool::Spool> {
+    pub fn spooled(out: super::spool::Spool, host: String) -> Self {
+        let stats = out.stats.clone();
+        Self {
+            spool: Some(stats),
+            ..Self::new(out, host)
+        }
+    }
+}
+
+impl<W: Write> NdjsonWriter<W> {
     pub(super) fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
         let mut obj = json!({
             "schema": SCHEMA_VERSION,
@@ -397,12 +428,14 @@ impl<W: Write> NdjsonWriter<W> {
             .iter()
             .map(|c| (c.name().to_string(), json!(d.kernel[*c as usize])))
             .collect();
-        let failed = self.failed_lines;
+        let failed = self.failed_lines();
+        let dropped = self.dropped_lines();
         let body = json!({
             "kernel": ring,
             "decode_errors": d.decode_errors,
             "evicted_processes": d.evicted_processes,
             "output_failed_lines": failed,
+            "output_dropped_lines": dropped,
             "runtime_checks_skipped": d.runtime_checks_skipped,
             "host_events_dropped": d.host_events_dropped,
             "unnamed_stacks": d.unnamed_stacks,
@@ -499,6 +532,6 @@ mod tests {
         let mut w = NdjsonWriter::new(Broken, "h".into());
         w.notice(&clock(), "info", "attached", "x", json!({}));
         w.flush();
-        assert_eq!(w.failed_lines, 2);
+        assert_eq!(w.failed_lines(), 2);
     }
 }

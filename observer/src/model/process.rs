@@ -177,7 +177,6 @@ impl ProcessTable {
         self.note(sig.pid, &sig.comm, |e| e.signals += 1);
     }
 
-    #[cfg(test)]
     pub fn get(&self, pid: u32) -> Option<&ProcessEntry> {
         self.entries.get(&pid)
     }

@@ -168,6 +168,7 @@ pub(crate) mod tests {
             runtimes: Default::default(),
             mechanism: "tp_btf",
             mem: crate::agent_memory::MemState::new(None, None),
+            metrics: None,
             notices: vec![],
             corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
             recent_incidents: Default::default(),

@@ -1,0 +1,532 @@
+//! `--prometheus ADDR`: the metrics of `model::metrics` in the OpenMetrics text format
+//! (prometheus-client's encoder), served over HTTP/1.1 (hyper) at `/metrics`.
+//!
+//! Every family is described on every scrape, even before it has a sample, so dashboards and
+//! rules can be checked against a live endpoint. Metric names are in `FAMILIES`.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use observer_common::{DropCause, hist};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use crate::model::{
+    metrics::{Metrics, Series, SeriesKey},
+    stats::Aggregate,
+};
+
+/// Shared between the agent loop (which updates) and the HTTP server (which encodes).
+pub type Shared = Arc<Mutex<Metrics>>;
+
+/// Every metric family pausewatch exports: (name as exposed without `_total`/`_bucket`
+/// suffixes, type). Dashboards and rules may use only these (a test checks).
+pub const FAMILIES: &[(&str, MetricType)] = &[
+    ("pausewatch_pause_seconds", MetricType::Histogram),
+    ("pausewatch_episode_seconds", MetricType::Histogram),
+    ("pausewatch_blocked_seconds", MetricType::Counter),
+    ("pausewatch_retransmits", MetricType::Counter),
+    ("pausewatch_retransmit_delay_seconds", MetricType::Counter),
+    ("pausewatch_lease_incidents", MetricType::Counter),
+    ("pausewatch_host_pauses", MetricType::Counter),
+    ("pausewatch_host_pause_seconds", MetricType::Counter),
+    ("pausewatch_steal_ratio", MetricType::Gauge),
+    ("pausewatch_clock_uncertainty_seconds", MetricType::Gauge),
+    ("pausewatch_clock_synchronized", MetricType::Gauge),
+    ("pausewatch_clock_slew_offset_seconds", MetricType::Gauge),
+    ("pausewatch_clock_steps", MetricType::Counter),
+    ("pausewatch_clock_step_seconds", MetricType::Counter),
+    ("pausewatch_dropped_events", MetricType::Counter),
+    ("pausewatch_dropped_lines", MetricType::Counter),
+    ("pausewatch_processes", MetricType::Gauge),
+    ("pausewatch_folded_processes", MetricType::Counter),
+    ("pausewatch_bpf_run_seconds", MetricType::Counter),
+    ("pausewatch_bpf_runs", MetricType::Counter),
+    ("pausewatch_agent_cpu_seconds", MetricType::Counter),
+    ("pausewatch_agent_resident_bytes", MetricType::Gauge),
+];
+
+/// Histogram bucket edges: every fourth power of two from 1.024 µs to 17.2 s. They are edges
+/// of the kernel's own buckets, so the counts are exact.
+const EDGE_SHIFTS: std::ops::RangeInclusive<u32> = 10..=34;
+
+fn ns_to_s(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// (upper edge in seconds, count in the bucket) at `EDGE_SHIFTS`, then +Inf; the encoder makes
+/// them cumulative.
+pub fn buckets(a: &Aggregate) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    let mut below = 0u64;
+    for shift in EDGE_SHIFTS.step_by(2) {
+        let edge = 1u64 << shift;
+        let n: u64 = (0..hist::BUCKETS - 1)
+            .filter(|&i| hist::bounds(i).1 <= edge)
+            .map(|i| a.hist[i])
+            .sum();
+        out.push((ns_to_s(edge), n - below));
+        below = n;
+    }
+    out.push((f64::INFINITY, a.count.saturating_sub(below)));
+    out
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn key_labels(k: &SeriesKey) -> Labels {
+    let mut l = vec![("comm", k.comm.clone()), ("cgroup", k.cgroup.clone())];
+    if let Some(pid) = k.pid {
+        l.push(("pid", pid.to_string()));
+    }
+    l
+}
+
+fn with(
+    base: &[(&'static str, String)],
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut l = base.to_vec();
+    l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    l
+}
+
+fn histogram(
+    e: &mut MetricEncoder,
+    labels: &impl EncodeLabelSet,
+    a: &Aggregate,
+) -> std::fmt::Result {
+    e.encode_family(labels)?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            ns_to_s(a.total_ns),
+            a.count,
+            &buckets(a),
+            None,
+        )
+}
+
+fn counter(e: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: f64) -> std::fmt::Result {
+    e.encode_family(labels)?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(&v, None)
+}
+
+fn gauge(e: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: f64) -> std::fmt::Result {
+    e.encode_family(labels)?.encode_gauge(&v)
+}
+
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Encodes one family; `body` writes its samples.
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    body: impl FnOnce(&mut MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let ty = FAMILIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .unwrap_or(MetricType::Unknown);
+    let mut e = enc.encode_descriptor(name, help, None, ty)?;
+    body(&mut e)
+}
+
+/// Writes every family of `m`.
+pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
+    let series: Vec<(&Series, Labels)> = m.series.iter().map(|(k, s)| (s, key_labels(k))).collect();
+    family(
+        &mut enc,
+        "pausewatch_pause_seconds",
+        "Time threads were not running, per phase, by cause (runq, blocked, stopped: each thread phase; gc: runtime stop-the-world of the whole process)",
+        |e| {
+            for (s, l) in &series {
+                for (i, cause) in Metrics::causes().iter().enumerate() {
+                    let a = if i < s.phases.len() {
+                        &s.phases[i]
+                    } else {
+                        &s.gc
+                    };
+                    if a.count > 0 {
+                        histogram(e, &with(l, &[("cause", cause)]), a)?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_episode_seconds",
+        "Whole thread pause episodes (every phase from leaving the CPU to running again)",
+        |e| {
+            for (s, l) in &series {
+                if s.episodes.count > 0 {
+                    histogram(e, l, &s.episodes)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_blocked_seconds",
+        "Time threads spent in uninterruptible sleep, by what they waited on",
+        |e| {
+            for (s, l) in &series {
+                for (reason, &ns) in Metrics::block_reason_names().zip(s.blocked_ns.iter()) {
+                    if ns > 0 {
+                        counter(e, &with(l, &[("reason", reason)]), ns_to_s(ns))?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_retransmits",
+        "TCP segments retransmitted on the process's sockets, by mode (timeout, fast, probe, synack)",
+        |e| {
+            for (s, l) in &series {
+                for (mode, &n) in &s.retransmits {
+                    counter(e, &with(l, &[("mode", mode)]), n as f64)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_retransmit_delay_seconds",
+        "Estimated delay retransmissions added to the process's data (an RTO retransmit delays it by at least the RTO)",
+        |e| {
+            for (s, l) in &series {
+                if !s.retransmits.is_empty() {
+                    counter(e, l, ns_to_s(s.retransmit_delay_ns))?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_lease_incidents",
+        "Lease incidents by kind (lease_expired_during_pause, acted_after_expiry, lease_at_risk, clock_step_moved_deadline)",
+        |e| {
+            for (s, l) in &series {
+                for (kind, &n) in &s.incidents {
+                    counter(e, &with(l, &[("kind", kind)]), n as f64)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_host_pauses",
+        "Late wakes of pausewatch's control sleeper, by verdict (host_freeze, suspend, steal, runq, ...)",
+        |e| {
+            for (v, &n) in &m.host_pauses {
+                counter(e, &[("verdict", *v)], n as f64)?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_host_pause_seconds",
+        "Total lateness of the control sleeper, by verdict",
+        |e| {
+            for (v, &n) in &m.host_pause_ns {
+                counter(e, &[("verdict", *v)], ns_to_s(n))?;
+            }
+            Ok(())
+        },
+    )?;
+    let h = &m.host;
+    family(
+        &mut enc,
+        "pausewatch_steal_ratio",
+        "Share of CPU time stolen by the hypervisor over the last sampled interval (0-1)",
+        |e| gauge(e, &NO_LABELS, h.steal_ratio),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_clock_uncertainty_seconds",
+        "Uncertainty of the wall clock (the kernel's NTP maxerror plus reading time)",
+        |e| gauge(e, &NO_LABELS, ns_to_s(h.clock_uncertainty_ns)),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_clock_synchronized",
+        "1 when the kernel reports the clock synchronised, else 0",
+        |e| gauge(e, &NO_LABELS, f64::from(u8::from(h.clock_synchronized))),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_clock_slew_offset_seconds",
+        "Offset the kernel's clock discipline is still slewing away",
+        |e| gauge(e, &NO_LABELS, h.clock_slew_offset_ns as f64 / 1e9),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_clock_steps",
+        "Steps of the wall clock (CLOCK_REALTIME jumping against CLOCK_MONOTONIC)",
+        |e| counter(e, &NO_LABELS, m.clock_steps as f64),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_clock_step_seconds",
+        "Sum of the sizes of the wall clock's steps, either direction",
+        |e| counter(e, &NO_LABELS, ns_to_s(m.clock_step_abs_ns)),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_dropped_events",
+        "Kernel events and aggregates lost (ring buffer full, map full), by cause; decode errors as cause=\"decode\"",
+        |e| {
+            for (c, &n) in DropCause::ALL.iter().zip(h.kernel_drops.iter()) {
+                counter(e, &[("cause", c.name())], n as f64)?;
+            }
+            counter(e, &[("cause", "decode")], h.decode_errors as f64)
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_dropped_lines",
+        "NDJSON lines not written: the consumer was too slow (reason=slow_consumer) or the write failed (reason=write_failed)",
+        |e| {
+            counter(
+                e,
+                &[("reason", "slow_consumer")],
+                h.output_lines_dropped as f64,
+            )?;
+            counter(
+                e,
+                &[("reason", "write_failed")],
+                h.output_lines_failed as f64,
+            )
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_processes",
+        "Processes in the agent's table",
+        |e| gauge(e, &NO_LABELS, h.processes as f64),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_folded_processes",
+        "Processes whose pauses were added to the comm=\"other\" series (the series cap was reached)",
+        |e| counter(e, &NO_LABELS, m.folded_processes as f64),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_bpf_run_seconds",
+        "Run time of each of pausewatch's BPF programs (only while BPF statistics are on: --bpf-stats)",
+        |e| {
+            for c in &h.costs {
+                counter(e, &[("program", c.name)], ns_to_s(c.run_time_ns))?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_bpf_runs",
+        "Runs of each of pausewatch's BPF programs (only while BPF statistics are on: --bpf-stats)",
+        |e| {
+            for c in &h.costs {
+                counter(e, &[("program", c.name)], c.run_count as f64)?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_agent_cpu_seconds",
+        "CPU time of the pausewatch agent (user and system)",
+        |e| counter(e, &NO_LABELS, ns_to_s(h.agent_cpu_ns)),
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_agent_resident_bytes",
+        "Resident memory of the pausewatch agent",
+        |e| gauge(e, &NO_LABELS, h.agent_rss_bytes as f64),
+    )?;
+    Ok(())
+}
+
+#[derive(Debug)]
+struct MetricsCollector(Shared);
+
+impl Collector for MetricsCollector {
+    fn encode(&self, enc: DescriptorEncoder) -> std::fmt::Result {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&m, enc)
+    }
+}
+
+/// The whole exposition, as served.
+pub fn render(shared: &Shared) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MetricsCollector(shared.clone())));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn serve(
+    req: Request<hyper::body::Incoming>,
+    shared: Shared,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, render(&shared)),
+        (&hyper::Method::GET, "/") => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "pausewatch: metrics at /metrics\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: pausewatch serves GET /metrics\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    Ok(resp)
+}
+
+/// Binds `addr` (an error names the address) and serves it on the current runtime.
+pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {addr}: {e} (pick another --prometheus address)")
+    })?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| serve(req, shared.clone()));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_exact_at_powers_of_two() {
+        let mut a = Aggregate::default();
+        for v in [
+            500,
+            3_000,
+            1_000_000,
+            1_048_576,
+            5_000_000_000,
+            40_000_000_000,
+        ] {
+            a.record(v);
+        }
+        let b = buckets(&a);
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 6);
+        let at = |edge_ns: u64| {
+            b.iter()
+                .find(|(e, _)| (*e - ns_to_s(edge_ns)).abs() < 1e-15)
+                .unwrap()
+                .1
+        };
+        assert_eq!(at(1 << 10), 1);
+        assert_eq!(at(1 << 12), 1);
+        // 1 ms is below 2^20 ns; 2^20 ns itself is in the next bucket.
+        assert_eq!(at(1 << 20), 1);
+        assert_eq!(at(1 << 22), 1);
+        assert_eq!(at(1 << 32), 0, "5 s is above 2^32 ns");
+        assert_eq!(at(1 << 34), 1);
+        assert_eq!(
+            b.last().unwrap(),
+            &(f64::INFINITY, 1),
+            "40 s is above the last edge"
+        );
+    }
+
+    #[test]
+    fn every_family_is_described_even_without_samples() {
+        let shared: Shared = Arc::new(Mutex::new(Metrics::new(8, false)));
+        let text = render(&shared);
+        for (name, ty) in FAMILIES {
+            assert!(
+                text.contains(&format!("# TYPE {name} {}", ty.as_str())),
+                "{name} missing in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn samples_carry_their_labels_and_escape_values() {
+        let mut m = Metrics::new(8, true);
+        let mut stats: [Aggregate; observer_common::NUM_STATS] = Default::default();
+        stats[0].record(2_000_000);
+        stats[observer_common::NUM_STATS - 1].record(2_000_000);
+        m.on_process(
+            42,
+            "we\"ird",
+            &stats,
+            &Default::default(),
+            || "/a".into(),
+            0,
+        );
+        let text = render(&Arc::new(Mutex::new(m)));
+        assert!(
+            text.contains(r#"pausewatch_pause_seconds_bucket{le="+Inf",comm="we\"ird",cgroup="/a",pid="42",cause="runq"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pausewatch_pause_seconds_bucket{le="0.004194304",comm="we\"ird",cgroup="/a",pid="42",cause="runq"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pausewatch_pause_seconds_count{comm="we\"ird",cgroup="/a",pid="42",cause="runq"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"pausewatch_pause_seconds_sum{comm="we\"ird",cgroup="/a",pid="42",cause="runq"} 0.002"#), "{text}");
+        assert!(
+            text.contains(
+                r#"pausewatch_episode_seconds_count{comm="we\"ird",cgroup="/a",pid="42"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

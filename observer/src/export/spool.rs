@@ -1,0 +1,348 @@
+//! Where NDJSON lines go: a writer thread behind a byte-bounded queue, so a slow or stalled
+//! consumer (a full pipe, a slow disk) costs dropped lines, counted, and never stalls the
+//! agent (whose stall would fill the ring buffer and lose kernel events instead).
+//!
+//! The agent writes whole lines into a `Spool` and flushes it; each flush hands one chunk of
+//! whole lines to the thread. A file sink rotates by size at line boundaries: FILE, FILE.1 …
+//! FILE.KEEP, oldest last.
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+/// Chunks are handed over at this size even between flushes (whole lines only).
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Counters shared with the writer thread.
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    /// Lines not queued because the queue was full (the consumer is too slow).
+    pub dropped_lines: AtomicU64,
+    /// Lines the sink refused (disk full, closed pipe).
+    pub failed_lines: AtomicU64,
+    /// Files rotated.
+    pub rotations: AtomicU64,
+    queued_bytes: AtomicUsize,
+}
+
+/// Size-based rotation of an NDJSON file.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    /// Rotated files kept besides the current one.
+    pub keep: u32,
+}
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    File {
+        path: PathBuf,
+        file: File,
+        written: u64,
+        rotation: Rotation,
+    },
+    #[cfg(test)]
+    Test(Box<dyn Write + Send>),
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// FILE → FILE.1 → … → FILE.KEEP (dropped beyond); with KEEP 0, FILE is removed.
+fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    for n in (1..keep).rev() {
+        let from = rotated(path, n);
+        if from.exists() {
+            std::fs::rename(&from, rotated(path, n + 1))?;
+        }
+    }
+    std::fs::rename(path, rotated(path, 1))
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Sink {
+    fn write_chunk(&mut self, chunk: &[u8], stats: &SpoolStats) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(s) => {
+                let mut l = s.lock();
+                l.write_all(chunk)?;
+                l.flush()
+            }
+            Sink::File {
+                path,
+                file,
+                written,
+                rotation,
+            } => {
+                // Whole lines only, a file never beyond the size unless one line alone is.
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let room = rotation.max_bytes.saturating_sub(*written) as usize;
+                    let mut take = if rest.len() <= room {
+                        rest.len()
+                    } else {
+                        rest[..room]
+                            .iter()
+                            .rposition(|&b| b == b'\n')
+                            .map_or(0, |i| i + 1)
+                    };
+                    if take == 0 {
+                        if *written > 0 {
+                            file.flush()?;
+                            rotate(path, rotation.keep)?;
+                            *file = open_append(path)?;
+                            *written = 0;
+                            stats.rotations.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        take = rest
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(rest.len(), |i| i + 1);
+                    }
+                    file.write_all(&rest[..take])?;
+                    *written += take as u64;
+                    rest = &rest[take..];
+                }
+                Ok(())
+            }
+            #[cfg(test)]
+            Sink::Test(w) => w.write_all(chunk),
+        }
+    }
+}
+
+/// The agent's end of the queue. `Write` it whole lines; `flush` hands them over.
+pub struct Spool {
+    pending: Vec<u8>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    done: Option<mpsc::Receiver<()>>,
+    pub stats: Arc<SpoolStats>,
+    max_queued: usize,
+}
+
+impl Spool {
+    pub fn stdout(max_queued: usize) -> Self {
+        Self::start(Sink::Stdout(std::io::stdout()), max_queued)
+    }
+
+    /// Opens (appending to) `path`; an error says which file and why.
+    pub fn file(path: &Path, rotation: Rotation, max_queued: usize) -> anyhow::Result<Self> {
+        let file = open_append(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write NDJSON to {}: {e} (check the directory exists and is writable)",
+                path.display()
+            )
+        })?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self::start(
+            Sink::File {
+                path: path.to_path_buf(),
+                file,
+                written,
+                rotation,
+            },
+            max_queued,
+        ))
+    }
+
+    fn start(mut sink: Sink, max_queued: usize) -> Self {
+        let stats = Arc::new(SpoolStats::default());
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (done_tx, done) = mpsc::channel();
+        let st = stats.clone();
+        std::thread::Builder::new()
+            .name("pw-ndjson".into())
+            .spawn(move || {
+                for chunk in rx {
+                    st.queued_bytes.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    if sink.write_chunk(&chunk, &st).is_err() {
+                        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                        st.failed_lines.fetch_add(lines, Ordering::Relaxed);
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .expect("spawning the NDJSON writer thread");
+        Self {
+            pending: Vec::with_capacity(CHUNK_BYTES),
+            tx: Some(tx),
+            done: Some(done),
+            stats,
+            max_queued,
+        }
+    }
+
+    #[cfg(test)]
+    fn test(w: Box<dyn Write + Send>, max_queued: usize) -> Self {
+        Self::start(Sink::Test(w), max_queued)
+    }
+
+    /// Hands the pending whole lines to the writer thread, or drops and counts them when the
+    /// queue already holds `max_queued` bytes.
+    fn hand_over(&mut self) {
+        let end = match self.pending.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => return,
+        };
+        let rest = self.pending.split_off(end);
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
+        let sent = queued + chunk.len() <= self.max_queued
+            && self.tx.as_ref().is_some_and(|tx| {
+                self.stats
+                    .queued_bytes
+                    .fetch_add(chunk.len(), Ordering::Relaxed);
+                tx.send(chunk.clone()).is_ok()
+            });
+        if !sent {
+            let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.stats.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits up to `timeout` for everything queued to be written (at exit).
+    pub fn finish(&mut self, timeout: Duration) -> bool {
+        self.hand_over();
+        drop(self.tx.take());
+        match self.done.take() {
+            Some(done) => done.recv_timeout(timeout).is_ok(),
+            None => true,
+        }
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= CHUNK_BYTES && buf.ends_with(b"\n") {
+            self.hand_over();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hand_over();
+        Ok(())
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.finish(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Mutex, mpsc::Receiver};
+
+    /// A consumer that writes nothing until told to, like a stalled pipe reader.
+    struct Stalled(Receiver<()>, Arc<Mutex<Vec<u8>>>);
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            self.1.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_consumer_costs_counted_lines_not_a_stall() {
+        let (go, wait) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Spool::test(Box::new(Stalled(wait, got.clone())), 100);
+        // The first chunk is taken by the writer, which then blocks; the queue then fills.
+        for i in 0..50 {
+            writeln!(s, "line {i:04}").unwrap();
+            s.flush().unwrap();
+        }
+        let dropped = s.stats.dropped_lines.load(Ordering::Relaxed);
+        assert!(dropped > 0 && dropped < 50, "dropped {dropped}");
+        for _ in 0..100 {
+            let _ = go.send(());
+        }
+        assert!(s.finish(Duration::from_secs(5)));
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count() as u64 + dropped, 50);
+        // Only whole lines reach the sink.
+        assert!(text.lines().all(|l| l.len() == 9 && l.starts_with("line ")));
+    }
+
+    #[test]
+    fn files_rotate_at_line_boundaries_and_keep_the_newest() {
+        let dir = std::env::temp_dir().join(format!("pw-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.ndjson");
+        let mut s = Spool::file(
+            &path,
+            Rotation {
+                max_bytes: 100,
+                keep: 2,
+            },
+            1 << 20,
+        )
+        .unwrap();
+        for i in 0..40 {
+            // 10 bytes per line, one chunk per line, except one chunk of 25 lines (250 bytes,
+            // more than a file holds) that is spread over files at line boundaries.
+            writeln!(s, "line {i:04}").unwrap();
+            if !(5..30).contains(&i) {
+                s.flush().unwrap();
+            }
+        }
+        assert!(s.finish(Duration::from_secs(5)));
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let (cur, one, two) = (
+            read(&path),
+            read(&rotated(&path, 1)),
+            read(&rotated(&path, 2)),
+        );
+        assert!(!rotated(&path, 3).exists());
+        assert_eq!(cur.lines().count(), 10);
+        assert!(cur.starts_with("line 0030") && cur.ends_with("line 0039\n"));
+        assert!(one.starts_with("line 0020") && two.starts_with("line 0010"));
+        assert_eq!(s.stats.rotations.load(Ordering::Relaxed), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_file_is_a_clear_error() {
+        let e = Spool::file(
+            Path::new("/nonexistent-dir/x.ndjson"),
+            Rotation {
+                max_bytes: 1,
+                keep: 1,
+            },
+            1,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("/nonexistent-dir/x.ndjson") && e.contains("writable"),
+            "{e}"
+        );
+    }
+}
