@@ -398,3 +398,208 @@ fn json_file_rotates_by_size_without_losing_lines() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn merge_fixtures() -> Vec<PathBuf> {
+    ["node-a", "node-b", "storage-1"]
+        .iter()
+        .map(|h| repo().join(format!("tests/fixtures/merge/{h}.ndjson")))
+        .collect()
+}
+
+/// Compares with a golden file; `PAUSEWATCH_BLESS=1` rewrites it instead.
+fn golden(name: &str, got: &str) {
+    let path = repo().join("tests/fixtures/merge").join(name);
+    if std::env::var_os("PAUSEWATCH_BLESS").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        got == want,
+        "{} differs (PAUSEWATCH_BLESS=1 rewrites it):\n--- want\n{want}\n--- got\n{got}",
+        path.display()
+    );
+}
+
+fn merge(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(pausewatch_bin())
+        .arg("merge")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The fixtures are a real stale-write run of pausewatch-demo, its processes split over three
+/// hosts with their own boot clocks, clock offsets and uncertainties: node-a's leader is
+/// paused across its lease's expiry, node-b takes over, node-a writes with its old token and
+/// the storage on storage-1 refuses it, within node-a's clock uncertainty of that write.
+#[test]
+fn merge_orders_three_hosts_and_says_where_order_is_unknown() {
+    let files = merge_fixtures();
+    for f in &files {
+        let lines: Vec<Value> = std::fs::read_to_string(f)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        validate_lines(&lines);
+    }
+    let args: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
+    let text = merge(&args);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    golden("expected.txt", &text);
+    let mut json_args = args.clone();
+    json_args.insert(0, "--json".as_ref());
+    let json = merge(&json_args);
+    assert!(json.status.success());
+    let json = String::from_utf8(json.stdout).unwrap();
+    golden("expected.ndjson", &json);
+
+    // What the golden files say, spelled out: the DDIA sequence in order, and the refusal's
+    // order against node-a's stale act unknown.
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = |pred: &dyn Fn(&Value) -> bool| {
+        lines.iter().find(|v| pred(v)).unwrap()["merge"]["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    let expired = seq(&|v| v["kind"] == "lease_expired_during_pause");
+    let takeover = seq(&|v| v["host"] == "node-b" && v["event"] == "acquire");
+    let stale = seq(&|v| v["host"] == "node-a" && v["event"] == "act" && v["token"] == 1);
+    let refused = lines.iter().find(|v| v["event"] == "reject").unwrap();
+    assert!(
+        expired < takeover && takeover < stale,
+        "{expired} {takeover} {stale}"
+    );
+    assert!(
+        refused["merge"]["order_unknown_with"]
+            .as_array()
+            .unwrap()
+            .contains(&stale.into()),
+        "the refusal's order against the stale act is unknown: {refused}"
+    );
+    // Each host's own events keep their monotonic order.
+    for host in ["node-a", "node-b", "storage-1"] {
+        let mono: Vec<u64> = lines
+            .iter()
+            .filter(|v| v["host"] == host)
+            .map(|v| v["ts_mono_ns"].as_u64().unwrap())
+            .collect();
+        assert!(mono.windows(2).all(|w| w[0] <= w[1]), "{host}: {mono:?}");
+    }
+}
+
+#[test]
+fn merge_skips_damaged_lines_and_refuses_what_is_not_a_recording() {
+    let dir = std::env::temp_dir().join(format!("pw-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A recording cut off mid-line (a crash, a partial copy).
+    let mut text = std::fs::read_to_string(&merge_fixtures()[0]).unwrap();
+    let cut = text.len() - 40;
+    text.truncate(cut);
+    let damaged = dir.join("damaged.ndjson");
+    std::fs::write(&damaged, &text).unwrap();
+    let out = merge(&[damaged.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipped 1 damaged line(s) (first: line 9: not JSON"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1 + 8);
+
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "not a recording\n").unwrap();
+    let missing = dir.join("missing.ndjson");
+    let newer = dir.join("newer.ndjson");
+    std::fs::write(
+        &newer,
+        std::fs::read_to_string(&merge_fixtures()[1])
+            .unwrap()
+            .replace("\"schema\":1", "\"schema\":2"),
+    )
+    .unwrap();
+    for (file, want) in [
+        (&notes, "is not a pausewatch recording: line 1: not JSON"),
+        (&missing, "cannot read"),
+        (
+            &newer,
+            "line 1: schema 2, but this pausewatch reads schema 1",
+        ),
+    ] {
+        let out = merge(&[merge_fixtures()[0].as_os_str(), file.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}", file.display());
+        assert!(out.stdout.is_empty(), "nothing written on error");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(want) && stderr.contains(file.to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_schema_rejects_lines_that_break_it() {
+    let good: Value = serde_json::from_str(
+        std::fs::read_to_string(&merge_fixtures()[0])
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(r#""type":"stop""#))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(schema_errors(&good).is_empty(), "{good}");
+    let broken = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut v = good.clone();
+        f(v.as_object_mut().unwrap());
+        schema_errors(&v)
+    };
+    assert!(
+        !broken(&|m| {
+            m.remove("wall_ns");
+        })
+        .is_empty(),
+        "wall_ns is required"
+    );
+    assert!(
+        !broken(&|m| {
+            m.insert("type".into(), "pauses".into());
+        })
+        .is_empty()
+    );
+    assert!(
+        !broken(&|m| {
+            m.insert("duration_ns".into(), "4s".into());
+        })
+        .is_empty()
+    );
+    assert!(
+        !broken(&|m| {
+            m.insert("schema".into(), 2.into());
+        })
+        .is_empty()
+    );
+    assert!(
+        !broken(&|m| {
+            m.insert("kind".into(), "sigstop".into());
+        })
+        .is_empty()
+    );
+    assert!(
+        broken(&|m| {
+            m.insert("new_field".into(), 1.into());
+        })
+        .is_empty(),
+        "new fields are allowed"
+    );
+}

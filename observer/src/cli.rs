@@ -169,6 +169,23 @@ pub enum Command {
     /// Watch one process for a while, then say how likely a pause alone is to exceed a lease
     /// or failure-detector timeout, and the shortest timeout that keeps that under a target.
     Advise(AdviseArgs),
+    /// Merge recordings (`--json FILE`) of several hosts into one timeline ordered by wall
+    /// time, with each event's clock uncertainty; events whose order the clocks cannot tell
+    /// are marked so.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// NDJSON recordings, one or more per host (rotated files too).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Write NDJSON (each line with a `merge` object) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Include end-of-run lines (summaries, drops, costs) too, not only events.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, clap::Args)]

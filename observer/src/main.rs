@@ -4,6 +4,7 @@ mod agent_memory;
 mod cli;
 mod export;
 mod lease_client;
+mod merge_cmd;
 mod model;
 mod probe;
 mod runtimes;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let mut cli = cli::Cli::parse();
     let result = match cli.command.take() {
         Some(cli::Command::Lease(l)) => lease_client::run(l),
+        Some(cli::Command::Merge(m)) => merge_cmd::run(m),
         Some(cli::Command::Advise(a)) => {
             cli.pids = vec![a.pid];
             cli.duration = Some(a.duration);

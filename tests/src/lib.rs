@@ -204,13 +204,7 @@ impl Pausewatch {
             self.stderr.lock().unwrap()
         );
         let lines = self.lines.lock().unwrap().clone();
-        for v in &lines {
-            assert_eq!(v["schema"], 1, "line without schema 1: {v}");
-            assert!(
-                v["type"].is_string() && v["wall_ns"].is_i64() && v["wall_err_ns"].is_u64(),
-                "bad line: {v}"
-            );
-        }
+        validate_lines(&lines);
         lines
     }
 }
@@ -345,4 +339,36 @@ pub fn proc_state(pid: u32) -> char {
     s.rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
         .expect("state field")
+}
+
+/// The JSON Schema of the NDJSON lines (docs/ndjson.schema.json), compiled once.
+fn line_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ndjson.schema.json");
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("reading the schema"))
+                .expect("the schema is JSON");
+        jsonschema::draft202012::new(&schema).expect("the schema compiles")
+    })
+}
+
+/// Why a line does not match docs/ndjson.schema.json (empty: it does).
+pub fn schema_errors(v: &Value) -> Vec<String> {
+    line_schema()
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// Fails unless every line is valid against docs/ndjson.schema.json. Every privileged test's
+/// output goes through this, so the schema file is checked against real output of every kind.
+pub fn validate_lines(lines: &[Value]) {
+    for v in lines {
+        let errors = schema_errors(v);
+        assert!(
+            errors.is_empty(),
+            "line does not match docs/ndjson.schema.json: {errors:?}\n{v}"
+        );
+    }
 }

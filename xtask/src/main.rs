@@ -102,6 +102,9 @@ pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("util-linux", &["losetup", "--version"]),
     // The export tests: a real Prometheus server scraping pausewatch, promtool for the rules.
     ("prometheus", &["promtool", "--version"]),
+    // The deployment tests: `systemd-analyze verify` on the unit; setpriv (util-linux) runs
+    // pausewatch with the unit's capabilities.
+    ("systemd", &["systemd-analyze", "--version"]),
 ];
 
 pub fn is_root() -> bool {

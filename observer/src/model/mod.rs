@@ -7,6 +7,7 @@ pub mod gc;
 pub mod hiccup;
 pub mod lease;
 pub mod memory;
+pub mod merge;
 pub mod metrics;
 pub mod net;
 pub mod process;

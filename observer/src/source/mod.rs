@@ -8,5 +8,6 @@ pub mod kallsyms;
 pub mod kernel_hz;
 pub mod lease_protocol;
 pub mod lease_socket;
+pub mod recording;
 pub mod ringbuf;
 pub mod stacks;

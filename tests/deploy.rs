@@ -1,0 +1,264 @@
+//! Deployment files: the systemd unit passes `systemd-analyze verify`, pausewatch works with
+//! exactly the capabilities the unit grants (run under that bounding set, it attaches and
+//! reports a stop the test induces), and the Kubernetes DaemonSet asks for the same
+//! capabilities, the host PID namespace and the host paths pausewatch reads.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel)
+}
+
+fn unit_text() -> String {
+    std::fs::read_to_string(deploy("systemd/pausewatch.service")).unwrap()
+}
+
+/// The values of a unit directive (space-separated, every occurrence).
+fn directive(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .flat_map(|v| v.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// The unit's capabilities without the CAP_ prefix, e.g. `BPF`.
+fn unit_caps() -> BTreeSet<String> {
+    let unit = unit_text();
+    let bounding: BTreeSet<String> = directive(&unit, "CapabilityBoundingSet")
+        .iter()
+        .map(|c| c.strip_prefix("CAP_").expect("CAP_ names").to_string())
+        .collect();
+    let ambient: BTreeSet<String> = directive(&unit, "AmbientCapabilities")
+        .iter()
+        .map(|c| c.strip_prefix("CAP_").unwrap().to_string())
+        .collect();
+    assert_eq!(bounding, ambient, "ambient and bounding sets differ");
+    bounding
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_grants_less_than_root() {
+    let dir = std::env::temp_dir().join(format!("pw-unit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The unit names the installed path; verify it against the binary under test.
+    let unit = unit_text().replace(
+        "/usr/local/bin/pausewatch",
+        pausewatch_bin().to_str().unwrap(),
+    );
+    let verify = |text: &str| {
+        let path = dir.join("pausewatch.service");
+        std::fs::write(&path, text).unwrap();
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("running systemd-analyze (Debian package systemd)")
+    };
+    let ok = verify(&unit);
+    assert!(
+        ok.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The check has teeth: a missing binary fails it.
+    let bad = verify(&unit.replace(
+        pausewatch_bin().to_str().unwrap(),
+        "/nonexistent/pausewatch",
+    ));
+    assert!(
+        !bad.status.success(),
+        "verify accepted a missing ExecStart binary"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let caps = unit_caps();
+    assert!(caps.contains("BPF") && caps.contains("PERFMON"), "{caps:?}");
+    assert!(
+        !caps.contains("SYS_ADMIN"),
+        "the unit should not need CAP_SYS_ADMIN: {caps:?}"
+    );
+    let exec = directive(&unit_text(), "ExecStart").join(" ");
+    assert!(
+        exec.contains("--json /var/log/pausewatch/") && exec.contains("--prometheus 127.0.0.1:")
+    );
+    assert_eq!(directive(&unit_text(), "LogsDirectory"), ["pausewatch"]);
+    assert_eq!(directive(&unit_text(), "RuntimeDirectory"), ["pausewatch"]);
+}
+
+#[test]
+fn pausewatch_works_with_only_the_units_capabilities() {
+    require_root();
+    let caps = unit_caps();
+    let set = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut victim = victim("pw-capvictim", 1, 30.0);
+    let pid = victim.id();
+    let dir = std::env::temp_dir().join(format!("pw-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("out.ndjson");
+    // uid 0 with that bounding set: what systemd gives the unit.
+    let mut pw = Command::new("setpriv")
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(pausewatch_bin())
+        .arg("--json")
+        .arg(&out_path)
+        .args(["--pid", &pid.to_string(), "--duration", "6s"])
+        .arg("--lease-socket")
+        .arg(dir.join("lease.sock"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running setpriv (Debian package util-linux)");
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read().iter().any(|v| v["event"] == "attached") {
+        assert!(
+            Instant::now() < deadline && pw.try_wait().unwrap().is_none(),
+            "pausewatch did not attach with capabilities {set}: {}",
+            {
+                let _ = pw.kill();
+                let mut s = String::new();
+                use std::io::Read;
+                pw.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+                s
+            }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its effective capabilities are the unit's, nothing more.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pw.id())).unwrap();
+    let capeff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_ADMIN: u64 = 21;
+    assert_eq!(
+        capeff & (1 << CAP_SYS_ADMIN),
+        0,
+        "CapEff {capeff:x} has CAP_SYS_ADMIN"
+    );
+    assert_eq!(
+        capeff.count_ones() as usize,
+        caps.len(),
+        "CapEff {capeff:x} vs {caps:?}"
+    );
+
+    signal(pid, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, libc::SIGCONT);
+    let status = pw.wait().unwrap();
+    let _ = (victim.kill(), victim.wait());
+    let lines = read();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "pausewatch exited with {status}");
+    let stop = of_type(&lines, "stop")
+        .find(|v| v["pid"] == pid)
+        .expect("the induced stop, traced with the unit's capabilities");
+    assert_eq!(stop["signal"], "SIGSTOP");
+    let warns: Vec<&Value> = of_type(&lines, "notice")
+        .filter(|v| v["level"] == "warn")
+        .collect();
+    assert!(
+        warns.is_empty(),
+        "degraded with the unit's capabilities: {warns:#?}"
+    );
+}
+
+#[test]
+fn the_daemonset_asks_for_what_pausewatch_needs() {
+    let text = std::fs::read_to_string(deploy("kubernetes/pausewatch-daemonset.yaml")).unwrap();
+    let d: Value = serde_yaml_ng::from_str(&text).expect("the DaemonSet parses as YAML");
+    assert_eq!(d["apiVersion"], "apps/v1");
+    assert_eq!(d["kind"], "DaemonSet");
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["hostPID"], true,
+        "pausewatch observes every process of the node"
+    );
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"],
+        "the selector matches the pods"
+    );
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let add: BTreeSet<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        add,
+        unit_caps(),
+        "the DaemonSet's capabilities are the unit's"
+    );
+    // Host paths pausewatch reads, mounted where it reads them.
+    let mounts: BTreeSet<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for p in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/var/log/pausewatch",
+        "/run/pausewatch",
+    ] {
+        assert!(mounts.contains(p), "{p} not mounted: {mounts:?}");
+    }
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let vol = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("volume {} not defined", m["name"]));
+        assert_eq!(vol["hostPath"]["path"], m["mountPath"], "{vol}");
+    }
+    // Its arguments are ones pausewatch accepts.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--prometheus", "0.0.0.0:9464"])
+    );
+    let port = c["ports"][0]["containerPort"].as_u64().unwrap();
+    assert_eq!(port, 9464);
+    let help = Command::new(pausewatch_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(a), "pausewatch does not know {a}");
+    }
+}
