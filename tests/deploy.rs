@@ -172,6 +172,7 @@ fn pausewatch_works_with_only_the_units_capabilities() {
     let lines = read();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(status.success(), "pausewatch exited with {status}");
+    validate_lines(&lines);
     let stop = of_type(&lines, "stop")
         .find(|v| v["pid"] == pid)
         .expect("the induced stop, traced with the unit's capabilities");

@@ -374,6 +374,7 @@ fn json_file_rotates_by_size_without_losing_lines() {
             all.push(serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")));
         }
     }
+    validate_lines(&all);
     // The run's last lines are in the current file; nothing was dropped or failed.
     let drops = all
         .iter()
