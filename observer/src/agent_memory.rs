@@ -60,9 +60,9 @@ impl MemState {
         let pid = ep.pid;
         let Some(b) = ep.blocked.as_mut() else { return };
         b.resolved = match b.reason {
-            BlockReason::MajorFault => self.files.mapping(pid, b.addr),
+            BlockReason::MajorFault => self.files.mapping(pid, b.addr, Some((b.dev, b.ino))),
             BlockReason::Sync if b.addr < MAX_FD => self.files.fd_path(pid, b.addr, b.dev, b.ino),
-            BlockReason::Sync => self.files.mapping(pid, b.addr),
+            BlockReason::Sync => self.files.mapping(pid, b.addr, Some((b.dev, b.ino))),
             BlockReason::Stack => {
                 let place = b
                     .stack_id
@@ -81,7 +81,7 @@ impl MemState {
         let mut c = SyncCall::from_record(r);
         c.path = match c.syscall {
             Some(s) if s.takes_fd() => self.files.fd_path(c.pid, c.arg, c.dev, c.ino),
-            Some(SyncSyscall::Msync) => self.files.mapping(c.pid, c.arg),
+            Some(SyncSyscall::Msync) => self.files.mapping(c.pid, c.arg, None),
             _ => None,
         };
         c.device = self.files.device(c.dev);

@@ -45,32 +45,50 @@ impl FileNames {
     }
 
     /// The file mapped at `addr` in `pid` (None: anonymous memory, or the process is gone).
-    pub fn mapping(&mut self, pid: u32, addr: u64) -> Option<String> {
+    /// `file` is the (kernel dev_t, inode) the kernel saw at the fault, when it read one: a
+    /// mapping of another file there (the cached map is stale: unmapped and mapped again) or
+    /// no mapping at all (mapped since the map was read) makes it read the map again, and a
+    /// mapping that still does not match names nothing rather than the wrong file.
+    pub fn mapping(&mut self, pid: u32, addr: u64, file: Option<(u32, u64)>) -> Option<String> {
         let now = Instant::now();
-        let fresh = self
+        let cached = self
             .maps
             .get(&pid)
             .is_some_and(|(t, _)| now.duration_since(*t) < MAPS_TTL);
-        if !fresh {
-            let maps = Process::new(pid as i32).and_then(|p| p.maps()).ok()?;
-            let oldest = self
-                .maps
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(p, _)| *p);
-            if let Some(oldest) = oldest.filter(|_| self.maps.len() >= MAPS_CACHED) {
-                self.maps.remove(&oldest);
-            }
-            self.maps.insert(pid, (now, maps.0));
+        if cached && let Some(found) = self.lookup(pid, addr, file) {
+            return found;
         }
+        let maps = Process::new(pid as i32).and_then(|p| p.maps()).ok()?;
+        let oldest = self
+            .maps
+            .iter()
+            .filter(|(p, _)| **p != pid)
+            .min_by_key(|(_, (t, _))| *t)
+            .map(|(p, _)| *p);
+        if let Some(oldest) = oldest.filter(|_| self.maps.len() >= MAPS_CACHED) {
+            self.maps.remove(&oldest);
+        }
+        self.maps.insert(pid, (now, maps.0));
+        self.lookup(pid, addr, file).flatten()
+    }
+
+    /// In the cached map: Some(name) for a matching mapping (None inside: anonymous), None
+    /// when nothing there matches.
+    fn lookup(&self, pid: u32, addr: u64, file: Option<(u32, u64)>) -> Option<Option<String>> {
         let (_, maps) = self.maps.get(&pid)?;
         let m = maps
             .iter()
             .find(|m| m.address.0 <= addr && addr < m.address.1)?;
-        match &m.pathname {
+        if let Some((dev, ino)) = file.filter(|&(_, ino)| ino != 0) {
+            let (maj, min) = kernel_dev_parts(dev);
+            if m.inode != ino || (dev != 0 && (m.dev.0 as u64, m.dev.1 as u64) != (maj, min)) {
+                return None;
+            }
+        }
+        Some(match &m.pathname {
             MMapPath::Path(p) => Some(p.to_string_lossy().into_owned()),
             _ => None,
-        }
+        })
     }
 
     /// "loop0" for a block device; the mount source ("tmpfs", "overlay") for file systems
@@ -157,9 +175,49 @@ mod tests {
         let pid = std::process::id();
         let here = addresses_resolve_to_their_mapping as *const () as u64;
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert_eq!(names.mapping(pid, here).as_deref(), exe.to_str());
+        assert_eq!(names.mapping(pid, here, None).as_deref(), exe.to_str());
         let heap = Box::new(1u64);
-        assert_eq!(names.mapping(pid, &*heap as *const u64 as u64), None);
+        assert_eq!(names.mapping(pid, &*heap as *const u64 as u64, None), None);
+    }
+
+    #[test]
+    fn a_file_mapped_after_the_map_was_cached_is_found_and_checked() {
+        let mut names = FileNames::default();
+        let pid = std::process::id();
+        // Cache this process's map first.
+        let here = addresses_resolve_to_their_mapping as *const () as u64;
+        assert!(names.mapping(pid, here, None).is_some());
+        let path = std::env::temp_dir().join(format!("pw-map-{pid}"));
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let md = f.metadata().unwrap();
+        let kdev = (libc::major(md.dev()) << 20) | libc::minor(md.dev());
+        // SAFETY: a fresh private read-only mapping of a file we own, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let a = addr as u64 + 4096;
+        assert_eq!(
+            names.mapping(pid, a, Some((kdev, md.ino()))).as_deref(),
+            path.to_str(),
+            "the stale cached map is read again"
+        );
+        assert_eq!(
+            names.mapping(pid, a, Some((kdev, md.ino() + 1))),
+            None,
+            "another inode there is not named as this file"
+        );
+        // SAFETY: unmapping what we mapped above.
+        unsafe { libc::munmap(addr, 8192) };
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -349,6 +349,9 @@ fn touch_file(path: &str) {
             "{}",
             serde_json::json!({"pid": std::process::id(), "tid": gettid(), "minflt": minflt, "majflt": majflt, "addr": p as u64, "len": len})
         );
+        // Keep the mapping while pausewatch (which collects every 20 ms) names the file
+        // behind the last faults from /proc/<pid>/maps, as a real process would.
+        std::thread::sleep(std::time::Duration::from_millis(300));
         libc::munmap(p, len);
     }
 }
