@@ -604,3 +604,71 @@ fn the_schema_rejects_lines_that_break_it() {
         "new fields are allowed"
     );
 }
+
+/// A consumer that stops reading (a stuck log shipper) costs counted lines, not a stalled
+/// agent: pausewatch keeps receiving every episode from the kernel while its output waits.
+#[test]
+fn a_stalled_consumer_costs_counted_lines_not_kernel_events() {
+    require_root();
+    let mut busy = Command::new("sh")
+        .args(["-c", "while :; do /bin/true; done"])
+        .spawn()
+        .unwrap();
+    let mut pw = Command::new(pausewatch_bin())
+        .args([
+            "--json",
+            "--json-buffer",
+            "64KiB",
+            "--min-pause",
+            "1us",
+            "--duration",
+            "7s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads for 4 s: the pipe (64 KiB) and the queue (64 KiB) fill within moments.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut text = String::new();
+    use std::io::Read;
+    pw.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let status = pw.wait().unwrap();
+    let _ = (busy.kill(), busy.wait());
+    let mut stderr = String::new();
+    pw.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    validate_lines(&lines);
+    let drops = of_type(&lines, "drops").next().expect("the drops line");
+    let dropped = drops["output_dropped_lines"].as_u64().unwrap();
+    assert!(dropped > 0, "nothing dropped while nobody read: {drops}");
+    // The agent went on taking episodes from the kernel: ids are given as records arrive, so
+    // the last pause line's id counts what the agent received, far more than reached the
+    // reader; and the ring buffer lost few or none.
+    let streamed = of_type(&lines, "pause")
+        .map(|v| v["id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let pause_lines = of_type(&lines, "pause").count() as u64;
+    let kernel_lost = drops["kernel"]["sched"].as_u64().unwrap();
+    eprintln!(
+        "{dropped} lines dropped; {streamed} episodes reached the agent, {pause_lines} pause lines read, {kernel_lost} lost in the kernel"
+    );
+    assert!(
+        streamed > pause_lines,
+        "{streamed} received vs {pause_lines} read"
+    );
+    assert!(
+        kernel_lost * 10 < streamed,
+        "the kernel lost {kernel_lost} of {streamed} episodes: the agent stalled"
+    );
+}

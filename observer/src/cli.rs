@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub json_keep: u32,
 
+    /// NDJSON waiting for a slow consumer (a pipe nobody reads, a slow disk) beyond this is
+    /// dropped and counted (`drops.output_dropped_lines`) rather than stalling the agent.
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = parse_size)]
+    pub json_buffer: u64,
+
     /// Tracepoint mechanism for the scheduler programs.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: AttachMode,

@@ -59,9 +59,6 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
     Ok(out)
 }
 
-/// NDJSON waiting for a slow consumer beyond this is dropped (and counted).
-const SPOOL_MAX_QUEUED: usize = 32 << 20;
-
 fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
     let pids = resolve_pids(&cli.pids)?;
     if !cli.btf.exists() {
@@ -87,6 +84,7 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
+        let queued = usize::try_from(cli.json_buffer).unwrap_or(usize::MAX);
         let spool = match cli.json.clone().flatten() {
             Some(path) => export::spool::Spool::file(
                 &path,
@@ -94,9 +92,9 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
                     max_bytes: cli.json_max_size,
                     keep: cli.json_keep,
                 },
-                SPOOL_MAX_QUEUED,
+                queued,
             )?,
-            None => export::spool::Spool::stdout(SPOOL_MAX_QUEUED),
+            None => export::spool::Spool::stdout(queued),
         };
         agent::Output::Json(export::ndjson::NdjsonWriter::spooled(spool, host))
     } else {
