@@ -386,6 +386,9 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
+/// Scrapes served at once (Prometheus uses one connection per target).
+const MAX_CONNECTIONS: usize = 16;
+
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn serve(
@@ -420,6 +423,7 @@ pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
         anyhow::anyhow!("cannot serve metrics on {addr}: {e} (pick another --prometheus address)")
     })?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -427,8 +431,15 @@ pub async fn start(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
+            // A flood of connections is refused (closed at once) beyond the cap, not served
+            // at the agent's expense.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| serve(req, shared.clone()));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
