@@ -52,6 +52,10 @@ enum Sink {
     Test(Box<dyn Write + Send>),
 }
 
+fn lines_in(chunk: &[u8]) -> u64 {
+    chunk.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
 fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
@@ -173,8 +177,8 @@ impl Spool {
                 for chunk in rx {
                     st.queued_bytes.fetch_sub(chunk.len(), Ordering::Relaxed);
                     if sink.write_chunk(&chunk, &st).is_err() {
-                        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
-                        st.failed_lines.fetch_add(lines, Ordering::Relaxed);
+                        st.failed_lines
+                            .fetch_add(lines_in(&chunk), Ordering::Relaxed);
                     }
                 }
                 let _ = done_tx.send(());
@@ -203,17 +207,22 @@ impl Spool {
         };
         let rest = self.pending.split_off(end);
         let chunk = std::mem::replace(&mut self.pending, rest);
-        let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
-        let sent = queued + chunk.len() <= self.max_queued
-            && self.tx.as_ref().is_some_and(|tx| {
-                self.stats
-                    .queued_bytes
-                    .fetch_add(chunk.len(), Ordering::Relaxed);
-                tx.send(chunk.clone()).is_ok()
-            });
-        if !sent {
-            let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
-            self.stats.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+        let len = chunk.len();
+        let queued = &self.stats.queued_bytes;
+        let refused = match &self.tx {
+            Some(tx) if queued.load(Ordering::Relaxed) + len <= self.max_queued => {
+                queued.fetch_add(len, Ordering::Relaxed);
+                tx.send(chunk).err().map(|e| {
+                    queued.fetch_sub(len, Ordering::Relaxed);
+                    e.0
+                })
+            }
+            _ => Some(chunk),
+        };
+        if let Some(chunk) = refused {
+            self.stats
+                .dropped_lines
+                .fetch_add(lines_in(&chunk), Ordering::Relaxed);
         }
     }
 
