@@ -4,6 +4,7 @@
 //! Every family is described on every scrape, even before it has a sample, so dashboards and
 //! rules can be checked against a live endpoint. Metric names are in `FAMILIES`.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -90,10 +91,7 @@ fn key_labels(k: &SeriesKey) -> Labels {
     l
 }
 
-fn with(
-    base: &[(&'static str, String)],
-    extra: &[(&'static str, &str)],
-) -> Vec<(&'static str, String)> {
+fn with(base: &[(&'static str, String)], extra: &[(&'static str, &str)]) -> Labels {
     let mut l = base.to_vec();
     l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     l
@@ -116,6 +114,20 @@ fn histogram(
 fn counter(e: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: f64) -> std::fmt::Result {
     e.encode_family(labels)?
         .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(&v, None)
+}
+
+/// One counter per entry of a count map, labelled `label` = its key on top of `base`.
+fn counts(
+    e: &mut MetricEncoder,
+    base: &[(&'static str, String)],
+    label: &'static str,
+    map: &BTreeMap<&'static str, u64>,
+    value: impl Fn(u64) -> f64,
+) -> std::fmt::Result {
+    for (key, &n) in map {
+        counter(e, &with(base, &[(label, key)]), value(n))?;
+    }
+    Ok(())
 }
 
 fn gauge(e: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: f64) -> std::fmt::Result {
@@ -197,9 +209,7 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
         "TCP segments retransmitted on the process's sockets, by mode (timeout, fast, probe, synack)",
         |e| {
             for (s, l) in &series {
-                for (mode, &n) in &s.retransmits {
-                    counter(e, &with(l, &[("mode", mode)]), n as f64)?;
-                }
+                counts(e, l, "mode", &s.retransmits, |n| n as f64)?;
             }
             Ok(())
         },
@@ -223,9 +233,7 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
         "Lease incidents by kind (lease_expired_during_pause, acted_after_expiry, lease_at_risk, clock_step_moved_deadline)",
         |e| {
             for (s, l) in &series {
-                for (kind, &n) in &s.incidents {
-                    counter(e, &with(l, &[("kind", kind)]), n as f64)?;
-                }
+                counts(e, l, "kind", &s.incidents, |n| n as f64)?;
             }
             Ok(())
         },
@@ -234,23 +242,13 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
         &mut enc,
         "pausewatch_host_pauses",
         "Late wakes of pausewatch's control sleeper, by verdict (host_freeze, suspend, steal, runq, ...)",
-        |e| {
-            for (v, &n) in &m.host_pauses {
-                counter(e, &[("verdict", *v)], n as f64)?;
-            }
-            Ok(())
-        },
+        |e| counts(e, &[], "verdict", &m.host_pauses, |n| n as f64),
     )?;
     family(
         &mut enc,
         "pausewatch_host_pause_seconds",
         "Total lateness of the control sleeper, by verdict",
-        |e| {
-            for (v, &n) in &m.host_pause_ns {
-                counter(e, &[("verdict", *v)], ns_to_s(n))?;
-            }
-            Ok(())
-        },
+        |e| counts(e, &[], "verdict", &m.host_pause_ns, ns_to_s),
     )?;
     let h = &m.host;
     family(
