@@ -533,21 +533,24 @@ impl AgentState {
             self.table.apply_snapshot(*pid, comm, stats);
         }
         self.mem.on_harvest(&h, &mut self.table);
-        if let Some(shared) = &self.metrics {
-            let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut m) = self.metrics() {
             let now = WallClock::mono_now();
             for (pid, _, _) in &h.procs {
-                if let Some(e) = self.table.get(*pid) {
-                    let stats = std::array::from_fn(|i| e.stat(i));
-                    m.on_process(
-                        *pid,
-                        &e.comm,
-                        &stats,
-                        &e.mem().blocked,
-                        || crate::model::metrics::cgroup_of(*pid),
-                        now,
-                    );
+                let Some(e) = self.table.get(*pid) else {
+                    continue;
+                };
+                if m.unchanged(*pid, e.growth_marker()) {
+                    continue;
                 }
+                let stats = std::array::from_fn(|i| e.stat(i));
+                m.on_process(
+                    *pid,
+                    &e.comm,
+                    &stats,
+                    &e.mem().blocked,
+                    || crate::model::metrics::cgroup_of(*pid),
+                    now,
+                );
             }
             m.prune(|pid| self.table.get(pid).is_some(), now);
         }
@@ -558,8 +561,8 @@ impl AgentState {
     }
 
     /// Host-wide gauges for the metrics endpoint, once a second.
-    fn update_gauges(&mut self, probes: &Probes, out: &Output) {
-        let Some(shared) = &self.metrics else {
+    fn update_gauges(&self, probes: &Probes, out: &Output) {
+        let Some(mut m) = self.metrics() else {
             return;
         };
         let (dropped, failed) = match out {
@@ -571,7 +574,6 @@ impl AgentState {
             .ok();
         let tick_ns = 1_000_000_000 / procfs::ticks_per_second().max(1);
         let page = procfs::page_size();
-        let mut m = shared.lock().unwrap_or_else(|e| e.into_inner());
         m.host = crate::model::metrics::HostGauges {
             steal_ratio: self.host.steal_pct / 100.0,
             clock_uncertainty_ns: self.clock.err_ns,

@@ -139,6 +139,15 @@ impl Metrics {
         s
     }
 
+    /// Whether `pid`'s (episodes, blocked ns) are what was last counted
+    /// (`ProcessEntry::growth_marker`): then `on_process` would add nothing.
+    pub fn unchanged(&self, pid: u32, (episodes, blocked_ns): (u64, u64)) -> bool {
+        self.seen.get(&pid).is_some_and(|s| {
+            s.stats[NUM_STATS - 1].count == episodes
+                && s.blocked.iter().map(|b| b.total_ns).sum::<u64>() == blocked_ns
+        })
+    }
+
     /// Adds what process `pid` paused since it was last seen. `stats` are its cumulative
     /// aggregates (`ProcessEntry::stat`), `blocked` its cumulative blocked time by reason;
     /// `cgroup` is read only for processes not seen before (or renamed by exec).
@@ -319,6 +328,7 @@ mod tests {
             || "/x".into(),
             2,
         );
+        assert!(m.unchanged(1, (2, 0)) && !m.unchanged(1, (3, 0)) && !m.unchanged(2, (0, 0)));
         let s = &m.series[&SeriesKey {
             comm: "a".into(),
             cgroup: "/x".into(),

@@ -61,6 +61,20 @@ impl ProcessEntry {
         a
     }
 
+    /// (episodes, blocked ns) so far: grows whenever the process's pause totals do, read
+    /// without copying them (the metrics skip processes whose totals did not grow).
+    pub fn growth_marker(&self) -> (u64, u64) {
+        let episodes = self.base[STAT_EPISODE].count + self.current[STAT_EPISODE].count;
+        let blocked = self
+            .mem_base
+            .blocked
+            .iter()
+            .chain(self.mem_current.blocked.iter())
+            .map(|b| b.total_ns)
+            .sum();
+        (episodes, blocked)
+    }
+
     /// Episodes at or above the threshold that the kernel could not stream.
     pub fn dropped_records(&self) -> u64 {
         self.base_dropped + self.current_dropped
