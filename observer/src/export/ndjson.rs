@@ -136,19 +136,7 @@ impl<W: Write> NdjsonWriter<W> {
             s.dropped_lines.load(std::sync::atomic::Ordering::Relaxed)
         })
     }
-}
 
-impl NdjsonWriter<super::spool::Spool> {
-    pub fn spooled(out: super::spool::Spool, host: String) -> Self {
-        let stats = out.stats.clone();
-        Self {
-            spool: Some(stats),
-            ..Self::new(out, host)
-        }
-    }
-}
-
-impl<W: Write> NdjsonWriter<W> {
     pub(super) fn line(&mut self, kind: &str, ts_mono_ns: u64, clock: &WallClock, body: Value) {
         let mut obj = json!({
             "schema": SCHEMA_VERSION,
@@ -467,6 +455,16 @@ impl<W: Write> NdjsonWriter<W> {
             .collect();
         let body = json!({ "mechanism": mechanism, "stats_enabled": stats_enabled, "stats_floor_ns": floor, "programs": programs });
         self.line("self_cost", WallClock::mono_now(), clock, body);
+    }
+}
+
+impl NdjsonWriter<super::spool::Spool> {
+    pub fn spooled(out: super::spool::Spool, host: String) -> Self {
+        let stats = out.stats.clone();
+        Self {
+            spool: Some(stats),
+            ..Self::new(out, host)
+        }
     }
 }
 
