@@ -49,6 +49,16 @@ pub enum Output {
     Live(tui::Live),
     /// `pausewatch advise`: quiet while running, then timeout advice for these processes.
     Advise(Vec<u32>),
+    /// `pausewatch run` (and `--pid` without a terminal or `--json`): quiet while running,
+    /// then the end report on stderr.
+    Report,
+}
+
+/// How the run ended, for `main`.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// `pausewatch run`: the command's exit status.
+    pub child_status: Option<std::process::ExitStatus>,
 }
 
 pub struct Settings {
@@ -66,6 +76,8 @@ pub struct Settings {
     /// Where to serve Prometheus metrics, and how many label pairs get series of their own.
     pub prometheus: Option<std::net::SocketAddr>,
     pub prometheus_max_series: usize,
+    /// End when every process in `pids` has exited (an investigation of one process).
+    pub end_when_gone: bool,
 }
 
 pub struct LeaseSocketSettings {
@@ -596,6 +608,13 @@ impl AgentState {
 }
 
 /// A process's start time in clock ticks after boot (None: it is gone).
+/// A process that exited and waits for its parent to reap it.
+fn zombie(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+}
+
 fn start_time(pid: u32) -> Option<u64> {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
@@ -618,7 +637,12 @@ fn open_lease_socket(
     }
 }
 
-pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> anyhow::Result<()> {
+pub async fn run(
+    mut probes: Probes,
+    settings: Settings,
+    mut out: Output,
+    mut child: Option<tokio::process::Child>,
+) -> anyhow::Result<Ended> {
     let ring = RingBuf::try_from(
         probes
             .ebpf
@@ -669,9 +693,12 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
     let mut draw = tokio::time::interval(Duration::from_millis(250));
     draw.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let (key_tx, mut keys) = mpsc::channel(16);
-    if let Output::Live(live) = &mut out {
-        live.spawn_input(key_tx);
+    if let Output::Live(_) = &out {
+        tui::spawn_input(key_tx);
     }
+    let watched: Vec<(u32, Option<u64>)> =
+        settings.pids.iter().map(|&p| (p, start_time(p))).collect();
+    let mut ended = Ended::default();
 
     let mut lease_sock = match &settings.lease_socket {
         Some(s) => open_lease_socket(s, &mut notices)?,
@@ -882,6 +909,24 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                 }
                 st.on_harvest(&mut harvester);
                 st.update_gauges(&probes, &out);
+                if settings.end_when_gone
+                    && child.is_none()
+                    && !watched.is_empty()
+                    && watched.iter().all(|&(p, t)| t.is_none() || start_time(p) != t || zombie(p))
+                {
+                    let pids: Vec<String> = watched.iter().map(|(p, _)| p.to_string()).collect();
+                    st.notice(
+                        Notice {
+                            level: "info",
+                            event: "investigation_ended",
+                            message: format!("pid {} exited", pids.join(", ")),
+                            pid: watched.first().map(|w| w.0),
+                            path: None,
+                        },
+                        &mut out,
+                    );
+                    break;
+                }
                 st.release_stops(Some(WallClock::mono_now()), &mut out);
                 st.check_holders();
                 st.runtimes.prune();
@@ -900,18 +945,57 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
                     live.draw(&st, &probes.costs())?;
                 }
             }
-            Some(key) = keys.recv() => {
+            Some(ev) = keys.recv() => {
                 if let Output::Live(live) = &mut out
-                    && live.on_key(key) == tui::KeyOutcome::Quit
+                    && live.on_event(ev) == tui::KeyOutcome::Quit
                 {
                     break;
                 }
+            }
+            status = async {
+                match &mut child {
+                    Some(c) => c.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                ended.child_status = status.ok();
+                child = None;
+                st.notice(
+                    Notice {
+                        level: "info",
+                        event: "investigation_ended",
+                        message: format!(
+                            "the command exited ({})",
+                            ended.child_status.map_or("status unknown".to_string(), |s| s.to_string())
+                        ),
+                        pid: settings.pids.first().copied(),
+                        path: None,
+                    },
+                    &mut out,
+                );
+                break;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break,
         }
+    }
+
+    // `run` ended before its command (q, --duration, a signal): the command is ended too,
+    // politely first, while the programs still see it.
+    if let Some(mut c) = child.take() {
+        if let Some(pid) = c.id() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        ended.child_status = match tokio::time::timeout(Duration::from_secs(2), c.wait()).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                let _ = c.kill().await;
+                c.wait().await.ok()
+            }
+        };
     }
 
     // Final drain and harvest while the programs are still attached: nothing written before
@@ -994,13 +1078,31 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
         }
         Output::Live(live) => {
             live.finish();
-            print!("{}", tui::report::text(&st, &costs));
+            print!(
+                "{}",
+                tui::report::text(&tui::report::from_agent(&st, &costs))
+            );
+        }
+        Output::Report => {
+            eprint!(
+                "{}",
+                tui::report::text(&tui::report::from_agent(&st, &costs))
+            );
         }
         Output::Advise(pids) => {
             let observed = WallClock::mono_now().saturating_sub(st.started_mono_ns);
             for pid in pids {
                 match st.table.sorted().into_iter().find(|p| p.pid == pid) {
-                    Some(p) => println!("{}", tui::report::advice(p, observed, st.advise_target)),
+                    Some(p) => println!(
+                        "{}",
+                        tui::report::advice(
+                            p.pid,
+                            &p.comm,
+                            &p.pauses(),
+                            observed,
+                            st.advise_target
+                        )
+                    ),
                     None => println!(
                         "pid {pid}: no pauses observed in {}: nothing to estimate from",
                         crate::model::units::fmt_ns(observed)
@@ -1009,5 +1111,5 @@ pub async fn run(mut probes: Probes, settings: Settings, mut out: Output) -> any
             }
         }
     }
-    Ok(())
+    Ok(ended)
 }

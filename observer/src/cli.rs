@@ -18,6 +18,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    #[command(flatten)]
+    pub watch: Watch,
+}
+
+/// What to watch and how to report it (the main job, `run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Watch {
     /// Observe only this process (repeatable), its threads, and the processes it creates
     /// afterwards. Without it: every process on the host.
     #[arg(long = "pid", value_name = "PID", value_parser = parse_pid)]
@@ -168,6 +175,13 @@ fn parse_control_period(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a command and investigate it: everything is scoped to its process tree, the
+    /// report is printed when it exits, and pausewatch exits with its status.
+    Run(RunArgs),
+    /// Print the end report of a recording (`--json FILE`).
+    Report(ReportArgs),
+    /// Play a recording (`--json FILE`) in the live view.
+    Replay(ReplayArgs),
     /// Report a lease event to a running pausewatch over its lease socket (for shell scripts;
     /// programs can speak the line protocol directly, see docs/lease-protocol.md).
     Lease(LeaseArgs),
@@ -178,6 +192,42 @@ pub enum Command {
     /// time, with each event's clock uncertainty; events whose order the clocks cannot tell
     /// are marked so.
     Merge(MergeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub watch: Watch,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A recording made with `--json FILE`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Timeout advice aims under this chance per hour that a pause alone exceeds it.
+    #[arg(long, value_name = "CHANCE", default_value = "1e-6", value_parser = parse_share)]
+    pub advise_target: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// A recording made with `--json FILE`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Playback speed (1: as recorded; the [ and ] keys halve and double it).
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=10000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: the speed is a number from 0.01 to 10000")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -347,8 +397,30 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    fn parse_cli(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("pausewatch").chain(args.iter().copied()))
+    }
+
+    fn parse(args: &[&str]) -> Result<Watch, clap::Error> {
+        parse_cli(args).map(|c| c.watch)
+    }
+
+    #[test]
+    fn run_takes_the_watch_options_and_the_command() {
+        let c = parse_cli(&["run", "--duration", "5s", "--", "sleep", "--x", "1"]).unwrap();
+        let Some(Command::Run(r)) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.watch.duration, Some(Duration::from_secs(5)));
+        assert_eq!(r.cmd, ["sleep", "--x", "1"]);
+        assert!(parse_cli(&["run"]).is_err(), "a command is required");
+        let c = parse_cli(&["replay", "rec.ndjson", "--speed", "4"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Replay(r)) if r.speed == 4.0));
+        assert!(parse_cli(&["replay", "rec.ndjson", "--speed", "0"]).is_err());
+        assert!(matches!(
+            parse_cli(&["report", "rec.ndjson"]).unwrap().command,
+            Some(Command::Report(_))
+        ));
     }
 
     #[test]
@@ -434,7 +506,7 @@ mod tests {
             ]
         );
         assert_eq!(c.lease_socket_mode, 0o660);
-        let c = parse(&["lease", "acquire", "leader", "--ttl", "2s", "--token", "7"]).unwrap();
+        let c = parse_cli(&["lease", "acquire", "leader", "--ttl", "2s", "--token", "7"]).unwrap();
         let Some(Command::Lease(l)) = c.command else {
             panic!("not a lease command")
         };

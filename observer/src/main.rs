@@ -7,6 +7,7 @@ mod lease_client;
 mod merge_cmd;
 mod model;
 mod probe;
+mod replay_cmd;
 mod runtimes;
 mod source;
 mod tui;
@@ -17,23 +18,35 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let mut cli = cli::Cli::parse();
-    let result = match cli.command.take() {
+    let cli = cli::Cli::parse();
+    let mut watch = cli.watch;
+    let result = match cli.command {
         Some(cli::Command::Lease(l)) => lease_client::run(l),
         Some(cli::Command::Merge(m)) => merge_cmd::run(m),
+        Some(cli::Command::Report(r)) => report_cmd(&r),
+        Some(cli::Command::Replay(r)) => replay_cmd::run(&r),
         Some(cli::Command::Advise(a)) => {
-            cli.pids = vec![a.pid];
-            cli.duration = Some(a.duration);
-            cli.advise_target = a.target;
-            cli.no_lease_socket = true;
+            watch.pids = vec![a.pid];
+            watch.duration = Some(a.duration);
+            watch.advise_target = a.target;
+            watch.no_lease_socket = true;
             eprintln!(
                 "pausewatch: watching pid {} for {}",
                 a.pid,
                 humantime::format_duration(a.duration)
             );
-            run(cli, true)
+            run(watch, Mode::Advise, None).map(|_| ())
         }
-        None => run(cli, false),
+        Some(cli::Command::Run(r)) => {
+            return match run_command(r) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("pausewatch: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => run(watch, Mode::Watch, None).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,6 +55,100 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Watch,
+    Advise,
+    /// `run`: the command keeps the terminal; the report goes to stderr at the end.
+    Run,
+}
+
+fn report_cmd(r: &cli::ReportArgs) -> anyhow::Result<()> {
+    let replay = tui::replay::Replay::open(&r.file)?;
+    if replay.skipped_lines > 0 {
+        eprintln!(
+            "pausewatch: {} damaged lines of {} skipped",
+            replay.skipped_lines,
+            r.file.display()
+        );
+    }
+    print!(
+        "{}",
+        tui::report::text(&replay.report_input(r.advise_target))
+    );
+    Ok(())
+}
+
+/// `pausewatch run -- CMD`: the command is started held before exec, so that the programs
+/// watch it from its first instruction; its exit ends the run and gives pausewatch's status.
+fn run_command(r: cli::RunArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    let (prog, args) = r
+        .cmd
+        .split_first()
+        .context("no command given: pausewatch run -- CMD ARGS")?;
+    // The command starts as a shell that waits on a pipe, then execs the command in its
+    // place (same pid). std's spawn returns only after exec, so the wait cannot be in
+    // pre_exec; the shell does it after its own exec.
+    let (gate_r, gate_w) = std::io::pipe().context("creating a pipe")?;
+    let gate_fd = std::os::fd::AsRawFd::as_raw_fd(&gate_r);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"read -r _ <&3 || exit 126; exec 3<&-; exec "$@""#)
+        .arg("pausewatch-run")
+        .arg(prog)
+        .args(args);
+    // SAFETY: dup2 is async-signal-safe; fd 3 is the gate's read end (not close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(gate_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut tcmd = tokio::process::Command::from(cmd);
+    tcmd.kill_on_drop(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let child = {
+        let _guard = rt.enter();
+        tcmd.spawn()
+            .with_context(|| format!("cannot start {}", prog.to_string_lossy()))?
+    };
+    drop(gate_r);
+    let pid = child.id().context("the command exited at once")?;
+    let mut watch = r.watch;
+    watch.pids = vec![pid];
+    let mut gate = Some(gate_w);
+    let ended = run_in(
+        &rt,
+        watch,
+        Mode::Run,
+        Some(child),
+        Box::new(move || {
+            // Release the command: the programs are attached.
+            if let Some(mut g) = gate.take() {
+                let _ = std::io::Write::write_all(&mut g, b"g");
+            }
+        }),
+    )?;
+    let code = match ended.child_status {
+        Some(s) => {
+            use std::os::unix::process::ExitStatusExt as _;
+            match (s.code(), s.signal()) {
+                (Some(c), _) => c,
+                (None, Some(sig)) => 128 + sig,
+                _ => 1,
+            }
+        }
+        None => 1,
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// Resolves each `--pid` to its process (a thread id is accepted and mapped to its process).
@@ -59,7 +166,25 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
     Ok(out)
 }
 
-fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
+fn run(
+    cli: cli::Watch,
+    mode: Mode,
+    child: Option<tokio::process::Child>,
+) -> anyhow::Result<agent::Ended> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    run_in(&rt, cli, mode, child, Box::new(|| {}))
+}
+
+fn run_in(
+    rt: &tokio::runtime::Runtime,
+    cli: cli::Watch,
+    mode: Mode,
+    child: Option<tokio::process::Child>,
+    attached: Box<dyn FnOnce()>,
+) -> anyhow::Result<agent::Ended> {
     let pids = resolve_pids(&cli.pids)?;
     if !cli.btf.exists() {
         bail!(
@@ -77,8 +202,9 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
         bpf_stats: cli.bpf_stats,
     })?;
 
-    let json = cli.json.is_some() || !std::io::stdout().is_terminal();
-    let output = if advise {
+    attached();
+    let json = cli.json.is_some() || (mode == Mode::Watch && !std::io::stdout().is_terminal());
+    let output = if mode == Mode::Advise {
         agent::Output::Advise(pids.clone())
     } else if json {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -97,6 +223,8 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
             None => export::spool::Spool::stdout(queued),
         };
         agent::Output::Json(export::ndjson::NdjsonWriter::spooled(spool, host))
+    } else if mode == Mode::Run {
+        agent::Output::Report
     } else {
         agent::Output::Live(tui::Live::start())
     };
@@ -125,10 +253,7 @@ fn run(cli: cli::Cli, advise: bool) -> anyhow::Result<()> {
         control_period: cli.control_period,
         prometheus: cli.prometheus,
         prometheus_max_series: cli.prometheus_max_series as usize,
+        end_when_gone: !cli.pids.is_empty() || mode == Mode::Run,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(agent::run(probes, settings, output))
+    rt.block_on(agent::run(probes, settings, output, child))
 }

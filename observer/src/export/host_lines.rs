@@ -138,6 +138,7 @@ impl<W: Write> NdjsonWriter<W> {
             "timeouts_in_a_row": r.timeouts_in_a_row,
             "total_retrans": r.total_retrans,
             "delay_est_ns": r.delay_est_ns,
+            "description": r.describe(),
         });
         self.line("retransmit", r.ts_mono_ns, clock, body);
     }

@@ -33,6 +33,9 @@ struct StatJson {
     max_ns: u64,
     p50_ns: Option<u64>,
     p99_ns: Option<u64>,
+    /// The non-empty histogram buckets as [lower bound ns, count] (`pausewatch report` and
+    /// `replay` read percentiles and timeout advice back from these).
+    hist: Vec<[u64; 2]>,
 }
 
 pub(super) fn actor_json(a: &Actor) -> Value {
@@ -79,6 +82,13 @@ fn stat_json(a: &Aggregate) -> StatJson {
         max_ns: a.max_ns,
         p50_ns: a.percentile(0.5),
         p99_ns: a.percentile(0.99),
+        hist: a
+            .hist
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| [observer_common::hist::bounds(i).0, *n])
+            .collect(),
     }
 }
 

@@ -15,3 +15,4 @@ pub mod stats;
 pub mod stop;
 pub mod timeline;
 pub mod units;
+pub mod window;

@@ -168,6 +168,23 @@ impl Retransmit {
     pub fn sent(&self) -> bool {
         self.err == 0
     }
+
+    /// "timeout retransmission on 10.0.0.1:5000 -> 10.0.0.2:80 (ESTABLISHED), RTO 200.0ms"
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} retransmission on {} ({})",
+            self.mode.name(),
+            self.conn.describe(),
+            self.state
+        );
+        if let Some(rto) = self.rto_ns {
+            s.push_str(&format!(", RTO {}", crate::model::units::fmt_ns(rto)));
+        }
+        if !self.sent() {
+            s.push_str(&format!(", failed ({})", self.err));
+        }
+        s
+    }
 }
 
 /// Retransmission counts of one process or connection.
@@ -230,7 +247,12 @@ pub struct NetTable {
     /// Processes not kept because `max_procs` were.
     pub procs_not_kept: u64,
     pub host: NetCounts,
+    /// The latest retransmissions, newest last (bounded by `RECENT`).
+    pub recent: std::collections::VecDeque<Retransmit>,
 }
+
+/// Retransmissions kept in `NetTable::recent`.
+pub const RECENT: usize = 256;
 
 impl NetTable {
     pub fn new(max_procs: usize) -> Self {
@@ -239,11 +261,16 @@ impl NetTable {
             max_procs,
             procs_not_kept: 0,
             host: NetCounts::default(),
+            recent: Default::default(),
         }
     }
 
     pub fn note(&mut self, r: &Retransmit) {
         self.host.add(r);
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(r.clone());
         if !self.procs.contains_key(&r.pid) && self.procs.len() >= self.max_procs {
             self.procs_not_kept += 1;
             return;

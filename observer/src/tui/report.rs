@@ -1,30 +1,53 @@
-//! Plain-text report printed when the live view ends.
-use std::fmt::Write as _;
+//! The report at the end of an investigation (live view quit, `--duration`, the watched
+//! process exiting) and of `pausewatch report FILE`: worst processes with per-cause
+//! percentiles, the worst pauses with their decomposition, incidents, host events, timeout
+//! advice, what was not observable and why, and what was lost. The same text comes from the
+//! running agent (`from_agent`) and from a recording (`replay::Replay::report_input`).
+use std::{collections::HashMap, fmt::Write as _};
 
-use observer_common::{BlockReason, Component, STAT_EPISODE};
+use observer_common::BlockReason;
 
-use super::view::fmt_ns;
+use super::picture::{self, Lane, Picture};
 use crate::{
     agent::AgentState,
-    model::{advise::TailEstimate, process::ProcessEntry},
+    model::{advise::TailEstimate, stats::Aggregate, units::fmt_ns, window::Windows},
     probe::cost::ProgramCost,
 };
 
+/// Processes listed with their causes.
+const TOP: usize = 10;
+/// Worst pauses listed.
+const WORST: usize = 5;
+
+/// Everything the report says, from wherever it came.
+#[derive(Debug, Clone, Default)]
+pub struct ReportInput {
+    pub pic: Picture,
+    /// Distributions of the listed processes: ("all", every pause), then each cause.
+    pub hists: HashMap<u32, Vec<(&'static str, Aggregate)>>,
+    pub observed_ns: u64,
+    pub advise_target: f64,
+    /// Memory and disk: why processes blocked, slow fsyncs, reclaim stalls.
+    pub memory: Vec<String>,
+    /// TCP retransmissions per process.
+    pub net: Vec<String>,
+    /// False when the totals rest only on the pauses that were streamed (a recording cut
+    /// short before its summary lines).
+    pub exact: bool,
+}
+
 /// Timeout advice for one process, in words (`pausewatch advise`, the end report).
-pub fn advice(p: &ProcessEntry, observed_ns: u64, target: f64) -> String {
-    let a = p.pauses();
-    let Some(e) = TailEstimate::new(&a, observed_ns) else {
+pub fn advice(pid: u32, comm: &str, a: &Aggregate, observed_ns: u64, target: f64) -> String {
+    let Some(e) = TailEstimate::new(a, observed_ns) else {
         return format!(
-            "pid {} ({}): no pauses observed in {}: nothing to estimate from",
-            p.pid,
-            p.comm,
+            "pid {pid} ({comm}): no pauses observed in {}: nothing to estimate from",
             fmt_ns(observed_ns)
         );
     };
-    let mut s = format!("pid {} ({}): {}\n", p.pid, p.comm, e.basis());
+    let mut s = format!("pid {pid} ({comm}): {}\n", e.basis());
     for t in [10_000_000u64, 100_000_000, 1_000_000_000, 10_000_000_000] {
         let beyond = if t > e.max_ns { ", extrapolated" } else { "" };
-        let chance = match e.chance_per_hour(&a, t) {
+        let chance = match e.chance_per_hour(a, t) {
             None => "unknown (no tail to extrapolate)".to_string(),
             Some(c) if c < 1e-12 => format!("< 1e-12{beyond}"),
             Some(c) => format!("{c:.1e}{beyond}"),
@@ -35,7 +58,7 @@ pub fn advice(p: &ProcessEntry, observed_ns: u64, target: f64) -> String {
             fmt_ns(t)
         );
     }
-    match e.shortest_timeout(&a, target) {
+    match e.shortest_timeout(a, target) {
         Some(t) => {
             let _ = write!(
                 s,
@@ -53,77 +76,31 @@ pub fn advice(p: &ProcessEntry, observed_ns: u64, target: f64) -> String {
     s
 }
 
-pub fn text(st: &AgentState, costs: &[ProgramCost]) -> String {
-    let mut s = String::new();
-    let mut procs = st.table.sorted();
-    procs.sort_by_key(|p| std::cmp::Reverse(p.stat(STAT_EPISODE).total_ns));
-    let _ = writeln!(
-        s,
-        "pausewatch: {} processes observed, {} pauses streamed",
-        procs.len(),
-        st.next_episode_id
-    );
-    for p in procs.iter().take(10) {
-        let ep = p.stat(STAT_EPISODE);
-        let parts: Vec<String> = Component::ALL
-            .iter()
-            .filter_map(|&c| {
-                let t = p.stat(c as usize).total_ns;
-                (t > 0).then(|| format!("{} {}", c.name(), fmt_ns(t)))
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "  {:>7} {:<16} {} pauses, total {} (max {}): {}",
-            p.pid,
-            p.comm,
-            ep.count,
-            fmt_ns(ep.total_ns),
-            fmt_ns(ep.max_ns),
-            parts.join(", ")
-        );
-    }
-    let mut gcs: Vec<_> = st
-        .table
-        .sorted()
-        .into_iter()
-        .filter(|p| p.gc.count > 0)
+/// The report's input from the running agent.
+pub fn from_agent(st: &AgentState, costs: &[ProgramCost]) -> ReportInput {
+    let header = super::agent_header(st, costs, None);
+    let pic = picture::from_agent(st, &Windows::new(u64::MAX), header);
+    let mut rows: Vec<_> = pic.rows.iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.total_ns));
+    let hists = rows
+        .iter()
+        .take(TOP)
+        .filter_map(|r| picture::agent_detail(st, &pic, r.pid).map(|d| (r.pid, d.hists)))
         .collect();
-    gcs.sort_by_key(|p| std::cmp::Reverse(p.gc.total_ns));
-    for p in gcs.iter().take(10) {
-        let _ = writeln!(
-            s,
-            "  {:>7} {:<16} {} stop-the-world pauses ({} collections), total {} (max {})",
-            p.pid,
-            p.comm,
-            p.gc.count,
-            p.gc_collections,
-            fmt_ns(p.gc.total_ns),
-            fmt_ns(p.gc.max_ns)
-        );
+    ReportInput {
+        hists,
+        observed_ns: crate::source::clock::WallClock::mono_now().saturating_sub(st.started_mono_ns),
+        advise_target: st.advise_target,
+        memory: memory_lines(st),
+        net: net_lines(st),
+        exact: true,
+        pic,
     }
-    memory_section(&mut s, st);
-    host_section(&mut s, st);
-    if !st.recent_incidents.is_empty() {
-        let _ = writeln!(s, "incidents ({} most recent):", st.recent_incidents.len());
-        for i in &st.recent_incidents {
-            let _ = writeln!(s, "  #{} {}: {}", i.id, i.kind.name(), i.message);
-        }
-    }
-    let observed = crate::source::clock::WallClock::mono_now().saturating_sub(st.started_mono_ns);
-    for p in procs.iter().take(3).filter(|p| p.pauses().count > 0) {
-        let _ = writeln!(s, "{}", advice(p, observed, st.advise_target));
-    }
-    let drops: u64 = st.kernel_drops.iter().sum();
-    let _ = writeln!(s, "drops: {drops} kernel, {} undecodable", st.decode_errors);
-    if let Some(c) = crate::probe::cost::mean_net_ns(costs) {
-        let _ = writeln!(s, "own cost: {c} ns per program run");
-    }
-    s
 }
 
 /// Why processes were blocked, the slowest fsync-family calls and reclaim stalls.
-fn memory_section(s: &mut String, st: &AgentState) {
+fn memory_lines(st: &AgentState) -> Vec<String> {
+    let mut out = Vec::new();
     let mut procs: Vec<_> = st
         .table
         .sorted()
@@ -147,73 +124,271 @@ fn memory_section(s: &mut String, st: &AgentState) {
         } else {
             String::new()
         };
-        let _ = writeln!(
-            s,
-            "  {:>7} {:<16} blocked: {}{faults}",
+        out.push(format!(
+            "{:>7} {:<16} blocked: {}{faults}",
             p.pid,
             p.comm,
             parts.join(", ")
-        );
+        ));
     }
     let mut slow: Vec<_> = st.mem.recent_sync.iter().collect();
     slow.sort_by_key(|c| std::cmp::Reverse(c.duration_ns));
     for c in slow.iter().take(5) {
-        let _ = writeln!(s, "  {:>7} {:<16} {}", c.pid, c.comm, c.describe());
+        out.push(format!("{:>7} {:<16} {}", c.pid, c.comm, c.describe()));
     }
     let mut stalls: Vec<_> = st.mem.recent_stalls.iter().collect();
     stalls.sort_by_key(|m| std::cmp::Reverse(m.duration_ns));
     for m in stalls.iter().take(5) {
-        let _ = writeln!(s, "  {:>7} {:<16} {}", m.pid, m.comm, m.describe());
+        out.push(format!("{:>7} {:<16} {}", m.pid, m.comm, m.describe()));
     }
+    out
 }
 
-/// Clock steps, host-wide pauses and TCP retransmissions, where there were any.
-fn host_section(s: &mut String, st: &AgentState) {
-    let h = &st.host;
-    for j in &h.recent_steps {
-        let _ = writeln!(s, "{}", j.describe());
-    }
-    let wide: Vec<_> = h
-        .recent_host
-        .iter()
-        .filter(|p| p.verdict.host_wide())
-        .collect();
-    if !wide.is_empty() {
-        let _ = writeln!(s, "host-wide pauses (every process paused):");
-        for p in wide {
-            let _ = writeln!(s, "  #{} {}", p.id, p.describe());
-        }
-    }
-    let mut procs: Vec<_> = h.net.procs.iter().collect();
+/// TCP retransmissions of the processes with the most.
+fn net_lines(st: &AgentState) -> Vec<String> {
+    let mut procs: Vec<_> = st.host.net.procs.iter().collect();
     procs.sort_by_key(|(_, p)| std::cmp::Reverse(p.total.segs));
-    for (pid, p) in procs.iter().take(5) {
-        let who = pid.map_or("(owner unknown)".to_string(), |pid| {
-            format!("{pid} {}", p.comm)
-        });
+    procs
+        .iter()
+        .take(5)
+        .map(|(pid, p)| {
+            let who = pid.map_or("(owner unknown)".to_string(), |pid| {
+                format!("{pid} {}", p.comm)
+            });
+            format!(
+                "{who}: {} TCP retransmissions ({} segments, {} timeouts), est. delay {}{}",
+                p.total.retransmits,
+                p.total.segs,
+                p.total.timeouts,
+                fmt_ns(p.total.delay_est_ns),
+                p.busiest().first().map_or(String::new(), |(e, _)| format!(
+                    ", most on {}",
+                    e.describe()
+                ))
+            )
+        })
+        .collect()
+}
+
+pub fn text(r: &ReportInput) -> String {
+    let mut s = String::new();
+    let pic = &r.pic;
+    let h = &pic.header;
+    let mut rows: Vec<_> = pic.rows.iter().collect();
+    rows.sort_by_key(|r| (std::cmp::Reverse(r.total_ns), r.pid));
+    let pauses: u64 = rows.iter().map(|r| r.pauses).sum();
+    let _ = writeln!(
+        s,
+        "pausewatch report ({}): {} processes paused, {pauses} pauses in {} observed{}",
+        h.source,
+        rows.len(),
+        fmt_ns(r.observed_ns),
+        if r.exact {
+            ""
+        } else {
+            " (the recording has no summary: only pauses at or above the threshold are counted)"
+        }
+    );
+    if !rows.is_empty() {
+        let _ = writeln!(s, "\nprocesses that paused most:");
+    }
+    for row in rows.iter().take(TOP) {
+        let parts: Vec<String> = picture::CAUSE_NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| row.cause_ns[*i] > 0)
+            .map(|(i, name)| {
+                let label = if i == picture::NET {
+                    "net (est.)"
+                } else {
+                    name
+                };
+                format!("{label} {}", fmt_ns(row.cause_ns[i]))
+            })
+            .collect();
         let _ = writeln!(
             s,
-            "  {who}: {} TCP retransmissions ({} segments, {} timeouts), est. delay {}{}",
-            p.total.retransmits,
-            p.total.segs,
-            p.total.timeouts,
-            fmt_ns(p.total.delay_est_ns),
-            p.busiest().first().map_or(String::new(), |(e, _)| format!(
-                ", most on {}",
-                e.describe()
-            ))
+            "  {:>7} {:<16} {} pauses, total {}, max {}{}: {}",
+            row.pid,
+            row.comm,
+            row.pauses,
+            fmt_ns(row.total_ns),
+            fmt_ns(row.max_ns),
+            if row.exited { " (exited)" } else { "" },
+            parts.join(", ")
+        );
+        for (name, a) in r.hists.get(&row.pid).into_iter().flatten() {
+            if a.count == 0 || *name == "all" {
+                continue;
+            }
+            let p = |q| a.percentile(q).map_or("-".into(), fmt_ns);
+            let _ = writeln!(
+                s,
+                "            {name:<8} {:>7} × p50 {:>7} p90 {:>7} p99 {:>7} max {:>7}",
+                a.count,
+                p(0.5),
+                p(0.9),
+                p(0.99),
+                fmt_ns(a.max_ns)
+            );
+        }
+    }
+    let mut worst: Vec<_> = pic
+        .marks
+        .iter()
+        .filter(|m| matches!(m.lane, Lane::Pause(_) | Lane::Stop | Lane::Gc))
+        .collect();
+    worst.sort_by_key(|m| (std::cmp::Reverse(m.duration_ns()), m.start_mono_ns));
+    if !worst.is_empty() {
+        let _ = writeln!(s, "\nworst pauses:");
+    }
+    for m in worst.iter().take(WORST) {
+        let comm = m
+            .pid
+            .and_then(|p| pic.row(p))
+            .map_or(String::new(), |r| r.comm.clone());
+        let _ = writeln!(
+            s,
+            "  {:>7} {:<16} {}",
+            m.pid.map_or("-".into(), |p| p.to_string()),
+            comm,
+            m.text
         );
     }
+    let incidents: Vec<_> = pic
+        .marks
+        .iter()
+        .filter(|m| m.lane == Lane::Incident)
+        .collect();
+    if !incidents.is_empty() {
+        let _ = writeln!(s, "\nincidents:");
+        for m in incidents {
+            let _ = writeln!(s, "  {}", m.text);
+        }
+    }
+    let host: Vec<_> = pic.marks.iter().filter(|m| m.lane.host_wide()).collect();
+    if !host.is_empty() || !r.net.is_empty() {
+        let _ = writeln!(s, "\nhost and network:");
+        for m in host {
+            let _ = writeln!(s, "  {}", m.text);
+        }
+        for l in &r.net {
+            let _ = writeln!(s, "  {l}");
+        }
+    }
+    if !r.memory.is_empty() {
+        let _ = writeln!(s, "\nmemory and disk:");
+        for l in &r.memory {
+            let _ = writeln!(s, "  {l}");
+        }
+    }
+    let advised: Vec<_> = rows
+        .iter()
+        .take(3)
+        .filter_map(|row| {
+            let all = r.hists.get(&row.pid)?.iter().find(|(n, _)| *n == "all")?;
+            (all.1.count > 0)
+                .then(|| advice(row.pid, &row.comm, &all.1, r.observed_ns, r.advise_target))
+        })
+        .collect();
+    if !advised.is_empty() {
+        let _ = writeln!(s, "\ntimeouts that fit (from the pauses observed):");
+        for a in advised {
+            let _ = writeln!(s, "{a}");
+        }
+    }
+    if !h.unobserved.is_empty() {
+        let _ = writeln!(s, "\nnot observed:");
+        for n in &h.unobserved {
+            let _ = writeln!(s, "  {n}");
+        }
+    }
+    let lost: Vec<String> = h
+        .drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\ndrops: {}; {} undecodable records{}",
+        if lost.is_empty() {
+            "none in the kernel".to_string()
+        } else {
+            format!("kernel {}", lost.join(", "))
+        },
+        h.decode_errors,
+        if h.output_dropped > 0 {
+            format!("; {} output lines", h.output_dropped)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(c) = h.bpf_ns_per_run {
+        let _ = writeln!(s, "own cost: {c} ns per program run");
+    }
+    s
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::*;
+    use crate::{model::process::ProcessTable, source::clock::WallClock};
+    use observer_common::{ComponentStats, ProcStats, STAT_EPISODE, hist};
+
+    pub(crate) fn state() -> AgentState {
+        let mut table = ProcessTable::new(100);
+        let mut s = ProcStats::ZERO;
+        s.stats[0] = ComponentStats {
+            count: 3,
+            total_ns: 30_000_000,
+            max_ns: 20_000_000,
+            hist: [0; hist::BUCKETS],
+        };
+        s.stats[0].hist[hist::bucket(10_000_000)] = 3;
+        s.stats[STAT_EPISODE] = s.stats[0];
+        table.apply_snapshot(4242, "postgres", &s);
+        AgentState {
+            table,
+            next_episode_id: 3,
+            decode_errors: 0,
+            kernel_drops: [0; observer_common::NUM_DROP_CAUSES],
+            clock: WallClock {
+                offset_ns: 0,
+                err_ns: 1_000_000,
+                unsynced: false,
+                sync: Default::default(),
+            },
+            recent: Default::default(),
+            recent_stops: Default::default(),
+            stops: Default::default(),
+            recent_gc: Default::default(),
+            runtimes: Default::default(),
+            mechanism: "tp_btf",
+            mem: crate::agent_memory::MemState::new(None, None),
+            metrics: None,
+            notices: vec![],
+            corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
+            recent_incidents: Default::default(),
+            lease_errors: 0,
+            holder_start: Default::default(),
+            started_mono_ns: 0,
+            advise_target: 1e-6,
+            host: crate::agent::HostState::new(100, Some(250), 5_000_000, None),
+        }
+    }
+
+    fn text_of(st: &AgentState) -> String {
+        super::text(&from_agent(st, &[]))
+    }
+
     #[test]
     fn names_host_freezes_and_clock_steps() {
         use crate::model::{
             clock::{ClockStep, JoinedStep},
             hiccup::{HostPause, Wake},
         };
-        let mut st = super::super::view::tests::state();
+        let mut st = state();
         let w = Wake {
             woke_mono_ns: 5_000_000_000,
             lateness_ns: 2_000_000_000,
@@ -233,8 +408,8 @@ mod tests {
             },
             by: None,
         });
-        let t = super::text(&st, &[]);
-        assert!(t.contains("#9 host freeze 2.00s"), "{t}");
+        let t = text_of(&st);
+        assert!(t.contains("host freeze 2.00s"), "{t}");
         assert!(
             t.contains("clock stepped back 1.50s (cause not seen)"),
             "{t}"
@@ -243,10 +418,8 @@ mod tests {
 
     #[test]
     fn names_slow_fsyncs_and_reclaim() {
-        use observer_common::BlockReason;
-
         use crate::model::memory::{MemStall, SyncCall};
-        let mut st = super::super::view::tests::state();
+        let mut st = state();
         st.mem.recent_sync.push_back(SyncCall {
             pid: 77,
             tid: 77,
@@ -271,7 +444,7 @@ mod tests {
             duration_ns: 12_000_000,
             result: 32,
         });
-        let t = super::text(&st, &[]);
+        let t = text_of(&st);
         assert!(t.contains("fsync of /data/wal (loop0) took 450.0ms"), "{t}");
         assert!(
             t.contains("memcg_reclaim 12.0ms (32 pages reclaimed)"),
@@ -280,13 +453,14 @@ mod tests {
     }
 
     #[test]
-    fn names_the_worst_process_and_its_cause() {
-        let st = super::super::view::tests::state();
-        let t = super::text(&st, &[]);
+    fn names_the_worst_process_its_cause_and_percentiles() {
+        let t = text_of(&state());
         assert!(
             t.contains("4242 postgres") && t.contains("runq 30.0ms"),
             "{t}"
         );
+        assert!(t.contains("runq           3 × p50"), "{t}");
+        assert!(t.contains("timeouts that fit"), "{t}");
     }
 
     #[test]
@@ -294,7 +468,7 @@ mod tests {
         use observer_common::{
             GC_FLAG_COLLECTION, GC_OP_LEN, GcRecord, RecordKind, Runtime, TASK_COMM_LEN,
         };
-        let mut st = super::super::view::tests::state();
+        let mut st = state();
         let mut comm = [0u8; TASK_COMM_LEN];
         comm[..4].copy_from_slice(b"java");
         let rec = GcRecord {
@@ -311,13 +485,20 @@ mod tests {
             operation: [0; GC_OP_LEN],
             comm,
         };
-        st.table
-            .note_gc(&crate::model::gc::GcPause::from_record(1, &rec));
-        let t = super::text(&st, &[]);
-        assert!(
-            t.contains("77 java")
-                && t.contains("1 stop-the-world pauses (1 collections), total 12.0ms"),
-            "{t}"
-        );
+        let g = crate::model::gc::GcPause::from_record(1, &rec);
+        st.table.note_gc(&g);
+        st.recent_gc.push_back(g);
+        let t = text_of(&st);
+        assert!(t.contains("77 java") && t.contains("gc 12.0ms"), "{t}");
+        assert!(t.contains("worst pauses:"), "{t}");
+    }
+
+    #[test]
+    fn says_what_was_not_observed() {
+        let mut st = state();
+        st.notices
+            .push("GC not observable for pid 9 (app): stripped binary".into());
+        let t = text_of(&st);
+        assert!(t.contains("not observed:\n  GC not observable"), "{t}");
     }
 }
