@@ -268,7 +268,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 v["lease"].as_str().unwrap_or(""),
                 v["token_holder"]["pid"]
             ),
-            Some("clock") => println!("  clock stepped {} ns", v["step_ns"]),
+            Some("clock") if v["event"] == "step" => {
+                println!("  clock stepped {} ns", v["step_ns"])
+            }
             _ => {}
         }
     }

@@ -252,8 +252,15 @@ fn on_exec() {
     if !sched::is_traced(tgid) {
         return;
     }
+    let comm = process_comm();
+    // The process's aggregates carry the name it had when it first paused: after exec it is
+    // another program (a shell that exec'd the workload), so the name follows.
+    if let Some(ps) = sched::PROC_STATS.get_ptr_mut(&tgid) {
+        // SAFETY: pointer into our own map value, valid for this invocation.
+        unsafe { (*ps).comm = comm };
+    }
     output::emit(
-        ExecRecord { kind: RecordKind::Exec as u32, tgid, ts_mono_ns: sched::now(), comm: process_comm() },
+        ExecRecord { kind: RecordKind::Exec as u32, tgid, ts_mono_ns: sched::now(), comm },
         DropCause::Exec,
     );
 }

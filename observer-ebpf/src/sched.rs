@@ -43,7 +43,7 @@ const TASK_FROZEN: u32 = 0x8000;
 /// Per-process aggregates, keyed by tgid. LRU: on a host with more live processes than
 /// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
 #[map]
-static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(4096, 0);
 
 /// Processes under observation with `--pid` (and the children they fork afterwards).
 #[map]
@@ -405,9 +405,11 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
     if dropped {
         counters::atomic_add(&mut ps.dropped_records, 1);
     }
-    if streamed {
-        // Processes rename themselves (exec, prctl) after their first episode; refreshing on
-        // the rare streamed episode keeps the name current without a read on every switch.
+    let n = ps.stats[STAT_EPISODE].count;
+    if streamed || n & n.wrapping_sub(1) == 0 {
+        // Processes rename themselves (prctl; exec is handled by its own program) after
+        // their first episode; refreshing on streamed episodes and on the 1st, 2nd, 4th, 8th…
+        // keeps the name current without a read on every switch.
         ps.comm = task::leader_comm::<D>(next);
     }
     let c = &st.components_ns;

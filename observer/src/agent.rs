@@ -46,7 +46,7 @@ use crate::{
 
 pub enum Output {
     Json(NdjsonWriter<crate::export::spool::Spool>),
-    Live(tui::Live),
+    Live(Box<tui::Live>),
     /// `pausewatch advise`: quiet while running, then timeout advice for these processes.
     Advise(Vec<u32>),
     /// `pausewatch run` (and `--pid` without a terminal or `--json`): quiet while running,
@@ -608,6 +608,22 @@ impl AgentState {
 }
 
 /// A process's start time in clock ticks after boot (None: it is gone).
+/// The end report's input, named after what was watched.
+fn report_input(
+    st: &AgentState,
+    costs: &[crate::probe::cost::ProgramCost],
+    pids: &[u32],
+) -> tui::report::ReportInput {
+    let mut r = tui::report::from_agent(st, costs);
+    r.pic.header.source = if pids.is_empty() {
+        "whole host".to_string()
+    } else {
+        let p: Vec<String> = pids.iter().map(u32::to_string).collect();
+        format!("pid {} and its children", p.join(", "))
+    };
+    r
+}
+
 /// A process that exited and waits for its parent to reap it.
 fn zombie(pid: u32) -> bool {
     procfs::process::Process::new(pid as i32)
@@ -1080,13 +1096,13 @@ pub async fn run(
             live.finish();
             print!(
                 "{}",
-                tui::report::text(&tui::report::from_agent(&st, &costs))
+                tui::report::text(&report_input(&st, &costs, &settings.pids))
             );
         }
         Output::Report => {
             eprint!(
                 "{}",
-                tui::report::text(&tui::report::from_agent(&st, &costs))
+                tui::report::text(&report_input(&st, &costs, &settings.pids))
             );
         }
         Output::Advise(pids) => {

@@ -103,7 +103,13 @@ fn run_command(r: cli::RunArgs) -> anyhow::Result<ExitCode> {
     // SAFETY: dup2 is async-signal-safe; fd 3 is the gate's read end (not close-on-exec).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(gate_fd, 3) < 0 {
+            // dup2 onto itself keeps close-on-exec: clear it then.
+            let r = if gate_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(gate_fd, 3)
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -133,7 +139,7 @@ fn run_command(r: cli::RunArgs) -> anyhow::Result<ExitCode> {
         Box::new(move || {
             // Release the command: the programs are attached.
             if let Some(mut g) = gate.take() {
-                let _ = std::io::Write::write_all(&mut g, b"g");
+                let _ = std::io::Write::write_all(&mut g, b"go\n");
             }
         }),
     )?;
@@ -226,7 +232,7 @@ fn run_in(
     } else if mode == Mode::Run {
         agent::Output::Report
     } else {
-        agent::Output::Live(tui::Live::start())
+        agent::Output::Live(Box::new(tui::Live::start()))
     };
     let settings = agent::Settings {
         duration: cli.duration,

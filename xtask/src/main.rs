@@ -105,6 +105,8 @@ pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     // The deployment tests: `systemd-analyze verify` on the unit; setpriv (util-linux) runs
     // pausewatch with the unit's capabilities.
     ("systemd", &["systemd-analyze", "--version"]),
+    // The live view's terminal test runs pausewatch inside tmux and reads its screen.
+    ("tmux", &["tmux", "-V"]),
 ];
 
 pub fn is_root() -> bool {

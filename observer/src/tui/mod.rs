@@ -135,9 +135,15 @@ impl Drop for Screen {
 pub struct Live {
     pub screen: Screen,
     windows: Windows,
-    /// (monotonic ns, the agent's CPU ns) at the previous draw.
+    /// (monotonic ns, the agent's CPU ns) at the previous picture.
     cpu_last: Option<(u64, u64)>,
+    /// When the picture was last built, and for which view.
+    built: Option<(u64, Mode)>,
 }
+
+/// The picture is rebuilt this often (the kernel aggregates are read once a second), and at
+/// once when the operator changes view.
+const REBUILD_NS: u64 = 1_000_000_000;
 
 /// The agent's own user+system CPU time, in ns.
 fn own_cpu_ns() -> Option<u64> {
@@ -153,6 +159,7 @@ impl Live {
             screen: Screen::start(),
             windows: Windows::new(WINDOW_NS),
             cpu_last: None,
+            built: None,
         }
     }
 
@@ -166,14 +173,19 @@ impl Live {
                 .map(|p| (p.pid, picture::cumulative(p)));
             self.windows.roll(now, procs);
         }
+        let mode = self.screen.ui.mode;
+        let fresh = self
+            .built
+            .is_some_and(|(at, m)| m == mode && now.saturating_sub(at) < REBUILD_NS);
+        if self.screen.ui.frozen || fresh {
+            return self.screen.redraw();
+        }
+        self.built = Some((now, mode));
         let cpu_pct = own_cpu_ns().and_then(|cpu| {
             let prev = self.cpu_last.replace((now, cpu));
             prev.filter(|(t, _)| now > *t)
                 .map(|(t, c)| 100.0 * cpu.saturating_sub(c) as f64 / (now - t) as f64)
         });
-        if self.screen.ui.frozen {
-            return self.screen.redraw();
-        }
         let header = agent_header(st, costs, cpu_pct);
         let pic = picture::from_agent(st, &self.windows, header);
         let detail = match self.screen.ui.mode {

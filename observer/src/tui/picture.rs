@@ -227,13 +227,16 @@ pub struct SocketRow {
     pub delay_est_ns: u64,
 }
 
+/// Distributions of one process by name: ("all", every pause), then each cause.
+pub type Hists = Vec<(&'static str, Aggregate)>;
+
 /// Everything about one process.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Detail {
     pub pid: u32,
     pub comm: String,
     /// Per cause: its distribution (every pause, aggregated in the kernel, or as recorded).
-    pub hists: Vec<(&'static str, Aggregate)>,
+    pub hists: Hists,
     /// Latest pauses and incidents of the process, newest last.
     pub latest: Vec<Mark>,
     pub threads: Vec<ThreadRow>,

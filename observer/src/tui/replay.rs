@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use super::{
     picture::{
-        self, CAUSE_NAMES, Detail, Header, Lane, LeaseRow, Mark, NET, Picture, Row, SocketRow,
+        self, CAUSE_NAMES, Detail, Header, Hists, Lane, LeaseRow, Mark, NET, Picture, Row,
+        SocketRow,
     },
     report::ReportInput,
 };
@@ -42,11 +43,15 @@ struct Item {
     step_ns: Option<i64>,
 }
 
+/// What one line adds to the timeline: lane, (start, end), cause parts, whether it is a pause
+/// of its own, text.
+type Contribution = (Lane, (u64, u64), [u64; CAUSES + 1], bool, String);
+
 /// A process as its `summary` line gave it.
 #[derive(Debug, Clone)]
 struct Summary {
     row: Row,
-    hists: Vec<(&'static str, Aggregate)>,
+    hists: Hists,
 }
 
 /// A lease event: (name, pid) → (token, ttl, deadline) or released.
@@ -136,7 +141,7 @@ impl Replay {
             end_mono_ns: events.last().map_or(0, |e| e.ts_mono_ns),
             ..Default::default()
         };
-        r.header_base.source = format!("replay of {name}");
+        r.header_base.source = format!("recording {name}");
         r.header_base.mechanism = "?".into();
         for e in &events {
             r.take(e);
@@ -163,7 +168,7 @@ impl Replay {
             let st = start.unwrap_or(e.ts_mono_ns);
             (st, st + dur.unwrap_or(0))
         };
-        let mut out: Option<(Lane, (u64, u64), [u64; CAUSES + 1], bool, String)> = None;
+        let mut out: Option<Contribution> = None;
         match e.kind.as_str() {
             "pause" => {
                 let c = &v["components"];
@@ -316,8 +321,8 @@ impl Replay {
                     .flatten()
                     .filter_map(|p| u(p, "run_time_ns"))
                     .sum();
-                if runs > 0 {
-                    self.header_base.bpf_ns_per_run = Some(ns / runs);
+                if let Some(mean) = ns.checked_div(runs) {
+                    self.header_base.bpf_ns_per_run = Some(mean);
                 }
             }
             _ => {}
@@ -410,7 +415,7 @@ impl Replay {
     }
 
     /// Rows, per-process histograms and marks as of the playhead `t`.
-    fn rows_at(&self, t: u64) -> (Vec<Row>, BTreeMap<u32, Vec<(&'static str, Aggregate)>>) {
+    fn rows_at(&self, t: u64) -> (Vec<Row>, BTreeMap<u32, Hists>) {
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
         let mut hists: BTreeMap<u32, [Aggregate; CAUSES + 1]> = BTreeMap::new();
         let mut window: BTreeMap<u32, Aggregate> = BTreeMap::new();
@@ -510,7 +515,7 @@ impl Replay {
     }
 
     /// The picture at playhead `t`, and per-process histograms.
-    fn at(&self, t: u64) -> (Picture, BTreeMap<u32, Vec<(&'static str, Aggregate)>>) {
+    fn at(&self, t: u64) -> (Picture, BTreeMap<u32, Hists>) {
         let (mut rows, mut hists) = if self.at_end(t) {
             let rows = self.summaries.iter().map(|s| s.row.clone()).collect();
             let hists = self

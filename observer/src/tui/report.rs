@@ -24,7 +24,7 @@ const WORST: usize = 5;
 pub struct ReportInput {
     pub pic: Picture,
     /// Distributions of the listed processes: ("all", every pause), then each cause.
-    pub hists: HashMap<u32, Vec<(&'static str, Aggregate)>>,
+    pub hists: HashMap<u32, picture::Hists>,
     pub observed_ns: u64,
     pub advise_target: f64,
     /// Memory and disk: why processes blocked, slow fsyncs, reclaim stalls.

@@ -289,7 +289,7 @@ fn table(f: &mut Frame, area: Rect, pic: &Picture, ui: &UiState, theme: Theme) {
         .collect();
     let widths = [
         Constraint::Length(7),
-        Constraint::Length(11),
+        Constraint::Max(15),
         Constraint::Length(5),
         Constraint::Length(6),
         Constraint::Length(6),

@@ -1,0 +1,403 @@
+//! The live view in a real terminal (tmux), investigations (`run`), and recordings read back
+//! (`report`, `replay`).
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+/// A tmux session on its own server socket, killed when dropped.
+struct Tmux {
+    socket: PathBuf,
+    name: String,
+}
+
+impl Tmux {
+    /// Starts `cmd` (a shell command line) in a detached session of `w`x`h`.
+    fn start(tag: &str, w: u16, h: u16, cmd: &str) -> Self {
+        let socket = std::env::temp_dir().join(format!("pw-tmux-{tag}-{}", std::process::id()));
+        let t = Tmux {
+            socket,
+            name: tag.to_string(),
+        };
+        let out = t
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                tag,
+                "-x",
+                &w.to_string(),
+                "-y",
+                &h.to_string(),
+            ])
+            .arg(cmd)
+            .output()
+            .expect("running tmux (`cargo xtask test` installs it)");
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Keep the pane after the command exits, to read what it printed last.
+        let _ = t
+            .cmd()
+            .args(["set-option", "-t", tag, "remain-on-exit", "on"])
+            .output();
+        t
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.socket).env_remove("TMUX");
+        c
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let st = self
+            .cmd()
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(st.success());
+    }
+
+    /// Waits until the screen satisfies `ok`, returning it (the last screen in the panic).
+    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn pane_dead(&self) -> bool {
+        let out = self
+            .cmd()
+            .args(["display-message", "-p", "-t", &self.name, "#{pane_dead}"])
+            .output()
+            .expect("tmux display-message");
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn report_fixture() -> PathBuf {
+    fixtures().join("report")
+}
+
+/// `pausewatch report` of the recorded stale-write demo is the golden file (regenerate with
+/// PAUSEWATCH_BLESS=1 after a deliberate change).
+#[test]
+fn the_report_of_a_recording_is_stable() {
+    let dir = report_fixture();
+    let out = Command::new(pausewatch_bin())
+        .args(["report", "stale-write.ndjson"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    let golden = dir.join("stale-write.report.txt");
+    if std::env::var_os("PAUSEWATCH_BLESS").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden report");
+    assert_eq!(
+        got, want,
+        "the report changed; if on purpose, PAUSEWATCH_BLESS=1"
+    );
+    // What it says rests on the recording itself.
+    let lines: Vec<Value> = std::fs::read_to_string(dir.join("stale-write.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stop = of_type(&lines, "stop").next().unwrap();
+    assert!(got.contains(stop["description"].as_str().unwrap()), "{got}");
+    for i in of_type(&lines, "incident") {
+        assert!(got.contains(i["message"].as_str().unwrap()), "{got}");
+    }
+    let victim = stop["pid"].as_u64().unwrap();
+    let s = summary_of(&lines, victim).unwrap();
+    assert!(
+        got.contains(&format!(
+            "{victim} client-A         {} pauses",
+            s["episodes"]["count"]
+        )),
+        "{got}"
+    );
+}
+
+/// Bad recordings: one line that says what is wrong, a failing status, no panic.
+#[test]
+fn report_and_replay_refuse_what_is_not_a_recording() {
+    let dir = std::env::temp_dir().join(format!("pw-report-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.ndjson");
+    std::fs::write(&garbage, "hello\nworld\n").unwrap();
+    let empty = dir.join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let newer = dir.join("newer.ndjson");
+    std::fs::write(
+        &newer,
+        r#"{"schema":99,"type":"pause","host":"h","ts_mono_ns":1,"wall_ns":1,"wall_err_ns":1}"#,
+    )
+    .unwrap();
+    let missing = dir.join("missing.ndjson");
+    let check = |args: &[&str], path: &Path, want: &str| {
+        let out = Command::new(pausewatch_bin())
+            .args(args)
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} {}: succeeded",
+            path.display()
+        );
+        assert!(err.contains(want), "{args:?} {}: {err}", path.display());
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    for cmd in [&["report"][..], &["replay"][..]] {
+        check(cmd, &garbage, "not a pausewatch recording");
+        check(cmd, &empty, "it is empty");
+        check(cmd, &newer, "schema 99");
+        check(cmd, &missing, "cannot read");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The live view in a real terminal: a process the test stops shows up with its pause and
+/// its cause, the detail names who stopped it, and quitting restores the terminal and
+/// prints the report.
+#[test]
+fn the_live_view_shows_a_stopped_process_in_a_terminal() {
+    require_root();
+    let mut victim = victim("pw-tui-victim", 1, 30.0);
+    let pid = victim.id();
+    let cmd = format!(
+        "{} --pid {pid} --no-lease-socket; echo pausewatch-exit=$?; sleep 30",
+        pausewatch_bin().display()
+    );
+    let tmux = Tmux::start("live", 100, 30, &cmd);
+    tmux.wait_for("the live view", Duration::from_secs(30), |s| {
+        s.contains("sched via")
+    });
+    signal(pid, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(pid, libc::SIGCONT);
+    // TOTAL is at least the stop (seconds), and the stop is nearly all of it (STOP column).
+    let stopped_row = |s: &str| -> Option<String> {
+        let row = s.lines().find(|l| l.starts_with(&format!("{pid} ")))?;
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let seconds = cols.get(5).is_some_and(|t| {
+            t.ends_with('s') && !t.ends_with("ms") && !t.ends_with("µs") && !t.ends_with("ns")
+        });
+        let stop: f64 = cols.get(8)?.trim_end_matches('%').parse().ok()?;
+        (seconds && stop >= 90.0 && row.contains("pw-tui-victim")).then(|| row.to_string())
+    };
+    let s = tmux.wait_for("the victim with its stop", Duration::from_secs(10), |s| {
+        stopped_row(s).is_some()
+    });
+    eprintln!("{}", stopped_row(&s).unwrap());
+    // Detail of the selected (top) process: the stop and who sent it.
+    tmux.keys(&["Enter"]);
+    let me = std::process::id();
+    let d = tmux.wait_for("the detail view", Duration::from_secs(5), |s| {
+        s.contains(&format!("pid {pid} (pw-tui-victim)"))
+    });
+    assert!(
+        d.contains(&format!("SIGSTOP from pid {me}")),
+        "the detail names the sender:\n{d}"
+    );
+    // The timeline marks the stop.
+    tmux.keys(&["t"]);
+    let t = tmux.wait_for("the timeline", Duration::from_secs(5), |s| {
+        s.contains("host ") && s.contains("! incident")
+    });
+    let lane = t
+        .lines()
+        .find(|l| l.starts_with(&format!("{pid} ")))
+        .unwrap_or_else(|| panic!("no lane for {pid}:\n{t}"));
+    let track: String = lane.chars().skip(18).collect();
+    assert!(track.contains('s'), "the stop is on its lane: {lane}");
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help", Duration::from_secs(5), |s| {
+        s.contains("pausewatch keys")
+    });
+    tmux.keys(&["Escape", "q"]);
+    let end = tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
+        s.contains("pausewatch-exit=")
+    });
+    assert!(end.contains("pausewatch-exit=0"), "{end}");
+    assert!(
+        end.contains("pausewatch report (pid") && end.contains("stopped 1.5"),
+        "the report after the view:\n{end}"
+    );
+    assert!(!tmux.pane_dead());
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
+
+/// `replay` plays a recording in the live view: the stopped client appears with its expired
+/// lease, and the timeline shows the incident.
+#[test]
+fn replay_plays_a_recording_in_a_terminal() {
+    let dir = report_fixture();
+    let cmd = format!(
+        "cd {} && {} replay stale-write.ndjson --speed 50; echo replay-exit=$?; sleep 30",
+        dir.display(),
+        pausewatch_bin().display()
+    );
+    let tmux = Tmux::start("replay", 100, 30, &cmd);
+    let s = tmux.wait_for("the end of the recording", Duration::from_secs(20), |s| {
+        s.contains("(end)")
+    });
+    let row = s
+        .lines()
+        .find(|l| l.contains("client-A"))
+        .unwrap_or_else(|| panic!("no client-A:\n{s}"));
+    assert!(row.contains("100%"), "client-A was stopped: {row}");
+    assert!(s.contains("INCIDENT"), "{s}");
+    tmux.keys(&["t"]);
+    let t = tmux.wait_for("the timeline", Duration::from_secs(5), |s| {
+        s.contains("! incident")
+    });
+    assert!(
+        t.contains("lease_expired_during_pause") && t.contains("acted_after_expiry"),
+        "{t}"
+    );
+    tmux.keys(&["q"]);
+    let end = tmux.wait_for("replay to exit", Duration::from_secs(10), |s| {
+        s.contains("replay-exit=")
+    });
+    assert!(end.contains("replay-exit=0"), "{end}");
+}
+
+/// `pausewatch run -- CMD`: watched from its first instruction, its exit status passed on,
+/// and its run-queue wait equal to the kernel's run_delay within 5%.
+#[test]
+fn run_investigates_a_command_and_returns_its_status() {
+    require_root();
+    let cpu = test_cpu();
+    let dir = std::env::temp_dir().join(format!("pw-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("run.ndjson");
+    let mut hogs = start_hogs(2, cpu, 3.0);
+    let out = Command::new(pausewatch_bin())
+        .args(["run", "--min-pause", "1ms", "--no-lease-socket", "--json"])
+        .arg(&json)
+        .arg("--")
+        .arg(workload_bin())
+        .args(["spin", "2", &cpu.to_string(), "pw-run-victim", "2"])
+        .output()
+        .unwrap();
+    for h in &mut hogs {
+        h.wait().unwrap();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the workload's own output");
+    let pid = report["pid"].as_u64().unwrap();
+    let truth: u64 = report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["run_delay_ns"].as_u64().unwrap())
+        .sum();
+    let lines: Vec<Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    validate_lines(&lines);
+    let attached = lines.iter().find(|v| v["event"] == "attached").unwrap();
+    assert_eq!(
+        attached["pids"],
+        serde_json::json!([pid]),
+        "scoped to the command"
+    );
+    let s = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for {pid}"));
+    let measured = s["components"]["runq"]["total_ns"].as_u64().unwrap();
+    assert!(truth > 300_000_000, "no contention ({truth} ns)");
+    let err = (measured as f64 - truth as f64).abs() / truth as f64;
+    eprintln!(
+        "run: pausewatch runq {measured} ns vs run_delay {truth} ns ({:.2}%)",
+        err * 100.0
+    );
+    assert!(
+        err <= 0.05,
+        "runq {measured} vs run_delay {truth}: {:.2}%",
+        err * 100.0
+    );
+    assert_eq!(s["comm"], "pw-run-victim");
+    assert!(
+        lines.iter().any(|v| v["event"] == "investigation_ended"
+            && v["message"].as_str().unwrap().contains("exited")),
+        "no investigation_ended notice"
+    );
+
+    // The status of a failing command is pausewatch's; the report goes to stderr.
+    let out = Command::new(pausewatch_bin())
+        .args([
+            "run",
+            "--no-lease-socket",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pausewatch report (pid"));
+    let out = Command::new(pausewatch_bin())
+        .args(["run", "--no-lease-socket", "--", "/nonexistent/command"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
