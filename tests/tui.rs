@@ -401,3 +401,36 @@ fn run_investigates_a_command_and_returns_its_status() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM ends the live view like `q`: the terminal leaves the alternate screen and the
+/// report is printed.
+#[test]
+fn sigterm_restores_the_terminal() {
+    require_root();
+    let mut victim = victim("pw-tui-term", 1, 30.0);
+    let pid = victim.id();
+    let cmd = format!(
+        "{} --pid {pid} --no-lease-socket; echo pausewatch-exit=$?; sleep 30",
+        pausewatch_bin().display()
+    );
+    let tmux = Tmux::start("term", 100, 30, &cmd);
+    tmux.wait_for("the live view", Duration::from_secs(30), |s| {
+        s.contains("sched via")
+    });
+    // Anchored: the shell's command line holds the same words after "sh -c".
+    let pattern = format!("^{} --pid {pid} ", pausewatch_bin().display());
+    let pw = run_cmd(&["pgrep", "-f", &pattern]);
+    let pw: i32 = pw.lines().next().unwrap().trim().parse().unwrap();
+    // SAFETY: signalling the pausewatch this test started.
+    assert_eq!(unsafe { libc::kill(pw, libc::SIGTERM) }, 0);
+    let end = tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
+        s.contains("pausewatch-exit=")
+    });
+    assert!(end.contains("pausewatch-exit=0"), "{end}");
+    assert!(
+        end.contains("pausewatch report (pid") && !end.contains("sched via"),
+        "the alternate screen was left and the report printed:\n{end}"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}

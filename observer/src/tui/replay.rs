@@ -361,7 +361,7 @@ impl Replay {
         hists.push(("gc", gc));
         cause_ns[NET] = u(&v["net"], "delay_est_ns").unwrap_or(0);
         if let Some(m) = v.get("memory").filter(|m| !m.is_null()) {
-            let blocked: Vec<String> = m["blocked"]
+            let blocked: Vec<String> = m["blocked_by_reason"]
                 .as_object()
                 .into_iter()
                 .flatten()
