@@ -109,6 +109,23 @@ impl Drop for Tmux {
     }
 }
 
+/// A spinning victim named `name` and pausewatch's live view of it in tmux session `tag`,
+/// once the view is up. The pane prints `pausewatch-exit=STATUS` when pausewatch ends.
+fn live_view_of(tag: &str, name: &str) -> (std::process::Child, Tmux) {
+    require_root();
+    let victim = victim(name, 1, 30.0);
+    let cmd = format!(
+        "{} --pid {} --no-lease-socket; echo pausewatch-exit=$?; sleep 30",
+        pausewatch_bin().display(),
+        victim.id()
+    );
+    let tmux = Tmux::start(tag, 100, 30, &cmd);
+    tmux.wait_for("the live view", Duration::from_secs(30), |s| {
+        s.contains("sched via")
+    });
+    (victim, tmux)
+}
+
 fn report_fixture() -> PathBuf {
     fixtures().join("report")
 }
@@ -205,17 +222,8 @@ fn report_and_replay_refuse_what_is_not_a_recording() {
 /// prints the report.
 #[test]
 fn the_live_view_shows_a_stopped_process_in_a_terminal() {
-    require_root();
-    let mut victim = victim("pw-tui-victim", 1, 30.0);
+    let (mut victim, tmux) = live_view_of("live", "pw-tui-victim");
     let pid = victim.id();
-    let cmd = format!(
-        "{} --pid {pid} --no-lease-socket; echo pausewatch-exit=$?; sleep 30",
-        pausewatch_bin().display()
-    );
-    let tmux = Tmux::start("live", 100, 30, &cmd);
-    tmux.wait_for("the live view", Duration::from_secs(30), |s| {
-        s.contains("sched via")
-    });
     signal(pid, libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1500));
     signal(pid, libc::SIGCONT);
@@ -406,17 +414,8 @@ fn run_investigates_a_command_and_returns_its_status() {
 /// report is printed.
 #[test]
 fn sigterm_restores_the_terminal() {
-    require_root();
-    let mut victim = victim("pw-tui-term", 1, 30.0);
+    let (mut victim, tmux) = live_view_of("term", "pw-tui-term");
     let pid = victim.id();
-    let cmd = format!(
-        "{} --pid {pid} --no-lease-socket; echo pausewatch-exit=$?; sleep 30",
-        pausewatch_bin().display()
-    );
-    let tmux = Tmux::start("term", 100, 30, &cmd);
-    tmux.wait_for("the live view", Duration::from_secs(30), |s| {
-        s.contains("sched via")
-    });
     // Anchored: the shell's command line holds the same words after "sh -c".
     let pattern = format!("^{} --pid {pid} ", pausewatch_bin().display());
     let pw = run_cmd(&["pgrep", "-f", &pattern]);

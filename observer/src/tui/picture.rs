@@ -266,6 +266,15 @@ impl Picture {
     pub fn row(&self, pid: u32) -> Option<&Row> {
         self.rows.iter().find(|r| r.pid == pid)
     }
+
+    /// The leases `pid` holds.
+    pub fn leases_of(&self, pid: u32) -> Vec<LeaseRow> {
+        self.leases
+            .iter()
+            .filter(|l| l.pid == pid)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Threads of `pid` from its marks, most paused first.
@@ -487,12 +496,7 @@ pub fn agent_detail(st: &AgentState, pic: &Picture, pid: u32) -> Option<Detail> 
                 })
                 .collect()
         }),
-        leases: pic
-            .leases
-            .iter()
-            .filter(|l| l.pid == pid)
-            .cloned()
-            .collect(),
+        leases: pic.leases_of(pid),
     })
 }
 

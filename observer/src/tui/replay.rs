@@ -623,12 +623,7 @@ impl Replay {
                 latest: picture::latest_of(&pic.marks, pid),
                 threads: picture::threads_of(&pic.marks, pid),
                 sockets,
-                leases: pic
-                    .leases
-                    .iter()
-                    .filter(|l| l.pid == pid)
-                    .cloned()
-                    .collect(),
+                leases: pic.leases_of(pid),
             })
         });
         (pic, detail)
