@@ -198,6 +198,12 @@ impl Spool {
         Self::start(Sink::Test(w), max_queued)
     }
 
+    /// Bytes gathered before they are handed over: at most a quarter of the queue, so that a
+    /// small `--json-buffer` still holds several chunks.
+    fn chunk_limit(&self) -> usize {
+        CHUNK_BYTES.min((self.max_queued / 4).max(1))
+    }
+
     /// Hands the pending whole lines to the writer thread, or drops and counts them when the
     /// queue already holds `max_queued` bytes.
     fn hand_over(&mut self) {
@@ -209,8 +215,13 @@ impl Spool {
         let chunk = std::mem::replace(&mut self.pending, rest);
         let len = chunk.len();
         let queued = &self.stats.queued_bytes;
+        // An empty queue takes any chunk: chunks are bounded by `chunk_limit`, and a chunk
+        // larger than the whole queue must not be refused forever.
         let refused = match &self.tx {
-            Some(tx) if queued.load(Ordering::Relaxed) + len <= self.max_queued => {
+            Some(tx)
+                if queued.load(Ordering::Relaxed) == 0
+                    || queued.load(Ordering::Relaxed) + len <= self.max_queued =>
+            {
                 queued.fetch_add(len, Ordering::Relaxed);
                 tx.send(chunk).err().map(|e| {
                     queued.fetch_sub(len, Ordering::Relaxed);
@@ -240,7 +251,7 @@ impl Spool {
 impl Write for Spool {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.pending.extend_from_slice(buf);
-        if self.pending.len() >= CHUNK_BYTES && buf.ends_with(b"\n") {
+        if self.pending.len() >= self.chunk_limit() && buf.ends_with(b"\n") {
             self.hand_over();
         }
         Ok(buf.len())
@@ -274,6 +285,48 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A burst bigger than the whole queue, to a consumer that keeps up, loses nothing: chunks
+    /// are smaller than the queue (with 64 KiB chunks and a 64 KiB queue every full chunk
+    /// used to be refused, and a busy host's pause lines all dropped).
+    #[test]
+    fn a_burst_larger_than_the_queue_reaches_a_fast_consumer() {
+        struct Fast(Arc<Mutex<Vec<u8>>>);
+        impl Write for Fast {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Spool::test(Box::new(Fast(got.clone())), 64 * 1024);
+        let lines = 5000;
+        for i in 0..lines {
+            writeln!(s, "{i:0>60}").unwrap();
+            if i % 50 == 0 {
+                // Let the writer keep up, as a reading consumer would.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        assert!(s.finish(Duration::from_secs(5)));
+        assert_eq!(s.stats.dropped_lines.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            String::from_utf8(got.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .count(),
+            lines
+        );
+        // A single chunk larger than the queue is still taken when the queue is empty.
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Spool::test(Box::new(Fast(got.clone())), 16);
+        writeln!(s, "{}", "x".repeat(100)).unwrap();
+        assert!(s.finish(Duration::from_secs(5)));
+        assert_eq!(got.lock().unwrap().len(), 101);
     }
 
     #[test]
