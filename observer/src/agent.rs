@@ -337,6 +337,20 @@ impl AgentState {
         }
     }
 
+    /// The watched process (`--pid`, `run`) is gone: the run ends.
+    fn investigation_ended(&mut self, message: String, pids: &[u32], out: &mut Output) {
+        self.notice(
+            Notice {
+                level: "info",
+                event: "investigation_ended",
+                message,
+                pid: pids.first().copied(),
+                path: None,
+            },
+            out,
+        );
+    }
+
     fn emit_incidents(&mut self, incidents: Vec<Incident>, out: &mut Output) {
         for i in incidents {
             if let Some(mut m) = self.metrics() {
@@ -607,13 +621,8 @@ impl AgentState {
     }
 }
 
-/// A process's start time in clock ticks after boot (None: it is gone).
-/// The end report's input, named after what was watched.
-fn report_input(
-    st: &AgentState,
-    costs: &[crate::probe::cost::ProgramCost],
-    pids: &[u32],
-) -> tui::report::ReportInput {
+/// The end report, named after what was watched.
+fn report_text(st: &AgentState, costs: &[crate::probe::cost::ProgramCost], pids: &[u32]) -> String {
     let mut r = tui::report::from_agent(st, costs);
     r.pic.header.source = if pids.is_empty() {
         "whole host".to_string()
@@ -621,16 +630,18 @@ fn report_input(
         let p: Vec<String> = pids.iter().map(u32::to_string).collect();
         format!("pid {} and its children", p.join(", "))
     };
-    r
+    tui::report::text(&r)
 }
 
-/// A process that exited and waits for its parent to reap it.
-fn zombie(pid: u32) -> bool {
+/// Whether the process that had `pid` and started at `start` (None: it was already gone)
+/// still runs: not exited, not a zombie waiting to be reaped, its pid not reused. One read.
+fn still_running(pid: u32, start: Option<u64>) -> bool {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
-        .is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+        .is_ok_and(|s| Some(s.starttime) == start && s.state != 'Z' && s.state != 'X')
 }
 
+/// A process's start time in clock ticks after boot (None: it is gone).
 fn start_time(pid: u32) -> Option<u64> {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
@@ -928,19 +939,10 @@ pub async fn run(
                 if settings.end_when_gone
                     && child.is_none()
                     && !watched.is_empty()
-                    && watched.iter().all(|&(p, t)| t.is_none() || start_time(p) != t || zombie(p))
+                    && !watched.iter().any(|&(p, t)| still_running(p, t))
                 {
                     let pids: Vec<String> = watched.iter().map(|(p, _)| p.to_string()).collect();
-                    st.notice(
-                        Notice {
-                            level: "info",
-                            event: "investigation_ended",
-                            message: format!("pid {} exited", pids.join(", ")),
-                            pid: watched.first().map(|w| w.0),
-                            path: None,
-                        },
-                        &mut out,
-                    );
+                    st.investigation_ended(format!("pid {} exited", pids.join(", ")), &settings.pids, &mut out);
                     break;
                 }
                 st.release_stops(Some(WallClock::mono_now()), &mut out);
@@ -976,19 +978,8 @@ pub async fn run(
             } => {
                 ended.child_status = status.ok();
                 child = None;
-                st.notice(
-                    Notice {
-                        level: "info",
-                        event: "investigation_ended",
-                        message: format!(
-                            "the command exited ({})",
-                            ended.child_status.map_or("status unknown".to_string(), |s| s.to_string())
-                        ),
-                        pid: settings.pids.first().copied(),
-                        path: None,
-                    },
-                    &mut out,
-                );
+                let how = ended.child_status.map_or("status unknown".to_string(), |s| s.to_string());
+                st.investigation_ended(format!("the command exited ({how})"), &settings.pids, &mut out);
                 break;
             }
             _ = sigint.recv() => break,
@@ -1094,17 +1085,9 @@ pub async fn run(
         }
         Output::Live(live) => {
             live.finish();
-            print!(
-                "{}",
-                tui::report::text(&report_input(&st, &costs, &settings.pids))
-            );
+            print!("{}", report_text(&st, &costs, &settings.pids));
         }
-        Output::Report => {
-            eprint!(
-                "{}",
-                tui::report::text(&report_input(&st, &costs, &settings.pids))
-            );
-        }
+        Output::Report => eprint!("{}", report_text(&st, &costs, &settings.pids)),
         Output::Advise(pids) => {
             let observed = WallClock::mono_now().saturating_sub(st.started_mono_ns);
             for pid in pids {

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
                 a.pid,
                 humantime::format_duration(a.duration)
             );
-            run(watch, Mode::Advise, None).map(|_| ())
+            run(watch, Mode::Advise)
         }
         Some(cli::Command::Run(r)) => {
             return match run_command(r) {
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => run(watch, Mode::Watch, None).map(|_| ()),
+        None => run(watch, Mode::Watch),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,10 +117,7 @@ fn run_command(r: cli::RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut tcmd = tokio::process::Command::from(cmd);
     tcmd.kill_on_drop(true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = runtime()?;
     let child = {
         let _guard = rt.enter();
         tcmd.spawn()
@@ -172,16 +169,17 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<u32>> {
     Ok(out)
 }
 
-fn run(
-    cli: cli::Watch,
-    mode: Mode,
-    child: Option<tokio::process::Child>,
-) -> anyhow::Result<agent::Ended> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The agent's single-threaded runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    run_in(&rt, cli, mode, child, Box::new(|| {}))
+        .context("starting the runtime")
+}
+
+/// The main job (and `advise`): no command of ours to watch.
+fn run(cli: cli::Watch, mode: Mode) -> anyhow::Result<()> {
+    run_in(&runtime()?, cli, mode, None, Box::new(|| {})).map(|_| ())
 }
 
 fn run_in(
