@@ -214,8 +214,6 @@ pub fn agent_header(st: &AgentState, costs: &[ProgramCost], cpu_pct: Option<f64>
     Header {
         source: "live".into(),
         mechanism: st.mechanism.to_string(),
-        processes: st.table.len(),
-        episodes: st.table.sorted().iter().map(|p| p.pauses().count).sum(),
         steal_pct: st.host.steal_last.as_ref().map(|_| st.host.steal_pct),
         clock_err_ns: Some(st.clock.err_ns),
         clock_unsynced: st.clock.unsynced,

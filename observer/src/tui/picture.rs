@@ -145,8 +145,6 @@ pub struct Header {
     /// "live" or "replay of FILE".
     pub source: String,
     pub mechanism: String,
-    pub processes: usize,
-    pub episodes: u64,
     pub steal_pct: Option<f64>,
     pub clock_err_ns: Option<u64>,
     pub clock_unsynced: bool,

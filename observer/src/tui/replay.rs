@@ -548,8 +548,6 @@ impl Replay {
             .map(|i| i.mark.clone())
             .collect();
         let mut header = self.header_base.clone();
-        header.processes = rows.len();
-        header.episodes = rows.iter().map(|r| r.pauses).sum();
         header.steal_pct = self
             .steal
             .iter()

@@ -124,8 +124,8 @@ fn header_lines(pic: &Picture, ui: &UiState, theme: Theme) -> Vec<Line<'static>>
             " {}  sched via {}  processes {}  pauses {}  window {}",
             h.source,
             h.mechanism,
-            h.processes,
-            h.episodes,
+            pic.rows.len(),
+            pic.rows.iter().map(|r| r.pauses).sum::<u64>(),
             if pic.window_ns == 0 {
                 "-".to_string()
             } else {
@@ -660,8 +660,6 @@ pub(crate) mod tests {
             header: Header {
                 source: "live".into(),
                 mechanism: "tp_btf".into(),
-                processes: 4,
-                episodes: 48,
                 steal_pct: Some(1.5),
                 clock_err_ns: Some(2 * MS),
                 clock_unsynced: false,
