@@ -41,6 +41,20 @@ struct Item {
     counts: bool,
     /// Clock steps: the step.
     step_ns: Option<i64>,
+    /// Retransmissions: the connection ("10.0.0.1:5000 -> 10.0.0.2:80") and whether it was
+    /// a timeout.
+    socket: Option<(String, bool)>,
+}
+
+/// "10.0.0.1:5000" / "[::1]:80" from a retransmit line's endpoint.
+fn endpoint(v: &Value) -> String {
+    let addr = s(v, "addr");
+    let port = u(v, "port").unwrap_or(0);
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 /// What one line adds to the timeline: lane, (start, end), cause parts, whether it is a pause
@@ -341,6 +355,12 @@ impl Replay {
                 parts,
                 counts,
                 step_ns: v.get("step_ns").and_then(Value::as_i64),
+                socket: (e.kind == "retransmit").then(|| {
+                    (
+                        format!("{} -> {}", endpoint(&v["local"]), endpoint(&v["remote"])),
+                        s(v, "mode") == "timeout",
+                    )
+                }),
             });
         }
     }
@@ -516,8 +536,21 @@ impl Replay {
 
     /// The picture at playhead `t`, and per-process histograms.
     fn at(&self, t: u64) -> (Picture, BTreeMap<u32, Hists>) {
+        let (streamed, streamed_hists) = self.rows_at(t);
         let (mut rows, mut hists) = if self.at_end(t) {
-            let rows = self.summaries.iter().map(|s| s.row.clone()).collect();
+            // The recording's exact summaries, with the last window from the streamed pauses.
+            let windows: BTreeMap<u32, WindowStats> = streamed
+                .iter()
+                .filter_map(|r| Some((r.pid, r.window?)))
+                .collect();
+            let rows = self
+                .summaries
+                .iter()
+                .map(|s| Row {
+                    window: windows.get(&s.row.pid).copied(),
+                    ..s.row.clone()
+                })
+                .collect();
             let hists = self
                 .summaries
                 .iter()
@@ -525,18 +558,8 @@ impl Replay {
                 .collect();
             (rows, hists)
         } else {
-            self.rows_at(t)
+            (streamed, streamed_hists)
         };
-        if self.at_end(t) {
-            // Keep the last window's figures from the streamed pauses.
-            let (streamed, _) = self.rows_at(t);
-            for r in rows.iter_mut() {
-                r.window = streamed
-                    .iter()
-                    .find(|s| s.pid == r.pid)
-                    .and_then(|s| s.window);
-            }
-        }
         rows.retain(|r| r.pauses > 0 || r.retransmits > 0);
         hists.retain(|pid, _| rows.iter().any(|r| r.pid == *pid));
         let leases = self.lease_rows(t, &rows);
@@ -589,31 +612,27 @@ impl Replay {
         let (pic, mut hists) = self.at(t);
         let detail = pid.and_then(|pid| {
             let row = pic.row(pid)?;
-            let sockets = pic
-                .marks
+            let upto = self.items.partition_point(|i| i.mark.start_mono_ns <= t);
+            let mut by_conn = BTreeMap::<&str, SocketRow>::new();
+            for it in self.items[..upto]
                 .iter()
-                .filter(|m| m.pid == Some(pid) && m.lane == Lane::Retransmit)
-                .fold(BTreeMap::<String, SocketRow>::new(), |mut acc, m| {
-                    let conn = m
-                        .text
-                        .split(" on ")
-                        .nth(1)
-                        .and_then(|s| s.split(" (").next())
-                        .unwrap_or("?")
-                        .to_string();
-                    let e = acc.entry(conn.clone()).or_insert(SocketRow {
-                        conn,
-                        retransmits: 0,
-                        timeouts: 0,
-                        delay_est_ns: 0,
-                    });
-                    e.retransmits += 1;
-                    e.timeouts += u64::from(m.text.contains("timeout"));
-                    e.delay_est_ns += m.duration_ns();
-                    acc
-                })
-                .into_values()
-                .collect();
+                .filter(|i| i.mark.pid == Some(pid))
+            {
+                let Some((conn, timeout)) = &it.socket else {
+                    continue;
+                };
+                let e = by_conn.entry(conn).or_insert(SocketRow {
+                    conn: conn.clone(),
+                    retransmits: 0,
+                    timeouts: 0,
+                    delay_est_ns: 0,
+                });
+                e.retransmits += 1;
+                e.timeouts += u64::from(*timeout);
+                e.delay_est_ns += it.mark.duration_ns();
+            }
+            let mut sockets: Vec<SocketRow> = by_conn.into_values().collect();
+            sockets.sort_by_key(|s| std::cmp::Reverse(s.retransmits));
             Some(Detail {
                 pid,
                 comm: row.comm.clone(),
@@ -718,6 +737,29 @@ mod tests {
         let all = &d.unwrap().hists[0].1;
         assert_eq!(all.hist.iter().sum::<u64>(), 40);
         assert!(all.percentile(0.5).unwrap() >= 8_388_608);
+    }
+
+    #[test]
+    fn sockets_come_from_the_retransmit_lines_endpoints() {
+        let rtx = |ts, mode: &str, delay: u64| {
+            line(
+                "retransmit",
+                ts,
+                serde_json::json!({"pid": 7, "comm": "app", "mode": mode,
+                    "local": {"addr": "10.0.0.1", "port": 5000},
+                    "remote": {"addr": "::1", "port": 80}, "delay_est_ns": delay}),
+            )
+        };
+        let r = Replay::from_events("rec", vec![rtx(10, "timeout", 200), rtx(20, "fast", 30)], 0)
+            .unwrap();
+        let (_, d) = r.picture(100, Some(7));
+        let s = &d.unwrap().sockets;
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].conn, "10.0.0.1:5000 -> [::1]:80");
+        assert_eq!(
+            (s[0].retransmits, s[0].timeouts, s[0].delay_est_ns),
+            (2, 1, 230)
+        );
     }
 
     #[test]
