@@ -407,18 +407,9 @@ fn merge_fixtures() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Compares with a golden file; `PAUSEWATCH_BLESS=1` rewrites it instead.
+/// Compares with a merge golden file.
 fn golden(name: &str, got: &str) {
-    let path = repo().join("tests/fixtures/merge").join(name);
-    if std::env::var_os("PAUSEWATCH_BLESS").is_some() {
-        std::fs::write(&path, got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        got == want,
-        "{} differs (PAUSEWATCH_BLESS=1 rewrites it):\n--- want\n{want}\n--- got\n{got}",
-        path.display()
-    );
+    assert_golden(&repo().join("tests/fixtures/merge").join(name), got);
 }
 
 fn merge(args: &[&std::ffi::OsStr]) -> std::process::Output {
@@ -437,12 +428,7 @@ fn merge(args: &[&std::ffi::OsStr]) -> std::process::Output {
 fn merge_orders_three_hosts_and_says_where_order_is_unknown() {
     let files = merge_fixtures();
     for f in &files {
-        let lines: Vec<Value> = std::fs::read_to_string(f)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        validate_lines(&lines);
+        validate_lines(&read_ndjson(f));
     }
     let args: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
     let text = merge(&args);
@@ -462,10 +448,7 @@ fn merge_orders_three_hosts_and_says_where_order_is_unknown() {
 
     // What the golden files say, spelled out: the DDIA sequence in order, and the refusal's
     // order against node-a's stale act unknown.
-    let lines: Vec<Value> = json
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = parse_ndjson(&json);
     let seq = |pred: &dyn Fn(&Value) -> bool| {
         lines.iter().find(|v| pred(v)).unwrap()["merge"]["seq"]
             .as_u64()
@@ -643,10 +626,7 @@ fn a_stalled_consumer_costs_counted_lines_not_kernel_events() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(status.success(), "{status}: {stderr}");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines = parse_ndjson(&text);
     validate_lines(&lines);
     let drops = of_type(&lines, "drops").next().expect("the drops line");
     let dropped = drops["output_dropped_lines"].as_u64().unwrap();

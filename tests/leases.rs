@@ -50,11 +50,7 @@ fn scenario(name: &str, extra: &[&str]) -> (Value, Vec<Value>) {
         .find_map(|l| l.strip_prefix("result "))
         .unwrap_or_else(|| panic!("no result line ({}):\n{stdout}\n{stderr}", out.status));
     let result: Value = serde_json::from_str(result).unwrap();
-    let lines: Vec<Value> = std::fs::read_to_string(dir.join("pausewatch.ndjson"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let lines = read_ndjson(&dir.join("pausewatch.ndjson"));
     assert!(
         out.status.success(),
         "scenario {name} failed ({}):\n{stdout}\n{stderr}",

@@ -146,21 +146,9 @@ fn the_report_of_a_recording_is_stable() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = String::from_utf8(out.stdout).unwrap();
-    let golden = dir.join("stale-write.report.txt");
-    if std::env::var_os("PAUSEWATCH_BLESS").is_some() {
-        std::fs::write(&golden, &got).unwrap();
-    }
-    let want = std::fs::read_to_string(&golden).expect("golden report");
-    assert_eq!(
-        got, want,
-        "the report changed; if on purpose, PAUSEWATCH_BLESS=1"
-    );
+    assert_golden(&dir.join("stale-write.report.txt"), &got);
     // What it says rests on the recording itself.
-    let lines: Vec<Value> = std::fs::read_to_string(dir.join("stale-write.ndjson"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_ndjson(&dir.join("stale-write.ndjson"));
     let stop = of_type(&lines, "stop").next().unwrap();
     assert!(got.contains(stop["description"].as_str().unwrap()), "{got}");
     for i in of_type(&lines, "incident") {
@@ -346,11 +334,7 @@ fn run_investigates_a_command_and_returns_its_status() {
         .iter()
         .map(|t| t["run_delay_ns"].as_u64().unwrap())
         .sum();
-    let lines: Vec<Value> = std::fs::read_to_string(&json)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_ndjson(&json);
     validate_lines(&lines);
     let attached = lines.iter().find(|v| v["event"] == "attached").unwrap();
     assert_eq!(

@@ -209,6 +209,35 @@ impl Pausewatch {
     }
 }
 
+/// NDJSON text as values; a line that is not JSON fails the test, naming it.
+pub fn parse_ndjson(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// An NDJSON file (a recording) as values.
+pub fn read_ndjson(path: &Path) -> Vec<Value> {
+    parse_ndjson(
+        &std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+    )
+}
+
+/// Compares `got` with the golden file at `path`; `PAUSEWATCH_BLESS=1` rewrites it instead.
+pub fn assert_golden(path: &Path, got: &str) {
+    if std::env::var_os("PAUSEWATCH_BLESS").is_some() {
+        std::fs::write(path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("golden file {}: {e}", path.display()));
+    assert!(
+        got == want,
+        "{} differs (PAUSEWATCH_BLESS=1 rewrites it):\n--- want\n{want}\n--- got\n{got}",
+        path.display()
+    );
+}
+
 /// Lines of one type.
 pub fn of_type<'a>(lines: &'a [Value], ty: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
     lines.iter().filter(move |v| v["type"] == ty)
