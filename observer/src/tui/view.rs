@@ -424,9 +424,10 @@ fn column(t: u64, now: u64, span: u64, width: usize) -> Option<usize> {
     Some((((t - start) as u128 * (width as u128 - 1)) / span.max(1) as u128) as usize)
 }
 
-/// One lane: each mark drawn over the columns it covers; incidents win over other marks.
+/// One lane: each mark drawn over the columns it covers. Where marks share a column, an
+/// incident wins, then the longest mark (a 5 ms run-queue wait must not hide a 2 s stop).
 pub fn track(marks: &[&Mark], now: u64, span: u64, width: usize) -> Vec<Option<Lane>> {
-    let mut cells = vec![None; width];
+    let mut cells: Vec<Option<(Lane, u64)>> = vec![None; width];
     let start = now.saturating_sub(span);
     for m in marks {
         if m.end_mono_ns < start || m.start_mono_ns > now {
@@ -438,13 +439,14 @@ pub fn track(marks: &[&Mark], now: u64, span: u64, width: usize) -> Vec<Option<L
         ) else {
             continue;
         };
+        let rank = |l: Lane, d: u64| (l == Lane::Incident, d);
         for c in &mut cells[a..=b.max(a)] {
-            if *c != Some(Lane::Incident) {
-                *c = Some(m.lane);
+            if c.is_none_or(|(l, d)| rank(m.lane, m.duration_ns()) > rank(l, d)) {
+                *c = Some((m.lane, m.duration_ns()));
             }
         }
     }
-    cells
+    cells.into_iter().map(|c| c.map(|(l, _)| l)).collect()
 }
 
 fn timeline(f: &mut Frame, area: Rect, pic: &Picture, ui: &UiState, theme: Theme) {
@@ -879,6 +881,13 @@ pub(crate) mod tests {
         assert_eq!(t[100], Some(Lane::Stop));
         assert_eq!(t[104], Some(Lane::Stop));
         assert_eq!(t[102], Some(Lane::Incident), "incidents win");
+        // A short pause in the column of a long stop does not hide it, in either order.
+        let blip = mark(104, 5 * MS, Some(868), Lane::Pause(Component::Runq), "runq 5ms");
+        let mut with_blip = marks.clone();
+        with_blip.push(&blip);
+        assert_eq!(track(&with_blip, 240 * S, 240 * S, 241)[104], Some(Lane::Stop));
+        let blip_first = [&blip, marks[0]];
+        assert_eq!(track(&blip_first, 240 * S, 240 * S, 241)[104], Some(Lane::Stop));
         assert_eq!(t[105], None);
         assert!(
             track(&marks, 240 * S, 10 * S, 20)
