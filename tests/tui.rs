@@ -66,6 +66,16 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The pane's whole normal-screen history (a report longer than the pane scrolls).
+    fn history(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-S", "-", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn keys(&self, keys: &[&str]) {
         let st = self
             .cmd()
@@ -255,9 +265,10 @@ fn the_live_view_shows_a_stopped_process_in_a_terminal() {
         s.contains("pausewatch keys")
     });
     tmux.keys(&["Escape", "q"]);
-    let end = tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
+    tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
         s.contains("pausewatch-exit=")
     });
+    let end = tmux.history();
     assert!(end.contains("pausewatch-exit=0"), "{end}");
     assert!(
         end.contains("pausewatch report (pid") && end.contains("stopped 1.5"),
@@ -406,9 +417,10 @@ fn sigterm_restores_the_terminal() {
     let pw: i32 = pw.lines().next().unwrap().trim().parse().unwrap();
     // SAFETY: signalling the pausewatch this test started.
     assert_eq!(unsafe { libc::kill(pw, libc::SIGTERM) }, 0);
-    let end = tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
+    tmux.wait_for("pausewatch to exit", Duration::from_secs(15), |s| {
         s.contains("pausewatch-exit=")
     });
+    let end = tmux.history();
     assert!(end.contains("pausewatch-exit=0"), "{end}");
     assert!(
         end.contains("pausewatch report (pid") && !end.contains("sched via"),

@@ -882,12 +882,24 @@ pub(crate) mod tests {
         assert_eq!(t[104], Some(Lane::Stop));
         assert_eq!(t[102], Some(Lane::Incident), "incidents win");
         // A short pause in the column of a long stop does not hide it, in either order.
-        let blip = mark(104, 5 * MS, Some(868), Lane::Pause(Component::Runq), "runq 5ms");
+        let blip = mark(
+            104,
+            5 * MS,
+            Some(868),
+            Lane::Pause(Component::Runq),
+            "runq 5ms",
+        );
         let mut with_blip = marks.clone();
         with_blip.push(&blip);
-        assert_eq!(track(&with_blip, 240 * S, 240 * S, 241)[104], Some(Lane::Stop));
+        assert_eq!(
+            track(&with_blip, 240 * S, 240 * S, 241)[104],
+            Some(Lane::Stop)
+        );
         let blip_first = [&blip, marks[0]];
-        assert_eq!(track(&blip_first, 240 * S, 240 * S, 241)[104], Some(Lane::Stop));
+        assert_eq!(
+            track(&blip_first, 240 * S, 240 * S, 241)[104],
+            Some(Lane::Stop)
+        );
         assert_eq!(t[105], None);
         assert!(
             track(&marks, 240 * S, 10 * S, 20)
