@@ -76,6 +76,78 @@ fn host_steal_equals_the_proc_stat_delta() {
     }
 }
 
+/// Hypervisor steal is charged to the threads that held the CPU when it was stolen. Ground
+/// truth: /proc/stat's per-CPU steal, which counts the same paravirtual steal clock the
+/// scheduler folds into `rq->prev_steal_time_rq` (truncated to USER_HZ ticks). With a hog
+/// pinned to every CPU, the hogs hold the CPUs nearly all the time, so most steal is theirs.
+#[test]
+fn steal_is_charged_to_the_threads_that_held_the_cpu() {
+    require_root();
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let before = proc_stat_steal();
+    let pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
+    let hogs: Vec<_> = (0..before.len())
+        .flat_map(|cpu| start_hogs(1, cpu, 6.0))
+        .collect();
+    let hog_pids: Vec<u64> = hogs.iter().map(|h| u64::from(h.id())).collect();
+    for mut h in hogs {
+        assert!(h.wait().expect("hog").success());
+    }
+    let lines = pw.stop();
+    let after = proc_stat_steal();
+    let a = of_type(&lines, "host")
+        .find(|v| v["event"] == "steal_attribution")
+        .expect("the steal_attribution line (our kernels have CONFIG_PARAVIRT_TIME_ACCOUNTING and a moving steal clock)");
+    let clock = ns_list(&a["per_cpu_sched_steal_ns"]);
+    let seen = ns_list(&a["per_cpu_seen_ns"]);
+    assert_eq!(clock.len(), before.len(), "{a}");
+    for cpu in 0..before.len() {
+        // The same clock: the scheduler's reading lies between the test's two /proc/stat
+        // readings, give or take the tick /proc/stat truncates to.
+        assert!(
+            before[cpu] <= clock[cpu] + tick && clock[cpu] < after[cpu] + tick,
+            "cpu {cpu}: /proc/stat {} .. {} ns, scheduler's steal clock {} ns",
+            before[cpu],
+            after[cpu],
+            clock[cpu]
+        );
+        // What pausewatch saw accrue lies within what /proc/stat counted around it.
+        assert!(
+            seen[cpu] < after[cpu] - before[cpu] + tick,
+            "cpu {cpu}: seen {} ns, /proc/stat delta {} ns",
+            seen[cpu],
+            after[cpu] - before[cpu]
+        );
+    }
+    let seen_ns = a["seen_ns"].as_u64().unwrap();
+    let charged = a["charged_ns"].as_u64().unwrap();
+    assert_eq!(seen_ns, seen.iter().sum::<u64>());
+    assert!(charged <= seen_ns, "{a}");
+    assert_eq!(a["unattributed_ns"].as_u64().unwrap(), seen_ns - charged);
+    let steal_of = |v: &Value| v["steal_est"]["total_ns"].as_u64().unwrap();
+    let summed: u64 = of_type(&lines, "summary").map(steal_of).sum();
+    assert_eq!(
+        summed, charged,
+        "the processes' steal adds up to what was charged"
+    );
+    let hogs_ns: u64 = hog_pids
+        .iter()
+        .filter_map(|&pid| summary_of(&lines, pid))
+        .map(steal_of)
+        .sum();
+    eprintln!(
+        "steal: /proc/stat {:?} -> {:?}; seen {seen:?} ns; charged {charged} ns, to the hogs {hogs_ns} ns",
+        before, after
+    );
+    if seen_ns >= 2_000_000 {
+        assert!(
+            hogs_ns * 2 >= seen_ns,
+            "the hogs held the CPUs but got {hogs_ns} of {seen_ns} ns of steal"
+        );
+    }
+}
+
 /// Threads of `pid` named `name`.
 fn thread_named(pid: u32, name: &str) -> u32 {
     std::fs::read_dir(format!("/proc/{pid}/task"))

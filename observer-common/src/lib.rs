@@ -41,10 +41,15 @@ impl Component {
     }
 }
 
-/// Index of the whole-episode aggregate in `ProcStats::components` (after the components).
+/// Index of the whole-episode aggregate in `ProcStats::stats` (after the components).
 pub const STAT_EPISODE: usize = NUM_COMPONENTS;
-/// Number of aggregates per process: one per component plus the whole episode.
-pub const NUM_STATS: usize = NUM_COMPONENTS + 1;
+/// Index of the hypervisor steal charged to the process's running threads: one value per
+/// context switch of a thread whose CPU accrued steal while it ran (an estimate: the CPU's
+/// steal between two switches, all charged to the thread that held it). Not part of any
+/// episode.
+pub const STAT_STEAL: usize = NUM_COMPONENTS + 1;
+/// Number of aggregates per process: one per component, the whole episode, and steal.
+pub const NUM_STATS: usize = NUM_COMPONENTS + 2;
 
 /// How an episode began.
 #[repr(u32)]
@@ -857,7 +862,7 @@ impl ComponentStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStats {
-    /// Indexed by `Component`, then `STAT_EPISODE` for whole episodes.
+    /// Indexed by `Component`, then `STAT_EPISODE` for whole episodes and `STAT_STEAL`.
     pub stats: [ComponentStats; NUM_STATS],
     /// Episodes of this process that were at or above the threshold but did not fit in the ring.
     pub dropped_records: u64,
@@ -877,6 +882,18 @@ impl ProcStats {
         comm: [0; TASK_COMM_LEN],
     };
 }
+
+/// Per CPU, in the `CPU_STEAL` per-CPU array: the scheduler's steal clock
+/// (`rq->prev_steal_time_rq`, ns since boot) at the CPU's first and latest context switch
+/// seen. `last_ns - first_ns` is the steal pausewatch saw and charged (or could not charge)
+/// on that CPU. Both 0 until the first non-zero reading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSteal {
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CpuSteal>() == 16);
 
 /// Per-thread state of an episode in progress, keyed by tid in the `THREADS` LRU hash.
 /// Kernel-private, but kept here so its size is checked once and visible to the loader.

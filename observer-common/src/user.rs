@@ -36,6 +36,8 @@ unsafe impl aya::Pod for MemStallRecord {}
 unsafe impl aya::Pod for crate::ProcMem {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::Activity {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::CpuSteal {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

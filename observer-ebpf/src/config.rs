@@ -20,6 +20,10 @@ static TASK_CFS_RQ_OFF: u64 = 0;
 static CFS_RQ_RQ_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static RQ_CLOCK_OFF: u64 = 0;
+/// `rq->prev_steal_time_rq`: the CPU's hypervisor steal in ns, as the scheduler last folded it
+/// in (CONFIG_PARAVIRT_TIME_ACCOUNTING). 0: steal is not charged to processes.
+#[unsafe(no_mangle)]
+static RQ_STEAL_OFF: u64 = 0;
 
 /// `task->parent` (the tracer while ptraced), `task->cred`, `cred->uid`.
 #[unsafe(no_mangle)]
@@ -89,6 +93,10 @@ pub fn cfs_rq_rq_off() -> usize {
 #[inline(always)]
 pub fn rq_clock_off() -> usize {
     get(&RQ_CLOCK_OFF) as usize
+}
+#[inline(always)]
+pub fn rq_steal_off() -> usize {
+    get(&RQ_STEAL_OFF) as usize
 }
 #[inline(always)]
 pub fn task_parent_off() -> usize {

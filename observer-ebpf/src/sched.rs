@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    Component, DropCause, EpisodeStart, PauseRecord, ProcStats, RecordKind, STAT_EPISODE,
+    Component, CpuSteal, DropCause, EpisodeStart, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
     StopKind, TASK_COMM_LEN, ThreadState,
 };
 
@@ -44,6 +44,11 @@ const TASK_FROZEN: u32 = 0x8000;
 /// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
 #[map]
 pub(crate) static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per CPU: the CPU's cumulative steal (`rq->prev_steal_time_rq`) at its first and last
+/// context switch; 0 until first read. The agent reads it at exit.
+#[map]
+static CPU_STEAL: PerCpuArray<CpuSteal> = PerCpuArray::with_max_entries(1, 0);
 
 /// Processes under observation with `--pid` (and the children they fork afterwards).
 #[map]
@@ -141,7 +146,7 @@ pub fn to_mono<const D: bool>(start: u64, duration: u64) -> u64 {
 
 #[inline(always)]
 pub fn clock<const D: bool>(task: TaskPtr) -> Option<u64> {
-    if uses_rq_clock::<D>() { task::rq_clock::<D>(task) } else { Some(now()) }
+    if uses_rq_clock::<D>() { task::rq::<D>(task).and_then(task::rq_clock::<D>) } else { Some(now()) }
 }
 
 #[inline(always)]
@@ -153,7 +158,12 @@ pub fn cpu() -> u32 {
 #[inline(always)]
 fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     // prev and next share this CPU's run queue.
-    let Some(ts) = clock::<D>(next) else { return };
+    let rq = if uses_rq_clock::<D>() || config::rq_steal_off() != 0 { task::rq::<D>(next) } else { None };
+    let ts = if uses_rq_clock::<D>() { rq.and_then(task::rq_clock::<D>) } else { Some(now()) };
+    if let Some(rq) = rq {
+        charge_steal::<D>(rq, prev);
+    }
+    let Some(ts) = ts else { return };
     // Read once: switch_out names it as the preemptor, switch_in ends its episode.
     let next_tid = task::tid::<D>(next);
     switch_out::<D, C>(ctx, ts, preempt, prev, next, next_tid, prev_state);
@@ -381,27 +391,7 @@ fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64)
 /// can lose a concurrent larger value but never produce an invalid one.
 #[inline(always)]
 fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
-    let ps = match PROC_STATS.get_ptr_mut(&st.tgid) {
-        Some(p) => p,
-        None => {
-            let Some(init) = PROC_STATS_INIT.get_ptr_mut(0) else { return };
-            // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` is
-            // ever written, so its counters stay zero.
-            unsafe { (*init).comm = task::leader_comm::<D>(next) };
-            // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
-            // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
-            let _ = PROC_STATS.insert(&st.tgid, unsafe { &*init }, BPF_NOEXIST as u64);
-            match PROC_STATS.get_ptr_mut(&st.tgid) {
-                Some(p) => p,
-                None => {
-                    output::count_drop(DropCause::SchedAggregate);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: pointer into our own map value, valid for this invocation.
-    let ps = unsafe { &mut *ps };
+    let Some(ps) = proc_stats::<D>(st.tgid, next) else { return };
     if dropped {
         counters::atomic_add(&mut ps.dropped_records, 1);
     }
@@ -423,6 +413,72 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
         counters::add_stat(&mut ps.stats[2], c[2]);
     }
     counters::add_stat(&mut ps.stats[STAT_EPISODE], duration);
+}
+
+/// The aggregate of process `tgid`, created (named after `task`'s group leader) on first use.
+/// None, counted as a drop, when the map is full of entries being updated.
+#[inline(always)]
+fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+    let ps = match PROC_STATS.get_ptr_mut(&tgid) {
+        Some(p) => p,
+        None => {
+            let init = PROC_STATS_INIT.get_ptr_mut(0)?;
+            // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` is
+            // ever written, so its counters stay zero.
+            unsafe { (*init).comm = task::leader_comm::<D>(task) };
+            // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
+            // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
+            let _ = PROC_STATS.insert(&tgid, unsafe { &*init }, BPF_NOEXIST as u64);
+            match PROC_STATS.get_ptr_mut(&tgid) {
+                Some(p) => p,
+                None => {
+                    output::count_drop(DropCause::SchedAggregate);
+                    return None;
+                }
+            }
+        }
+    };
+    // SAFETY: pointer into our own map value, valid for this program invocation (the
+    // 'static is the verifier's lifetime of a map value, not a promise to keep it longer).
+    Some(unsafe { &mut *ps })
+}
+
+/// Charges the hypervisor steal this CPU accrued since its last context switch to `prev`, the
+/// thread that was running through it: the vCPU was descheduled by the host while `prev` held
+/// it, so `prev` stood still although the guest saw it running. A halted (idle) vCPU accrues
+/// no steal, so nearly all of it lands on a running thread. Threads waiting in this CPU's run
+/// queue meanwhile were delayed too; their wait is already counted as run-queue wait.
+///
+/// The fast path (no new steal) is one per-CPU array load, one `rq` load and a compare.
+#[inline(always)]
+fn charge_steal<const D: bool>(rq: TaskPtr, prev: TaskPtr) {
+    let Some(now) = task::rq_steal::<D>(rq) else { return };
+    let Some(last) = CPU_STEAL.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; sched_switch runs with the run-queue lock held and preemption
+    // off, so no other program touches it meanwhile.
+    let slot = unsafe { &mut *last };
+    let before = slot.last_ns;
+    if now == before {
+        return;
+    }
+    slot.last_ns = now;
+    // First reading on this CPU: everything since boot is not ours to charge.
+    if before == 0 {
+        slot.first_ns = now;
+        return;
+    }
+    // The counter went backwards (never expected): start again from here.
+    if now < before {
+        slot.first_ns = now;
+        return;
+    }
+    let Some((tid, tgid)) = task::ids::<D>(prev) else { return };
+    if tid == 0 || !is_traced(tgid) {
+        return;
+    }
+    if let Some(ps) = proc_stats::<D>(tgid, prev) {
+        counters::add_stat(&mut ps.stats[STAT_STEAL], now - before);
+    }
 }
 
 // ---- cost calibration (attached only with --bpf-stats)

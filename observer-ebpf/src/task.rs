@@ -76,17 +76,31 @@ pub fn leader_comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
     }
 }
 
-/// `task->se.cfs_rq->rq->clock`: the run-queue clock of the CPU the task is queued on, in
-/// sched_clock nanoseconds. None when the chain is not configured or a load faulted (a
-/// PROBE_MEM load that faults yields 0).
+/// `task->se.cfs_rq->rq`: the run queue the task is on (or being queued on). None when the
+/// chain is not configured or a load faulted (a PROBE_MEM load that faults yields 0).
 #[inline(always)]
-pub fn rq_clock<const DIRECT: bool>(task: TaskPtr) -> Option<u64> {
-    if config::rq_clock_off() == 0 {
+pub fn rq<const DIRECT: bool>(task: TaskPtr) -> Option<TaskPtr> {
+    if config::cfs_rq_rq_off() == 0 {
         return None;
     }
-    let cfs_rq = read::<DIRECT, TaskPtr>(task, config::task_cfs_rq_off())?;
-    let rq = read::<DIRECT, TaskPtr>(cfs_rq, config::cfs_rq_rq_off())?;
+    let cfs_rq = read::<DIRECT, TaskPtr>(task, config::task_cfs_rq_off()).filter(|p| !p.is_null())?;
+    read::<DIRECT, TaskPtr>(cfs_rq, config::cfs_rq_rq_off()).filter(|p| !p.is_null())
+}
+
+/// `rq->clock`: the run-queue clock, in sched_clock nanoseconds.
+#[inline(always)]
+pub fn rq_clock<const DIRECT: bool>(rq: TaskPtr) -> Option<u64> {
     read::<DIRECT, u64>(rq, config::rq_clock_off()).filter(|&t| t != 0)
+}
+
+/// `rq->prev_steal_time_rq`: the CPU's cumulative hypervisor steal (ns) as last folded into
+/// the run-queue clock. None when not configured, unreadable, or still zero.
+#[inline(always)]
+pub fn rq_steal<const DIRECT: bool>(rq: TaskPtr) -> Option<u64> {
+    if config::rq_steal_off() == 0 {
+        return None;
+    }
+    read::<DIRECT, u64>(rq, config::rq_steal_off()).filter(|&t| t != 0)
 }
 
 /// `task->parent`: the real parent, or the tracer while the task is ptraced.

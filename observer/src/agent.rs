@@ -1010,6 +1010,7 @@ pub async fn run(
     st.drain_all(ring.get_mut(), &mut out);
     st.clock = WallClock::sample();
     st.on_harvest(&mut harvester);
+    let steal_clock = harvester.steal_clock();
     st.release_stops(None, &mut out);
     st.release_steps(None, &mut out);
     let host_events_dropped = control.as_ref().map_or(0, |c| {
@@ -1079,6 +1080,14 @@ pub async fn run(
                     &st.host.host_verdicts,
                     st.host.local_lines_suppressed,
                 );
+            }
+            if steal_clock.iter().any(|c| c.last_ns > 0) {
+                let charged = st
+                    .table
+                    .iter()
+                    .map(|p| p.stat(observer_common::STAT_STEAL).total_ns)
+                    .sum();
+                w.steal_attribution(&st.clock, &steal_clock, charged);
             }
             w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
             w.flush();

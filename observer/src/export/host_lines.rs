@@ -188,6 +188,35 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("host", to.ts_mono_ns, clock, body);
     }
 
+    /// How the hypervisor steal the scheduler saw was attributed (`event: "steal_attribution"`,
+    /// at exit): per CPU, the scheduler's steal clock (`rq->prev_steal_time_rq`, ns since
+    /// boot) at the last context switch and the steal seen since the first; then how much of
+    /// it was charged to traced processes, the rest having accrued under idle, untraced
+    /// processes or pausewatch itself.
+    pub fn steal_attribution(
+        &mut self,
+        clock: &WallClock,
+        per_cpu: &[observer_common::CpuSteal],
+        charged_ns: u64,
+    ) {
+        let seen: u64 = per_cpu
+            .iter()
+            .map(|c| c.last_ns.saturating_sub(c.first_ns))
+            .sum();
+        let body = json!({
+            "event": "steal_attribution",
+            "per_cpu_sched_steal_ns": per_cpu.iter().map(|c| c.last_ns).collect::<Vec<_>>(),
+            "per_cpu_seen_ns": per_cpu
+                .iter()
+                .map(|c| c.last_ns.saturating_sub(c.first_ns))
+                .collect::<Vec<_>>(),
+            "seen_ns": seen,
+            "charged_ns": charged_ns,
+            "unattributed_ns": seen.saturating_sub(charged_ns),
+        });
+        self.line("host", WallClock::mono_now(), clock, body);
+    }
+
     /// Late wakes of the control sleeper over the run, by verdict (`event: "late_wakes"`).
     pub fn late_wakes(
         &mut self,

@@ -2,7 +2,7 @@
 //! `host`, `ts_mono_ns`, `wall_ns` and `wall_err_ns`.
 use std::io::Write;
 
-use observer_common::{Component, DropCause, NUM_DROP_CAUSES, STAT_EPISODE};
+use observer_common::{Component, DropCause, NUM_DROP_CAUSES, STAT_EPISODE, STAT_STEAL};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -409,6 +409,7 @@ impl<W: Write> NdjsonWriter<W> {
             "signals_received": p.signals,
             "gc": stat_json(&p.gc),
             "gc_collections": p.gc_collections,
+            "steal_est": stat_json(&p.stat(STAT_STEAL)),
             "timeout_advice": advice,
             "memory": super::memory_lines::memory_json(p),
             "net": net.map(|n| json!({

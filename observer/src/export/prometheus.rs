@@ -33,6 +33,7 @@ pub type Shared = Arc<Mutex<Metrics>>;
 pub const FAMILIES: &[(&str, MetricType)] = &[
     ("pausewatch_pause_seconds", MetricType::Histogram),
     ("pausewatch_episode_seconds", MetricType::Histogram),
+    ("pausewatch_process_steal_seconds", MetricType::Histogram),
     ("pausewatch_blocked_seconds", MetricType::Counter),
     ("pausewatch_retransmits", MetricType::Counter),
     ("pausewatch_retransmit_delay_seconds", MetricType::Counter),
@@ -183,6 +184,19 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
             for (s, l) in &series {
                 if s.episodes.count > 0 {
                     histogram(e, l, &s.episodes)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_process_steal_seconds",
+        "Hypervisor steal charged to the process's running threads (an estimate: a CPU's steal between two context switches, charged to the thread that held it; one sample per such run)",
+        |e| {
+            for (s, l) in &series {
+                if s.steal.count > 0 {
+                    histogram(e, l, &s.steal)?;
                 }
             }
             Ok(())
@@ -508,7 +522,8 @@ mod tests {
         let mut m = Metrics::new(8, true);
         let mut stats: [Aggregate; observer_common::NUM_STATS] = Default::default();
         stats[0].record(2_000_000);
-        stats[observer_common::NUM_STATS - 1].record(2_000_000);
+        stats[observer_common::STAT_EPISODE].record(2_000_000);
+        stats[observer_common::STAT_STEAL].record(30_000_000);
         m.on_process(
             42,
             "we\"ird",
@@ -536,6 +551,16 @@ mod tests {
                 r#"pausewatch_episode_seconds_count{comm="we\"ird",cgroup="/a",pid="42"} 1"#
             ),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"pausewatch_process_steal_seconds_sum{comm="we\"ird",cgroup="/a",pid="42"} 0.03"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"pausewatch_pause_seconds_count{comm="we\"ird",cgroup="/a",pid="42",cause="steal"}"#),
+            "steal is not a pause phase: {text}"
         );
     }
 }

@@ -9,7 +9,9 @@
 //! `other` series only ever grows, so `rate()` is right across admissions and retirements.
 use std::collections::{BTreeMap, HashMap};
 
-use observer_common::{BlockReason, Component, NUM_BLOCK_REASONS, NUM_DROP_CAUSES, NUM_STATS};
+use observer_common::{
+    BlockReason, Component, NUM_BLOCK_REASONS, NUM_DROP_CAUSES, NUM_STATS, STAT_EPISODE, STAT_STEAL,
+};
 
 use super::{
     correlate::Incident, gc::GcPause, hiccup::HostPause, memory::Stall, net::Retransmit,
@@ -50,6 +52,8 @@ pub struct Series {
     pub gc: Aggregate,
     /// Whole thread episodes.
     pub episodes: Aggregate,
+    /// Hypervisor steal charged to the running threads (an estimate; `STAT_STEAL`).
+    pub steal: Aggregate,
     /// Blocked time by `BlockReason`.
     pub blocked_ns: [u64; NUM_BLOCK_REASONS],
     /// Retransmissions by mode name, and the delay they are estimated to have added.
@@ -143,7 +147,7 @@ impl Metrics {
     /// (`ProcessEntry::growth_marker`): then `on_process` would add nothing.
     pub fn unchanged(&self, pid: u32, (episodes, blocked_ns): (u64, u64)) -> bool {
         self.seen.get(&pid).is_some_and(|s| {
-            s.stats[NUM_STATS - 1].count == episodes
+            s.stats[STAT_EPISODE].count + s.stats[STAT_STEAL].count == episodes
                 && s.blocked.iter().map(|b| b.total_ns).sum::<u64>() == blocked_ns
         })
     }
@@ -177,10 +181,10 @@ impl Metrics {
         }
         let s = self.series_for(pid, comm, &cg, now_ns);
         for (i, d) in deltas.iter().enumerate() {
-            if i < s.phases.len() {
-                s.phases[i].merge(d);
-            } else {
-                s.episodes.merge(d);
+            match i {
+                STAT_EPISODE => s.episodes.merge(d),
+                STAT_STEAL => s.steal.merge(d),
+                _ => s.phases[i].merge(d),
             }
         }
         for (b, d) in s.blocked_ns.iter_mut().zip(blocked_delta) {
@@ -292,7 +296,7 @@ mod tests {
         let mut s: [Aggregate; NUM_STATS] = Default::default();
         for &v in runq {
             s[0].record(v);
-            s[NUM_STATS - 1].record(v);
+            s[STAT_EPISODE].record(v);
         }
         s
     }
@@ -336,6 +340,23 @@ mod tests {
         }];
         assert_eq!((s.phases[0].count, s.phases[0].total_ns), (2, 3_000_000));
         assert_eq!(s.episodes.count, 2);
+        assert_eq!(s.steal.count, 0);
+    }
+
+    #[test]
+    fn steal_is_its_own_series_and_counts_as_growth() {
+        let mut m = Metrics::new(10, false);
+        let mut s = stats(&[4]);
+        m.on_process(1, "busy", &s, &none_blocked(), || "/".into(), 0);
+        assert!(m.unchanged(1, (1, 0)));
+        // A busy thread that never waits: only its steal grows.
+        s[STAT_STEAL].record(3_000_000);
+        assert!(m.unchanged(1, (1, 0)), "not yet seen");
+        m.on_process(1, "busy", &s, &none_blocked(), || "/".into(), 1);
+        assert!(m.unchanged(1, (2, 0)), "episodes + steal samples");
+        let series = m.series.values().next().unwrap();
+        assert_eq!((series.steal.count, series.steal.total_ns), (1, 3_000_000));
+        assert_eq!((series.episodes.count, series.phases[0].count), (1, 1));
     }
 
     #[test]

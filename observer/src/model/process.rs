@@ -6,7 +6,7 @@
 //! `base`, so totals never go backwards and nothing already counted is lost.
 use std::collections::HashMap;
 
-use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE};
+use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE, STAT_STEAL};
 
 use super::{
     episode::Episode,
@@ -64,7 +64,11 @@ impl ProcessEntry {
     /// (episodes, blocked ns) so far: grows whenever the process's pause totals do, read
     /// without copying them (the metrics skip processes whose totals did not grow).
     pub fn growth_marker(&self) -> (u64, u64) {
-        let episodes = self.base[STAT_EPISODE].count + self.current[STAT_EPISODE].count;
+        // Steal samples grow independently of episodes (a busy thread that never waits).
+        let episodes = [STAT_EPISODE, STAT_STEAL]
+            .iter()
+            .map(|&i| self.base[i].count + self.current[i].count)
+            .sum();
         let blocked = self
             .mem_base
             .blocked
@@ -124,8 +128,12 @@ impl ProcessTable {
     pub fn apply_snapshot(&mut self, pid: u32, comm: &str, s: &ProcStats) {
         let e = self.entry(pid);
         let fresh: [Aggregate; NUM_STATS] = std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
-        if fresh[STAT_EPISODE].count < e.current[STAT_EPISODE].count {
-            // The kernel entry was recreated since the last read (LRU eviction).
+        // Counts only grow while the kernel entry lives: any shrinking means it was recreated
+        // since the last read (LRU eviction). A busy process may have only steal samples.
+        if [STAT_EPISODE, STAT_STEAL]
+            .iter()
+            .any(|&i| fresh[i].count < e.current[i].count)
+        {
             e.fold_current_into_base();
         }
         e.current = fresh;
@@ -203,6 +211,11 @@ impl ProcessTable {
         self.entries.is_empty()
     }
 
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &ProcessEntry> {
+        self.entries.values()
+    }
+
     /// Entries sorted by pid.
     pub fn sorted(&self) -> Vec<&ProcessEntry> {
         let mut v: Vec<_> = self.entries.values().collect();
@@ -256,6 +269,26 @@ mod tests {
         let s = t.get(1).unwrap().stat(STAT_EPISODE);
         assert_eq!((s.count, s.total_ns), (6, 430));
         assert_eq!(s.hist.iter().sum::<u64>(), 6);
+    }
+
+    #[test]
+    fn a_recreated_entry_with_only_steal_is_noticed() {
+        let mut t = ProcessTable::new(10);
+        let mut a = snap(3, 300);
+        a.stats[STAT_STEAL].count = 4;
+        a.stats[STAT_STEAL].total_ns = 40;
+        t.apply_snapshot(1, "busy", &a);
+        // Evicted and recreated: same episode count, fewer steal samples.
+        let mut b = snap(3, 300);
+        b.stats[STAT_STEAL].count = 1;
+        b.stats[STAT_STEAL].total_ns = 7;
+        t.apply_snapshot(1, "busy", &b);
+        let p = t.get(1).unwrap();
+        assert_eq!(
+            (p.stat(STAT_STEAL).count, p.stat(STAT_STEAL).total_ns),
+            (5, 47)
+        );
+        assert_eq!(p.growth_marker(), (6 + 5, 0));
     }
 
     #[test]

@@ -290,6 +290,9 @@ pub struct RqClockOffsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
+    /// `rq.prev_steal_time_rq`, present with CONFIG_PARAVIRT_TIME_ACCOUNTING: the hypervisor
+    /// steal the scheduler has taken out of the task clock. 0: absent.
+    pub rq_steal: u32,
 }
 
 impl RqClockOffsets {
@@ -299,6 +302,7 @@ impl RqClockOffsets {
                 + btf.member_offset("sched_entity", "cfs_rq")?,
             cfs_rq_rq: btf.member_offset("cfs_rq", "rq")?,
             rq_clock: btf.member_offset("rq", "clock")?,
+            rq_steal: btf.member_offset("rq", "prev_steal_time_rq").unwrap_or(0),
         })
     }
 }
@@ -481,6 +485,8 @@ mod tests {
         assert!(id.task_parent > 0 && id.task_cred > 0, "{id:?}");
         let rq = RqClockOffsets::from_btf(&btf).unwrap();
         assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
+        // Our machines are built with CONFIG_PARAVIRT_TIME_ACCOUNTING (design notes).
+        assert!(rq.rq_steal > 0, "{rq:?}");
     }
 }
 

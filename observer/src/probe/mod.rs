@@ -201,12 +201,18 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     // Zeros make the programs read bpf_ktime_get_ns instead of the run-queue clock.
     let rq = btf::RqClockOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
         notices.push(format!("run-queue clock not reachable through BTF ({e}); timing with bpf_ktime_get_ns, which costs more per event"));
-        btf::RqClockOffsets { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 }
+        btf::RqClockOffsets { task_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0, rq_steal: 0 }
     });
-    let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off) = (
+    if rq.rq_clock != 0 && rq.rq_steal == 0 {
+        notices.push(
+            "steal per process not observed: the kernel has no rq.prev_steal_time_rq (built without CONFIG_PARAVIRT_TIME_ACCOUNTING); host steal is still sampled from /proc/stat".to_string(),
+        );
+    }
+    let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off, rq_steal_off) = (
         u64::from(rq.task_cfs_rq),
         u64::from(rq.cfs_rq_rq),
         u64::from(rq.rq_clock),
+        u64::from(rq.rq_steal),
     );
     // Zeros: tracers and uids read as unknown (uid u32::MAX reads as "unknown" in userspace).
     let id = btf::IdentityOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
@@ -296,6 +302,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
         .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
         .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
+        .override_global("RQ_STEAL_OFF", &rq_steal_off, true)
         .override_global("TASK_PARENT_OFF", &task_parent_off, true)
         .override_global("TASK_CRED_OFF", &task_cred_off, true)
         .override_global("CRED_UID_OFF", &cred_uid_off, true)

@@ -4,12 +4,13 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use observer_common::{NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
+use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
 
 pub struct Harvester {
     procs: BpfHashMap<MapData, u32, ProcStats>,
     mem: BpfHashMap<MapData, u32, ProcMem>,
     drops: PerCpuArray<MapData, u64>,
+    cpu_steal: PerCpuArray<MapData, CpuSteal>,
 }
 
 /// One read of the kernel's aggregates.
@@ -33,7 +34,25 @@ impl Harvester {
         )?;
         let mem = BpfHashMap::try_from(ebpf.take_map("PROC_MEM").context("map PROC_MEM missing")?)?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
-        Ok(Self { procs, mem, drops })
+        let cpu_steal = PerCpuArray::try_from(
+            ebpf.take_map("CPU_STEAL")
+                .context("map CPU_STEAL missing")?,
+        )?;
+        Ok(Self {
+            procs,
+            mem,
+            drops,
+            cpu_steal,
+        })
+    }
+
+    /// The scheduler's steal clock per CPU (index = CPU) at the first and latest context switch
+    /// the programs saw; empty when unreadable.
+    pub fn steal_clock(&self) -> Vec<CpuSteal> {
+        self.cpu_steal
+            .get(&0, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Reads every aggregate; entries of processes that no longer exist are deleted after this

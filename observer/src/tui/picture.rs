@@ -15,10 +15,15 @@ use crate::{
     },
 };
 
-/// Causes in the table, in column order: the thread components, gc, then the network.
-pub const CAUSE_NAMES: [&str; CAUSES + 1] = ["runq", "blocked", "stopped", "gc", "net"];
+/// Causes in the table, in column order: the thread components, gc, hypervisor steal charged
+/// to the running threads (an estimate), then the network.
+pub const CAUSE_NAMES: [&str; COLUMNS] = ["runq", "blocked", "stopped", "gc", "steal", "net"];
+/// Number of cause columns.
+pub const COLUMNS: usize = CAUSES + 2;
+/// Index of the hypervisor steal (`STAT_STEAL`) in `Row::cause_ns`.
+pub const STEAL: usize = CAUSES;
 /// Index of the network (estimated retransmission delay) in `Row::cause_ns`.
-pub const NET: usize = CAUSES;
+pub const NET: usize = CAUSES + 1;
 
 /// What kind of thing a mark on the timeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +184,7 @@ pub struct Row {
     /// The last window.
     pub window: Option<WindowStats>,
     /// Since the start, per `CAUSE_NAMES` (net: estimated delay of retransmissions).
-    pub cause_ns: [u64; CAUSES + 1],
+    pub cause_ns: [u64; COLUMNS],
     pub retransmits: u64,
     /// Leases held now, and the worst risk among them ("expired", "at risk", "ok").
     pub leases: u32,
@@ -379,11 +384,12 @@ pub fn from_agent(st: &AgentState, windows: &Windows, header: Header) -> Picture
         .map(|p| {
             let pauses = p.pauses();
             let net = st.host.net.of(p.pid);
-            let mut cause_ns = [0u64; CAUSES + 1];
+            let mut cause_ns = [0u64; COLUMNS];
             for c in Component::ALL {
                 cause_ns[c as usize] = p.stat(c as usize).total_ns;
             }
             cause_ns[GC] = p.gc.total_ns;
+            cause_ns[STEAL] = p.stat(observer_common::STAT_STEAL).total_ns;
             cause_ns[NET] = net.map_or(0, |n| n.total.delay_est_ns);
             Row {
                 pid: p.pid,
@@ -477,6 +483,7 @@ pub fn agent_detail(st: &AgentState, pic: &Picture, pid: u32) -> Option<Detail> 
         hists.push((c.name(), p.stat(c as usize)));
     }
     hists.push(("gc", p.gc.clone()));
+    hists.push(("steal", p.stat(observer_common::STAT_STEAL)));
     Some(Detail {
         pid,
         comm: p.comm.clone(),

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::{
     picture::{
-        self, CAUSE_NAMES, Detail, Header, Hists, Lane, LeaseRow, Mark, NET, Picture, Row,
-        SocketRow,
+        self, CAUSE_NAMES, COLUMNS, Detail, Header, Hists, Lane, LeaseRow, Mark, NET, Picture, Row,
+        STEAL, SocketRow,
     },
     report::ReportInput,
 };
@@ -37,7 +37,7 @@ struct Item {
     /// Contribution to the process's causes (`CAUSE_NAMES` order); `counts`: whether it is
     /// a pause of its own (thread episodes and stop-the-worlds; process stops are another
     /// view of thread episodes and are not counted again).
-    parts: [u64; CAUSES + 1],
+    parts: [u64; COLUMNS],
     counts: bool,
     /// Clock steps: the step.
     step_ns: Option<i64>,
@@ -59,7 +59,7 @@ fn endpoint(v: &Value) -> String {
 
 /// What one line adds to the timeline: lane, (start, end), cause parts, whether it is a pause
 /// of its own, text.
-type Contribution = (Lane, (u64, u64), [u64; CAUSES + 1], bool, String);
+type Contribution = (Lane, (u64, u64), [u64; COLUMNS], bool, String);
 
 /// A process as its `summary` line gave it.
 #[derive(Debug, Clone)]
@@ -186,7 +186,7 @@ impl Replay {
         match e.kind.as_str() {
             "pause" => {
                 let c = &v["components"];
-                let mut parts = [0u64; CAUSES + 1];
+                let mut parts = [0u64; COLUMNS];
                 let mut named = Vec::new();
                 for comp in Component::ALL {
                     let ns = u(c, &format!("{}_ns", comp.name())).unwrap_or(0);
@@ -219,13 +219,13 @@ impl Replay {
                 out = Some((
                     Lane::Stop,
                     span(u(v, "start_mono_ns"), u(v, "duration_ns")),
-                    [0; CAUSES + 1],
+                    [0; COLUMNS],
                     false,
                     s(v, "description").to_string(),
                 ))
             }
             "gc" => {
-                let mut parts = [0u64; CAUSES + 1];
+                let mut parts = [0u64; COLUMNS];
                 parts[GC] = u(v, "duration_ns").unwrap_or(0);
                 out = Some((
                     Lane::Gc,
@@ -239,13 +239,13 @@ impl Replay {
                 out = Some((
                     Lane::Incident,
                     span(None, None),
-                    [0; CAUSES + 1],
+                    [0; COLUMNS],
                     false,
                     format!("{}: {}", s(v, "kind"), s(v, "message")),
                 ))
             }
             "retransmit" => {
-                let mut parts = [0u64; CAUSES + 1];
+                let mut parts = [0u64; COLUMNS];
                 parts[NET] = u(v, "delay_est_ns").unwrap_or(0);
                 out = Some((
                     Lane::Retransmit,
@@ -259,7 +259,7 @@ impl Replay {
                 out = Some((
                     Lane::HostPause,
                     span(u(v, "start_mono_ns"), u(v, "duration_ns")),
-                    [0; CAUSES + 1],
+                    [0; COLUMNS],
                     false,
                     s(v, "description").to_string(),
                 ));
@@ -268,7 +268,7 @@ impl Replay {
                 out = Some((
                     Lane::ClockStep,
                     span(None, None),
-                    [0; CAUSES + 1],
+                    [0; COLUMNS],
                     false,
                     s(v, "description").to_string(),
                 ));
@@ -371,7 +371,7 @@ impl Replay {
         let mut all = episodes.clone();
         all.merge(&gc);
         let mut hists = vec![("all", all.clone())];
-        let mut cause_ns = [0u64; CAUSES + 1];
+        let mut cause_ns = [0u64; COLUMNS];
         for c in Component::ALL {
             let a = aggregate(&v["components"][c.name()]);
             cause_ns[c as usize] = a.total_ns;
@@ -379,6 +379,10 @@ impl Replay {
         }
         cause_ns[GC] = gc.total_ns;
         hists.push(("gc", gc));
+        // Absent from recordings made before steal was charged to processes: zero.
+        let steal = aggregate(&v["steal_est"]);
+        cause_ns[STEAL] = steal.total_ns;
+        hists.push(("steal", steal));
         cause_ns[NET] = u(&v["net"], "delay_est_ns").unwrap_or(0);
         if let Some(m) = v.get("memory").filter(|m| !m.is_null()) {
             let blocked: Vec<String> = m["blocked_by_reason"]
@@ -437,7 +441,7 @@ impl Replay {
     /// Rows, per-process histograms and marks as of the playhead `t`.
     fn rows_at(&self, t: u64) -> (Vec<Row>, BTreeMap<u32, Hists>) {
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
-        let mut hists: BTreeMap<u32, [Aggregate; CAUSES + 1]> = BTreeMap::new();
+        let mut hists: BTreeMap<u32, [Aggregate; COLUMNS]> = BTreeMap::new();
         let mut window: BTreeMap<u32, Aggregate> = BTreeMap::new();
         let win_start = t.saturating_sub(WINDOW_NS);
         for it in self.items.iter().take_while(|i| i.mark.start_mono_ns <= t) {

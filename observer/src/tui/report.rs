@@ -198,10 +198,10 @@ pub fn text(r: &ReportInput) -> String {
             .enumerate()
             .filter(|(i, _)| row.cause_ns[*i] > 0)
             .map(|(i, name)| {
-                let label = if i == picture::NET {
-                    "net (est.)"
-                } else {
-                    name
+                let label = match i {
+                    picture::NET => "net (est.)",
+                    picture::STEAL => "steal (est.)",
+                    _ => name,
                 };
                 format!("{label} {}", fmt_ns(row.cause_ns[i]))
             })

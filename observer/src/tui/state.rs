@@ -25,7 +25,7 @@ pub enum SortKey {
 }
 
 impl SortKey {
-    const CYCLE: [SortKey; 11] = [
+    const CYCLE: [SortKey; 12] = [
         SortKey::Total,
         SortKey::PausesPerS,
         SortKey::P99,
@@ -35,6 +35,7 @@ impl SortKey {
         SortKey::Cause(2),
         SortKey::Cause(3),
         SortKey::Cause(4),
+        SortKey::Cause(5),
         SortKey::Pid,
         SortKey::Comm,
     ];
@@ -290,7 +291,7 @@ mod tests {
             pid,
             comm: comm.into(),
             total_ns: total,
-            cause_ns: [total - gc, 0, 0, gc, 0],
+            cause_ns: [total - gc, 0, 0, gc, 0, 0],
             window: Some(WindowStats {
                 per_s: pid as f64,
                 ..Default::default()

@@ -13,7 +13,7 @@ use crate::model::stats::Aggregate;
 pub use crate::model::units::{fmt_ns, fmt_short};
 
 use super::{
-    picture::{Detail, Lane, Mark, Picture, Row},
+    picture::{COLUMNS, Detail, Lane, Mark, Picture, Row},
     state::{Mode, UiState},
 };
 
@@ -217,6 +217,19 @@ fn footer_line(pic: &Picture, ui: &UiState, theme: Theme) -> Line<'static> {
     Line::from(spans)
 }
 
+/// Table titles and colours of the cause columns (`CAUSE_NAMES` order).
+const CAUSE_TITLES: [&str; COLUMNS] = ["RUNQ", "BLKD", "STOP", "GC", "STL", "NET"];
+const CAUSE_COLOURS: [Color; COLUMNS] = [
+    Color::Yellow,
+    Color::Magenta,
+    Color::Red,
+    Color::Cyan,
+    Color::LightBlue,
+    Color::Green,
+];
+/// Terminal width from which every cause column is shown.
+const WIDE_TABLE: u16 = 90;
+
 fn share(r: &Row, i: usize) -> String {
     match r.share(i) {
         Some(s) if r.cause_ns[i] > 0 => format!("{:.0}%", 100.0 * s),
@@ -238,6 +251,11 @@ fn table(f: &mut Frame, area: Rect, pic: &Picture, ui: &UiState, theme: Theme) {
         f.render_widget(Paragraph::new(msg), area);
         return;
     }
+    // Every cause column fits from 90 columns up; narrower, the causes no visible process has
+    // give their room to COMM.
+    let causes: Vec<usize> = (0..COLUMNS)
+        .filter(|&i| area.width >= WIDE_TABLE || rows.iter().any(|r| r.cause_ns[i] > 0))
+        .collect();
     let body: Vec<TRow> = rows
         .iter()
         .map(|r| {
@@ -263,7 +281,7 @@ fn table(f: &mut Frame, area: Rect, pic: &Picture, ui: &UiState, theme: Theme) {
             } else {
                 r.comm.clone()
             };
-            TRow::new(vec![
+            let mut cells = vec![
                 Cell::from(r.pid.to_string()),
                 Cell::from(comm),
                 Cell::from(if r.window.is_some() {
@@ -278,34 +296,31 @@ fn table(f: &mut Frame, area: Rect, pic: &Picture, ui: &UiState, theme: Theme) {
                     "-".into()
                 }),
                 Cell::from(fmt_short(r.total_ns)),
-                Cell::from(share(r, 0)).style(theme.fg(Color::Yellow)),
-                Cell::from(share(r, 1)).style(theme.fg(Color::Magenta)),
-                Cell::from(share(r, 2)).style(theme.fg(Color::Red)),
-                Cell::from(share(r, 3)).style(theme.fg(Color::Cyan)),
-                Cell::from(share(r, 4)).style(theme.fg(Color::Green)),
-                Cell::from(lease).style(lease_style),
-            ])
+            ];
+            cells.extend(
+                causes
+                    .iter()
+                    .map(|&i| Cell::from(share(r, i)).style(theme.fg(CAUSE_COLOURS[i]))),
+            );
+            cells.push(Cell::from(lease).style(lease_style));
+            TRow::new(cells)
         })
         .collect();
-    let widths = [
+    let mut widths = vec![
         Constraint::Length(7),
         Constraint::Max(15),
         Constraint::Length(5),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(6),
-        Constraint::Length(4),
-        Constraint::Length(4),
-        Constraint::Length(4),
-        Constraint::Length(4),
-        Constraint::Length(4),
-        Constraint::Min(7),
     ];
-    let head = TRow::new([
-        "PID", "COMM", "PSE/S", "P99", "MAX", "TOTAL", "RUNQ", "BLKD", "STOP", "GC", "NET",
-        "LEASES",
-    ])
-    .style(Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED));
+    widths.extend(causes.iter().map(|_| Constraint::Length(4)));
+    widths.push(Constraint::Min(7));
+    let mut titles = vec!["PID", "COMM", "PSE/S", "P99", "MAX", "TOTAL"];
+    titles.extend(causes.iter().map(|&i| CAUSE_TITLES[i]));
+    titles.push("LEASES");
+    let head =
+        TRow::new(titles).style(Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED));
     let table = Table::new(body, widths)
         .header(head)
         .column_spacing(1)
@@ -535,7 +550,7 @@ const HELP: &[&str] = &[
     "  t / Tab     timeline of pauses, incidents, clock steps",
     "  Esc         back; in the table: clear the filter",
     "  /           filter: name, pid, or cause (runq, blocked,",
-    "              stopped, gc, net)",
+    "              stopped, gc, steal, net)",
     "  s / S       next / previous sort column; r reverse",
     "  f / space   freeze the picture",
     "  + / -       timeline span shorter / longer",
@@ -543,8 +558,10 @@ const HELP: &[&str] = &[
     "  q / Ctrl-C  quit (prints the report)",
     "",
     "Columns: PSE/S, P99, MAX are the last window; TOTAL and the",
-    "cause shares are since the start; NET is the estimated delay",
-    "of TCP retransmissions. † marks an exited process.",
+    "cause shares are since the start. STL is hypervisor steal",
+    "charged to the threads that ran (an estimate); NET is the",
+    "estimated delay of TCP retransmissions. † marks an exited",
+    "process.",
 ];
 
 fn help(f: &mut Frame, area: Rect, unobserved: &[String]) {
@@ -601,7 +618,7 @@ pub(crate) mod tests {
 
     /// A picture of a host where a lease holder was stopped past its deadline.
     pub(crate) fn picture() -> Picture {
-        let row = |pid, comm: &str, total, causes: [u64; 5], window: Option<WindowStats>| Row {
+        let row = |pid, comm: &str, total, causes: [u64; 6], window: Option<WindowStats>| Row {
             pid,
             comm: comm.into(),
             exited: pid == 900,
@@ -611,7 +628,7 @@ pub(crate) mod tests {
             p99_ns: Some(total / 2),
             window,
             cause_ns: causes,
-            retransmits: if causes[4] > 0 { 3 } else { 0 },
+            retransmits: if causes[5] > 0 { 3 } else { 0 },
             leases: 0,
             lease_risk: None,
         };
@@ -629,24 +646,24 @@ pub(crate) mod tests {
                 868,
                 "client-A",
                 4 * S,
-                [10 * MS, 0, 4 * S - 10 * MS, 0, 0],
+                [10 * MS, 0, 4 * S - 10 * MS, 0, 0, 0],
                 win(0.3, 2 * MS),
             ),
             row(
                 1200,
                 "java",
                 900 * MS,
-                [50 * MS, 0, 0, 850 * MS, 0],
+                [50 * MS, 0, 0, 850 * MS, 20 * MS, 0],
                 win(12.5, 40 * MS),
             ),
             row(
                 77,
                 "postgres",
                 450 * MS,
-                [20 * MS, 400 * MS, 0, 0, 30 * MS],
+                [20 * MS, 400 * MS, 0, 0, 0, 30 * MS],
                 None,
             ),
-            row(900, "cron", 6 * MS, [6 * MS, 0, 0, 0, 0], None),
+            row(900, "cron", 6 * MS, [6 * MS, 0, 0, 0, 0, 0], None),
         ];
         let leases = vec![LeaseRow {
             name: "leader".into(),
@@ -784,6 +801,28 @@ pub(crate) mod tests {
             ..Default::default()
         };
         insta::assert_snapshot!(screen(100, 12, &picture(), &ui, None));
+    }
+
+    /// Narrower than 90 columns, causes no visible process has are hidden and COMM gets their
+    /// room; "java" has runq, gc and steal only.
+    #[test]
+    fn narrow_table_hides_empty_causes() {
+        let ui = UiState {
+            filter: "java".into(),
+            ..Default::default()
+        };
+        let text = screen(80, 8, &picture(), &ui, None);
+        let head = text.lines().find(|l| l.starts_with("PID")).unwrap();
+        let cols: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "PID", "COMM", "PSE/S", "P99", "MAX", "TOTAL", "RUNQ", "GC", "STL", "LEASES"
+            ],
+            "{text}"
+        );
+        let wide = screen(100, 8, &picture(), &ui, None);
+        assert!(wide.contains("STOP GC   STL  NET"), "{wide}");
     }
 
     #[test]
