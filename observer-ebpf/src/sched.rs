@@ -159,14 +159,28 @@ pub fn cpu() -> u32 {
 fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     // prev and next share this CPU's run queue.
     let rq = if uses_rq_clock::<D>() || config::rq_steal_off() != 0 { task::rq::<D>(next) } else { None };
-    let ts = if uses_rq_clock::<D>() { rq.and_then(task::rq_clock::<D>) } else { Some(now()) };
-    if let Some(rq) = rq {
-        charge_steal::<D>(rq, prev);
-    }
-    let Some(ts) = ts else { return };
+    let Some(ts) = (if uses_rq_clock::<D>() { rq.and_then(task::rq_clock::<D>) } else { Some(now()) }) else {
+        return;
+    };
+    // Every switch moves the CPU's steal baseline, whoever ran: steal under the idle task or
+    // an untraced process is not charged to the next traced one.
+    let stolen = match rq {
+        Some(rq) => steal_since_last_switch::<D>(rq),
+        None => 0,
+    };
     // Read once: switch_out names it as the preemptor, switch_in ends its episode.
     let next_tid = task::tid::<D>(next);
-    switch_out::<D, C>(ctx, ts, preempt, prev, next, next_tid, prev_state);
+    // The idle tasks are pid 0 on every CPU: never a victim, and never a shared key.
+    if let Some((prev_tid, prev_tgid)) = task::ids::<D>(prev) {
+        if prev_tid != 0 && is_traced(prev_tgid) {
+            if stolen > 0 {
+                if let Some(ps) = proc_stats::<D>(prev_tgid, prev) {
+                    counters::add_stat(&mut ps.stats[STAT_STEAL], stolen);
+                }
+            }
+            switch_out::<D, C>(ctx, ts, preempt, prev, prev_tid, prev_tgid, next, next_tid, prev_state);
+        }
+    }
     if let Some(tid) = next_tid {
         switch_in::<D>(ts, next, tid);
     }
@@ -201,15 +215,12 @@ fn switch_out<const D: bool, C: StackIdContext>(
     ts: u64,
     preempt: bool,
     prev: TaskPtr,
+    tid: u32,
+    tgid: u32,
     next: TaskPtr,
     next_tid: Option<u32>,
     prev_state: u32,
 ) {
-    // The idle tasks are pid 0 on every CPU: never a victim, and never a shared key.
-    let Some((tid, tgid)) = task::ids::<D>(prev) else { return };
-    if tid == 0 || !is_traced(tgid) {
-        return;
-    }
     let (phase, reason) = if preempt || prev_state == TASK_RUNNING {
         // Still runnable: preempted, or yielded/cond_resched'ed with work left. Waits like
         // this are what /proc/<pid>/schedstat's run_delay counts, as do we.
@@ -443,42 +454,32 @@ fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut Pr
     Some(unsafe { &mut *ps })
 }
 
-/// Charges the hypervisor steal this CPU accrued since its last context switch to `prev`, the
-/// thread that was running through it: the vCPU was descheduled by the host while `prev` held
-/// it, so `prev` stood still although the guest saw it running. A halted (idle) vCPU accrues
-/// no steal, so nearly all of it lands on a running thread. Threads waiting in this CPU's run
-/// queue meanwhile were delayed too; their wait is already counted as run-queue wait.
+/// The hypervisor steal this CPU accrued since its previous context switch, which the caller
+/// charges to `prev`, the thread that held the CPU through it: the host descheduled the vCPU
+/// under it, so it stood still although the guest saw it running. A halted (idle) vCPU
+/// accrues no steal, so nearly all of it lands on a running thread. Threads waiting in this
+/// CPU's run queue meanwhile were delayed too; their wait is already counted as run-queue wait.
 ///
 /// The fast path (no new steal) is one per-CPU array load, one `rq` load and a compare.
 #[inline(always)]
-fn charge_steal<const D: bool>(rq: TaskPtr, prev: TaskPtr) {
-    let Some(now) = task::rq_steal::<D>(rq) else { return };
-    let Some(last) = CPU_STEAL.get_ptr_mut(0) else { return };
+fn steal_since_last_switch<const D: bool>(rq: TaskPtr) -> u64 {
+    let Some(now) = task::rq_steal::<D>(rq) else { return 0 };
+    let Some(last) = CPU_STEAL.get_ptr_mut(0) else { return 0 };
     // SAFETY: this CPU's slot; sched_switch runs with the run-queue lock held and preemption
     // off, so no other program touches it meanwhile.
     let slot = unsafe { &mut *last };
     let before = slot.last_ns;
     if now == before {
-        return;
+        return 0;
     }
     slot.last_ns = now;
-    // First reading on this CPU: everything since boot is not ours to charge.
-    if before == 0 {
+    // First reading on this CPU (everything since boot is not ours to charge), or the counter
+    // went backwards (never expected): start again from here.
+    if before == 0 || now < before {
         slot.first_ns = now;
-        return;
+        return 0;
     }
-    // The counter went backwards (never expected): start again from here.
-    if now < before {
-        slot.first_ns = now;
-        return;
-    }
-    let Some((tid, tgid)) = task::ids::<D>(prev) else { return };
-    if tid == 0 || !is_traced(tgid) {
-        return;
-    }
-    if let Some(ps) = proc_stats::<D>(tgid, prev) {
-        counters::add_stat(&mut ps.stats[STAT_STEAL], now - before);
-    }
+    now - before
 }
 
 // ---- cost calibration (attached only with --bpf-stats)
