@@ -92,19 +92,42 @@ fn ddia_stale_write_is_caught_in_order() {
     );
     assert_eq!(r["client_a_exit"], 3, "A's stale write must be refused");
 
-    // 1. The lease expired while A was stopped, and pausewatch says by whom.
+    let cause = format!(
+        "stopped: SIGSTOP from pid {} (scenario, uid 0)",
+        r["scenario_pid"]
+    );
+    // 0. Caught live: as the deadline passed, while A was still stopped (before the SIGCONT
+    // that resumed it reached pausewatch), with who stopped it.
+    let live = position(&lines, "live lease_expired_during_pause", |v| {
+        v["type"] == "incident"
+            && v["kind"] == "lease_expired_during_pause"
+            && v["pid"] == a
+            && v["ongoing"] == true
+    });
+    let sigcont = position(&lines, "SIGCONT", |v| {
+        v["type"] == "signal" && v["signal"] == "SIGCONT" && v["pid"] == a
+    });
+    assert!(
+        live < sigcont,
+        "reported while A was stopped: {}",
+        lines[live]
+    );
+    let l = &lines[live];
+    assert_eq!(l["cause"], cause, "{l}");
+    assert!(l["pause"].is_null(), "{l}");
+
+    // 1. The lease expired while A was stopped, and pausewatch says by whom: the whole pause,
+    // completing the live incident.
     let expired = position(&lines, "lease_expired_during_pause", |v| {
-        v["type"] == "incident" && v["kind"] == "lease_expired_during_pause" && v["pid"] == a
+        v["type"] == "incident"
+            && v["kind"] == "lease_expired_during_pause"
+            && v["pid"] == a
+            && v["ongoing"] == false
     });
     let e = &lines[expired];
-    assert_eq!(
-        e["cause"],
-        format!(
-            "stopped: SIGSTOP from pid {} (scenario, uid 0)",
-            r["scenario_pid"]
-        ),
-        "{e}"
-    );
+    assert_eq!(e["follows"], l["id"], "{e}");
+    assert_eq!(e["deadline_mono_ns"], l["deadline_mono_ns"], "{e}");
+    assert_eq!(e["cause"], cause, "{e}");
     assert_eq!(e["scope"], "thread");
     // The deadline is the one A's last report set (its renew before the check), and it fell
     // inside the interval the scenario held A stopped.
@@ -184,6 +207,7 @@ fn ddia_stale_write_is_caught_in_order() {
     let summary = of_type(&lines, "lease_summary")
         .next()
         .expect("lease_summary");
+    // Counted once: the live incident is completed, not repeated.
     assert_eq!(summary["incidents"]["lease_expired_during_pause"], 1);
     assert_eq!(summary["incidents"]["acted_after_expiry"], 1);
 }

@@ -119,6 +119,8 @@ pub struct AgentState {
     pub corr: Correlator,
     /// Most recent incidents, newest last (bounded).
     pub recent_incidents: std::collections::VecDeque<Incident>,
+    /// Who stopped each stopped process, for live lease incidents.
+    pub stop_senders: crate::source::paused_now::StopSenders,
     /// Lease requests refused (malformed, not permitted, not held), by the agent.
     pub lease_errors: u64,
     /// Start time (clock ticks since boot) of each lease holder, to notice exit and pid reuse.
@@ -238,6 +240,7 @@ impl AgentState {
                 Ok(Record::Signal(r)) => {
                     let sig = Signal::from_record(&r);
                     self.table.note_signal(&sig);
+                    self.note_stop_sender(&sig);
                     if let Output::Json(w) = out {
                         w.signal(&self.clock, &sig);
                     }
@@ -351,9 +354,39 @@ impl AgentState {
         );
     }
 
+    /// Remembers who sent a delivered stop signal until SIGCONT, to name the stopper of a lease
+    /// holder whose lease expires while it is still stopped.
+    fn note_stop_sender(&mut self, sig: &Signal) {
+        const SIGCONT: u32 = 18;
+        // SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU; result 0: delivered.
+        if (19..=22).contains(&sig.sig) && sig.result == 0 {
+            let who = sig
+                .sender
+                .as_ref()
+                .map_or("an unknown sender".to_string(), |a| a.describe());
+            self.stop_senders.stopped(
+                sig.pid,
+                format!("{} from {who}", crate::model::stop::signal_name(sig.sig)),
+            );
+        } else if sig.sig == SIGCONT {
+            self.stop_senders.resumed(sig.pid);
+        }
+    }
+
+    /// Leases whose deadline passes now while their holder is stopped or blocked.
+    fn live_expiries(&mut self, now: u64) -> Vec<Incident> {
+        let senders = &self.stop_senders;
+        self.corr.expired_now(now, |h| {
+            crate::source::paused_now::paused_now(h.pid, h.scope.tid(), senders)
+        })
+    }
+
     fn emit_incidents(&mut self, incidents: Vec<Incident>, out: &mut Output) {
         for i in incidents {
-            if let Some(mut m) = self.metrics() {
+            // A live incident is counted once, by the incident that completes it.
+            if i.ongoing.is_none()
+                && let Some(mut m) = self.metrics()
+            {
                 m.on_incident(&i, WallClock::mono_now());
             }
             if let Output::Json(w) = out {
@@ -795,6 +828,7 @@ pub async fn run(
         notices: notices.clone(),
         corr,
         recent_incidents: Default::default(),
+        stop_senders: Default::default(),
         lease_errors: 0,
         holder_start: Default::default(),
         started_mono_ns: WallClock::mono_now(),
@@ -882,7 +916,8 @@ pub async fn run(
             }
             _ = poll.tick() => {
                 let got = st.drain_all(ring.get_mut(), &mut out);
-                let incidents = st.corr.due(WallClock::mono_now());
+                let mut incidents = st.corr.due(WallClock::mono_now());
+                incidents.extend(st.live_expiries(WallClock::mono_now()));
                 let any = got || !incidents.is_empty() || !st.host.steps.due_is_empty();
                 st.release_steps(Some(WallClock::mono_now()), &mut out);
                 st.emit_incidents(incidents, &mut out);

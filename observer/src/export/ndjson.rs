@@ -306,9 +306,11 @@ impl<W: Write> NdjsonWriter<W> {
             "deadline_wall_ns": i.deadline_mono_ns.map(|d| clock.wall_ns(d)),
             "pause": i.pause.as_ref().map(decomposition_json),
             "pause_tid": i.pause_tid,
-            "cause": i.pause.as_ref().and_then(|d| d.main_cause()).map(|p| match &p.detail {
-                Some(d) => format!("{}: {d}", p.cause.name()),
-                None => p.cause.name().to_string(),
+            "cause": i.ongoing.clone().or_else(|| {
+                i.pause.as_ref().and_then(|d| d.main_cause()).map(|p| match &p.detail {
+                    Some(d) => format!("{}: {d}", p.cause.name()),
+                    None => p.cause.name().to_string(),
+                })
             }),
             "resumed_mono_ns": i.pause.as_ref().map(|d| d.end_mono_ns),
             "action": i.action.map(|a| a.name()),
@@ -316,6 +318,8 @@ impl<W: Write> NdjsonWriter<W> {
             "holder_error_ns": i.holder_error_ns,
             "share_used": i.share_used,
             "estimate": i.estimate,
+            "ongoing": i.ongoing.is_some(),
+            "follows": i.follows,
             "evidence": i.evidence(),
             "message": i.message,
         });

@@ -74,6 +74,12 @@ pub struct Incident {
     pub estimate: bool,
     /// A pause at risk: the share of the remaining lease it used.
     pub share_used: Option<f64>,
+    /// Raised while the pause is still going on (the deadline passed and the holder was seen
+    /// paused right then): what holds it. The whole pause is reported when it ends, in an
+    /// incident that `follows` this one.
+    pub ongoing: Option<String>,
+    /// The live incident this one completes.
+    pub follows: Option<u64>,
     pub message: String,
 }
 
@@ -226,8 +232,45 @@ impl Correlator {
             holder_error_ns: None,
             estimate: false,
             share_used: None,
+            ongoing: None,
+            follows: None,
             message,
         }
+    }
+
+    /// Leases whose deadline passed by `now` while their holder is paused right now: raised at
+    /// once, not when the pause ends, so an operator sees the lease lost while the holder still
+    /// believes it holds it. `paused` says, for a holding, whether the threads whose pauses
+    /// count are paused now: (the thread, what holds it). Each deadline is checked once, as it
+    /// passes. Live incidents are not counted by kind: the incident that completes them is.
+    pub fn expired_now(
+        &mut self,
+        now: u64,
+        mut paused: impl FnMut(&Holding) -> Option<(Option<u32>, String)>,
+    ) -> Vec<Incident> {
+        let mut out = Vec::new();
+        for (key, deadline) in self.leases.take_passed_unchecked(now) {
+            let Some(h) = self.leases.get(key).cloned() else {
+                continue;
+            };
+            let Some((tid, why)) = paused(&h) else {
+                continue;
+            };
+            let msg = format!(
+                "{} expired {} ago and {} is still paused: {why}; the whole pause is reported when it ends",
+                holder(&h),
+                fmt_ns(now.saturating_sub(deadline)),
+                Self::whose(tid),
+            );
+            let mut i = self.incident(IncidentKind::LeaseExpiredDuringPause, deadline, &h, msg);
+            self.counts[IncidentKind::LeaseExpiredDuringPause as usize] -= 1;
+            i.deadline_mono_ns = Some(deadline);
+            i.pause_tid = tid;
+            i.ongoing = Some(why);
+            self.leases.note_live_incident(key, deadline, i.id);
+            out.push(i);
+        }
+        out
     }
 
     /// The whole pause around `t` for holding `h` (falls back to the evidence's own interval).
@@ -284,15 +327,20 @@ impl Correlator {
             let expired = self.leases.take_expired_in(key, p.start, p.end);
             for deadline in &expired {
                 let (tid, d) = self.pause(&h, &p, *deadline);
+                let follows = self.leases.live_incident(key, *deadline);
                 let msg = format!(
-                    "{} expired during a pause of {}: {}; it resumed {} after the deadline",
+                    "{} expired during a pause of {}: {}; it resumed {} after the deadline{}",
                     holder(&h),
                     Self::whose(tid),
                     d.describe(),
-                    fmt_ns(d.end_mono_ns.saturating_sub(*deadline))
+                    fmt_ns(d.end_mono_ns.saturating_sub(*deadline)),
+                    follows.map_or(String::new(), |id| format!(
+                        " (reported live as incident {id})"
+                    ))
                 );
                 let mut i =
                     self.incident(IncidentKind::LeaseExpiredDuringPause, *deadline, &h, msg);
+                i.follows = follows;
                 i.deadline_mono_ns = Some(*deadline);
                 i.pause_tid = tid;
                 i.pause = Some(d);
@@ -440,6 +488,72 @@ mod tests {
 
     fn corr() -> Correlator {
         Correlator::new(1000, 100, 0.5)
+    }
+
+    /// The deadline passes while the holder is stopped: reported at once, then completed (and
+    /// counted once) when the pause ends.
+    #[test]
+    fn expiry_while_still_paused_is_reported_live_then_completed() {
+        let mut c = corr();
+        c.report(&rep(10 * S, Verb::Acquire, 1, Some(11))).unwrap();
+        let mut asked = Vec::new();
+        let mut paused = |h: &Holding| {
+            asked.push(h.pid);
+            Some((
+                h.scope.tid(),
+                "stopped: SIGSTOP from pid 4242 (bash, uid 0)".to_string(),
+            ))
+        };
+        assert!(
+            c.expired_now(11 * S, &mut paused).is_empty(),
+            "deadline not yet passed"
+        );
+        let live = c.expired_now(12 * S + 30 * MS, &mut paused);
+        assert_eq!(live.len(), 1);
+        let l = &live[0];
+        assert_eq!(l.kind, IncidentKind::LeaseExpiredDuringPause);
+        assert_eq!((l.ts_mono_ns, l.deadline_mono_ns), (12 * S, Some(12 * S)));
+        assert_eq!(l.pause_tid, Some(11));
+        assert!(l.pause.is_none());
+        assert!(l.ongoing.as_deref().unwrap().contains("SIGSTOP"), "{l:?}");
+        assert!(l.message.contains("expired 30.0ms ago"), "{}", l.message);
+        assert!(
+            c.expired_now(13 * S, &mut paused).is_empty(),
+            "each deadline once"
+        );
+        assert_eq!(asked, vec![1]);
+        assert_eq!(c.counts[IncidentKind::LeaseExpiredDuringPause as usize], 0);
+        // The pause ends: the whole of it, completing the live incident.
+        c.on_segment(thread(1, 1, 11, 10_500 * MS, 4 * S, 100 * MS), 14_600 * MS);
+        c.on_segment(sigstop(2, 1, 10_500 * MS, 14_500 * MS), 14_600 * MS);
+        let done = c.due(15 * S);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].follows, Some(l.id));
+        assert!(done[0].pause.is_some() && done[0].ongoing.is_none());
+        assert!(
+            done[0]
+                .message
+                .ends_with(&format!("(reported live as incident {})", l.id))
+        );
+        assert_eq!(c.counts[IncidentKind::LeaseExpiredDuringPause as usize], 1);
+    }
+
+    /// A holder running (or not paused) when its deadline passes has simply not renewed: no
+    /// incident; nor for released or declared leases, whose deadline is unknown.
+    #[test]
+    fn no_live_incident_unless_the_holder_is_paused() {
+        let mut c = corr();
+        c.report(&rep(10 * S, Verb::Acquire, 1, Some(11))).unwrap();
+        c.report(&rep(10 * S, Verb::Acquire, 2, Some(21))).unwrap();
+        c.report(&rep(11 * S, Verb::Release, 2, Some(21))).unwrap();
+        c.leases.declare("declared", 3, 2 * S, S, 10 * S);
+        let mut asked = Vec::new();
+        let live = c.expired_now(20 * S, |h| {
+            asked.push(h.pid);
+            None
+        });
+        assert!(live.is_empty());
+        assert_eq!(asked, vec![1], "only the held, reported lease is checked");
     }
 
     /// DDIA figure 9-4: the holder is stopped across its deadline, another client takes over,

@@ -120,6 +120,10 @@ pub struct Holding {
     expired_reported: Vec<u64>,
     acted_reported: Vec<u64>,
     risk_reported: Vec<u64>,
+    /// Deadlines already checked as they passed (was the holder paused right then?), and the
+    /// live incidents raised for them.
+    live_checked: Vec<u64>,
+    live_incidents: Vec<(u64, u64)>,
     /// Declared leases: the end of the last pause reported.
     declared_reported_until: u64,
 }
@@ -316,6 +320,8 @@ impl LeaseBook {
             expired_reported: Vec::new(),
             acted_reported: Vec::new(),
             risk_reported: Vec::new(),
+            live_checked: Vec::new(),
+            live_incidents: Vec::new(),
             declared_reported_until: 0,
         }
     }
@@ -536,6 +542,43 @@ impl LeaseBook {
         };
         h.declared_reported_until = end;
         Some(verdict)
+    }
+
+    /// Reported leases whose current deadline passed by `now` while still held, each returned
+    /// once: (holding key, deadline). Declared leases have no known deadline.
+    pub fn take_passed_unchecked(&mut self, now: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for h in self
+            .holdings
+            .iter_mut()
+            .filter(|h| h.released_mono_ns.is_none() && h.declared_renew_every_ns.is_none())
+        {
+            let Some(d) = h.deadline() else { continue };
+            if d <= now && !h.live_checked.contains(&d) {
+                remember(&mut h.live_checked, d);
+                out.push((h.key, d));
+            }
+        }
+        out
+    }
+
+    /// Remembers that incident `id` reported the deadline `deadline` of `key` live.
+    pub fn note_live_incident(&mut self, key: u64, deadline: u64, id: u64) {
+        if let Some(h) = self.get_mut(key) {
+            if h.live_incidents.len() >= MAX_REPORTED {
+                h.live_incidents.remove(0);
+            }
+            h.live_incidents.push((deadline, id));
+        }
+    }
+
+    /// The live incident that reported `deadline` of `key`, if one did.
+    pub fn live_incident(&self, key: u64, deadline: u64) -> Option<u64> {
+        self.get(key)?
+            .live_incidents
+            .iter()
+            .find(|&&(d, _)| d == deadline)
+            .map(|&(_, id)| id)
     }
 
     /// The wall clock stepped by `step_ns` at `now`: every wall-clock lease still valid now has

@@ -8,6 +8,7 @@ pub mod kallsyms;
 pub mod kernel_hz;
 pub mod lease_protocol;
 pub mod lease_socket;
+pub mod paused_now;
 pub mod recording;
 pub mod ringbuf;
 pub mod stacks;

@@ -370,6 +370,7 @@ pub(crate) mod tests {
             notices: vec![],
             corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
             recent_incidents: Default::default(),
+            stop_senders: Default::default(),
             lease_errors: 0,
             holder_start: Default::default(),
             started_mono_ns: 0,
