@@ -28,7 +28,8 @@ use crate::{
         net::{NetTable, Retransmit},
         process::ProcessTable,
         stop::{Signal, Stop, StopJoiner},
-        timeline::{Segment, Timeline},
+        timeline::{HOST_PID, Segment, SegmentKind, Timeline},
+        units::fmt_ns,
     },
     probe::Probes,
     runtimes::{Notice, RuntimeWatcher},
@@ -278,6 +279,15 @@ impl AgentState {
                 Ok(Record::Retransmit(r)) => {
                     let t = Retransmit::from_record(&r, self.host.hz);
                     self.host.net.note(&t);
+                    if let Some(pid) = t.pid {
+                        self.corr.on_context(Segment {
+                            id: 0,
+                            pid,
+                            start_mono_ns: t.ts_mono_ns,
+                            end_mono_ns: t.ts_mono_ns + t.delay_est_ns.unwrap_or(0),
+                            kind: SegmentKind::Context { what: t.describe() },
+                        });
+                    }
                     if let Some(mut m) = self.metrics() {
                         m.on_retransmit(&t, WallClock::mono_now());
                     }
@@ -534,6 +544,23 @@ impl AgentState {
             HostEvent::Steal(s) => {
                 if let Some(prev) = &self.host.steal_last {
                     self.host.steal_pct = s.pct_since(prev);
+                    let stolen = s.total_ns().saturating_sub(prev.total_ns());
+                    if stolen > 0 {
+                        self.corr.on_context(Segment {
+                            id: 0,
+                            pid: HOST_PID,
+                            start_mono_ns: prev.ts_mono_ns,
+                            end_mono_ns: s.ts_mono_ns,
+                            kind: SegmentKind::Context {
+                                what: format!(
+                                    "host steal {} over {} ({:.1}% of all CPUs, /proc/stat)",
+                                    fmt_ns(stolen),
+                                    fmt_ns(s.ts_mono_ns.saturating_sub(prev.ts_mono_ns)),
+                                    self.host.steal_pct
+                                ),
+                            },
+                        });
+                    }
                     if let Output::Json(w) = out {
                         w.host_steal(&self.clock, "steal", prev, &s);
                     }

@@ -71,6 +71,7 @@ fn decomposition_json(d: &Decomposition) -> Value {
         "end_mono_ns": d.end_mono_ns,
         "duration_ns": d.duration_ns(),
         "parts": parts,
+        "context": d.context,
         "description": d.describe(),
     })
 }

@@ -152,6 +152,12 @@ impl Correlator {
         }
     }
 
+    /// Context for later decompositions (a retransmission, host steal): kept on the timeline,
+    /// never judged as a pause.
+    pub fn on_context(&mut self, seg: Segment) {
+        self.timeline.push(seg);
+    }
+
     /// New pause evidence at `now`.
     pub fn on_segment(&mut self, seg: Segment, now: u64) {
         let p = Pending {

@@ -31,6 +31,10 @@ pub enum SegmentKind {
     /// The whole host stopped (VM freeze, suspend): every process on it paused. Its `pid` is
     /// `HOST_PID`.
     Host { cause: String },
+    /// Not a reason a thread was off the CPU, but what else happened to the process meanwhile:
+    /// a retransmission on one of its sockets (over the delay it is estimated to have added),
+    /// or hypervisor steal on the host (`HOST_PID`). Listed beside a decomposition.
+    Context { what: String },
 }
 
 /// The `pid` of host-wide segments, which concern every process.
@@ -102,6 +106,11 @@ impl Segment {
         matches!(self.kind, SegmentKind::Host { .. })
     }
 
+    /// Context, not a pause.
+    pub fn is_context(&self) -> bool {
+        matches!(self.kind, SegmentKind::Context { .. })
+    }
+
     fn tid(&self) -> Option<u32> {
         match self.kind {
             SegmentKind::Thread { tid, .. } => Some(tid),
@@ -114,9 +123,10 @@ impl Segment {
         self.tid().is_none()
     }
 
-    /// Counts for `tid` (None: process-wide evidence only).
+    /// Counts for `tid` (None: process-wide evidence only). Context never does.
     fn concerns(&self, pid: u32, tid: Option<u32>) -> bool {
-        self.host_wide() || (self.pid == pid && (self.process_wide() || self.tid() == tid))
+        !self.is_context()
+            && (self.host_wide() || (self.pid == pid && (self.process_wide() || self.tid() == tid)))
     }
 
     fn overlaps(&self, t0: u64, t1: u64) -> bool {
@@ -136,6 +146,7 @@ impl Segment {
                 vec![Layer::new(s, e, 1, Cause::Stopped, Some(cause), self.id)]
             }
             SegmentKind::Gc { cause } => vec![Layer::new(s, e, 2, Cause::Gc, Some(cause), self.id)],
+            SegmentKind::Context { .. } => Vec::new(),
             SegmentKind::Thread {
                 blocked_ns,
                 blocked_why,
@@ -236,7 +247,13 @@ pub struct Decomposition {
     pub end_mono_ns: u64,
     /// Largest first.
     pub parts: Vec<Part>,
+    /// What else happened to the process meanwhile (retransmissions on its sockets, host
+    /// steal), oldest first; at most `MAX_CONTEXT`.
+    pub context: Vec<String>,
 }
+
+/// Context lines kept per decomposition.
+pub const MAX_CONTEXT: usize = 8;
 
 impl Decomposition {
     pub fn duration_ns(&self) -> u64 {
@@ -270,7 +287,12 @@ impl Decomposition {
                 None => format!("{} {}", p.cause.name(), fmt_ns(p.duration_ns)),
             })
             .collect();
-        format!("{} = {}", fmt_ns(self.duration_ns()), parts.join(" + "))
+        let mut s = format!("{} = {}", fmt_ns(self.duration_ns()), parts.join(" + "));
+        if !self.context.is_empty() {
+            s.push_str("; meanwhile: ");
+            s.push_str(&self.context.join("; "));
+        }
+        s
     }
 }
 
@@ -375,10 +397,29 @@ impl Timeline {
                 .cmp(&x.duration_ns)
                 .then(x.cause.cmp(&y.cause))
         });
+        let mut context: Vec<String> = self
+            .segments
+            .iter()
+            .filter(|s| s.is_context() && (s.pid == pid || s.pid == HOST_PID))
+            .filter(|s| {
+                s.overlaps(t0, t1)
+                    || (s.start_mono_ns == s.end_mono_ns && (t0..t1).contains(&s.start_mono_ns))
+            })
+            .filter_map(|s| match &s.kind {
+                SegmentKind::Context { what } => Some(what.clone()),
+                _ => None,
+            })
+            .collect();
+        if context.len() > MAX_CONTEXT {
+            let more = context.len() - (MAX_CONTEXT - 1);
+            context.truncate(MAX_CONTEXT - 1);
+            context.push(format!("{more} more"));
+        }
         Decomposition {
             start_mono_ns: t0,
             end_mono_ns: t1,
             parts,
+            context,
         }
     }
 
@@ -478,6 +519,72 @@ mod tests {
 
     fn sum(d: &Decomposition) -> u64 {
         d.parts.iter().map(|p| p.duration_ns).sum()
+    }
+
+    fn context(pid: u32, start: u64, end: u64, what: &str) -> Segment {
+        Segment {
+            id: 0,
+            pid,
+            start_mono_ns: start,
+            end_mono_ns: end,
+            kind: SegmentKind::Context { what: what.into() },
+        }
+    }
+
+    /// Retransmissions on the process's sockets and host steal are listed beside the pause;
+    /// they are not parts of it and never extend it.
+    #[test]
+    fn context_is_listed_beside_the_pause_not_in_it() {
+        let mut t = Timeline::new(100);
+        t.push(thread(1, 11, 1000 * MS, 0, 2000 * MS, 0));
+        t.push(stop(2, 1000 * MS, 3000 * MS));
+        t.push(context(
+            10,
+            1500 * MS,
+            1900 * MS,
+            "timeout retransmission on a -> b",
+        ));
+        t.push(context(HOST_PID, 2000 * MS, 2500 * MS, "host steal 10.0ms"));
+        // Outside the pause, another process's, and one reaching past the pause's end.
+        t.push(context(10, 500 * MS, 900 * MS, "too early"));
+        t.push(context(99, 1500 * MS, 1600 * MS, "another process"));
+        t.push(context(
+            10,
+            2900 * MS,
+            9000 * MS,
+            "long retransmission delay",
+        ));
+        let (tid, s, e) = t.pause_around(10, Some(11), 2000 * MS).unwrap();
+        assert_eq!(
+            (tid, s, e),
+            (Some(11), 1000 * MS, 3000 * MS),
+            "context never extends a pause"
+        );
+        let d = t.decompose(10, Some(11), s, e);
+        assert_eq!(sum(&d), e - s);
+        assert_eq!(d.parts.len(), 1);
+        assert_eq!(
+            d.context,
+            vec![
+                "timeout retransmission on a -> b".to_string(),
+                "host steal 10.0ms".into(),
+                "long retransmission delay".into()
+            ]
+        );
+        assert!(
+            d.describe().ends_with(
+                "; meanwhile: timeout retransmission on a -> b; host steal 10.0ms; long retransmission delay"
+            ),
+            "{}",
+            d.describe()
+        );
+        // Bounded.
+        for i in 0..20 {
+            t.push(context(10, 1100 * MS + i, 1200 * MS, "x"));
+        }
+        let d = t.decompose(10, Some(11), s, e);
+        assert_eq!(d.context.len(), MAX_CONTEXT);
+        assert_eq!(d.context.last().unwrap(), "16 more");
     }
 
     #[test]
