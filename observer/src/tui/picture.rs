@@ -245,6 +245,32 @@ pub struct Detail {
     pub threads: Vec<ThreadRow>,
     pub sockets: Vec<SocketRow>,
     pub leases: Vec<LeaseRow>,
+    /// The shortest timeout a pause alone exceeds with less than the target chance per hour,
+    /// and what the estimate rests on (`advice_line`).
+    pub advice: String,
+}
+
+/// Timeout advice for the detail view, from every pause of the process (`all`) over
+/// `observed_ns`, aiming under `target` chance per hour (as `pausewatch advise` does).
+pub fn advice_line(all: &Aggregate, observed_ns: u64, target: f64) -> String {
+    use crate::model::advise::TailEstimate;
+    let Some(e) = TailEstimate::new(all, observed_ns) else {
+        return format!(
+            "no pauses in {}: nothing to estimate a timeout from",
+            fmt_ns(observed_ns)
+        );
+    };
+    match e.shortest_timeout(all, target) {
+        Some(t) => format!(
+            "a timeout of {} is exceeded by a pause alone with chance < {target:e}/h ({})",
+            fmt_ns(t),
+            e.basis()
+        ),
+        None => format!(
+            "too little history for a {target:e}/h timeout ({})",
+            e.basis()
+        ),
+    }
 }
 
 /// Marks kept for the timeline.
@@ -484,7 +510,13 @@ pub fn agent_detail(st: &AgentState, pic: &Picture, pid: u32) -> Option<Detail> 
     }
     hists.push(("gc", p.gc.clone()));
     hists.push(("steal", p.stat(observer_common::STAT_STEAL)));
+    let advice = advice_line(
+        &hists[0].1,
+        pic.now_mono_ns.saturating_sub(st.started_mono_ns),
+        st.advise_target,
+    );
     Some(Detail {
+        advice,
         pid,
         comm: p.comm.clone(),
         hists,

@@ -28,6 +28,9 @@ use crate::model::{
 pub const MAX_ITEMS: usize = 1_000_000;
 /// The replay's window (as the live view's).
 const WINDOW_NS: u64 = super::WINDOW_NS;
+/// The detail view's timeout advice aims under this chance per hour (`--advise-target`'s
+/// default; `pausewatch report --advise-target` changes the report's).
+const ADVISE_TARGET: f64 = 1e-6;
 
 /// One event of the recording, with what the views need.
 #[derive(Debug, Clone)]
@@ -637,10 +640,21 @@ impl Replay {
             }
             let mut sockets: Vec<SocketRow> = by_conn.into_values().collect();
             sockets.sort_by_key(|s| std::cmp::Reverse(s.retransmits));
+            let hists = hists.remove(&pid).unwrap_or_default();
+            let advice = hists.first().map_or_else(String::new, |(_, all)| {
+                picture::advice_line(
+                    all,
+                    pic.now_mono_ns
+                        .min(self.end_mono_ns)
+                        .saturating_sub(self.start_mono_ns),
+                    ADVISE_TARGET,
+                )
+            });
             Some(Detail {
+                advice,
                 pid,
                 comm: row.comm.clone(),
-                hists: hists.remove(&pid).unwrap_or_default(),
+                hists,
                 latest: picture::latest_of(&pic.marks, pid),
                 threads: picture::threads_of(&pic.marks, pid),
                 sockets,

@@ -375,6 +375,9 @@ fn detail_view(f: &mut Frame, area: Rect, pic: &Picture, d: &Detail, theme: Them
             ),
         ]));
     }
+    if !d.advice.is_empty() {
+        lines.push(Line::from(format!("timeout: {}", d.advice)));
+    }
     if !d.leases.is_empty() {
         lines.push(Line::styled("leases", bold));
         for l in &d.leases {
@@ -747,6 +750,7 @@ pub(crate) mod tests {
             runq.record(v * MS / 2);
         }
         let p = picture();
+        let all_for_advice = all.clone();
         Detail {
             pid: 77,
             comm: "postgres".into(),
@@ -765,6 +769,7 @@ pub(crate) mod tests {
                 delay_est_ns: 30 * MS,
             }],
             leases: vec![],
+            advice: crate::tui::picture::advice_line(&all_for_advice, 60 * S, 1e-6),
         }
     }
 
