@@ -146,7 +146,14 @@ pub fn to_mono<const D: bool>(start: u64, duration: u64) -> u64 {
 
 #[inline(always)]
 pub fn clock<const D: bool>(task: TaskPtr) -> Option<u64> {
-    if uses_rq_clock::<D>() { task::rq::<D>(task).and_then(task::rq_clock::<D>) } else { Some(now()) }
+    clock_of::<D>(if uses_rq_clock::<D>() { task::rq::<D>(task) } else { None })
+}
+
+/// The episode clock, given the task's run queue (read by the caller only when it is needed:
+/// `uses_rq_clock`, or for the steal clock).
+#[inline(always)]
+fn clock_of<const D: bool>(rq: Option<TaskPtr>) -> Option<u64> {
+    if uses_rq_clock::<D>() { rq.and_then(task::rq_clock::<D>) } else { Some(now()) }
 }
 
 #[inline(always)]
@@ -159,9 +166,7 @@ pub fn cpu() -> u32 {
 fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: TaskPtr, next: TaskPtr, prev_state: u32) {
     // prev and next share this CPU's run queue.
     let rq = if uses_rq_clock::<D>() || config::rq_steal_off() != 0 { task::rq::<D>(next) } else { None };
-    let Some(ts) = (if uses_rq_clock::<D>() { rq.and_then(task::rq_clock::<D>) } else { Some(now()) }) else {
-        return;
-    };
+    let Some(ts) = clock_of::<D>(rq) else { return };
     // Every switch moves the CPU's steal baseline, whoever ran: steal under the idle task or
     // an untraced process is not charged to the next traced one.
     let stolen = match rq {

@@ -241,7 +241,7 @@ impl AgentState {
                 Ok(Record::Signal(r)) => {
                     let sig = Signal::from_record(&r);
                     self.table.note_signal(&sig);
-                    self.note_stop_sender(&sig);
+                    self.stop_senders.on_signal(&sig);
                     if let Output::Json(w) = out {
                         w.signal(&self.clock, &sig);
                     }
@@ -362,25 +362,6 @@ impl AgentState {
             },
             out,
         );
-    }
-
-    /// Remembers who sent a delivered stop signal until SIGCONT, to name the stopper of a lease
-    /// holder whose lease expires while it is still stopped.
-    fn note_stop_sender(&mut self, sig: &Signal) {
-        const SIGCONT: u32 = 18;
-        // SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU; result 0: delivered.
-        if (19..=22).contains(&sig.sig) && sig.result == 0 {
-            let who = sig
-                .sender
-                .as_ref()
-                .map_or("an unknown sender".to_string(), |a| a.describe());
-            self.stop_senders.stopped(
-                sig.pid,
-                format!("{} from {who}", crate::model::stop::signal_name(sig.sig)),
-            );
-        } else if sig.sig == SIGCONT {
-            self.stop_senders.resumed(sig.pid);
-        }
     }
 
     /// Leases whose deadline passes now while their holder is stopped or blocked.

@@ -153,6 +153,26 @@ fn family(
     body(&mut e)
 }
 
+/// A histogram family with one sample set per series that has any (`pick` chooses which of
+/// the series' aggregates).
+fn series_histogram(
+    enc: &mut DescriptorEncoder,
+    series: &[(&Series, Labels)],
+    name: &str,
+    help: &str,
+    pick: impl Fn(&Series) -> &Aggregate,
+) -> std::fmt::Result {
+    family(enc, name, help, |e| {
+        for (s, l) in series {
+            let a = pick(s);
+            if a.count > 0 {
+                histogram(e, l, a)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Writes every family of `m`.
 pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
     let series: Vec<(&Series, Labels)> = m.series.iter().map(|(k, s)| (s, key_labels(k))).collect();
@@ -176,31 +196,19 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
             Ok(())
         },
     )?;
-    family(
+    series_histogram(
         &mut enc,
+        &series,
         "pausewatch_episode_seconds",
         "Whole thread pause episodes (every phase from leaving the CPU to running again)",
-        |e| {
-            for (s, l) in &series {
-                if s.episodes.count > 0 {
-                    histogram(e, l, &s.episodes)?;
-                }
-            }
-            Ok(())
-        },
+        |s| &s.episodes,
     )?;
-    family(
+    series_histogram(
         &mut enc,
+        &series,
         "pausewatch_process_steal_seconds",
         "Hypervisor steal charged to the process's running threads (an estimate: a CPU's steal between two context switches, charged to the thread that held it; one sample per such run)",
-        |e| {
-            for (s, l) in &series {
-                if s.steal.count > 0 {
-                    histogram(e, l, &s.steal)?;
-                }
-            }
-            Ok(())
-        },
+        |s| &s.steal,
     )?;
     family(
         &mut enc,

@@ -218,9 +218,21 @@ impl Correlator {
         self.judge_where(|_| true)
     }
 
+    /// A new incident, counted by kind.
     fn incident(&mut self, kind: IncidentKind, ts: u64, h: &Holding, message: String) -> Incident {
-        self.next_incident += 1;
         self.counts[kind as usize] += 1;
+        self.uncounted_incident(kind, ts, h, message)
+    }
+
+    /// A new incident that its kind's count leaves out (a live one, counted when completed).
+    fn uncounted_incident(
+        &mut self,
+        kind: IncidentKind,
+        ts: u64,
+        h: &Holding,
+        message: String,
+    ) -> Incident {
+        self.next_incident += 1;
         Incident {
             id: self.next_incident,
             kind,
@@ -268,8 +280,8 @@ impl Correlator {
                 fmt_ns(now.saturating_sub(deadline)),
                 Self::whose(tid),
             );
-            let mut i = self.incident(IncidentKind::LeaseExpiredDuringPause, deadline, &h, msg);
-            self.counts[IncidentKind::LeaseExpiredDuringPause as usize] -= 1;
+            let mut i =
+                self.uncounted_incident(IncidentKind::LeaseExpiredDuringPause, deadline, &h, msg);
             i.deadline_mono_ns = Some(deadline);
             i.pause_tid = tid;
             i.ongoing = Some(why);

@@ -143,11 +143,11 @@ impl Metrics {
         s
     }
 
-    /// Whether `pid`'s (episodes, blocked ns) are what was last counted
+    /// Whether `pid`'s (episodes + steal samples, blocked ns) are what was last counted
     /// (`ProcessEntry::growth_marker`): then `on_process` would add nothing.
-    pub fn unchanged(&self, pid: u32, (episodes, blocked_ns): (u64, u64)) -> bool {
+    pub fn unchanged(&self, pid: u32, (samples, blocked_ns): (u64, u64)) -> bool {
         self.seen.get(&pid).is_some_and(|s| {
-            s.stats[STAT_EPISODE].count + s.stats[STAT_STEAL].count == episodes
+            s.stats[STAT_EPISODE].count + s.stats[STAT_STEAL].count == samples
                 && s.blocked.iter().map(|b| b.total_ns).sum::<u64>() == blocked_ns
         })
     }

@@ -61,11 +61,11 @@ impl ProcessEntry {
         a
     }
 
-    /// (episodes, blocked ns) so far: grows whenever the process's pause totals do, read
-    /// without copying them (the metrics skip processes whose totals did not grow).
+    /// (episodes + steal samples, blocked ns) so far: grows whenever the process's pause or
+    /// steal totals do (steal samples grow without episodes: a busy thread that never waits),
+    /// read without copying them (the metrics skip processes whose totals did not grow).
     pub fn growth_marker(&self) -> (u64, u64) {
-        // Steal samples grow independently of episodes (a busy thread that never waits).
-        let episodes = [STAT_EPISODE, STAT_STEAL]
+        let samples = [STAT_EPISODE, STAT_STEAL]
             .iter()
             .map(|&i| self.base[i].count + self.current[i].count)
             .sum();
@@ -76,7 +76,7 @@ impl ProcessEntry {
             .chain(self.mem_current.blocked.iter())
             .map(|b| b.total_ns)
             .sum();
-        (episodes, blocked)
+        (samples, blocked)
     }
 
     /// Episodes at or above the threshold that the kernel could not stream.

@@ -175,8 +175,6 @@ impl StopJoiner {
 
     /// A signal: a SIGCONT or SIGKILL with a sender releases the held stop it ended.
     pub fn on_signal(&mut self, sig: &Signal) -> Option<Stop> {
-        const SIGKILL: u32 = 9;
-        const SIGCONT: u32 = 18;
         if sig.sig != SIGCONT && sig.sig != SIGKILL {
             return None;
         }
@@ -230,7 +228,17 @@ pub struct Signal {
     pub sender: Option<Actor>,
 }
 
+/// SIGCONT (x86_64).
+pub const SIGCONT: u32 = 18;
+/// SIGKILL (x86_64).
+pub const SIGKILL: u32 = 9;
+
 impl Signal {
+    /// A job-control stop signal (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) that was delivered.
+    pub fn delivered_stop(&self) -> bool {
+        (19..=22).contains(&self.sig) && self.result == 0
+    }
+
     pub fn from_record(r: &SignalRecord) -> Self {
         Self {
             ts_mono_ns: r.ts_mono_ns,

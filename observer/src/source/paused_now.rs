@@ -7,6 +7,8 @@
 //! like a running one, so run-queue waits are only reported when they end.
 use std::collections::HashMap;
 
+use crate::model::stop::{SIGCONT, Signal, signal_name};
+
 /// At most this many threads of a process are read for a process-scoped lease.
 const MAX_THREADS: usize = 4096;
 
@@ -19,6 +21,19 @@ pub struct StopSenders {
 
 impl StopSenders {
     const MAX: usize = 4096;
+
+    /// Remembers the sender of a delivered stop signal until SIGCONT.
+    pub fn on_signal(&mut self, sig: &Signal) {
+        if sig.delivered_stop() {
+            let who = sig
+                .sender
+                .as_ref()
+                .map_or("an unknown sender".to_string(), |a| a.describe());
+            self.stopped(sig.pid, format!("{} from {who}", signal_name(sig.sig)));
+        } else if sig.sig == SIGCONT {
+            self.resumed(sig.pid);
+        }
+    }
 
     /// A stop signal was delivered to `pid` from `who`.
     pub fn stopped(&mut self, pid: u32, who: String) {
@@ -147,10 +162,11 @@ mod tests {
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
         let mut senders = StopSenders::default();
         senders.stopped(pid, "SIGSTOP from pid 1 (test, uid 0)".into());
+        // Until the stop lands the child may be briefly in D (still exec'ing): poll for T.
         let mut got = None;
         for _ in 0..200 {
             got = paused_now(pid, None, &senders);
-            if got.is_some() {
+            if got.as_ref().is_some_and(|(_, why)| why.starts_with("stopped")) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
