@@ -320,18 +320,18 @@ fn the_lease_socket_refuses_bad_and_unauthorised_requests() {
         "{err}"
     );
     // The shell form reports for its caller (this test) and says what pausewatch answered.
-    let out = Command::new(pausewatch_bin())
-        .args([
-            "lease", "renew", "leader", "--ttl", "5s", "--socket", sock_s,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok renew leader"));
+    let bin = pausewatch_bin();
+    let said = run_cmd(&[
+        bin.to_str().unwrap(),
+        "lease",
+        "renew",
+        "leader",
+        "--ttl",
+        "5s",
+        "--socket",
+        sock_s,
+    ]);
+    assert!(said.starts_with("ok renew leader"), "{said}");
     let lines = pw.stop();
     let acquire = lines
         .iter()
