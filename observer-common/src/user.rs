@@ -83,6 +83,14 @@ fn read_exact<T: aya::Pod>(kind: u32, bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The bytes of a record as the kernel writes them (the inverse of `decode`; fuzz seeds and
+/// tests).
+pub fn encode<T: aya::Pod>(r: &T) -> Vec<u8> {
+    // SAFETY: T: Pod is #[repr(C)] with no implicit padding; exactly its size is copied.
+    unsafe { core::slice::from_raw_parts((r as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+        .to_vec()
+}
+
 /// Decodes one ring-buffer record, checking its kind and exact length.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let Some(tag) = bytes.get(..4) else {
@@ -204,9 +212,7 @@ mod tests {
     }
 
     fn raw<T: aya::Pod>(r: &T) -> Vec<u8> {
-        // SAFETY: Pod with no implicit padding; exactly its size is copied.
-        unsafe { core::slice::from_raw_parts((r as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        encode(r)
     }
 
     #[test]

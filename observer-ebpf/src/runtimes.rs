@@ -113,9 +113,9 @@ pub fn jvm_safepoint_begin(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// hs_private:safepoint__begin when the stop is opened at `SafepointSynchronize::begin()`'s
-/// entry: that USDT probe fires once every Java thread has reached the safepoint, so it marks
-/// the end of the time to safepoint.
+/// Entry of `RuntimeService::record_safepoint_synchronized`, which HotSpot calls once every Java
+/// thread has reached the safepoint (right after the clock read that ends -Xlog:safepoint's
+/// "Reaching safepoint"): the end of the time to safepoint.
 #[uprobe]
 pub fn jvm_safepoint_synchronized(_ctx: ProbeContext) -> u32 {
     let now = sched::now();

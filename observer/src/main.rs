@@ -1,16 +1,5 @@
 //! pausewatch: wiring only. Parse, check the environment, load the probes, run the loop.
-mod agent;
-mod agent_memory;
-mod cli;
-mod export;
-mod lease_client;
-mod merge_cmd;
-mod model;
-mod probe;
-mod replay_cmd;
-mod runtimes;
-mod source;
-mod tui;
+use pausewatch::{agent, cli, export, lease_client, merge_cmd, probe, replay_cmd, source, tui};
 
 use std::{io::IsTerminal as _, process::ExitCode};
 

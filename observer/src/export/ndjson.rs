@@ -167,6 +167,11 @@ impl<W: Write> NdjsonWriter<W> {
         }
     }
 
+    /// The sink, with everything written (tests and fuzzing read it back).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     pub fn flush(&mut self) {
         if self.out.flush().is_err() {
             self.failed_lines += 1;

@@ -230,6 +230,8 @@ pub struct Signal {
 
 /// SIGCONT (x86_64).
 pub const SIGCONT: u32 = 18;
+/// SIGSTOP (x86_64).
+pub const SIGSTOP: u32 = 19;
 /// SIGKILL (x86_64).
 pub const SIGKILL: u32 = 9;
 

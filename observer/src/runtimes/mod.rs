@@ -472,10 +472,15 @@ fn inspect_jvm(path: &Path, ebpf: &mut Ebpf) -> Verdict {
 /// before begins (a begin seen without its end would stay open until the next one). An error
 /// says why the file's stop-the-world cannot be observed; the string says what is degraded.
 ///
-/// hs_private:safepoint__begin fires once every Java thread has reached the safepoint, so a
-/// stop that began there would leave out the time to safepoint, often the longest part of a
-/// stop. The stop begins at the entry of `SafepointSynchronize::begin()` when the symbol table
-/// has it (Debian's and Temurin's libjvm.so do), and the USDT probe marks the synchronisation.
+/// In `SafepointSynchronize::begin()` (OpenJDK 17 and 25, read from their machine code) HotSpot
+/// reads its clock and calls `RuntimeService::record_safepoint_begin`, where the USDT probe
+/// hs_private:safepoint__begin sits; then it synchronises the GC's threads, arms the safepoint
+/// and waits for every Java thread to stop, reads its clock again and calls
+/// `RuntimeService::record_safepoint_synchronized` (no probe). -Xlog:safepoint's "Reaching
+/// safepoint" is the time between the two clock reads. So the stop begins at the entry of
+/// `begin()` when the symbol table has it (a few instructions before HotSpot's clock read) and
+/// at the USDT probe otherwise; the entry of `record_safepoint_synchronized` ends the time to
+/// safepoint.
 fn jvm_plan<'a, R: object::ReadRef<'a>>(
     data: R,
 ) -> Result<(Vec<(String, stapsdt::UsdtLocation)>, String), String> {
@@ -516,31 +521,41 @@ fn jvm_plan<'a, R: object::ReadRef<'a>>(
             _ => None,
         }
     }));
-    let begin_symbol = elf
-        .symbol(SAFEPOINT_BEGIN_SYMBOL)
-        .and_then(|(addr, _)| elf::file_offset(&elf.segments(), addr));
-    let sync_prog = if begin_symbol.is_some() {
-        "jvm_safepoint_synchronized"
-    } else {
-        "jvm_safepoint_begin"
+    let entry = |symbol: &str| {
+        elf.symbol(symbol)
+            .and_then(|(addr, _)| elf::file_offset(&elf.segments(), addr))
+            .map(|offset| stapsdt::UsdtLocation {
+                offset,
+                ref_ctr_offset: 0,
+            })
     };
-    plan.extend(sites("hs_private", "safepoint__begin").map(|p| (sync_prog.to_string(), p)));
+    let begin_symbol = entry(SAFEPOINT_BEGIN_SYMBOL);
+    let sync_symbol = entry(SAFEPOINT_SYNCHRONIZED_SYMBOL);
+    if begin_symbol.is_none() {
+        plan.extend(
+            sites("hs_private", "safepoint__begin").map(|p| ("jvm_safepoint_begin".to_string(), p)),
+        );
+    }
     let mut out = plan
         .into_iter()
         .map(|(prog, probe)| Ok((prog, stapsdt::locate(&elf, probe)?)))
         .collect::<Result<Vec<_>, String>>()?;
-    let detail = match begin_symbol {
-        Some(offset) => {
-            out.push(("jvm_safepoint_begin".to_string(), stapsdt::UsdtLocation { offset, ref_ctr_offset: 0 }));
-            String::new()
-        }
-        None => "; no SafepointSynchronize::begin in its symbol table, so safepoints are timed from when every thread had stopped (the time to safepoint is left out)".to_string(),
-    };
+    let mut detail = String::new();
+    match begin_symbol {
+        Some(at) => out.push(("jvm_safepoint_begin".to_string(), at)),
+        None => detail += "; no SafepointSynchronize::begin in its symbol table, so safepoints begin at the safepoint__begin probe, a few instructions later",
+    }
+    match sync_symbol {
+        Some(at) => out.push(("jvm_safepoint_synchronized".to_string(), at)),
+        None => detail += "; no RuntimeService::record_safepoint_synchronized in its symbol table, so the time to safepoint is not measured",
+    }
     Ok((out, detail))
 }
 
 /// `SafepointSynchronize::begin()`, where HotSpot arms a safepoint (Itanium C++ mangling).
 const SAFEPOINT_BEGIN_SYMBOL: &str = "_ZN20SafepointSynchronize5beginEv";
+/// `RuntimeService::record_safepoint_synchronized(long)`, called once every thread has stopped.
+const SAFEPOINT_SYNCHRONIZED_SYMBOL: &str = "_ZN14RuntimeService29record_safepoint_synchronizedEl";
 
 #[cfg(test)]
 mod tests {
