@@ -1,6 +1,7 @@
 //! What cargo alone can't do: toolchain setup, the privileged test run, benchmarks.
 mod bench;
 mod bench_gc;
+mod fuzz;
 mod setup;
 
 use std::process::Command;
@@ -30,6 +31,18 @@ enum Cmd {
     /// Set up, build, and run the lease demo (DDIA's stale write, then a clock step) under
     /// pausewatch, as root.
     Demo,
+    /// Fuzz the parsers of what pausewatch reads from outside (cargo-fuzz, nightly): lease
+    /// lines, ring-buffer records, recordings. New coverage is kept in fuzz/corpus/.
+    Fuzz {
+        /// One target (lease_line, ring_records, recording); all when omitted.
+        target: Option<String>,
+        /// Time per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Write the seed corpus (from observer/src/fuzzing.rs) instead of fuzzing.
+        #[arg(long)]
+        seed: bool,
+    },
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
         /// Which benchmark: `sched` (scheduler programs) or `gc` (runtime probes).
@@ -126,6 +139,10 @@ pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
+        Cmd::Fuzz { seed: true, .. } => fuzz::write_seeds(),
+        Cmd::Fuzz {
+            target, seconds, ..
+        } => fuzz::fuzz(target.as_deref(), seconds),
         Cmd::Run { args } => {
             setup::setup()?;
             let bin = build_release()?;

@@ -394,6 +394,7 @@ impl<W: Write> NdjsonWriter<W> {
             json!({
                 "target_chance_per_hour": target,
                 "shortest_timeout_ns": e.shortest_timeout(&pauses, target),
+                "shortest_timeout_range_ns": e.shortest_timeout_range(&pauses, target),
                 "chance_per_hour": chance,
                 "observed_ns": observed_ns,
                 "pauses": e.pauses,

@@ -19,6 +19,11 @@ const TAIL_PAUSES: u64 = 20;
 /// fits a very light tail, which would promise that long pauses never happen. α = 3 is the
 /// lightest tail believed.
 pub const MAX_ALPHA: f64 = 3.0;
+/// The Hill estimate from k tail pauses is about normal with standard error α/√k; the range
+/// offered is its 90% interval (± 1.645 standard errors).
+const Z90: f64 = 1.645;
+/// The heaviest tail the range considers (α below 1: a mean pause length that is infinite).
+const MIN_ALPHA: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TailEstimate {
@@ -142,6 +147,53 @@ impl TailEstimate {
         Some(hi)
     }
 
+    /// The 90% interval of the tail's power (heavier tail first), from the number of pauses
+    /// it was fitted to. None without a fit.
+    pub fn alpha_range(&self) -> Option<(f64, f64)> {
+        let a = self.alpha?;
+        let se = Z90 / (self.tail_pauses as f64).sqrt();
+        Some((
+            (a * (1.0 - se)).clamp(MIN_ALPHA, MAX_ALPHA),
+            (a * (1.0 + se)).clamp(MIN_ALPHA, MAX_ALPHA),
+        ))
+    }
+
+    /// The shortest timeout for `target` with the tail's power at either end of its 90%
+    /// interval: (with the lighter tail, with the heavier tail). A few tail pauses make the
+    /// interval wide, and an extrapolation far beyond the longest pause seen shows it. None in
+    /// either place: not within ~11.6 days.
+    pub fn shortest_timeout_range(
+        &self,
+        a: &Aggregate,
+        target: f64,
+    ) -> Option<(Option<u64>, Option<u64>)> {
+        let (heavy, light) = self.alpha_range()?;
+        let with = |alpha: f64| {
+            Self {
+                alpha: Some(alpha),
+                ..self.clone()
+            }
+            .shortest_timeout(a, target)
+        };
+        Some((with(light), with(heavy)))
+    }
+
+    /// The range in words, e.g. "90% range 800ms to 45s", or "90% range 800ms to beyond
+    /// 11.6 days: too little history for a firm answer". Empty without a fit.
+    pub fn range_words(&self, a: &Aggregate, target: f64) -> String {
+        match self.shortest_timeout_range(a, target) {
+            None => String::new(),
+            Some((lo, hi)) => {
+                let end = |t: Option<u64>| t.map_or_else(|| "beyond 11.6 days".into(), fmt_ns);
+                let firm = match (lo, hi) {
+                    (Some(l), Some(h)) if h <= l.saturating_mul(10) => "",
+                    _ => ": too little history for a firm answer",
+                };
+                format!("90% range {} to {}{firm}", end(lo), end(hi))
+            }
+        }
+    }
+
     /// How much history the estimate rests on, in words.
     pub fn basis(&self) -> String {
         let weak = if self.tail_pauses < TAIL_PAUSES {
@@ -261,5 +313,31 @@ mod tests {
         assert_eq!(e.alpha, None, "no spread, no extrapolation");
         assert_eq!(e.shortest_timeout(&a, 1e-6), None);
         assert!(TailEstimate::new(&Aggregate::default(), HOUR).is_none());
+    }
+
+    /// A few tail pauses leave the power uncertain: the range says how much, and widens as
+    /// the history shrinks; a long history pins the answer down.
+    #[test]
+    fn the_range_shows_how_much_the_history_can_say() {
+        let long = pareto(10_000);
+        let e = TailEstimate::new(&long, HOUR).unwrap();
+        let (lo, hi) = e.shortest_timeout_range(&long, 1e-6).unwrap();
+        let (lo, hi) = (lo.unwrap(), hi.unwrap());
+        let mid = e.shortest_timeout(&long, 1e-6).unwrap();
+        assert!(lo <= mid && mid <= hi, "{lo} {mid} {hi}");
+        // 20 tail pauses: α ± 37%; at 1e-6 per hour that is a wide range already.
+        assert!(hi > 2 * lo, "{lo} {hi}");
+
+        // Eight pauses in 10 s, a few ms each: extrapolating to 1e-6 per hour is eight orders
+        // of magnitude beyond the history.
+        let mut few = Aggregate::default();
+        for ms in [2, 3, 3, 4, 5, 7, 9, 14] {
+            few.record(ms * MS);
+        }
+        let e = TailEstimate::new(&few, 10_000 * MS).unwrap();
+        let words = e.range_words(&few, 1e-6);
+        assert!(words.contains("too little history for a firm answer"), "{words}");
+        let (flo, fhi) = e.shortest_timeout_range(&few, 1e-6).unwrap();
+        assert!(fhi.is_none_or(|h| h > 100 * flo.unwrap()), "{flo:?} {fhi:?}");
     }
 }

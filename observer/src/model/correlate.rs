@@ -657,10 +657,11 @@ mod tests {
         assert_eq!(e.evidence(), vec![7, 8]);
     }
 
-    #[test]
-    fn replays_a_recorded_stale_write() {
+    /// Feeds a recording's lease, stop and clock lines to a correlator, as the agent fed it
+    /// the reports, records and clock steps they were written from; returns the incidents it
+    /// finds and the incident lines of the recording.
+    fn replay_recording(text: &str) -> (Vec<Incident>, Vec<serde_json::Value>) {
         use serde_json::Value;
-        let text = include_str!("../../fixtures/stale-write.ndjson");
         let u = |v: &Value| v.as_u64();
         let mut c = corr();
         let (mut got, mut want) = (Vec::new(), Vec::new());
@@ -684,7 +685,15 @@ mod tests {
                         ttl_ns: u(&v["ttl_ns"]),
                         token: u(&v["token"]),
                         expires_wall_ns: v["expires_wall_ns"].as_i64(),
-                        wall_offset_ns: 0,
+                        // The offset the agent read when the message came: what maps the
+                        // wall-clock expiry to the deadline it wrote.
+                        wall_offset_ns: match (
+                            v["expires_wall_ns"].as_i64(),
+                            v["deadline_mono_ns"].as_i64(),
+                        ) {
+                            (Some(w), Some(d)) => i128::from(w) - i128::from(d),
+                            _ => 0,
+                        },
                     };
                     got.extend(c.report(&r).unwrap().1);
                 }
@@ -708,17 +717,31 @@ mod tests {
                     };
                     c.on_segment(seg, end);
                 }
+                "clock" if v["event"] == "sync" => {}
+                "clock" if v["event"] == "step" => {
+                    got.extend(c.on_clock_step(
+                        u(&v["ts_mono_ns"]).unwrap(),
+                        v["step_ns"].as_i64().unwrap(),
+                    ));
+                }
                 "incident" => want.push(v),
                 other => panic!("unexpected line type {other}"),
             }
         }
         got.extend(c.flush_all());
+        (got, want)
+    }
+
+    /// The incidents found again from a recording are the ones the agent wrote, field by field.
+    fn assert_same_incidents(got: &[Incident], want: &[serde_json::Value]) {
+        let u = |v: &serde_json::Value| v.as_u64();
         assert_eq!(got.len(), want.len(), "{got:#?}");
-        for (g, w) in got.iter().zip(&want) {
+        for (g, w) in got.iter().zip(want) {
             assert_eq!(w["kind"], g.kind.name());
             assert_eq!(u(&w["pid"]), Some(u64::from(g.pid)));
             assert_eq!(u(&w["deadline_mono_ns"]), g.deadline_mono_ns);
             assert_eq!(u(&w["token"]), g.token);
+            assert_eq!(w["holder_error_ns"].as_i64(), g.holder_error_ns);
             let cause = g.pause.as_ref().and_then(|d| d.main_cause()).map(|p| {
                 format!(
                     "{}: {}",
@@ -731,7 +754,44 @@ mod tests {
                 u(&w["newer_holder"]["pid"]),
                 g.newer_holder.as_ref().map(|h| u64::from(h.pid))
             );
+            if let Some(d) = &g.pause {
+                // The decomposition covers the pause exactly.
+                assert_eq!(
+                    d.parts.iter().map(|p| p.duration_ns).sum::<u64>(),
+                    d.end_mono_ns - d.start_mono_ns,
+                    "{d:#?}"
+                );
+                assert_eq!(
+                    u(&w["pause"]["duration_ns"]),
+                    Some(d.end_mono_ns - d.start_mono_ns)
+                );
+            }
         }
+    }
+
+    /// The demo's stale write (`cargo xtask demo`, scenario stale-write), recorded.
+    #[test]
+    fn replays_a_recorded_stale_write() {
+        let (got, want) = replay_recording(include_str!("../../fixtures/stale-write.ndjson"));
+        assert_eq!(
+            got.iter().map(|i| i.kind.name()).collect::<Vec<_>>(),
+            ["lease_expired_during_pause", "acted_after_expiry"]
+        );
+        assert_same_incidents(&got, &want);
+    }
+
+    /// The demo's clock steps (scenario clock-step: back 5 s, then forward 5 s, under a
+    /// wall-clock lease), recorded: one incident per step, with opposite errors.
+    #[test]
+    fn replays_recorded_clock_steps() {
+        let (got, want) = replay_recording(include_str!("../../fixtures/clock-step.ndjson"));
+        assert_eq!(
+            got.iter().map(|i| i.kind.name()).collect::<Vec<_>>(),
+            ["clock_step_moved_deadline", "clock_step_moved_deadline"]
+        );
+        assert!(got[0].holder_error_ns.unwrap() > 4_900_000_000);
+        assert!(got[1].holder_error_ns.unwrap() < -4_900_000_000);
+        assert_same_incidents(&got, &want);
     }
 
     #[test]

@@ -261,11 +261,19 @@ pub fn advice_line(all: &Aggregate, observed_ns: u64, target: f64) -> String {
         );
     };
     match e.shortest_timeout(all, target) {
-        Some(t) => format!(
-            "a timeout of {} is exceeded by a pause alone with chance < {target:e}/h ({})",
-            fmt_ns(t),
-            e.basis()
-        ),
+        Some(t) => {
+            let range = e.range_words(all, target);
+            let range = if range.is_empty() {
+                range
+            } else {
+                format!("{range}; ")
+            };
+            format!(
+                "a timeout of {} is exceeded by a pause alone with chance < {target:e}/h ({range}{})",
+                fmt_ns(t),
+                e.basis()
+            )
+        }
         None => format!(
             "too little history for a {target:e}/h timeout ({})",
             e.basis()

@@ -65,6 +65,10 @@ pub fn advice(pid: u32, comm: &str, a: &Aggregate, observed_ns: u64, target: f64
                 "  shortest timeout with chance per hour <= {target:e}: {}",
                 fmt_ns(t)
             );
+            let range = e.range_words(a, target);
+            if !range.is_empty() {
+                let _ = write!(s, " ({range})");
+            }
         }
         None => {
             let _ = write!(

@@ -1,0 +1,120 @@
+//! `cargo xtask fuzz`: runs the cargo-fuzz targets in fuzz/ (libFuzzer, nightly), each for a
+//! time budget, adding what raises coverage to fuzz/corpus/TARGET (which the unit tests replay).
+//! A crash fails the command with the input saved under fuzz/artifacts/TARGET.
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::{root_dir, run};
+
+/// Every target in fuzz/Cargo.toml.
+pub const TARGETS: [&str; 3] = ["lease_line", "ring_records", "recording"];
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_installed() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Writes the seed corpus from `observer/src/fuzzing.rs::seeds` (the unit test that checks the
+/// seeds are present writes them when asked).
+pub fn write_seeds() -> anyhow::Result<()> {
+    run(Command::new("cargo")
+        .args([
+            "test",
+            "-p",
+            "observer",
+            "--lib",
+            "fuzzing::tests::the_seeds_are_in_the_corpus",
+        ])
+        .env("PAUSEWATCH_WRITE_FUZZ_SEEDS", "1"))
+}
+
+pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
+    let targets: Vec<&str> = match target {
+        Some(t) if TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("no fuzz target '{t}': the targets are {}", TARGETS.join(", ")),
+        None => TARGETS.to_vec(),
+    };
+    if !cargo_fuzz_installed() {
+        println!("fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
+    let dir = root_dir().join("fuzz");
+    for t in targets {
+        let corpus = dir.join("corpus").join(t);
+        let before = count(&corpus)?;
+        println!("fuzz: {t} for {seconds} s from {before} corpus inputs");
+        // The fuzz build needs no eBPF object (nothing is loaded), and the nested BPF build
+        // would inherit the sanitizer flags: the build script writes a stub instead.
+        let status = Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", t])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1")
+            .env("PAUSEWATCH_SKIP_EBPF", "1")
+            .current_dir(&dir)
+            .status()
+            .context("starting cargo fuzz")?;
+        if !status.success() {
+            bail!(
+                "fuzz target {t} failed ({status}): a crash leaves its input in fuzz/artifacts/{t}/; reproduce it with `cd fuzz && PAUSEWATCH_SKIP_EBPF=1 cargo +nightly fuzz run {t} artifacts/{t}/<file>`"
+            );
+        }
+        let found = count(&corpus)?;
+        minimize(&dir, t)?;
+        println!(
+            "fuzz: {t}: corpus {before} -> {found} inputs, {} after minimizing",
+            count(&corpus)?
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the seeds and, of the rest, only inputs that add coverage to them (libFuzzer's
+/// `-merge=1`), so the committed corpus stays small.
+fn minimize(dir: &std::path::Path, t: &str) -> anyhow::Result<()> {
+    let corpus = dir.join("corpus").join(t);
+    let min = dir.join("corpus").join(format!("{t}.min"));
+    let _ = std::fs::remove_dir_all(&min);
+    std::fs::create_dir_all(&min).with_context(|| format!("creating {}", min.display()))?;
+    for e in std::fs::read_dir(&corpus)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("seed-") {
+            std::fs::copy(e.path(), min.join(e.file_name()))?;
+        }
+    }
+    let status = Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", t])
+        .arg(&min)
+        .arg(&corpus)
+        .args(["--", "-merge=1"])
+        .env("PAUSEWATCH_SKIP_EBPF", "1")
+        .current_dir(dir)
+        .status()
+        .context("starting cargo fuzz")?;
+    if !status.success() {
+        bail!("minimizing the corpus of {t} failed ({status})");
+    }
+    std::fs::remove_dir_all(&corpus)?;
+    std::fs::rename(&min, &corpus)?;
+    Ok(())
+}
+
+fn count(dir: &std::path::Path) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .count())
+}
