@@ -874,9 +874,35 @@ pub async fn run(
         }
     }
 
+    // Start-up is over: programs attached, tracefs, BPF statistics, /proc/kallsyms, the lease
+    // socket and /proc/timer_list done. Keep only what the running agent needs.
+    let dropped = crate::probe::privileges::drop_after_start();
+    if let Err(e) = &dropped {
+        let n = format!("capabilities could not be dropped after start-up: {e}");
+        notices.push(n.clone());
+        st.notices.push(n);
+    }
     if let Output::Json(w) = &mut out {
         for n in &notices {
             w.notice(&st.clock, "warn", "degraded", n, json!({}));
+        }
+        if let Ok(d) = &dropped {
+            w.notice(
+                &st.clock,
+                "info",
+                "privileges",
+                &format!(
+                    "after start-up kept {} and dropped {} other capabilities{}",
+                    d.kept.join(", "),
+                    d.dropped.len(),
+                    if d.bounding {
+                        " (also from the bounding set)"
+                    } else {
+                        ""
+                    }
+                ),
+                json!({ "kept": d.kept, "dropped": d.dropped, "bounding": d.bounding }),
+            );
         }
         for n in &probes.infos {
             w.notice(&st.clock, "info", "host_changed", n, json!({}));

@@ -248,7 +248,9 @@ pub mod seeds {
         StopRecord, TASK_COMM_LEN, decode, encode,
     };
 
-    use super::{FIRST_CLIENT, FRAME_LEASE, WALL_OFFSET_NS, FRAME_RECORD, FRAME_STEP, FRAME_TICK, frame};
+    use super::{
+        FIRST_CLIENT, FRAME_LEASE, FRAME_RECORD, FRAME_STEP, FRAME_TICK, WALL_OFFSET_NS, frame,
+    };
     use crate::model::stop::{SIGCONT, SIGSTOP};
 
     /// Lease request lines, valid and not.
@@ -286,11 +288,10 @@ pub mod seeds {
     }
 
     fn pause(tgid: u32, start_mono_ns: u64, duration_ns: u64) -> Vec<u8> {
-        let observer_common::Record::Pause(mut r) = decode(&zeroed(
-            RecordKind::Pause,
-            size_of::<PauseRecord>(),
-        ))
-        .expect("a zeroed pause record decodes") else {
+        let observer_common::Record::Pause(mut r) =
+            decode(&zeroed(RecordKind::Pause, size_of::<PauseRecord>()))
+                .expect("a zeroed pause record decodes")
+        else {
             unreachable!()
         };
         r.tid = tgid;
@@ -379,9 +380,15 @@ pub mod seeds {
         let expired = [
             lease(c, "acquire leader ttl=1s token=7"),
             frame(FRAME_RECORD, &signal(SIGSTOP, c, START_NS + 400_000_000)),
-            frame(FRAME_RECORD, &stop(c, START_NS + 500_000_000, 2_000_000_000)),
+            frame(
+                FRAME_RECORD,
+                &stop(c, START_NS + 500_000_000, 2_000_000_000),
+            ),
             frame(FRAME_RECORD, &signal(SIGCONT, c, START_NS + 2_500_000_000)),
-            frame(FRAME_RECORD, &pause(c, START_NS + 500_000_000, 2_100_000_000)),
+            frame(
+                FRAME_RECORD,
+                &pause(c, START_NS + 500_000_000, 2_100_000_000),
+            ),
             tick(3_000),
             lease(c, "act leader token=7"),
             tick(100),
@@ -479,8 +486,7 @@ mod tests {
     #[test]
     fn the_ring_record_corpus_replays() {
         assert!(
-            replay_corpus("ring_records", |d| drop(ring_records(d)))
-                >= seeds::ring_records().len()
+            replay_corpus("ring_records", |d| drop(ring_records(d))) >= seeds::ring_records().len()
         );
     }
 

@@ -38,7 +38,10 @@ pub fn write_seeds() -> anyhow::Result<()> {
 pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
     let targets: Vec<&str> = match target {
         Some(t) if TARGETS.contains(&t) => vec![t],
-        Some(t) => bail!("no fuzz target '{t}': the targets are {}", TARGETS.join(", ")),
+        Some(t) => bail!(
+            "no fuzz target '{t}': the targets are {}",
+            TARGETS.join(", ")
+        ),
         None => TARGETS.to_vec(),
     };
     if !cargo_fuzz_installed() {
@@ -63,6 +66,8 @@ pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
+            // Recordings can be any size; small inputs fuzz faster and keep the corpus small.
+            .arg("-max_len=8192")
             .arg("-print_final_stats=1")
             .env("PAUSEWATCH_SKIP_EBPF", "1")
             .current_dir(&dir)
@@ -83,8 +88,9 @@ pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the seeds and, of the rest, only inputs that add coverage to them (libFuzzer's
-/// `-merge=1`), so the committed corpus stays small.
+/// Keeps the seeds and the inputs of fixed crashes (`crash-*`) and, of the rest, a small set
+/// of inputs that together cover what the whole corpus covers beyond them (libFuzzer's
+/// `-set_cover_merge=1`), so the committed corpus stays small.
 fn minimize(dir: &std::path::Path, t: &str) -> anyhow::Result<()> {
     let corpus = dir.join("corpus").join(t);
     let min = dir.join("corpus").join(format!("{t}.min"));
@@ -92,7 +98,8 @@ fn minimize(dir: &std::path::Path, t: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&min).with_context(|| format!("creating {}", min.display()))?;
     for e in std::fs::read_dir(&corpus)? {
         let e = e?;
-        if e.file_name().to_string_lossy().starts_with("seed-") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seed-") || name.starts_with("crash-") {
             std::fs::copy(e.path(), min.join(e.file_name()))?;
         }
     }
@@ -100,7 +107,7 @@ fn minimize(dir: &std::path::Path, t: &str) -> anyhow::Result<()> {
         .args(["+nightly", "fuzz", "run", t])
         .arg(&min)
         .arg(&corpus)
-        .args(["--", "-merge=1"])
+        .args(["--", "-set_cover_merge=1"])
         .env("PAUSEWATCH_SKIP_EBPF", "1")
         .current_dir(dir)
         .status()

@@ -26,7 +26,7 @@ pub fn blocked_json(b: &BlockedWhy) -> Value {
         "file": if file { b.resolved.clone() } else { None },
         "device": (b.dev != 0).then(|| dev_name(b.dev)),
         "inode": (b.ino != 0).then_some(b.ino),
-        "file_offset": (b.reason == BlockReason::MajorFault).then_some(b.pgoff * 4096),
+        "file_offset": (b.reason == BlockReason::MajorFault).then(|| b.file_offset()).flatten(),
         "kernel_place": if b.reason == BlockReason::Stack { b.resolved.clone() } else { None },
     })
 }

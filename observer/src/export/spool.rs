@@ -174,6 +174,13 @@ impl Spool {
         std::thread::Builder::new()
             .name("pw-ndjson".into())
             .spawn(move || {
+                // Rotation creates files beside the recording, in a directory root may
+                // not own: a file sink keeps the right to write there, nothing else.
+                let keep: caps::CapsHashSet = match &sink {
+                    Sink::File { .. } => [caps::Capability::CAP_DAC_OVERRIDE].into(),
+                    _ => caps::CapsHashSet::new(),
+                };
+                let _ = crate::probe::privileges::reduce_this_thread(&keep);
                 for chunk in rx {
                     st.queued_bytes.fetch_sub(chunk.len(), Ordering::Relaxed);
                     if sink.write_chunk(&chunk, &st).is_err() {

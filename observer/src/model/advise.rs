@@ -336,8 +336,14 @@ mod tests {
         }
         let e = TailEstimate::new(&few, 10_000 * MS).unwrap();
         let words = e.range_words(&few, 1e-6);
-        assert!(words.contains("too little history for a firm answer"), "{words}");
+        assert!(
+            words.contains("too little history for a firm answer"),
+            "{words}"
+        );
         let (flo, fhi) = e.shortest_timeout_range(&few, 1e-6).unwrap();
-        assert!(fhi.is_none_or(|h| h > 100 * flo.unwrap()), "{flo:?} {fhi:?}");
+        assert!(
+            fhi.is_none_or(|h| h > 100 * flo.unwrap()),
+            "{flo:?} {fhi:?}"
+        );
     }
 }

@@ -47,6 +47,13 @@ impl BlockedWhy {
         })
     }
 
+    /// File faults: the byte offset in the file (None when the page offset is out of range:
+    /// a record this build cannot have written).
+    pub fn file_offset(&self) -> Option<u64> {
+        const PAGE_SIZE: u64 = 4096; // x86_64, the only target
+        self.pgoff.checked_mul(PAGE_SIZE)
+    }
+
     /// The label of the blocked component: `major_fault`, `fsync`, or for kernel stacks the
     /// place it slept (`kernel: jbd2 commit`).
     pub fn label(&self) -> String {
@@ -65,10 +72,11 @@ impl BlockedWhy {
         };
         match self.reason {
             BlockReason::MajorFault => format!(
-                "major_fault at {:#x} in {} (offset {:#x})",
+                "major_fault at {:#x} in {} (offset {})",
                 self.addr,
                 file(),
-                self.pgoff * 4096
+                self.file_offset()
+                    .map_or_else(|| "unknown".into(), |o| format!("{o:#x}"))
             ),
             BlockReason::Swapin => format!("swapin at {:#x}", self.addr),
             BlockReason::Sync => format!("fsync of {}", file()),
@@ -435,6 +443,14 @@ mod tests {
             w.describe(),
             "major_fault at 0x7f0000001000 in inode 42 on 254:0 (offset 0x3000)"
         );
+        // A page offset no kernel writes (found by the ring_records fuzz target) is unknown,
+        // not an overflow.
+        let huge = BlockedWhy {
+            pgoff: u64::MAX / 16,
+            ..w.clone()
+        };
+        assert_eq!(huge.file_offset(), None);
+        assert!(huge.describe().ends_with("(offset unknown)"));
         w.resolved = Some("/usr/lib/libx.so".into());
         assert_eq!(
             w.describe(),

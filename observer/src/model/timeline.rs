@@ -332,8 +332,9 @@ impl Timeline {
         self.forgotten += (before - self.segments.len()) as u64;
     }
 
+    /// Segments held (bounded by the capacity).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.segments.len()
     }
 
@@ -675,10 +676,10 @@ mod tests {
         for i in 0..5 {
             t.push(thread(i, 11, i * 10, 0, 0, 5));
         }
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.held(), 3);
         assert_eq!(t.forgotten, 2);
         t.forget_before(36);
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.held(), 1);
         assert_eq!(t.forgotten, 4);
     }
 }

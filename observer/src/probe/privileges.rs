@@ -43,6 +43,105 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the agent needs once it runs: attach uprobes to runtimes that start later (CAP_BPF,
+/// CAP_PERFMON), read other users' /proc/<pid>/{maps,fd,root,wchan} (CAP_SYS_PTRACE) and the
+/// runtime files they map (CAP_DAC_READ_SEARCH). Everything else it needed (CAP_SYS_ADMIN to
+/// mount tracefs or enable BPF statistics, CAP_SYSLOG to open /proc/kallsyms, CAP_CHOWN for
+/// the lease socket, root's read access to /proc/timer_list) is done by then.
+pub const RUNNING_CAPS: [caps::Capability; 4] = [
+    caps::Capability::CAP_BPF,
+    caps::Capability::CAP_PERFMON,
+    caps::Capability::CAP_SYS_PTRACE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// What `drop_after_start` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// Effective capabilities kept, and those given up (names, sorted).
+    pub kept: Vec<String>,
+    pub dropped: Vec<String>,
+    /// The bounding set was narrowed too (it needs CAP_SETPCAP, which root has and a
+    /// service with a narrow capability set does not need: its bounding set is narrow already).
+    pub bounding: bool,
+}
+
+/// The capabilities to keep from `have`: the running set, or with CAP_SYS_ADMIN standing in
+/// for CAP_BPF and CAP_PERFMON (kernels before 5.8 have neither), that too.
+fn keep_from(have: &caps::CapsHashSet) -> caps::CapsHashSet {
+    let mut keep: caps::CapsHashSet = RUNNING_CAPS
+        .into_iter()
+        .filter(|c| have.contains(c))
+        .collect();
+    let tracing =
+        keep.contains(&caps::Capability::CAP_BPF) && keep.contains(&caps::Capability::CAP_PERFMON);
+    if !tracing && have.contains(&caps::Capability::CAP_SYS_ADMIN) {
+        keep.insert(caps::Capability::CAP_SYS_ADMIN);
+    }
+    keep
+}
+
+fn names(set: &caps::CapsHashSet) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Gives up, once programs are attached and the start-up files are open, every capability the
+/// running agent does not need (see `reduce_this_thread`). Capabilities belong to threads:
+/// call it on the thread that goes on running the agent, before it starts others (which then
+/// inherit the reduced sets); helper threads started earlier reduce their own.
+pub fn drop_after_start() -> Result<Dropped, String> {
+    let have = caps::read(None, caps::CapSet::Effective)
+        .map_err(|e| format!("reading capabilities: {e}"))?;
+    let keep = keep_from(&have);
+    let bounding = reduce_this_thread(&keep)?;
+    Ok(Dropped {
+        kept: names(&keep),
+        dropped: names(&have.difference(&keep).copied().collect()),
+        bounding,
+    })
+}
+
+/// Reduces the calling thread's capabilities to `keep`: the bounding set (when it may: that
+/// needs CAP_SETPCAP), then the ambient and inheritable sets (emptied), the effective and the
+/// permitted set. One-way: nothing dropped can be regained, also not by a later exec. True
+/// when the bounding set was narrowed too.
+pub fn reduce_this_thread(keep: &caps::CapsHashSet) -> Result<bool, String> {
+    use caps::CapSet;
+    let err = |what: &str, e: caps::errors::CapsError| format!("{what}: {e}");
+    let bounding =
+        caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false);
+    if bounding {
+        let bset =
+            caps::read(None, CapSet::Bounding).map_err(|e| err("reading the bounding set", e))?;
+        for c in bset.difference(keep) {
+            caps::drop(None, CapSet::Bounding, *c)
+                .map_err(|e| err(&format!("dropping {c} from the bounding set"), e))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| err("clearing the ambient set", e))?;
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())
+        .map_err(|e| err("clearing the inheritable set", e))?;
+    // Effective first: it must stay within the permitted set.
+    for (set, name) in [
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        let now = caps::read(None, set).map_err(|e| err("reading capabilities", e))?;
+        let target: caps::CapsHashSet = now.intersection(keep).copied().collect();
+        caps::set(None, set, &target).map_err(|e| err(&format!("setting the {name} set"), e))?;
+    }
+    Ok(bounding)
+}
+
+/// For a helper thread (control sleeper, terminal input) that needs no capability: gives up
+/// all of them as it starts. Best effort: a failure leaves it as it was, and the process-wide
+/// test (`tests/deploy.rs`) checks every thread.
+pub fn helper_thread_needs_none() {
+    let _ = reduce_this_thread(&caps::CapsHashSet::new());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +151,29 @@ mod tests {
         assert!(check_effective(1 << CAP_SYS_ADMIN).is_ok());
         assert!(check_effective((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
         assert!(check_effective(u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn the_running_set_is_kept_and_sys_admin_only_when_it_stands_in() {
+        use caps::Capability::*;
+        let root: caps::CapsHashSet = caps::all();
+        let kept = keep_from(&root);
+        assert_eq!(kept, RUNNING_CAPS.into_iter().collect());
+        let old_kernel: caps::CapsHashSet = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_CHOWN].into();
+        assert_eq!(
+            keep_from(&old_kernel),
+            [CAP_SYS_ADMIN, CAP_SYS_PTRACE].into()
+        );
+        let unit: caps::CapsHashSet = [
+            CAP_BPF,
+            CAP_PERFMON,
+            CAP_SYS_PTRACE,
+            CAP_DAC_READ_SEARCH,
+            CAP_SYSLOG,
+            CAP_CHOWN,
+        ]
+        .into();
+        assert_eq!(keep_from(&unit), RUNNING_CAPS.into_iter().collect());
     }
 
     #[test]

@@ -543,11 +543,15 @@ fn jvm_plan<'a, R: object::ReadRef<'a>>(
     let mut detail = String::new();
     match begin_symbol {
         Some(at) => out.push(("jvm_safepoint_begin".to_string(), at)),
-        None => detail += "; no SafepointSynchronize::begin in its symbol table, so safepoints begin at the safepoint__begin probe, a few instructions later",
+        None => {
+            detail += "; no SafepointSynchronize::begin in its symbol table, so safepoints begin at the safepoint__begin probe, a few instructions later"
+        }
     }
     match sync_symbol {
         Some(at) => out.push(("jvm_safepoint_synchronized".to_string(), at)),
-        None => detail += "; no RuntimeService::record_safepoint_synchronized in its symbol table, so the time to safepoint is not measured",
+        None => {
+            detail += "; no RuntimeService::record_safepoint_synchronized in its symbol table, so the time to safepoint is not measured"
+        }
     }
     Ok((out, detail))
 }

@@ -177,6 +177,7 @@ fn control_loop(
     stats: &ControlStats,
     stop: &AtomicBool,
 ) {
+    crate::probe::privileges::helper_thread_needs_none();
     // SAFETY: prctl with an integer argument: the smallest timer slack (1 ns) for this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     // /proc/thread-self resolves to the opening thread: this one.

@@ -6,14 +6,9 @@ pub struct KernelSymbols {
 }
 
 impl KernelSymbols {
-    /// Reads /proc/kallsyms. Err with a one-line reason when it is unreadable or restricted
-    /// (kernel.kptr_restrict hides addresses, which then read as zero).
-    pub fn load() -> Result<Self, String> {
-        let f = std::fs::File::open("/proc/kallsyms")
-            .map_err(|e| format!("/proc/kallsyms unreadable: {e}"))?;
-        Self::parse(std::io::BufReader::new(f))
-    }
-
+    /// Reads /proc/kallsyms' text. Err with a one-line reason when it is unreadable or
+    /// restricted (without CAP_SYSLOG at open, or with kernel.kptr_restrict, addresses read as
+    /// zero).
     pub fn parse(r: impl std::io::BufRead) -> Result<Self, String> {
         let mut syms: Vec<(u64, Box<str>)> = Vec::new();
         for line in r.lines() {

@@ -166,7 +166,10 @@ mod tests {
         let mut got = None;
         for _ in 0..200 {
             got = paused_now(pid, None, &senders);
-            if got.as_ref().is_some_and(|(_, why)| why.starts_with("stopped")) {
+            if got
+                .as_ref()
+                .is_some_and(|(_, why)| why.starts_with("stopped"))
+            {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -5,6 +5,9 @@ use super::kallsyms::{self, KernelSymbols};
 
 pub struct Stacks {
     map: StackTraceMap<MapData>,
+    /// /proc/kallsyms, opened at start-up: the kernel shows real addresses to whoever had
+    /// CAP_SYSLOG when the file was opened, and the agent drops it after start-up.
+    kallsyms: Option<Result<std::fs::File, String>>,
     /// Loaded at the first stack (it is large); Err says why stacks cannot be named.
     symbols: Option<Result<KernelSymbols, String>>,
 }
@@ -13,7 +16,14 @@ impl Stacks {
     pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let map = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS missing")?)?;
-        Ok(Self { map, symbols: None })
+        Ok(Self {
+            map,
+            kallsyms: Some(
+                std::fs::File::open("/proc/kallsyms")
+                    .map_err(|e| format!("/proc/kallsyms unreadable: {e}")),
+            ),
+            symbols: None,
+        })
     }
 
     /// Where the thread of stack `id` slept ("jbd2 commit", "pipe_write"), and the frames.
@@ -21,9 +31,13 @@ impl Stacks {
     pub fn place(&mut self, id: u32) -> Option<(String, Vec<String>)> {
         let trace = self.map.get(&id, 0).ok()?;
         let _ = self.map.remove(&id);
+        let kallsyms = &mut self.kallsyms;
         let syms = self
             .symbols
-            .get_or_insert_with(KernelSymbols::load)
+            .get_or_insert_with(|| {
+                let f = kallsyms.take().unwrap_or_else(|| Err("read once".into()))?;
+                KernelSymbols::parse(std::io::BufReader::new(f))
+            })
             .as_ref()
             .ok()?;
         let frames: Vec<String> = trace

@@ -34,6 +34,7 @@ pub const WINDOW_NS: u64 = 10_000_000_000;
 /// poll blocks), to the loop.
 pub fn spawn_input(tx: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
+        crate::probe::privileges::helper_thread_needs_none();
         loop {
             match event::poll(std::time::Duration::from_millis(200)) {
                 Ok(true) => match event::read() {
