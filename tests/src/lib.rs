@@ -193,9 +193,14 @@ impl Pausewatch {
     }
 
     /// SIGTERM, wait for exit 0, and return every line it wrote.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// As `stop`, ending it with `sig` (SIGTERM, SIGINT or SIGHUP).
+    pub fn stop_with(mut self, sig: i32) -> Vec<Value> {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, sig) };
         let status = self.child.wait().expect("waiting for pausewatch");
         std::thread::sleep(Duration::from_millis(300)); // let the reader threads finish
         assert!(

@@ -44,13 +44,15 @@ pub fn check() -> anyhow::Result<()> {
 }
 
 /// What the agent needs once it runs: attach uprobes to runtimes that start later (CAP_BPF,
-/// CAP_PERFMON), read other users' /proc/<pid>/{maps,fd,root,wchan} (CAP_SYS_PTRACE) and the
-/// runtime files they map (CAP_DAC_READ_SEARCH). Everything else it needed (CAP_SYS_ADMIN to
-/// mount tracefs or enable BPF statistics, CAP_SYSLOG to open /proc/kallsyms, CAP_CHOWN for
-/// the lease socket, root's read access to /proc/timer_list) is done by then.
-pub const RUNNING_CAPS: [caps::Capability; 4] = [
+/// CAP_PERFMON, and CAP_SYS_ADMIN: since Linux 6.16 and its stable backports the kernel
+/// creates uprobes only for CAP_SYS_ADMIN, "perf: Require CAP_SYS_ADMIN for uprobes"), read
+/// other users' /proc/<pid>/{maps,fd,root,wchan} (CAP_SYS_PTRACE) and the runtime files they
+/// map (CAP_DAC_READ_SEARCH). Everything else it needed (CAP_SYSLOG to open /proc/kallsyms,
+/// CAP_CHOWN for the lease socket, root's read access to /proc/timer_list) is done by then.
+pub const RUNNING_CAPS: [caps::Capability; 5] = [
     caps::Capability::CAP_BPF,
     caps::Capability::CAP_PERFMON,
+    caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_SYS_PTRACE,
     caps::Capability::CAP_DAC_READ_SEARCH,
 ];
@@ -66,19 +68,12 @@ pub struct Dropped {
     pub bounding: bool,
 }
 
-/// The capabilities to keep from `have`: the running set, or with CAP_SYS_ADMIN standing in
-/// for CAP_BPF and CAP_PERFMON (kernels before 5.8 have neither), that too.
+/// The capabilities to keep from `have`: those of the running set it has.
 fn keep_from(have: &caps::CapsHashSet) -> caps::CapsHashSet {
-    let mut keep: caps::CapsHashSet = RUNNING_CAPS
+    RUNNING_CAPS
         .into_iter()
         .filter(|c| have.contains(c))
-        .collect();
-    let tracing =
-        keep.contains(&caps::Capability::CAP_BPF) && keep.contains(&caps::Capability::CAP_PERFMON);
-    if !tracing && have.contains(&caps::Capability::CAP_SYS_ADMIN) {
-        keep.insert(caps::Capability::CAP_SYS_ADMIN);
-    }
-    keep
+        .collect()
 }
 
 fn names(set: &caps::CapsHashSet) -> Vec<String> {
@@ -154,16 +149,10 @@ mod tests {
     }
 
     #[test]
-    fn the_running_set_is_kept_and_sys_admin_only_when_it_stands_in() {
+    fn the_running_set_is_kept_of_what_there_is() {
         use caps::Capability::*;
         let root: caps::CapsHashSet = caps::all();
-        let kept = keep_from(&root);
-        assert_eq!(kept, RUNNING_CAPS.into_iter().collect());
-        let old_kernel: caps::CapsHashSet = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_CHOWN].into();
-        assert_eq!(
-            keep_from(&old_kernel),
-            [CAP_SYS_ADMIN, CAP_SYS_PTRACE].into()
-        );
+        assert_eq!(keep_from(&root), RUNNING_CAPS.into_iter().collect());
         let unit: caps::CapsHashSet = [
             CAP_BPF,
             CAP_PERFMON,
@@ -173,7 +162,10 @@ mod tests {
             CAP_CHOWN,
         ]
         .into();
-        assert_eq!(keep_from(&unit), RUNNING_CAPS.into_iter().collect());
+        assert_eq!(
+            keep_from(&unit),
+            [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH].into()
+        );
     }
 
     #[test]

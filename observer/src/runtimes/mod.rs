@@ -387,8 +387,15 @@ fn attach_program(
         prog.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
     let fd = prog.fd().map_err(|e| format!("program {name}: {e}"))?;
-    uprobe::attach(fd.as_fd(), path, offset, ref_ctr_offset)
-        .map_err(|e| format!("attaching {name} at {offset:#x}: {e}"))
+    uprobe::attach(fd.as_fd(), path, offset, ref_ctr_offset).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EACCES) {
+            format!(
+                "attaching {name} at {offset:#x}: {e}: this kernel creates uprobes only for CAP_SYS_ADMIN (Linux 6.16+, 'perf: Require CAP_SYS_ADMIN for uprobes'); grant it to observe garbage collectors"
+            )
+        } else {
+            format!("attaching {name} at {offset:#x}: {e}")
+        }
+    })
 }
 
 fn open_elf(path: &Path) -> Result<ReadCache<File>, String> {
