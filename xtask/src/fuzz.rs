@@ -5,20 +5,22 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::{root_dir, run};
+use crate::{root_dir, run, works};
 
 /// Every target in fuzz/Cargo.toml.
 pub const TARGETS: [&str; 3] = ["lease_line", "ring_records", "recording"];
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-fn cargo_fuzz_installed() -> bool {
-    Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// `cargo +nightly fuzz run TARGET` in fuzz/. The fuzz build needs no eBPF object (nothing is
+/// loaded), and the nested BPF build would inherit the sanitizer flags: the build script
+/// writes a stub instead.
+fn fuzz_run(dir: &std::path::Path, target: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "run", target])
+        .env("PAUSEWATCH_SKIP_EBPF", "1")
+        .current_dir(dir);
+    cmd
 }
 
 /// Writes the seed corpus from `observer/src/fuzzing.rs::seeds` (the unit test that checks the
@@ -44,7 +46,7 @@ pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
         ),
         None => TARGETS.to_vec(),
     };
-    if !cargo_fuzz_installed() {
+    if !works(&["cargo", "fuzz", "--version"]) {
         println!("fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
         run(Command::new("cargo").args([
             "install",
@@ -59,18 +61,13 @@ pub fn fuzz(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
         let corpus = dir.join("corpus").join(t);
         let before = count(&corpus)?;
         println!("fuzz: {t} for {seconds} s from {before} corpus inputs");
-        // The fuzz build needs no eBPF object (nothing is loaded), and the nested BPF build
-        // would inherit the sanitizer flags: the build script writes a stub instead.
-        let status = Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", t])
+        let status = fuzz_run(&dir, t)
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             // Recordings can be any size; small inputs fuzz faster and keep the corpus small.
             .arg("-max_len=8192")
             .arg("-print_final_stats=1")
-            .env("PAUSEWATCH_SKIP_EBPF", "1")
-            .current_dir(&dir)
             .status()
             .context("starting cargo fuzz")?;
         if !status.success() {
@@ -103,13 +100,10 @@ fn minimize(dir: &std::path::Path, t: &str) -> anyhow::Result<()> {
             std::fs::copy(e.path(), min.join(e.file_name()))?;
         }
     }
-    let status = Command::new("cargo")
-        .args(["+nightly", "fuzz", "run", t])
+    let status = fuzz_run(dir, t)
         .arg(&min)
         .arg(&corpus)
         .args(["--", "-set_cover_merge=1"])
-        .env("PAUSEWATCH_SKIP_EBPF", "1")
-        .current_dir(dir)
         .status()
         .context("starting cargo fuzz")?;
     if !status.success() {

@@ -74,19 +74,22 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a command line runs and exits 0 (its output discarded).
+pub fn works(cmd: &[&str]) -> bool {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Installs the Debian packages whose check command fails (idempotent; nothing runs when all
 /// are present). `needs` is (package, command line that works once it is installed).
 pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
     let missing: Vec<&str> = needs
         .iter()
-        .filter(|(_, check)| {
-            !Command::new(check[0])
-                .args(&check[1..])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        .filter(|(_, check)| !works(check))
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -5,11 +5,28 @@ use super::kallsyms::{self, KernelSymbols};
 
 pub struct Stacks {
     map: StackTraceMap<MapData>,
-    /// /proc/kallsyms, opened at start-up: the kernel shows real addresses to whoever had
-    /// CAP_SYSLOG when the file was opened, and the agent drops it after start-up.
-    kallsyms: Option<Result<std::fs::File, String>>,
-    /// Loaded at the first stack (it is large); Err says why stacks cannot be named.
-    symbols: Option<Result<KernelSymbols, String>>,
+    symbols: Symbols,
+}
+
+/// The kernel's symbols: /proc/kallsyms is opened at start-up (the kernel shows real addresses
+/// to whoever had CAP_SYSLOG when the file was opened, and the agent drops it after start-up)
+/// and read at the first stack (it is large). Err says why stacks cannot be named.
+enum Symbols {
+    Opened(Result<std::fs::File, String>),
+    Read(Result<KernelSymbols, String>),
+}
+
+impl Symbols {
+    fn get(&mut self) -> Option<&KernelSymbols> {
+        if let Self::Opened(f) = self {
+            let f = std::mem::replace(f, Err(String::new()));
+            *self = Self::Read(f.and_then(|f| KernelSymbols::parse(std::io::BufReader::new(f))));
+        }
+        match self {
+            Self::Read(r) => r.as_ref().ok(),
+            Self::Opened(_) => None,
+        }
+    }
 }
 
 impl Stacks {
@@ -18,11 +35,10 @@ impl Stacks {
         let map = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS missing")?)?;
         Ok(Self {
             map,
-            kallsyms: Some(
+            symbols: Symbols::Opened(
                 std::fs::File::open("/proc/kallsyms")
                     .map_err(|e| format!("/proc/kallsyms unreadable: {e}")),
             ),
-            symbols: None,
         })
     }
 
@@ -31,15 +47,7 @@ impl Stacks {
     pub fn place(&mut self, id: u32) -> Option<(String, Vec<String>)> {
         let trace = self.map.get(&id, 0).ok()?;
         let _ = self.map.remove(&id);
-        let kallsyms = &mut self.kallsyms;
-        let syms = self
-            .symbols
-            .get_or_insert_with(|| {
-                let f = kallsyms.take().unwrap_or_else(|| Err("read once".into()))?;
-                KernelSymbols::parse(std::io::BufReader::new(f))
-            })
-            .as_ref()
-            .ok()?;
+        let syms = self.symbols.get()?;
         let frames: Vec<String> = trace
             .frames()
             .iter()
@@ -54,9 +62,9 @@ impl Stacks {
 
     /// Why stacks cannot be named, once known.
     pub fn unavailable(&self) -> Option<&str> {
-        self.symbols
-            .as_ref()
-            .and_then(|r| r.as_ref().err())
-            .map(String::as_str)
+        match &self.symbols {
+            Symbols::Read(Err(e)) => Some(e),
+            _ => None,
+        }
     }
 }
