@@ -112,6 +112,8 @@ pub enum RecordKind {
     Sync = 8,
     /// `MemStallRecord`: one direct reclaim or compaction stall at or above `--min-pause`.
     MemStall = 9,
+    /// `ExitRecord`: the last thread of a process with kernel aggregates exited.
+    Exit = 10,
 }
 
 /// Causes whose ring-buffer records can be dropped; indexes into the `DROPS` per-CPU array.
@@ -148,8 +150,15 @@ pub enum DropCause {
     /// A process's memory and disk aggregate could not be created (`PROC_MEM` full even
     /// after LRU eviction failed).
     MemAggregate = 12,
+    /// A process's pid was reused before the agent read its aggregate for the last time: the
+    /// old process's counts since the previous read (at most one second's) were discarded so
+    /// that none of them is charged to the new process.
+    PidReuse = 13,
+    /// An exit record did not fit in the ring buffer: the agent retires that process at its
+    /// next once-a-second read instead.
+    Exit = 14,
 }
-pub const NUM_DROP_CAUSES: usize = 13;
+pub const NUM_DROP_CAUSES: usize = 15;
 
 impl DropCause {
     pub const ALL: [DropCause; NUM_DROP_CAUSES] = [
@@ -166,6 +175,8 @@ impl DropCause {
         DropCause::Sync,
         DropCause::MemStall,
         DropCause::MemAggregate,
+        DropCause::PidReuse,
+        DropCause::Exit,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -182,6 +193,8 @@ impl DropCause {
             DropCause::Sync => "sync",
             DropCause::MemStall => "mem_stall",
             DropCause::MemAggregate => "mem_aggregate",
+            DropCause::PidReuse => "pid_reuse",
+            DropCause::Exit => "exit",
         }
     }
 }
@@ -402,6 +415,22 @@ pub struct ExecRecord {
     pub comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
+
+/// The last thread of a process that has kernel aggregates exited (`sched_process_exit` with
+/// `group_dead`, Linux 6.16+). It reaches the agent in ring order, before any record of a later
+/// process given the same pid, so nothing of that one is charged to this one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// `RecordKind::Exit`.
+    pub kind: u32,
+    pub tgid: u32,
+    /// CLOCK_MONOTONIC.
+    pub ts_mono_ns: u64,
+    /// `ProcStats::start_ns` of the process.
+    pub start_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 24);
 
 /// The syscall behind a `ClockAdjRecord`.
 #[repr(u32)]
@@ -868,9 +897,13 @@ pub struct ProcStats {
     pub dropped_records: u64,
     /// Name of the thread group leader when the entry was created or last streamed an episode.
     pub comm: [u8; TASK_COMM_LEN],
+    /// Start time of the thread group leader (`task->group_leader->start_time`, monotonic ns):
+    /// which process this entry belongs to. A pid reused before the agent retired the entry
+    /// shows up as a different start time (0: unreadable).
+    pub start_ns: u64,
 }
 const _: () = assert!(
-    core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 24
+    core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 32
 );
 
 impl ProcStats {
@@ -880,6 +913,7 @@ impl ProcStats {
         stats: [ComponentStats::ZERO; NUM_STATS],
         dropped_records: 0,
         comm: [0; TASK_COMM_LEN],
+        start_ns: 0,
     };
 }
 

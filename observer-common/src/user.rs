@@ -1,8 +1,8 @@
 //! Userspace side of the ABI: `aya::Pod` impls and a length-checked decoder.
 
 use crate::{
-    ClockAdjRecord, ExecRecord, GcRecord, MemStallRecord, PauseRecord, ProcStats, RecordKind,
-    RetransmitRecord, SignalRecord, StopRecord, SyncRecord,
+    ClockAdjRecord, ExecRecord, ExitRecord, GcRecord, MemStallRecord, PauseRecord, ProcStats,
+    RecordKind, RetransmitRecord, SignalRecord, StopRecord, SyncRecord,
 };
 
 // SAFETY: all four are #[repr(C)], made only of integers and byte arrays with explicit padding
@@ -33,6 +33,8 @@ unsafe impl aya::Pod for SyncRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MemStallRecord {}
 // SAFETY: as above.
+unsafe impl aya::Pod for ExitRecord {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::ProcMem {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::Activity {}
@@ -51,6 +53,7 @@ pub enum Record {
     Retransmit(RetransmitRecord),
     Sync(SyncRecord),
     MemStall(MemStallRecord),
+    Exit(ExitRecord),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -107,6 +110,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         k if k == RecordKind::Retransmit as u32 => Ok(Record::Retransmit(read_exact(kind, bytes)?)),
         k if k == RecordKind::Sync as u32 => Ok(Record::Sync(read_exact(kind, bytes)?)),
         k if k == RecordKind::MemStall as u32 => Ok(Record::MemStall(read_exact(kind, bytes)?)),
+        k if k == RecordKind::Exit as u32 => Ok(Record::Exit(read_exact(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind }),
     }
 }

@@ -13,6 +13,9 @@ static TASK_COMM_OFF: u64 = 0;
 static TASK_GROUP_LEADER_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_ON_CPU_OFF: u64 = 0;
+/// `task->start_time` (monotonic ns): tells a process from a later one with the same pid.
+#[unsafe(no_mangle)]
+static TASK_START_TIME_OFF: u64 = 0;
 /// `task->se.cfs_rq`, `cfs_rq->rq`, `rq->clock` (0 in all three: read bpf_ktime_get_ns).
 #[unsafe(no_mangle)]
 static TASK_CFS_RQ_OFF: u64 = 0;
@@ -50,6 +53,10 @@ fn get<T: Copy>(v: &T) -> T {
     unsafe { read_volatile(v) }
 }
 
+#[inline(always)]
+pub fn task_start_time_off() -> usize {
+    get(&TASK_START_TIME_OFF) as usize
+}
 #[inline(always)]
 pub fn task_pid_off() -> usize {
     get(&TASK_PID_OFF) as usize

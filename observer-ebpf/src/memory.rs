@@ -82,6 +82,13 @@ fn current_ids() -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
+/// Whether process `tgid` has a memory aggregate.
+#[inline(always)]
+pub fn has_aggregate(tgid: u32) -> bool {
+    // SAFETY: presence check only; the value is not read.
+    unsafe { PROC_MEM.get(&tgid).is_some() }
+}
+
 /// The process's memory aggregate, created on first use.
 #[inline(always)]
 pub fn proc_mem(tgid: u32) -> Option<&'static mut ProcMem> {

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    Component, CpuSteal, DropCause, EpisodeStart, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
+    Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
     StopKind, TASK_COMM_LEN, ThreadState,
 };
 
@@ -431,32 +431,69 @@ fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, stre
     counters::add_stat(&mut ps.stats[STAT_EPISODE], duration);
 }
 
+/// The last thread of a process exits (`group_dead`, the tracepoint's second argument since
+/// Linux 6.16; the agent attaches this only where it exists). The agent hears of it in ring
+/// order, before any record of a later process given the same pid, and reads the process's
+/// aggregates one last time. Only for processes that have aggregates: a fork storm of
+/// processes that never paused costs one map lookup each.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
+    if ctx.arg::<u64>(1) & 0xff == 0 {
+        return 0;
+    }
+    let task: TaskPtr = ctx.arg(0);
+    let Some((_, tgid)) = task::ids::<true>(task) else { return 0 };
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let start_ns = match PROC_STATS.get_ptr(&tgid) {
+        // SAFETY: read-only access to our own map value for this invocation.
+        Some(ps) => unsafe { (*ps).start_ns },
+        None if memory::has_aggregate(tgid) => task::leader_start::<true>(task),
+        None => return 0,
+    };
+    output::emit(ExitRecord { kind: RecordKind::Exit as u32, tgid, ts_mono_ns: now(), start_ns }, DropCause::Exit);
+    0
+}
+
 /// The aggregate of process `tgid`, created (named after `task`'s group leader) on first use.
-/// None, counted as a drop, when the map is full of entries being updated.
+/// An entry left by an earlier process with the same pid (reused before the agent retired it)
+/// is replaced, and what the agent had not yet read of it counted as a `PidReuse` drop. None,
+/// counted as a drop, when the map is full of entries being updated.
 #[inline(always)]
 fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
-    let ps = match PROC_STATS.get_ptr_mut(&tgid) {
-        Some(p) => p,
-        None => {
-            let init = PROC_STATS_INIT.get_ptr_mut(0)?;
-            // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` is
-            // ever written, so its counters stay zero.
-            unsafe { (*init).comm = task::leader_comm::<D>(task) };
-            // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
-            // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
-            let _ = PROC_STATS.insert(&tgid, unsafe { &*init }, BPF_NOEXIST as u64);
-            match PROC_STATS.get_ptr_mut(&tgid) {
-                Some(p) => p,
-                None => {
-                    output::count_drop(DropCause::SchedAggregate);
-                    return None;
-                }
-            }
+    let start = task::leader_start::<D>(task);
+    if let Some(p) = PROC_STATS.get_ptr_mut(&tgid) {
+        // SAFETY: pointer into our own map value, valid for this program invocation.
+        let known = unsafe { (*p).start_ns };
+        if known == start || known == 0 || start == 0 {
+            // SAFETY: as above (the 'static is the verifier's lifetime of a map value, not a
+            // promise to keep it longer).
+            return Some(unsafe { &mut *p });
         }
-    };
-    // SAFETY: pointer into our own map value, valid for this program invocation (the
-    // 'static is the verifier's lifetime of a map value, not a promise to keep it longer).
-    Some(unsafe { &mut *ps })
+        // Another CPU may have replaced it already; then this deletes the new entry, and the
+        // insert below recreates it (losing at most that CPU's one episode).
+        let _ = PROC_STATS.remove(&tgid);
+        output::count_drop(DropCause::PidReuse);
+    }
+    let init = PROC_STATS_INIT.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` and
+    // `start_ns` are ever written, so its counters stay zero.
+    unsafe {
+        (*init).comm = task::leader_comm::<D>(task);
+        (*init).start_ns = start;
+    }
+    // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
+    // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
+    let _ = PROC_STATS.insert(&tgid, unsafe { &*init }, BPF_NOEXIST as u64);
+    match PROC_STATS.get_ptr_mut(&tgid) {
+        // SAFETY: as above.
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            output::count_drop(DropCause::SchedAggregate);
+            None
+        }
+    }
 }
 
 /// The hypervisor steal this CPU accrued since its previous context switch, which the caller

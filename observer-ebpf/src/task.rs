@@ -76,6 +76,14 @@ pub fn leader_comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
     }
 }
 
+/// `task->group_leader->start_time`: when the process started (monotonic ns), which tells it
+/// from a later process given the same pid. 0 when unreadable.
+#[inline(always)]
+pub fn leader_start<const DIRECT: bool>(task: TaskPtr) -> u64 {
+    let leader = read::<DIRECT, TaskPtr>(task, config::task_group_leader_off()).filter(|p| !p.is_null());
+    read::<DIRECT, u64>(leader.unwrap_or(task), config::task_start_time_off()).unwrap_or(0)
+}
+
 /// `task->se.cfs_rq->rq`: the run queue the task is on (or being queued on). None when the
 /// chain is not configured or a load faulted (a PROBE_MEM load that faults yields 0).
 #[inline(always)]

@@ -102,6 +102,10 @@ pub struct AgentState {
     pub next_episode_id: u64,
     pub decode_errors: u64,
     pub kernel_drops: [u64; NUM_DROP_CAUSES],
+    /// When kernel drops were last noticed live.
+    pub drop_watch: crate::model::drops::DropWatch,
+    /// Reads the kernel aggregates (None when replaying a recording).
+    pub harvester: Option<Harvester>,
     pub clock: WallClock,
     /// Most recent streamed episodes, newest last (bounded).
     pub recent: std::collections::VecDeque<Episode>,
@@ -305,6 +309,13 @@ impl AgentState {
                     let s = self.mem.on_stall(&r);
                     if let Output::Json(w) = out {
                         w.mem_stall(&self.clock, &s);
+                    }
+                }
+                Ok(Record::Exit(r)) => {
+                    // In ring order: what follows for this pid is a later process's.
+                    if let Some(h) = self.harvester.as_mut() {
+                        let h = h.final_read(r.tgid, r.start_ns);
+                        self.apply_harvest(h);
                     }
                 }
                 Err(_) => self.decode_errors += 1,
@@ -594,8 +605,17 @@ impl AgentState {
         }
     }
 
-    fn on_harvest(&mut self, harvester: &mut Harvester) {
+    fn on_harvest(&mut self) {
+        let Some(harvester) = self.harvester.as_mut() else {
+            return;
+        };
         let h = harvester.collect();
+        self.kernel_drops = h.drops;
+        self.apply_harvest(h);
+    }
+
+    /// Applies one read of kernel aggregates: snapshots, memory totals, metrics, retirements.
+    fn apply_harvest(&mut self, h: crate::source::harvest::Harvest) {
         for (pid, comm, stats) in &h.procs {
             self.table.apply_snapshot(*pid, comm, stats);
         }
@@ -624,7 +644,45 @@ impl AgentState {
         for pid in h.retired {
             self.table.retire(pid);
         }
-        self.kernel_drops = h.drops;
+    }
+
+    /// Summaries of processes whose pid a new process has taken over, written now: the table
+    /// no longer holds them.
+    fn report_departed(&mut self, out: &mut Output) {
+        let gone = self.table.take_departed();
+        if let Output::Json(w) = out {
+            let now = WallClock::mono_now();
+            let observed = now.saturating_sub(self.started_mono_ns);
+            for p in &gone {
+                w.summary(&self.clock, now, p, None, observed, self.advise_target);
+            }
+        }
+    }
+
+    /// A notice when the kernel lost records since the last one (at most one per 10 s).
+    fn notice_drops(&mut self, out: &mut Output) {
+        let Some(new) = self
+            .drop_watch
+            .due(WallClock::mono_now(), &self.kernel_drops)
+        else {
+            return;
+        };
+        // The live view shows drops in its header; this is for NDJSON readers.
+        if let Output::Json(w) = out {
+            let msg = new.message();
+            let by: serde_json::Map<String, serde_json::Value> = new
+                .by_cause
+                .iter()
+                .map(|(c, n)| (c.to_string(), json!(n)))
+                .collect();
+            w.notice(
+                &self.clock,
+                "warn",
+                "kernel_drops",
+                &msg,
+                json!({ "new": by }),
+            );
+        }
     }
 
     /// Host-wide gauges for the metrics endpoint, once a second.
@@ -726,7 +784,7 @@ pub async fn run(
                 e.into_parts().1
             )
         })?;
-    let mut harvester = Harvester::new(&mut probes.ebpf)?;
+    let harvester = Harvester::new(&mut probes.ebpf)?;
     let mut notices = probes.notices.clone();
     let disk_map = match probes
         .ebpf
@@ -826,6 +884,8 @@ pub async fn run(
         next_episode_id: 0,
         decode_errors: 0,
         kernel_drops: [0; NUM_DROP_CAUSES],
+        drop_watch: Default::default(),
+        harvester: Some(harvester),
         clock: WallClock::sample(),
         recent: Default::default(),
         recent_stops: Default::default(),
@@ -1003,7 +1063,9 @@ pub async fn run(
                 if let Some(c) = &mut clock_steps {
                     c.resample(st.clock);
                 }
-                st.on_harvest(&mut harvester);
+                st.on_harvest();
+                st.report_departed(&mut out);
+                st.notice_drops(&mut out);
                 st.update_gauges(&probes, &out);
                 if settings.end_when_gone
                     && child.is_none()
@@ -1078,8 +1140,13 @@ pub async fn run(
     // this point is lost.
     st.drain_all(ring.get_mut(), &mut out);
     st.clock = WallClock::sample();
-    st.on_harvest(&mut harvester);
-    let steal_clock = harvester.steal_clock();
+    st.on_harvest();
+    st.report_departed(&mut out);
+    let steal_clock = st
+        .harvester
+        .as_ref()
+        .map(|h| h.steal_clock())
+        .unwrap_or_default();
     st.release_stops(None, &mut out);
     st.release_steps(None, &mut out);
     let host_events_dropped = control.as_ref().map_or(0, |c| {
@@ -1106,7 +1173,7 @@ pub async fn run(
     let costs = probes.costs();
     let stats_enabled = probes.stats_fd.is_some();
     drop(ring);
-    drop(harvester);
+    drop(st.harvester.take());
     // Detach everything and turn BPF statistics off (if we turned them on) before reporting.
     drop(probes);
 

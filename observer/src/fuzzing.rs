@@ -154,7 +154,8 @@ pub fn ring_records(data: &[u8]) -> Reached {
                     let t = Retransmit::from_record(&r, Some(250));
                     out.retransmit(&clock, &t);
                 }
-                Ok(Record::Exec(_) | Record::Sync(_) | Record::MemStall(_)) | Err(_) => {}
+                Ok(Record::Exec(_) | Record::Sync(_) | Record::MemStall(_) | Record::Exit(_))
+                | Err(_) => {}
             },
             FRAME_LEASE => {
                 let Some((&who, line)) = body.split_first() else {
@@ -438,6 +439,7 @@ pub mod seeds {
                 size_of::<observer_common::MemStallRecord>(),
             ),
             (RecordKind::Exec, size_of::<observer_common::ExecRecord>()),
+            (RecordKind::Exit, size_of::<observer_common::ExitRecord>()),
         ] {
             all_kinds.extend(frame(FRAME_RECORD, &zeroed(kind, size)));
         }
@@ -559,7 +561,7 @@ mod tests {
     #[test]
     fn every_record_kind_decodes() {
         let r = reached("every_kind_zeroed");
-        assert_eq!(r.records, 9);
+        assert_eq!(r.records, 10);
         let gc = String::from_utf8(reached("gc").output).unwrap();
         assert!(gc.contains("G1CollectFull"), "{gc}");
     }

@@ -2,6 +2,7 @@
 pub mod advise;
 pub mod clock;
 pub mod correlate;
+pub mod drops;
 pub mod episode;
 pub mod gc;
 pub mod hiccup;

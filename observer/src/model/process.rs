@@ -4,6 +4,11 @@
 //! second. An entry can disappear (evicted, or deleted by the agent once the process exited)
 //! and be recreated from zero; the table notices the reset and keeps the earlier incarnation in
 //! `base`, so totals never go backwards and nothing already counted is lost.
+//!
+//! A pid can be reused by a new process. The kernel aggregate carries its process's start
+//! time, and an entry of an exited process that receives new events belongs to a new one: in
+//! both cases the earlier process's entry is set aside whole (`take_departed`) and the new one
+//! starts from zero, so nothing of one is charged to the other.
 use std::collections::HashMap;
 
 use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE, STAT_STEAL};
@@ -26,6 +31,9 @@ pub struct ProcessEntry {
     current_dropped: u64,
     /// The process is gone; its kernel entry was read one last time and deleted.
     pub exited: bool,
+    /// Start time of the process the kernel aggregate belongs to (monotonic ns; 0: not yet
+    /// known).
+    pub start_ns: u64,
     /// Episodes at or above the threshold that reached the agent.
     pub streamed: u64,
     /// Whole-process stops (one per stop, however many threads), by duration.
@@ -106,7 +114,15 @@ pub struct ProcessTable {
     max_entries: usize,
     /// Processes dropped from the table to stay within `max_entries`.
     pub evicted: u64,
+    /// Entries of processes whose pid a new process took over, until the agent reports them.
+    departed: Vec<ProcessEntry>,
+    /// Pids seen taken over by a new process.
+    pub reused_pids: u64,
 }
+
+/// Most departed entries kept for the agent between two reads; beyond it they count as
+/// evicted (a fork storm through a small pid space).
+const MAX_DEPARTED: usize = 1024;
 
 impl ProcessTable {
     pub fn new(max_entries: usize) -> Self {
@@ -114,7 +130,31 @@ impl ProcessTable {
             entries: HashMap::new(),
             max_entries: max_entries.max(1),
             evicted: 0,
+            departed: Vec::new(),
+            reused_pids: 0,
         }
+    }
+
+    /// Sets the entry of `pid` aside as departed (its process is gone, a new one has the pid)
+    /// and leaves a fresh one in its place.
+    fn replace(&mut self, pid: u32) {
+        if let Some(old) = self.entries.remove(&pid) {
+            self.reused_pids += 1;
+            if self.departed.len() < MAX_DEPARTED {
+                self.departed.push(ProcessEntry {
+                    exited: true,
+                    ..old
+                });
+            } else {
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Entries of processes whose pid has since been reused, oldest first, to be reported
+    /// now (they are no longer in the table).
+    pub fn take_departed(&mut self) -> Vec<ProcessEntry> {
+        std::mem::take(&mut self.departed)
     }
 
     fn entry(&mut self, pid: u32) -> &mut ProcessEntry {
@@ -126,7 +166,18 @@ impl ProcessTable {
 
     /// Applies one cumulative kernel snapshot for `pid`.
     pub fn apply_snapshot(&mut self, pid: u32, comm: &str, s: &ProcStats) {
+        if let Some(e) = self.entries.get(&pid) {
+            let known = e.start_ns != 0 && s.start_ns != 0;
+            // An exited entry gets a snapshot again only when the kernel recreated it: for a
+            // new process, unless the start time says it is a late event of the same one.
+            if (known && e.start_ns != s.start_ns) || (e.exited && !known) {
+                self.replace(pid);
+            }
+        }
         let e = self.entry(pid);
+        if s.start_ns != 0 {
+            e.start_ns = s.start_ns;
+        }
         let fresh: [Aggregate; NUM_STATS] = std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
         // Counts only grow while the kernel entry lives: any shrinking means it was recreated
         // since the last read (LRU eviction). A busy process may have only steal samples.
@@ -147,6 +198,9 @@ impl ProcessTable {
 
     /// Applies one cumulative `PROC_MEM` snapshot for `pid`, and its /proc fault counters.
     pub fn apply_mem(&mut self, pid: u32, m: &MemTotals, faults: Option<FaultCounts>) {
+        if self.entries.get(&pid).is_some_and(|e| e.exited) {
+            self.replace(pid);
+        }
         let e = self.entry(pid);
         if e.mem_current.reset_by(m) {
             let old = std::mem::take(&mut e.mem_current);
@@ -172,6 +226,11 @@ impl ProcessTable {
     /// Applies `update` to the entry of `pid` (created if new, named `comm` if still unnamed)
     /// and keeps the table within its bound.
     fn note(&mut self, pid: u32, comm: &str, update: impl FnOnce(&mut ProcessEntry)) {
+        // Events stream in as they happen, long before the process could exit and be retired
+        // (a second later at least): an event for a retired pid is from a new process.
+        if self.entries.get(&pid).is_some_and(|e| e.exited) {
+            self.replace(pid);
+        }
         let e = self.entry(pid);
         update(e);
         if e.comm.is_empty() {
@@ -314,18 +373,86 @@ mod tests {
         );
         t.retire(1);
         t.apply_mem(1, &m(1), None);
-        assert_eq!(t.get(1).unwrap().mem().major_file, 10);
+        assert_eq!(
+            t.get(1).unwrap().mem().major_file,
+            1,
+            "after retirement a new aggregate is a new process"
+        );
+        assert_eq!(t.take_departed()[0].mem().major_file, 9);
+    }
+
+    fn started(episodes: u64, total: u64, start_ns: u64) -> ProcStats {
+        ProcStats {
+            start_ns,
+            ..snap(episodes, total)
+        }
     }
 
     #[test]
-    fn retire_then_reuse_keeps_totals() {
+    fn a_late_snapshot_of_a_retired_process_adds_to_it() {
         let mut t = ProcessTable::new(10);
-        t.apply_snapshot(1, "a", &snap(5, 400));
+        t.apply_snapshot(1, "a", &started(5, 400, 77));
         t.retire(1);
         assert!(t.get(1).unwrap().exited);
         assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 400);
-        t.apply_snapshot(1, "a", &snap(5, 100));
+        t.apply_snapshot(1, "a", &started(1, 100, 77));
         assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 500);
+        assert!(t.take_departed().is_empty());
+        assert_eq!(t.reused_pids, 0);
+    }
+
+    #[test]
+    fn a_reused_pid_starts_a_new_entry_and_the_old_one_departs_whole() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "first", &started(5, 400, 77));
+        t.retire(1);
+        t.apply_snapshot(1, "second", &started(2, 30, 99));
+        let e = t.get(1).unwrap();
+        assert_eq!((e.comm.as_str(), e.start_ns), ("second", 99));
+        assert_eq!(e.stat(STAT_EPISODE).total_ns, 30);
+        assert!(!e.exited);
+        let gone = t.take_departed();
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].comm.as_str(), gone[0].start_ns), ("first", 77));
+        assert_eq!(gone[0].stat(STAT_EPISODE).total_ns, 400);
+        assert!(gone[0].exited);
+        assert!(t.take_departed().is_empty(), "reported once");
+        assert_eq!(t.reused_pids, 1);
+    }
+
+    #[test]
+    fn reuse_before_retirement_is_told_by_the_start_time() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "first", &started(5, 400, 77));
+        // The kernel replaced the entry: smaller counts, another start time.
+        t.apply_snapshot(1, "second", &started(1, 10, 99));
+        assert_eq!(t.get(1).unwrap().stat(STAT_EPISODE).total_ns, 10);
+        assert_eq!(t.take_departed()[0].stat(STAT_EPISODE).total_ns, 400);
+    }
+
+    #[test]
+    fn a_streamed_event_for_a_retired_pid_belongs_to_a_new_process() {
+        let mut t = ProcessTable::new(10);
+        t.apply_snapshot(1, "first", &started(5, 400, 77));
+        t.retire(1);
+        t.note_signal(&Signal {
+            ts_mono_ns: 1,
+            sig: 15,
+            pid: 1,
+            tid: 1,
+            comm: "second".into(),
+            group: true,
+            result: 0,
+            sender: None,
+        });
+        let e = t.get(1).unwrap();
+        assert_eq!((e.comm.as_str(), e.signals, e.start_ns), ("second", 1, 0));
+        assert_eq!(e.stat(STAT_EPISODE).count, 0);
+        assert_eq!(t.take_departed()[0].comm, "first");
+        // Its first snapshot then only names its start.
+        t.apply_snapshot(1, "second", &started(1, 10, 99));
+        assert!(t.take_departed().is_empty());
+        assert_eq!(t.get(1).unwrap().signals, 1);
     }
 
     #[test]

@@ -264,6 +264,7 @@ pub struct TaskOffsets {
     pub comm: u32,
     pub group_leader: u32,
     pub on_cpu: u32,
+    pub start_time: u32,
 }
 
 impl TaskOffsets {
@@ -274,6 +275,7 @@ impl TaskOffsets {
             comm: btf.member_offset("task_struct", "comm")?,
             group_leader: btf.member_offset("task_struct", "group_leader")?,
             on_cpu: btf.member_offset("task_struct", "on_cpu")?,
+            start_time: btf.member_offset("task_struct", "start_time")?,
         })
     }
 }

@@ -256,12 +256,13 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         u32::from(kbtf.tracepoint_args("tcp_retransmit_skb").unwrap_or(2) >= 3);
     let filter: u32 = u32::from(!opts.pids.is_empty());
     let self_tgid = std::process::id();
-    let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off) = (
+    let (pid_off, tgid_off, comm_off, leader_off, on_cpu_off, start_time_off) = (
         u64::from(off.pid),
         u64::from(off.tgid),
         u64::from(off.comm),
         u64::from(off.group_leader),
         u64::from(off.on_cpu),
+        u64::from(off.start_time),
     );
     const NET_GLOBALS: [&str; 15] = [
         "SK_FAMILY_OFF",
@@ -299,6 +300,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("TASK_COMM_OFF", &comm_off, true)
         .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
         .override_global("TASK_ON_CPU_OFF", &on_cpu_off, true)
+        .override_global("TASK_START_TIME_OFF", &start_time_off, true)
         .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
         .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
         .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
@@ -390,6 +392,19 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     }
     probes.attach_clock_syscalls();
     probes.attach_memory(&aya_btf, &mem);
+    // Process exits in ring order (a later process with the same pid is never taken for an
+    // exited one) need sched_process_exit's `group_dead` argument (Linux 6.16+).
+    if kbtf.tracepoint_args("sched_process_exit").unwrap_or(1) >= 2 {
+        probes.attach_btf_only(
+            &[("sched_process_exit", "process_exit")],
+            &aya_btf,
+            "process exits in ring order (exits are noticed at the once-a-second read instead)",
+        );
+    } else {
+        probes.notices.push(
+            "process exits are noticed at the once-a-second read: sched_process_exit has no group_dead argument before Linux 6.16".into(),
+        );
+    }
     if probes.stats_fd.is_some() {
         // The empty `stats_floor` program: the run-time statistics time each run with
         // sched_clock() around the program, so they include about one clock read of their own

@@ -55,6 +55,31 @@ impl Harvester {
             .unwrap_or_default()
     }
 
+    /// Reads the aggregates of process `tgid`, which has exited, one last time and deletes
+    /// them. A pause aggregate with another start time is a later process's (the pid was
+    /// reused before the exit record was read) and is left alone, as is then the memory
+    /// aggregate, whose owner cannot be told.
+    pub fn final_read(&mut self, tgid: u32, start_ns: u64) -> Harvest {
+        let mut h = Harvest {
+            retired: vec![tgid],
+            ..Default::default()
+        };
+        let stats = self.procs.get(&tgid, 0).ok();
+        if stats.is_some_and(|s| s.start_ns != start_ns && s.start_ns != 0 && start_ns != 0) {
+            return h;
+        }
+        if let Some(stats) = stats {
+            let comm = String::from_utf8_lossy(comm_bytes(&stats.comm)).into_owned();
+            h.procs.push((tgid, comm, stats));
+            let _ = self.procs.remove(&tgid);
+        }
+        if let Ok(m) = self.mem.get(&tgid, 0) {
+            h.mem.push((tgid, m));
+            let _ = self.mem.remove(&tgid);
+        }
+        h
+    }
+
     /// Reads every aggregate; entries of processes that no longer exist are deleted after this
     /// final read, which frees their LRU slot for live processes.
     pub fn collect(&mut self) -> Harvest {

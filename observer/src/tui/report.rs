@@ -357,6 +357,8 @@ pub(crate) mod tests {
             next_episode_id: 3,
             decode_errors: 0,
             kernel_drops: [0; observer_common::NUM_DROP_CAUSES],
+            drop_watch: Default::default(),
+            harvester: None,
             clock: WallClock {
                 offset_ns: 0,
                 err_ns: 1_000_000,

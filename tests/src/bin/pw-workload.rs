@@ -33,6 +33,13 @@
 //!                                            each); print {"pid","minflt"}
 //!   pw-workload read-file PATH               read PATH to the end (filling the page cache),
 //!                                            print {"pid","tid","bytes"}
+//!   pw-workload pingpong SECS CPU            two threads pinned to CPU bounce a byte over a
+//!                                            pair of pipes for SECS: every wakeup waits in the
+//!                                            run queue for the waker to sleep (a storm of short
+//!                                            pauses); print {"pid","round_trips"}
+//!   pw-workload fork-storm SECS              fork short-lived children (each runs a few
+//!                                            threads that yield, then exits) as fast as it can
+//!                                            for SECS; print {"pid","children","threads"}
 use std::{
     io::BufRead,
     sync::{
@@ -180,6 +187,8 @@ fn main() {
         Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
         Some("read-file") => read_file(arg(2)),
         Some("touch-anon") => touch_anon(arg(2).parse().unwrap()),
+        Some("pingpong") => pingpong(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        Some("fork-storm") => fork_storm(arg(2).parse().unwrap()),
         _ => panic!("usage: see the module docs"),
     }
 }
@@ -415,5 +424,99 @@ fn touch_anon(mib: usize) {
     println!(
         "{}",
         serde_json::json!({"pid": std::process::id(), "minflt": fault_counts().0})
+    );
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        0,
+        "pipe2"
+    );
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+fn pingpong(secs: f64, cpu: usize) {
+    use std::io::{Read as _, Write as _};
+    set_name("pw-pingpong");
+    let (mut a_rx, mut a_tx) = pipe();
+    let (mut b_rx, mut b_tx) = pipe();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let echo = std::thread::spawn(move || {
+        pin(cpu);
+        let mut byte = [0u8];
+        // Ends when the other side closes its end (read returns 0).
+        while a_rx.read(&mut byte).unwrap_or(0) == 1 {
+            if b_tx.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    pin(cpu);
+    let mut round_trips = 0u64;
+    let mut byte = [1u8];
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            a_tx.write_all(&byte).unwrap();
+            b_rx.read_exact(&mut byte).unwrap();
+        }
+        round_trips += 1000;
+    }
+    drop(a_tx);
+    echo.join().unwrap();
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "round_trips": round_trips })
+    );
+}
+
+fn fork_storm(secs: f64) {
+    set_name("pw-forkstorm");
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let (mut children, mut threads) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        // SAFETY: this process is single-threaded here, so the child may create threads; it
+        // uses only libc calls and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // Three threads that each yield a few times, so that each has scheduler state.
+            let mut tids = [0 as libc::pthread_t; 3];
+            extern "C" fn body(_: *mut libc::c_void) -> *mut libc::c_void {
+                for _ in 0..4 {
+                    // SAFETY: no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+                std::ptr::null_mut()
+            }
+            for t in &mut tids {
+                // SAFETY: `t` is valid storage; default attributes; `body` ignores its argument.
+                unsafe { libc::pthread_create(t, std::ptr::null(), body, std::ptr::null_mut()) };
+            }
+            for t in tids {
+                // SAFETY: joining threads created above.
+                unsafe { libc::pthread_join(t, std::ptr::null_mut()) };
+            }
+            // SAFETY: ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        children += 1;
+        threads += 3;
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "children": children, "threads": threads })
     );
 }

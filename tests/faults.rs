@@ -1,0 +1,198 @@
+//! Faults a root agent must survive on a busy host, each checked against what the kernel
+//! itself says: a pid taken over by a new process, a storm of pauses that overflows the ring
+//! buffer, a fork storm.
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A spinning process named `name` (it exits by itself after `secs`).
+fn spinner(name: &str, secs: f64) -> Command {
+    let mut c = Command::new(workload_bin());
+    c.args([
+        "spin",
+        &secs.to_string(),
+        &test_cpu().to_string(),
+        name,
+        "1",
+    ])
+    .stdout(Stdio::null());
+    c
+}
+
+/// Spawns `cmd` as pid `pid`: the next pid the kernel hands out is the one after
+/// /proc/sys/kernel/ns_last_pid (as CRIU restores processes). Another process on the host may
+/// take it first; then the child is discarded and it is tried again.
+fn spawn_with_pid(pid: u32, cmd: &mut Command) -> Child {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing /proc/sys/kernel/ns_last_pid (needs root)");
+        let mut child = cmd.spawn().expect("spawning");
+        if child.id() == pid {
+            return child;
+        }
+        let _ = (child.kill(), child.wait());
+    }
+    panic!("pid {pid} was taken by another process every time");
+}
+
+/// Stops `child` with SIGSTOP for `hold`, resumes it, lets it run to its end; returns the
+/// bounds of the stop as seen from here.
+fn stop_once(mut child: Child, hold: Duration) -> (u32, Duration, Duration) {
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    signal(pid, libc::SIGSTOP);
+    wait_until("it is stopped", Duration::from_secs(5), || {
+        proc_state(pid) == 'T'
+    });
+    let seen = Instant::now();
+    std::thread::sleep(hold);
+    signal(pid, libc::SIGCONT);
+    let bounds = (seen.elapsed(), t0.elapsed());
+    assert!(child.wait().unwrap().success());
+    (pid, bounds.0, bounds.1)
+}
+
+/// Three processes in turn get the same pid: the second at once (before the agent's
+/// once-a-second read could notice the first had gone), the third after it had. Each must get
+/// its own summary with only its own stop in it: nothing of one charged to another.
+#[test]
+fn a_reused_pid_is_a_new_process_with_its_own_pauses() {
+    require_root();
+    let pw = Pausewatch::start(&["--control-period", "0s"]);
+    let (pid, min1, max1) = stop_once(
+        spinner("pw-first", 0.8).spawn().unwrap(),
+        Duration::from_millis(400),
+    );
+    let (_, min2, max2) = stop_once(
+        spawn_with_pid(pid, &mut spinner("pw-second", 0.8)),
+        Duration::from_millis(150),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, min3, max3) = stop_once(
+        spawn_with_pid(pid, &mut spinner("pw-third", 0.8)),
+        Duration::from_millis(250),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = pw.stop();
+    let sums: Vec<&Value> = of_type(&lines, "summary")
+        .filter(|v| v["pid"] == pid)
+        .collect();
+    for (name, lo, hi) in [
+        ("pw-first", min1, max1),
+        ("pw-second", min2, max2),
+        ("pw-third", min3, max3),
+    ] {
+        let s = sums
+            .iter()
+            .find(|v| v["comm"] == name)
+            .unwrap_or_else(|| panic!("no summary of {name} (pid {pid}): {sums:?}"));
+        assert_eq!(s["exited"], true, "{s}");
+        assert_eq!(s["stops"]["count"], 1, "{name} has another's stop: {s}");
+        let d = s["stops"]["max_ns"].as_u64().unwrap();
+        assert!(
+            d + 2_000_000 >= lo.as_nanos() as u64 && d <= hi.as_nanos() as u64 + 2_000_000,
+            "{name}: stop of {d} ns, held {lo:?}..{hi:?}"
+        );
+        // The kernel aggregate: every thread's stopped time, each thread stopped at most once.
+        let stopped = &s["components"]["stopped"];
+        let threads = 2;
+        assert!(
+            stopped["total_ns"].as_u64().unwrap() <= threads * (hi.as_nanos() as u64 + 2_000_000),
+            "{name} carries another process's stopped time: {stopped}"
+        );
+        assert!(stopped["count"].as_u64().unwrap() <= threads, "{stopped}");
+    }
+    assert_eq!(sums.len(), 3, "one summary per process: {sums:?}");
+}
+
+/// Total of a per-cause object (`drops.kernel`, a notice's `new`).
+fn sum_of(v: &Value) -> u64 {
+    v.as_object()
+        .map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
+}
+
+/// The agent is kept off the CPU (SIGSTOP) while two threads bounce a byte thousands of
+/// times a second, each bounce a run-queue wait streamed at --min-pause 1us: the ring buffer
+/// fills. The loss is counted per cause, noticed live, and charged to the process it
+/// happened to; once the agent runs again it catches up and reports new pauses as before.
+#[test]
+fn a_ring_buffer_storm_is_counted_and_the_agent_recovers() {
+    require_root();
+    let mut pw = Pausewatch::start(&["--min-pause", "1us", "--control-period", "0s"]);
+    let storm = Command::new(workload_bin())
+        .args(["pingpong", "4", &test_cpu().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let storm_pid = storm.id();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(pw.pid(), libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(2));
+    signal(pw.pid(), libc::SIGCONT);
+    let out = storm.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let bounced: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("storm: {bounced}");
+
+    // Noticed while running, not only at exit.
+    let notice = pw.wait_for(Duration::from_secs(15), |v| {
+        v["type"] == "notice" && v["event"] == "kernel_drops"
+    });
+    assert!(
+        notice["new"]["sched"].as_u64().unwrap_or(0) > 0,
+        "the storm's lost pause records are not named: {notice}"
+    );
+
+    // Recovery: a stop after the storm is reported as usual.
+    let (victim, lo, hi) = {
+        let child = spinner("pw-after-storm", 1.5).spawn().unwrap();
+        stop_once(child, Duration::from_millis(200))
+    };
+    let stop = pw.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "stop" && v["pid"] == victim
+    });
+    let d = stop["duration_ns"].as_u64().unwrap();
+    assert!(
+        d + 2_000_000 >= lo.as_nanos() as u64 && d <= hi.as_nanos() as u64 + 2_000_000,
+        "after the storm a stop of {lo:?}..{hi:?} was reported as {d} ns"
+    );
+    let lines = pw.stop();
+    let drops = of_type(&lines, "drops").last().expect("the drops line");
+    let lost = drops["kernel"]["sched"].as_u64().unwrap();
+    let noticed: u64 = of_type(&lines, "notice")
+        .filter(|v| v["event"] == "kernel_drops")
+        .map(|v| v["new"]["sched"].as_u64().unwrap_or(0))
+        .sum();
+    // The kernel counts a lost pause record twice, globally and in the process's aggregate,
+    // in the same program run: the two must agree.
+    let charged: u64 = of_type(&lines, "summary")
+        .map(|v| v["dropped_records"].as_u64().unwrap())
+        .sum();
+    let storm_charged =
+        summary_of(&lines, storm_pid as u64).map_or(0, |v| v["dropped_records"].as_u64().unwrap());
+    eprintln!(
+        "lost {lost} pause records (noticed live {noticed}; charged to processes {charged}, to the storm {storm_charged}); all causes {}",
+        sum_of(&drops["kernel"])
+    );
+    assert!(lost > 0 && noticed > 0 && noticed <= lost, "{drops}");
+    assert_eq!(charged, lost, "per-process drops differ from the total");
+    assert!(
+        storm_charged * 2 > lost,
+        "most lost records were the storm's"
+    );
+    // The agent took every record it could: what it streamed after resuming continues.
+    assert!(of_type(&lines, "pause").any(|v| v["pid"] == storm_pid));
+}
