@@ -196,3 +196,107 @@ fn a_ring_buffer_storm_is_counted_and_the_agent_recovers() {
     // The agent took every record it could: what it streamed after resuming continues.
     assert!(of_type(&lines, "pause").any(|v| v["pid"] == storm_pid));
 }
+
+/// Resident set size of `pid` in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Entries in the agent's map `name`, found through the agent's file descriptors.
+fn map_entries(agent: u32, name: &str) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    for e in std::fs::read_dir(format!("/proc/{agent}/fdinfo")).unwrap() {
+        let Ok(text) = std::fs::read_to_string(e.unwrap().path()) else {
+            continue;
+        };
+        let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .map(|v| v.trim().parse::<u32>().unwrap())
+        else {
+            continue;
+        };
+        let data = MapData::from_id(id).expect("opening the agent's map by id");
+        if data.info().unwrap().name_as_str() != Some(name) {
+            continue;
+        }
+        let map: HashMap<MapData, u32, observer_common::ProcStats> =
+            HashMap::try_from(Map::from_map_data(data).unwrap()).unwrap();
+        return map.keys().count();
+    }
+    panic!("pausewatch has no map {name}");
+}
+
+fn processes_now() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        })
+        .count()
+}
+
+/// Two fork storms (thousands of short-lived processes, each with three threads that yield)
+/// for 20 s: the agent's table stays within --max-processes, its memory stays flat once the
+/// table is full, the kernel's per-process map holds only live processes afterwards, and
+/// every process's summary is its own.
+#[test]
+fn a_fork_storm_keeps_memory_and_maps_bounded() {
+    require_root();
+    let pw = Pausewatch::start(&["--max-processes", "256", "--control-period", "0s"]);
+    let storms: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(workload_bin())
+                .args(["fork-storm", "20"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let early = rss_kib(pw.pid());
+    let mut peak = early;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(rss_kib(pw.pid()));
+    }
+    let (mut children, mut threads) = (0, 0);
+    for s in storms {
+        let out = s.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        children += v["children"].as_u64().unwrap();
+        threads += v["threads"].as_u64().unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let kernel_entries = map_entries(pw.pid(), "PROC_STATS");
+    let live = processes_now();
+    let late = rss_kib(pw.pid());
+    let lines = pw.stop();
+    let drops = of_type(&lines, "drops").last().unwrap();
+    eprintln!(
+        "{children} processes, {threads} threads; agent RSS {early} KiB after 5 s, peak {peak} KiB, {late} KiB at the end; PROC_STATS {kernel_entries} entries with {live} processes alive; drops {drops}"
+    );
+    assert!(children > 5_000, "the storm was too small to say anything");
+    assert!(
+        peak <= early + 4 * 1024,
+        "agent memory grew from {early} KiB to {peak} KiB with its table full"
+    );
+    assert!(
+        kernel_entries <= live + 16,
+        "{kernel_entries} kernel aggregates for {live} live processes: exited ones were not retired"
+    );
+    assert!(drops["evicted_processes"].as_u64().unwrap() > 0, "{drops}");
+    let summaries = of_type(&lines, "summary").count();
+    assert!(summaries <= 256 + 1024, "{summaries} summaries");
+    // No summary mixes two processes: a storm child stops never, and ran three threads.
+    for s in of_type(&lines, "summary").filter(|v| v["comm"] == "pw-forkstorm") {
+        assert_eq!(s["stops"]["count"], 0, "{s}");
+    }
+}

@@ -22,6 +22,9 @@ pub struct Cli {
     pub watch: Watch,
 }
 
+/// Default `--max-processes`: as many as the kernel keeps aggregates for at once (PROC_STATS).
+pub const DEFAULT_MAX_PROCESSES: usize = 4096;
+
 /// What to watch and how to report it (the main job, `run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Watch {
@@ -70,8 +73,9 @@ pub struct Watch {
     #[arg(long)]
     pub bpf_stats: bool,
 
-    /// Most processes kept in the agent's table (least-paused exited ones are dropped first).
-    #[arg(long, value_name = "N", default_value_t = 16384)]
+    /// Most processes kept in the agent's table (least-paused exited ones are dropped first,
+    /// and counted). Each costs about 8 KiB.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
     pub max_processes: usize,
 
     /// A lease held by every thread of PID that is not reported over the lease socket

@@ -388,6 +388,16 @@ mod tests {
         }
     }
 
+    /// The table's worst case at the default bound stays within the agent's memory budget
+    /// (64 MiB in all, docs/design.md), with room for the rest of the agent.
+    #[test]
+    fn a_full_table_fits_the_memory_budget() {
+        let per_entry = std::mem::size_of::<ProcessEntry>() + std::mem::size_of::<u32>() + 16;
+        let full = per_entry * crate::cli::DEFAULT_MAX_PROCESSES;
+        eprintln!("{per_entry} bytes per process, {} MiB full", full >> 20);
+        assert!(full <= 40 << 20, "{full} bytes");
+    }
+
     #[test]
     fn a_late_snapshot_of_a_retired_process_adds_to_it() {
         let mut t = ProcessTable::new(10);
