@@ -300,3 +300,125 @@ fn a_fork_storm_keeps_memory_and_maps_bounded() {
         assert_eq!(s["stops"]["count"], 0, "{s}");
     }
 }
+
+/// A small tmpfs, unmounted and removed at the end.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn new(size: &str) -> Self {
+        let p = std::path::PathBuf::from(format!("/var/tmp/pw-full-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        run_cmd(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "none",
+            p.to_str().unwrap(),
+        ]);
+        Self(p)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn max_pause_id(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "pause")
+        .filter_map(|v| v["id"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The disk under the recording fills: pausewatch keeps tracing, says so on stderr at once,
+/// counts the lines it could not write, never leaves half a line in the file, and once there
+/// is room again writes how many lines are missing.
+#[test]
+fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
+    require_root();
+    let fs = SmallFs::new("1m");
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 700 << 10]).unwrap();
+    let rec = fs.0.join("rec.ndjson");
+    let mut pw = Command::new(pausewatch_bin())
+        .args(["--min-pause", "1us", "--control-period", "0s", "--json"])
+        .arg(&rec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (e, mut pipe) = (stderr.clone(), pw.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let read = || std::fs::read_to_string(&rec).unwrap_or_default();
+    wait_until("pausewatch attached", Duration::from_secs(60), || {
+        read().contains("\"event\":\"attached\"")
+    });
+    let mut busy = Command::new("sh")
+        .args(["-c", "while :; do /bin/true; done"])
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the disk filled and pausewatch said so",
+        Duration::from_secs(30),
+        || stderr.lock().unwrap().contains("cannot write NDJSON"),
+    );
+    let message = stderr.lock().unwrap().clone();
+    assert!(message.contains("No space left on device"), "{message}");
+    let before = max_pause_id(&read());
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = (busy.kill(), busy.wait());
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("the loss was written down", Duration::from_secs(15), || {
+        read().contains("\"event\":\"output_failed\"")
+    });
+    signal(pw.id(), libc::SIGTERM);
+    let status = pw.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(status.success(), "{status}: {stderr}");
+    let text = read();
+    // Every line whole: a failed write was cut back to the last whole line.
+    let lines = parse_ndjson(&text);
+    validate_lines(&lines);
+    let notice = of_type(&lines, "notice")
+        .find(|v| v["event"] == "output_failed")
+        .unwrap();
+    let lost = notice["lost_lines"].as_u64().unwrap();
+    let drops = of_type(&lines, "drops")
+        .last()
+        .expect("the drops line, written with room again");
+    let failed = drops["output_failed_lines"].as_u64().unwrap();
+    let after = max_pause_id(&text);
+    eprintln!(
+        "{lost} lines lost while the disk was full ({failed} in all); pause ids {before} before, {after} at the end"
+    );
+    assert!(lost > 0 && failed >= lost, "{notice} {drops}");
+    // The agent went on taking episodes: their ids jump over the lost lines.
+    assert!(
+        after > before + lost / 2,
+        "tracing stopped while the disk was full"
+    );
+    assert!(stderr.contains("works again"), "{stderr}");
+}

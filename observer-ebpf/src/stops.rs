@@ -82,6 +82,9 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             }
         }
     }
+    if routine(sig) {
+        return;
+    }
     output::emit(
         SignalRecord {
             kind: RecordKind::Signal as u32,
@@ -96,6 +99,15 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
         },
         DropCause::Signal,
     );
+}
+
+/// Signals a process gets as a matter of course, in the thousands: SIGCHLD for every child
+/// that exits (a fork storm), SIGURG for every Go async preemption, timer signals (SIGALRM,
+/// SIGVTALRM, SIGPROF), SIGWINCH, SIGIO and real-time signals. They stop nothing and kill
+/// nothing, so they are not streamed.
+#[inline(always)]
+fn routine(sig: u32) -> bool {
+    matches!(sig, 14 | 17 | 23 | 26 | 27 | 28 | 29) || sig >= 32
 }
 
 /// The stop state of `tgid`, created empty if missing (a drop of `StopTracking` when the map

@@ -96,6 +96,20 @@ const MIN_HOST_PAUSE_NS: u64 = 2_000_000;
 /// Pause evidence older than this is forgotten (questions are about recent pauses).
 const TIMELINE_HORIZON_NS: u64 = 15 * 60 * 1_000_000_000;
 
+/// Seconds between returns of freed heap memory to the kernel.
+const TRIM_EVERY_TICKS: u64 = 30;
+
+/// Hands memory freed after a burst (a queue that filled while the disk was slow, a storm's
+/// records) back to the kernel: glibc keeps freed memory in its arenas otherwise, and the
+/// agent's RSS would stay at its high-water mark instead of showing what it uses.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the loop knows besides the process table.
 pub struct AgentState {
     pub table: ProcessTable,
@@ -798,7 +812,14 @@ pub async fn run(
         }
     };
     let stacks = match Stacks::new(&mut probes.ebpf) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Some(why) = s.unavailable() {
+                notices.push(format!(
+                    "kernel stacks of blocked threads are not named: {why}"
+                ));
+            }
+            Some(s)
+        }
         Err(e) => {
             notices.push(format!(
                 "kernel stacks of blocked threads are not named: {e:#}"
@@ -811,6 +832,7 @@ pub async fn run(
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let deadline = settings.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The kernel programs wake the agent only when a quarter of the ring buffer is unread
     // (wakeups cost an IPI each in the traced context); everything else is collected here.
@@ -1080,7 +1102,12 @@ pub async fn run(
                 st.check_holders();
                 st.runtimes.prune();
                 if let Output::Json(w) = &mut out {
+                    w.note_write_recovery(&st.clock);
                     w.flush();
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
+                    return_freed_memory();
                 }
             }
             _ = async { tokio::time::sleep_until(runtime_check.unwrap_or_else(Instant::now)).await }, if runtime_check.is_some() => {

@@ -56,7 +56,7 @@ pub struct Watch {
 
     /// NDJSON waiting for a slow consumer (a pipe nobody reads, a slow disk) beyond this is
     /// dropped and counted (`drops.output_dropped_lines`) rather than stalling the agent.
-    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub json_buffer: u64,
 
     /// Tracepoint mechanism for the scheduler programs.

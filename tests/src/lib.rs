@@ -124,9 +124,15 @@ impl Pausewatch {
 
     /// As `start`, with a given binary (the benchmark runs the release build).
     pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
-            .arg("--json")
-            .args(args)
+        let mut cmd = Command::new(bin);
+        cmd.arg("--json").args(args);
+        Self::start_cmd(cmd)
+    }
+
+    /// As `start`, with a prepared command (the pausewatch binary and its arguments, and
+    /// whatever else the test sets up: a mount namespace, capabilities), including `--json`.
+    pub fn start_cmd(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

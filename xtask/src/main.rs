@@ -3,6 +3,7 @@ mod bench;
 mod bench_gc;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::process::Command;
 
@@ -42,6 +43,12 @@ enum Cmd {
         /// Write the seed corpus (from observer/src/fuzzing.rs) instead of fuzzing.
         #[arg(long)]
         seed: bool,
+    },
+    /// Soak: pausewatch under every workload and a fork storm for a long run, its RSS and CPU
+    /// sampled every 5 s; fails unless memory stayed flat. Writes target/bench/soak.md.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
     },
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
@@ -200,6 +207,10 @@ fn main() -> anyhow::Result<()> {
                 run(Command::new(&demo).args(["scenario", scenario]))?;
             }
             Ok(())
+        }
+        Cmd::Soak { minutes } => {
+            setup::setup()?;
+            soak::soak(minutes)
         }
         Cmd::Bench { which, rounds } => {
             setup::setup()?;

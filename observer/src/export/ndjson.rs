@@ -142,6 +142,23 @@ impl<W: Write> NdjsonWriter<W> {
     }
 
     /// Lines dropped because the consumer did not keep up.
+    /// A notice in the recording, once writing works again, of the lines a spell of failed
+    /// writes (a full disk) lost.
+    pub fn note_write_recovery(&mut self, clock: &WallClock) {
+        let Some((lost, why)) = self.spool.as_ref().and_then(|s| s.take_recovery()) else {
+            return;
+        };
+        self.notice(
+            clock,
+            "warn",
+            "output_failed",
+            &format!(
+                "{lost} lines could not be written ({why}) and are missing before this one; tracing went on"
+            ),
+            json!({ "lost_lines": lost }),
+        );
+    }
+
     pub fn dropped_lines(&self) -> u64 {
         self.spool.as_ref().map_or(0, |s| {
             s.dropped_lines.load(std::sync::atomic::Ordering::Relaxed)
@@ -416,9 +433,9 @@ impl<W: Write> NdjsonWriter<W> {
             "components": components,
             "streamed": p.streamed,
             "dropped_records": p.dropped_records(),
-            "stops": stat_json(&p.stops),
+            "stops": stat_json(p.stops()),
             "signals_received": p.signals,
-            "gc": stat_json(&p.gc),
+            "gc": stat_json(p.gc()),
             "gc_collections": p.gc_collections,
             "steal_est": stat_json(&p.stat(STAT_STEAL)),
             "timeout_advice": advice,

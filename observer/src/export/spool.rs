@@ -30,6 +30,19 @@ pub struct SpoolStats {
     /// Files rotated.
     pub rotations: AtomicU64,
     queued_bytes: AtomicUsize,
+    /// A spell of failed writes that has ended: (lines lost in it, why), until the agent
+    /// reports it in the recording.
+    recovered: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl SpoolStats {
+    /// The last spell of failed writes, once writing works again (taken: reported once).
+    pub fn take_recovery(&self) -> Option<(u64, String)> {
+        self.recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 /// Size-based rotation of an NDJSON file.
@@ -81,12 +94,29 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Sink {
-    fn write_chunk(&mut self, chunk: &[u8], stats: &SpoolStats) -> std::io::Result<()> {
+    /// Where lines go, for messages.
+    fn name(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "stdout".into(),
+            Sink::File { path, .. } => path.display().to_string(),
+            #[cfg(test)]
+            Sink::Test(_) => "test".into(),
+        }
+    }
+
+    /// Writes whole lines; on failure, the lines not written (the file is cut back to its
+    /// last whole line, so a full disk never leaves half a line behind).
+    fn write_chunk(
+        &mut self,
+        chunk: &[u8],
+        stats: &SpoolStats,
+    ) -> Result<(), (std::io::Error, u64)> {
         match self {
             Sink::Stdout(s) => {
                 let mut l = s.lock();
-                l.write_all(chunk)?;
-                l.flush()
+                l.write_all(chunk)
+                    .and_then(|()| l.flush())
+                    .map_err(|e| (e, lines_in(chunk)))
             }
             Sink::File {
                 path,
@@ -108,9 +138,11 @@ impl Sink {
                     };
                     if take == 0 {
                         if *written > 0 {
-                            file.flush()?;
-                            rotate(path, rotation.keep)?;
-                            *file = open_append(path)?;
+                            let rotated = file.flush().and_then(|()| {
+                                rotate(path, rotation.keep)?;
+                                open_append(path)
+                            });
+                            *file = rotated.map_err(|e| (e, lines_in(rest)))?;
                             *written = 0;
                             stats.rotations.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -120,14 +152,18 @@ impl Sink {
                             .position(|&b| b == b'\n')
                             .map_or(rest.len(), |i| i + 1);
                     }
-                    file.write_all(&rest[..take])?;
+                    if let Err(e) = file.write_all(&rest[..take]) {
+                        // Part of it may have gone out: cut it off.
+                        let _ = file.set_len(*written);
+                        return Err((e, lines_in(rest)));
+                    }
                     *written += take as u64;
                     rest = &rest[take..];
                 }
                 Ok(())
             }
             #[cfg(test)]
-            Sink::Test(w) => w.write_all(chunk),
+            Sink::Test(w) => w.write_all(chunk).map_err(|e| (e, lines_in(chunk))),
         }
     }
 }
@@ -181,12 +217,43 @@ impl Spool {
                     _ => caps::CapsHashSet::new(),
                 };
                 let _ = crate::probe::privileges::reduce_this_thread(&keep);
+                // The current spell of failed writes: (lines lost, the first error).
+                let mut spell: Option<(u64, String)> = None;
                 for chunk in rx {
                     st.queued_bytes.fetch_sub(chunk.len(), Ordering::Relaxed);
-                    if sink.write_chunk(&chunk, &st).is_err() {
-                        st.failed_lines
-                            .fetch_add(lines_in(&chunk), Ordering::Relaxed);
+                    match sink.write_chunk(&chunk, &st) {
+                        Ok(()) => {
+                            if let Some((lost, why)) = spell.take() {
+                                eprintln!(
+                                    "pausewatch: writing NDJSON to {} works again; {lost} lines were lost ({why})",
+                                    sink.name()
+                                );
+                                *st.recovered.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some((lost, why));
+                            }
+                        }
+                        Err((e, lost)) => {
+                            st.failed_lines.fetch_add(lost, Ordering::Relaxed);
+                            match &mut spell {
+                                Some((n, _)) => *n += lost,
+                                None => {
+                                    // Once per spell: the journal hears of it even when the
+                                    // recording cannot.
+                                    eprintln!(
+                                        "pausewatch: cannot write NDJSON to {}: {e}; tracing goes on, and lines are counted as lost until writing works again",
+                                        sink.name()
+                                    );
+                                    spell = Some((lost, e.to_string()));
+                                }
+                            }
+                        }
                     }
+                }
+                if let Some((lost, why)) = spell {
+                    eprintln!(
+                        "pausewatch: {lost} NDJSON lines could not be written to {} ({why}), the end-of-run lines among them",
+                        sink.name()
+                    );
                 }
                 let _ = done_tx.send(());
             })

@@ -25,7 +25,9 @@ use super::{
 pub struct ProcessEntry {
     pub pid: u32,
     pub comm: String,
-    base: [Aggregate; NUM_STATS],
+    /// Earlier incarnations of the kernel entry; allocated only once there was one (most
+    /// processes never have their entry recreated), which keeps an entry near 3.5 KiB.
+    base: Option<Box<[Aggregate; NUM_STATS]>>,
     base_dropped: u64,
     current: [Aggregate; NUM_STATS],
     current_dropped: u64,
@@ -36,28 +38,45 @@ pub struct ProcessEntry {
     pub start_ns: u64,
     /// Episodes at or above the threshold that reached the agent.
     pub streamed: u64,
-    /// Whole-process stops (one per stop, however many threads), by duration.
-    pub stops: Aggregate,
+    /// Whole-process stops (one per stop, however many threads), by duration; allocated on
+    /// the first.
+    stops: Option<Box<Aggregate>>,
     /// Signals generated for the process while observed.
     pub signals: u64,
-    /// Runtime stop-the-world pauses (JVM safepoints, Go STW), by duration.
-    pub gc: Aggregate,
+    /// Runtime stop-the-world pauses (JVM safepoints, Go STW), by duration; allocated on the
+    /// first.
+    gc: Option<Box<Aggregate>>,
     /// Those of them that collected garbage.
     pub gc_collections: u64,
     /// Memory and disk totals from the kernel (`PROC_MEM`), with the same reset handling as
     /// the pause aggregates.
-    mem_base: MemTotals,
+    mem_base: Option<Box<MemTotals>>,
     mem_current: MemTotals,
     /// The kernel's own minor/major fault counters, as last read from /proc/<pid>/stat.
     pub faults: Option<FaultCounts>,
 }
 
+/// What a process that never stopped or ran a runtime shows for those.
+static EMPTY: std::sync::LazyLock<Aggregate> = std::sync::LazyLock::new(Aggregate::default);
+
 impl ProcessEntry {
     /// Cumulative aggregate `i` (a `Component` index or `STAT_EPISODE`).
     pub fn stat(&self, i: usize) -> Aggregate {
-        let mut a = self.base[i].clone();
-        a.merge(&self.current[i]);
+        let mut a = self.current[i].clone();
+        if let Some(b) = &self.base {
+            a.merge(&b[i]);
+        }
         a
+    }
+
+    /// Whole-process stops (one per stop, however many threads), by duration.
+    pub fn stops(&self) -> &Aggregate {
+        self.stops.as_deref().unwrap_or(&EMPTY)
+    }
+
+    /// Runtime stop-the-world pauses (JVM safepoints, Go STW), by duration.
+    pub fn gc(&self) -> &Aggregate {
+        self.gc.as_deref().unwrap_or(&EMPTY)
     }
 
     /// Every pause of the process: thread episodes (of every thread, stops included) and
@@ -65,7 +84,7 @@ impl ProcessEntry {
     /// voluntarily at the safepoint).
     pub fn pauses(&self) -> Aggregate {
         let mut a = self.stat(STAT_EPISODE);
-        a.merge(&self.gc);
+        a.merge(self.gc());
         a
     }
 
@@ -75,12 +94,12 @@ impl ProcessEntry {
     pub fn growth_marker(&self) -> (u64, u64) {
         let samples = [STAT_EPISODE, STAT_STEAL]
             .iter()
-            .map(|&i| self.base[i].count + self.current[i].count)
+            .map(|&i| self.current[i].count + self.base.as_ref().map_or(0, |b| b[i].count))
             .sum();
         let blocked = self
             .mem_base
-            .blocked
             .iter()
+            .flat_map(|b| b.blocked.iter())
             .chain(self.mem_current.blocked.iter())
             .map(|b| b.total_ns)
             .sum();
@@ -94,17 +113,27 @@ impl ProcessEntry {
 
     /// Cumulative memory and disk totals.
     pub fn mem(&self) -> MemTotals {
-        let mut m = self.mem_base.clone();
-        m.merge(&self.mem_current);
+        let mut m = self.mem_current.clone();
+        if let Some(b) = &self.mem_base {
+            m.merge(b);
+        }
         m
     }
 
     fn fold_current_into_base(&mut self) {
-        for (b, c) in self.base.iter_mut().zip(self.current.iter_mut()) {
+        let base = self
+            .base
+            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| Aggregate::default())));
+        for (b, c) in base.iter_mut().zip(self.current.iter_mut()) {
             b.merge(c);
             *c = Aggregate::default();
         }
         self.base_dropped += std::mem::take(&mut self.current_dropped);
+    }
+
+    fn fold_mem_into_base(&mut self) {
+        let old = std::mem::take(&mut self.mem_current);
+        self.mem_base.get_or_insert_default().merge(&old);
     }
 }
 
@@ -181,9 +210,12 @@ impl ProcessTable {
         let fresh: [Aggregate; NUM_STATS] = std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
         // Counts only grow while the kernel entry lives: any shrinking means it was recreated
         // since the last read (LRU eviction). A busy process may have only steal samples.
-        if [STAT_EPISODE, STAT_STEAL]
-            .iter()
-            .any(|&i| fresh[i].count < e.current[i].count)
+        // An exited process's entry was deleted in the kernel at retirement: one that comes
+        // back (a late event of the same process) starts from zero.
+        if e.exited
+            || [STAT_EPISODE, STAT_STEAL]
+                .iter()
+                .any(|&i| fresh[i].count < e.current[i].count)
         {
             e.fold_current_into_base();
         }
@@ -203,8 +235,7 @@ impl ProcessTable {
         }
         let e = self.entry(pid);
         if e.mem_current.reset_by(m) {
-            let old = std::mem::take(&mut e.mem_current);
-            e.mem_base.merge(&old);
+            e.fold_mem_into_base();
         }
         e.mem_current = m.clone();
         if faults.is_some() {
@@ -213,12 +244,10 @@ impl ProcessTable {
         self.enforce_bound();
     }
 
-    /// The process exited and its kernel entry (already applied) was deleted.
+    /// The process exited and its kernel entry (already applied) was deleted. The last
+    /// snapshot stays as it is: a kernel entry recreated later is folded in when it comes.
     pub fn retire(&mut self, pid: u32) {
         if let Some(e) = self.entries.get_mut(&pid) {
-            e.fold_current_into_base();
-            let m = std::mem::take(&mut e.mem_current);
-            e.mem_base.merge(&m);
             e.exited = true;
         }
     }
@@ -244,12 +273,14 @@ impl ProcessTable {
     }
 
     pub fn note_stop(&mut self, stop: &Stop) {
-        self.note(stop.pid, &stop.comm, |e| e.stops.record(stop.duration_ns));
+        self.note(stop.pid, &stop.comm, |e| {
+            e.stops.get_or_insert_default().record(stop.duration_ns)
+        });
     }
 
     pub fn note_gc(&mut self, g: &GcPause) {
         self.note(g.pid, &g.comm, |e| {
-            e.gc.record(g.duration_ns);
+            e.gc.get_or_insert_default().record(g.duration_ns);
             e.gc_collections += u64::from(g.collection);
         });
     }
@@ -395,7 +426,7 @@ mod tests {
         let per_entry = std::mem::size_of::<ProcessEntry>() + std::mem::size_of::<u32>() + 16;
         let full = per_entry * crate::cli::DEFAULT_MAX_PROCESSES;
         eprintln!("{per_entry} bytes per process, {} MiB full", full >> 20);
-        assert!(full <= 40 << 20, "{full} bytes");
+        assert!(full <= 16 << 20, "{full} bytes");
     }
 
     #[test]

@@ -1,4 +1,7 @@
 //! Kernel stacks for people: symbols from /proc/kallsyms, and where a blocked thread slept.
+/// Why stacks cannot be named when the kernel hides its addresses.
+pub const HIDDEN: &str = "/proc/kallsyms shows no addresses (kernel.kptr_restrict=2, or pausewatch lacked CAP_SYSLOG when it started): a thread blocked outside faults, fsync and reclaim is reported as `kernel` without its place; set kernel.kptr_restrict to 0 or 1 and start pausewatch as root to name it";
+
 /// Kernel text symbols sorted by address.
 pub struct KernelSymbols {
     addrs: Vec<u64>,
@@ -28,11 +31,23 @@ impl KernelSymbols {
             }
         }
         if syms.is_empty() {
-            return Err("/proc/kallsyms shows no addresses (kernel.kptr_restrict?): kernel stacks are not symbolised".into());
+            return Err(HIDDEN.into());
         }
         syms.sort_unstable_by_key(|s| s.0);
         let (addrs, names) = syms.into_iter().unzip();
         Ok(Self { addrs, names })
+    }
+
+    /// Whether the first lines of /proc/kallsyms show only zero addresses: the kernel hides
+    /// them (kernel.kptr_restrict=2, or the file was opened without CAP_SYSLOG).
+    pub fn hidden(r: impl std::io::BufRead) -> bool {
+        let mut lines = r.lines().map_while(Result::ok).take(16).peekable();
+        lines.peek().is_some()
+            && lines.all(|l| {
+                l.split_ascii_whitespace()
+                    .next()
+                    .is_some_and(|a| a.bytes().all(|b| b == b'0'))
+            })
     }
 
     /// The function containing `ip`.
@@ -169,6 +184,18 @@ ffffffff81005000 T ext4_sync_file
             .err()
             .unwrap();
         assert!(e.contains("kptr_restrict"), "{e}");
+    }
+
+    #[test]
+    fn hidden_addresses_are_told_from_the_first_lines() {
+        let hidden = "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n";
+        assert!(KernelSymbols::hidden(hidden.as_bytes()));
+        let shown = "0000000000000000 A fixed_percpu_data\nffffffff81000000 T _stext\n";
+        assert!(!KernelSymbols::hidden(shown.as_bytes()));
+        assert!(
+            !KernelSymbols::hidden("".as_bytes()),
+            "empty is unreadable, not hidden"
+        );
     }
 
     #[test]

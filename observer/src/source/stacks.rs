@@ -33,20 +33,31 @@ impl Stacks {
     pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let map = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS missing")?)?;
+        let file = std::fs::File::open("/proc/kallsyms")
+            .map_err(|e| format!("/proc/kallsyms unreadable: {e}"));
+        // Whether the kernel shows addresses is decided at open, so a second open now tells
+        // at start-up what reading the first one would.
+        let hidden = file.is_ok()
+            && std::fs::File::open("/proc/kallsyms")
+                .is_ok_and(|f| KernelSymbols::hidden(std::io::BufReader::new(f)));
         Ok(Self {
             map,
-            symbols: Symbols::Opened(
-                std::fs::File::open("/proc/kallsyms")
-                    .map_err(|e| format!("/proc/kallsyms unreadable: {e}")),
-            ),
+            symbols: if hidden {
+                Symbols::Read(Err(kallsyms::HIDDEN.into()))
+            } else {
+                Symbols::Opened(file)
+            },
         })
     }
 
     /// Where the thread of stack `id` slept ("jbd2 commit", "pipe_write"), and the frames.
-    /// The stack is deleted once read so the map only ever holds recent stacks.
+    /// The stack stays in the map: the kernel gives one id to every capture of the same stack
+    /// (a thread that blocks the same way again gets the same id before the agent has read
+    /// the first), so deleting it after one read would leave the next records unnamed. The
+    /// map never fills: a new stack whose hash collides replaces the old one
+    /// (BPF_F_REUSE_STACKID).
     pub fn place(&mut self, id: u32) -> Option<(String, Vec<String>)> {
         let trace = self.map.get(&id, 0).ok()?;
-        let _ = self.map.remove(&id);
         let syms = self.symbols.get()?;
         let frames: Vec<String> = trace
             .frames()

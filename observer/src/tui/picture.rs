@@ -401,7 +401,7 @@ pub fn cumulative(e: &crate::model::process::ProcessEntry) -> Cumulative {
     for c in Component::ALL {
         causes[c as usize] = e.stat(c as usize);
     }
-    causes[GC] = e.gc.clone();
+    causes[GC] = e.gc().clone();
     Cumulative {
         pauses: e.pauses(),
         causes,
@@ -422,7 +422,7 @@ pub fn from_agent(st: &AgentState, windows: &Windows, header: Header) -> Picture
             for c in Component::ALL {
                 cause_ns[c as usize] = p.stat(c as usize).total_ns;
             }
-            cause_ns[GC] = p.gc.total_ns;
+            cause_ns[GC] = p.gc().total_ns;
             cause_ns[STEAL] = p.stat(observer_common::STAT_STEAL).total_ns;
             cause_ns[NET] = net.map_or(0, |n| n.total.delay_est_ns);
             Row {
@@ -516,7 +516,7 @@ pub fn agent_detail(st: &AgentState, pic: &Picture, pid: u32) -> Option<Detail> 
     for c in Component::ALL {
         hists.push((c.name(), p.stat(c as usize)));
     }
-    hists.push(("gc", p.gc.clone()));
+    hists.push(("gc", p.gc().clone()));
     hists.push(("steal", p.stat(observer_common::STAT_STEAL)));
     let advice = advice_line(
         &hists[0].1,

@@ -1,0 +1,279 @@
+//! The host as pausewatch may find it: kernel addresses hidden (kernel.kptr_restrict), tracefs
+//! not mounted, or not mountable. Each degrades one thing with a clear notice and leaves the
+//! rest working; and where nothing is missing, kernel stacks are named.
+use std::{
+    io::Write as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use pausewatch_tests::*;
+use serde_json::Value;
+
+/// A sysctl set for the test and restored when it ends, also on failure.
+struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(name: &str, value: &str) -> Self {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).unwrap().trim().to_string();
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("setting {name}={value}: {e}"));
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.old);
+    }
+}
+
+/// A scratch directory on the root file system (a real disk, not tmpfs), removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!("/var/tmp/pw-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file of `mib` MiB on disk and not in the page cache: reading it waits for the disk.
+fn cold_file(path: &Path, mib: usize) {
+    let mut f = std::fs::File::create(path).expect("create");
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    for _ in 0..mib {
+        f.write_all(&chunk).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    // SAFETY: a valid descriptor; advice only.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+}
+
+/// Reads a cold file under `pw` (read(2), no mapping: its waits are outside the fault, fsync
+/// and reclaim brackets, so only the kernel stack can say where it slept). Returns all lines
+/// and the reader's pid.
+fn read_cold_file(pw: Pausewatch, dir: &Path) -> (Vec<Value>, u64) {
+    let path = dir.join("cold");
+    cold_file(&path, 48);
+    let v = run_workload(&["read-file", path.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    (pw.stop(), v["pid"].as_u64().unwrap())
+}
+
+/// The reader's pauses blocked outside any bracket.
+fn kernel_waits(lines: &[Value], pid: u64) -> Vec<&Value> {
+    of_type(lines, "pause")
+        .filter(|v| v["pid"] == pid && v["blocked"]["reason"] == "kernel")
+        .collect()
+}
+
+fn warnings(lines: &[Value]) -> Vec<String> {
+    of_type(lines, "notice")
+        .filter(|v| v["level"] == "warn")
+        .map(|v| v["message"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn kernel_stacks_are_named_unless_the_kernel_hides_its_addresses() {
+    require_root();
+    let dir = Scratch::new("stacks");
+    // Root sees kernel addresses at kptr_restrict 0 and 1.
+    let (lines, pid) = {
+        let _shown = Sysctl::set("kernel.kptr_restrict", "1");
+        read_cold_file(Pausewatch::start(&["--min-pause", "20us"]), &dir.0)
+    };
+    let waits = kernel_waits(&lines, pid);
+    assert!(!waits.is_empty(), "reading a cold file never blocked");
+    let places: Vec<&str> = waits
+        .iter()
+        .filter_map(|v| v["blocked"]["kernel_place"].as_str())
+        .collect();
+    eprintln!(
+        "{} waits, places: {:?}",
+        waits.len(),
+        &places[..places.len().min(8)]
+    );
+    for w in waits
+        .iter()
+        .filter(|v| v["blocked"]["kernel_place"].is_null())
+    {
+        eprintln!("unnamed: {}", w["blocked"]);
+    }
+    // Every one: the same stack blocks again before the agent reads the first record (the
+    // kernel gives both one stack id), which once left all but the first unnamed.
+    assert_eq!(places.len(), waits.len(), "kernel waits left unnamed");
+    assert!(
+        places.iter().all(|p| !p.is_empty() && !p.starts_with("0x")),
+        "{places:?}"
+    );
+    assert!(
+        !warnings(&lines).iter().any(|w| w.contains("kallsyms")),
+        "{:?}",
+        warnings(&lines)
+    );
+
+    // kptr_restrict=2 hides addresses even from root: said at start-up, and the waits are
+    // still reported, as `kernel` without a place.
+    let (lines, pid) = {
+        let _hidden = Sysctl::set("kernel.kptr_restrict", "2");
+        let mut pw = Pausewatch::start(&["--min-pause", "20us"]);
+        let notice = pw.wait_for(Duration::from_secs(5), |v| {
+            v["type"] == "notice"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("kptr_restrict"))
+        });
+        assert_eq!(notice["level"], "warn", "{notice}");
+        read_cold_file(pw, &dir.0)
+    };
+    let waits = kernel_waits(&lines, pid);
+    assert!(!waits.is_empty(), "reading a cold file never blocked");
+    assert!(
+        waits.iter().all(|v| v["blocked"]["kernel_place"].is_null()),
+        "a place named without kernel addresses"
+    );
+    let drops = of_type(&lines, "drops").last().unwrap();
+    assert!(drops["unnamed_stacks"].as_u64().unwrap() > 0, "{drops}");
+}
+
+/// pausewatch in a mount namespace of its own, prepared by `setup` (run in the child before
+/// exec, as root).
+fn in_mount_namespace(args: &[&str], setup: fn() -> std::io::Result<()>) -> Command {
+    let mut cmd = Command::new(pausewatch_bin());
+    cmd.arg("--json").args(args);
+    // SAFETY: only async-signal-safe calls (unshare, mount, umount2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            setup()
+        });
+    }
+    cmd
+}
+
+/// Detaches every tracefs mount the namespace sees (none may be left: pausewatch looks at
+/// both places).
+fn unmount_tracefs() -> std::io::Result<()> {
+    for p in [c"/sys/kernel/tracing", c"/sys/kernel/debug/tracing"] {
+        // SAFETY: a valid path; EINVAL (not a mount point) and ENOENT are fine.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+    Ok(())
+}
+
+/// Hides /sys/kernel under an empty tmpfs: no tracefs, and nowhere to mount it.
+fn hide_sys_kernel() -> std::io::Result<()> {
+    unmount_tracefs()?;
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let r = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/sys/kernel".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A stop of a spinner, and the stop line pausewatch writes for it.
+fn a_stop_is_reported(pw: &mut Pausewatch) {
+    let mut child = victim("pw-env-stop", 1, 3.0);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    while proc_state(pid) != 'T' {
+        assert!(t.elapsed() < Duration::from_secs(5), "not stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, libc::SIGCONT);
+    let stop = pw.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "stop" && v["pid"] == pid
+    });
+    assert!(
+        stop["duration_ns"].as_u64().unwrap() >= 190_000_000,
+        "{stop}"
+    );
+    let _ = (child.kill(), child.wait());
+}
+
+/// tracefs unmounted: pausewatch mounts it where it belongs (in its own mount namespace here,
+/// so the host is untouched), says so, and the clock and fsync syscall tracepoints attach.
+#[test]
+fn without_tracefs_pausewatch_mounts_it_and_says_so() {
+    require_root();
+    let mut pw = Pausewatch::start_cmd(in_mount_namespace(&[], unmount_tracefs));
+    let lines = pw.lines();
+    let changed = of_type(&lines, "notice")
+        .find(|v| v["event"] == "host_changed")
+        .unwrap_or_else(|| panic!("no host_changed notice: {lines:?}"));
+    assert!(
+        changed["message"]
+            .as_str()
+            .unwrap()
+            .contains("mounted tracefs at /sys/kernel/tracing"),
+        "{changed}"
+    );
+    let w = warnings(&lines);
+    assert!(
+        !w.iter().any(|m| m.contains("clock") || m.contains("fsync")),
+        "{w:?}"
+    );
+    a_stop_is_reported(&mut pw);
+    pw.stop();
+}
+
+/// No tracefs and nowhere to mount it: what needs it (who changes the clock, fsync calls) is
+/// named as unobserved with the reason, and pauses are observed as ever.
+#[test]
+fn without_a_place_for_tracefs_what_needs_it_is_disabled_and_the_rest_works() {
+    require_root();
+    let dir = Scratch::new("btf");
+    let btf = dir.0.join("vmlinux");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let mut pw = Pausewatch::start_cmd(in_mount_namespace(
+        &["--btf", btf.to_str().unwrap()],
+        hide_sys_kernel,
+    ));
+    let w = warnings(&pw.lines());
+    eprintln!("{w:#?}");
+    for what in ["who changes the clock is not observed", "fsync"] {
+        assert!(
+            w.iter().any(|m| m.contains(what) && m.contains("tracefs")),
+            "no warning about {what:?} naming tracefs: {w:?}"
+        );
+    }
+    a_stop_is_reported(&mut pw);
+    pw.stop();
+}
