@@ -2,8 +2,7 @@
 //! not mounted, or not mountable. Each degrades one thing with a clear notice and leaves the
 //! rest working; and where nothing is missing, kernel stacks are named.
 use std::{
-    io::Write as _,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -48,19 +47,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A file of `mib` MiB on disk and not in the page cache: reading it waits for the disk.
-fn cold_file(path: &Path, mib: usize) {
-    let mut f = std::fs::File::create(path).expect("create");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
-    for _ in 0..mib {
-        f.write_all(&chunk).expect("write");
-    }
-    f.sync_all().expect("fsync");
-    // SAFETY: a valid descriptor; advice only.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "posix_fadvise");
 }
 
 /// Reads a cold file under `pw` (read(2), no mapping: its waits are outside the fault, fsync

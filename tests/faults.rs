@@ -9,14 +9,6 @@ use std::{
 use pausewatch_tests::*;
 use serde_json::Value;
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// A spinning process named `name` (it exits by itself after `secs`).
 fn spinner(name: &str, secs: f64) -> Command {
     let mut c = Command::new(workload_bin());

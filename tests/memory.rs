@@ -3,7 +3,6 @@
 //! workload measured around the call, memcg reclaim against the cgroup's failcnt.
 use std::{
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -11,21 +10,6 @@ use std::{
 
 use pausewatch_tests::*;
 use serde_json::Value;
-
-/// A file of `mib` MiB of non-zero data, written to disk and dropped from the page cache.
-fn cold_file(path: &Path, mib: usize) {
-    let mut f = std::fs::File::create(path).expect("create");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
-    for _ in 0..mib {
-        f.write_all(&chunk).expect("write");
-    }
-    f.sync_all().expect("fsync");
-    // SAFETY: valid fd; the pages are clean after the fsync, so DONTNEED drops them.
-    assert_eq!(
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
-        0
-    );
-}
 
 /// An ext4 file system (no journal: every write of an fsync is the caller's) on a loop
 /// device, unmounted and detached when dropped.

@@ -5,14 +5,6 @@ use std::time::{Duration, Instant};
 use pausewatch_tests::*;
 use serde_json::Value;
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The one stop line of `pid`; fails if there is not exactly one.
 fn the_stop_of(lines: &[Value], pid: u32) -> Value {
     let stops: Vec<&Value> = of_type(lines, "stop").filter(|v| v["pid"] == pid).collect();
@@ -62,7 +54,9 @@ fn sigstop_then_sigcont_is_one_stop_per_process_naming_both_senders() {
 
     let t0 = Instant::now();
     signal(pid, libc::SIGSTOP);
-    wait_until("the victim is stopped", || proc_state(pid) == 'T');
+    wait_until("the victim is stopped", Duration::from_secs(10), || {
+        proc_state(pid) == 'T'
+    });
     let seen_stopped = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     signal(pid, libc::SIGCONT);
@@ -206,7 +200,7 @@ fn a_cgroup_v1_freeze_is_told_apart_from_signal_and_ptrace_stops() {
 
     let t0 = Instant::now();
     std::fs::write(cg.join("freezer.state"), "FROZEN").expect("freezing");
-    wait_until("the cgroup is frozen", || {
+    wait_until("the cgroup is frozen", Duration::from_secs(10), || {
         std::fs::read_to_string(cg.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
     });
     let seen_frozen = Instant::now();

@@ -322,6 +322,32 @@ pub fn victim(name: &str, threads: usize, secs: f64) -> Child {
         .expect("spawning the victim")
 }
 
+/// A file of `mib` MiB of non-zero data, written to disk and dropped from the page cache:
+/// reading or mapping it waits for the disk.
+pub fn cold_file(path: &Path, mib: usize) {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let mut f = std::fs::File::create(path).expect("create");
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    for _ in 0..mib {
+        f.write_all(&chunk).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    // SAFETY: valid fd; the pages are clean after the fsync, so DONTNEED drops them.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+}
+
+/// Polls `cond` every millisecond until it holds; fails naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Sends `sig` to a child of the test, failing with the reason if it cannot.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: signalling our own child.

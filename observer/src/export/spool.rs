@@ -361,6 +361,53 @@ mod tests {
         }
     }
 
+    /// A sink that fails like a full disk until space is freed: what failed is counted, and
+    /// the end of the spell is reported once, with its count and reason.
+    #[test]
+    fn a_spell_of_failed_writes_is_counted_and_its_end_reported_once() {
+        struct Full(Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<u8>>>);
+        impl Write for Full {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                self.1.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Spool::test(Box::new(Full(full.clone(), got.clone())), 1 << 20);
+        let settle = |s: &Spool| {
+            let t = std::time::Instant::now();
+            while s.stats.queued_bytes.load(Ordering::SeqCst) > 0 {
+                assert!(t.elapsed() < Duration::from_secs(5));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for i in 0..3 {
+            writeln!(s, "lost {i}").unwrap();
+        }
+        s.flush().unwrap();
+        settle(&s);
+        assert_eq!(s.stats.failed_lines.load(Ordering::SeqCst), 3);
+        assert_eq!(s.stats.take_recovery(), None, "still failing");
+        full.store(false, Ordering::SeqCst);
+        writeln!(s, "kept").unwrap();
+        s.flush().unwrap();
+        settle(&s);
+        let (lost, why) = s.stats.take_recovery().expect("the spell ended");
+        assert_eq!(lost, 3);
+        assert!(why.contains("No space left"), "{why}");
+        assert_eq!(s.stats.take_recovery(), None, "reported once");
+        assert!(s.finish(Duration::from_secs(5)));
+        assert_eq!(&*got.lock().unwrap(), b"kept\n");
+    }
+
     /// A burst bigger than the whole queue, to a consumer that keeps up, loses nothing: chunks
     /// are smaller than the queue (with 64 KiB chunks and a 64 KiB queue every full chunk
     /// used to be refused, and a busy host's pause lines all dropped).
