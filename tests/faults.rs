@@ -414,3 +414,83 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
     );
     assert!(stderr.contains("works again"), "{stderr}");
 }
+
+/// A stopped process is killed: its stop ends with the SIGKILL, named, and the process is
+/// retired with its summary; the agent keeps its table to the live.
+#[test]
+fn a_process_killed_while_stopped_ends_its_stop_with_the_kill() {
+    require_root();
+    let mut pw = Pausewatch::start(&["--control-period", "0s"]);
+    let mut child = spinner("pw-killed", 5.0).spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, libc::SIGSTOP);
+    wait_until("it is stopped", Duration::from_secs(5), || {
+        proc_state(pid) == 'T'
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pid, libc::SIGKILL);
+    let _ = child.wait();
+    let stop = pw.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "stop" && v["pid"] == pid
+    });
+    assert_eq!(stop["resume_signal"], "SIGKILL", "{stop}");
+    assert_eq!(stop["resumed_by"]["pid"], std::process::id(), "{stop}");
+    assert!(
+        stop["duration_ns"].as_u64().unwrap() >= 290_000_000,
+        "{stop}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = pw.stop();
+    let s = summary_of(&lines, pid as u64).expect("the killed process's summary");
+    assert_eq!(s["exited"], true, "{s}");
+    assert_eq!(s["stops"]["count"], 1, "{s}");
+}
+
+/// exec keeps the process: pauses before and after it are one process's (no departure),
+/// and the summary carries the name it has after exec.
+#[test]
+fn exec_keeps_the_process_and_its_pauses() {
+    require_root();
+    let pw = Pausewatch::start(&["--control-period", "0s"]);
+    // A shell that is stopped once, then execs the spinner, which is stopped again.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; exec {} spin 2 {} pw-after-exec 1",
+            workload_bin().display(),
+            test_cpu()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let stop_for = |ms: u64| {
+        signal(pid, libc::SIGSTOP);
+        wait_until("it is stopped", Duration::from_secs(5), || {
+            proc_state(pid) == 'T'
+        });
+        std::thread::sleep(Duration::from_millis(ms));
+        signal(pid, libc::SIGCONT);
+    };
+    stop_for(150);
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    wait_until("it has exec'd", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "pw-after-exec")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop_for(250);
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = pw.stop();
+    let sums: Vec<&Value> = of_type(&lines, "summary")
+        .filter(|v| v["pid"] == pid)
+        .collect();
+    assert_eq!(sums.len(), 1, "exec made a second process: {sums:?}");
+    assert_eq!(sums[0]["comm"], "pw-after-exec", "{}", sums[0]);
+    assert_eq!(sums[0]["stops"]["count"], 2, "{}", sums[0]);
+}

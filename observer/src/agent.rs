@@ -327,10 +327,12 @@ impl AgentState {
                 }
                 Ok(Record::Exit(r)) => {
                     // In ring order: what follows for this pid is a later process's. A read
-                    // since the exit may already have given the table the next process.
-                    let next_already = self.table.get(r.tgid).is_some_and(|e| {
-                        e.start_ns != 0 && r.start_ns != 0 && e.start_ns != r.start_ns
-                    });
+                    // since the exit may already have given the table the next process (a
+                    // later start; an earlier one is a process before this one).
+                    let next_already = self
+                        .table
+                        .get(r.tgid)
+                        .is_some_and(|e| r.start_ns != 0 && e.start_ns > r.start_ns);
                     if let Some(h) = self.harvester.as_mut().filter(|_| !next_already) {
                         let h = h.final_read(r.tgid, r.start_ns);
                         self.apply_harvest(h);

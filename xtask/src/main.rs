@@ -1,6 +1,7 @@
 //! What cargo alone can't do: toolchain setup, the privileged test run, benchmarks.
 mod bench;
 mod bench_gc;
+mod bench_latency;
 mod fuzz;
 mod setup;
 mod soak;
@@ -52,7 +53,8 @@ enum Cmd {
     },
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
-        /// Which benchmark: `sched` (scheduler programs) or `gc` (runtime probes).
+        /// Which benchmark: `sched` (scheduler programs), `gc` (runtime probes) or `latency`
+        /// (from a pause's end to its NDJSON line; at least 10 rounds).
         #[arg(default_value = "sched")]
         which: String,
         /// Rounds of (without, with) pausewatch per workload.
@@ -217,7 +219,8 @@ fn main() -> anyhow::Result<()> {
             match which.as_str() {
                 "sched" => bench::sched(rounds),
                 "gc" => bench_gc::gc(rounds),
-                other => bail!("unknown benchmark {other:?}: available: sched, gc"),
+                "latency" => bench_latency::latency(rounds.max(10)),
+                other => bail!("unknown benchmark {other:?}: available: sched, gc, latency"),
             }
         }
     }

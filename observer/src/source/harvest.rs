@@ -56,19 +56,19 @@ impl Harvester {
     }
 
     /// Reads the aggregates of process `tgid`, which has exited, one last time and deletes
-    /// them. A pause aggregate with another start time is a later process's (the pid was
-    /// reused before the exit record was read) and is left alone, as is then the memory
-    /// aggregate, whose owner cannot be told.
+    /// them; the process is to be retired. A pause aggregate with a later start time is
+    /// already the next process's (the pid was reused before the exit record was read: the
+    /// kernel counted the exited one's unread rest as a `pid_reuse` drop) and is left alone,
+    /// as is then the memory aggregate, whose owner cannot be told.
     pub fn final_read(&mut self, tgid: u32, start_ns: u64) -> Harvest {
-        let stats = self.procs.get(&tgid, 0).ok();
-        if stats.is_some_and(|s| s.start_ns != start_ns && s.start_ns != 0 && start_ns != 0) {
-            // Already the next process's: nothing of the exited one is left to read.
-            return Harvest::default();
-        }
         let mut h = Harvest {
             retired: vec![tgid],
             ..Default::default()
         };
+        let stats = self.procs.get(&tgid, 0).ok();
+        if stats.is_some_and(|s| start_ns != 0 && s.start_ns > start_ns) {
+            return h;
+        }
         if let Some(stats) = stats {
             let comm = String::from_utf8_lossy(comm_bytes(&stats.comm)).into_owned();
             h.procs.push((tgid, comm, stats));
