@@ -161,12 +161,26 @@ fn lossy_connection(net: &NetnsPair, listen: &str, remote: &str, family: &str) {
         .map(|v| v["segs"].as_u64().unwrap())
         .sum();
     assert!(after > before, "the drop caused no retransmissions");
+    let (local_addr, local_port) = sent["local"].as_str().unwrap().rsplit_once(':').unwrap();
+    // What else was seen of this connection, to tell a lost record from a misattributed one
+    // should the totals differ.
+    let same_connection = |v: &&Value| {
+        v["local"]["addr"] == local_addr.trim_matches(['[', ']'])
+            && v["local"]["port"].as_u64().unwrap_or(0).to_string() == local_port
+    };
+    let elsewhere: Vec<String> = of_type(&lines, "retransmit")
+        .filter(same_connection)
+        .filter(|v| v["pid"] != pid || v["err"] != 0)
+        .map(|v| format!("pid {} err {} segs {}", v["pid"], v["err"], v["segs"]))
+        .collect();
+    let drops = of_type(&lines, "drops").last().unwrap();
     assert_eq!(
         segs,
         after - before,
-        "{family}: pausewatch's retransmitted segments for the sender vs the namespace's TcpRetransSegs"
+        "{family}: pausewatch's retransmitted segments for the sender vs the namespace's TcpRetransSegs; {} records, the connection's records with another pid or an error: {elsewhere:?}; kernel drops {}",
+        ours.len(),
+        drops["kernel"]
     );
-    let (local_addr, local_port) = sent["local"].as_str().unwrap().rsplit_once(':').unwrap();
     for v in &ours {
         assert_eq!(v["family"], family);
         assert_eq!(v["local"]["addr"], local_addr.trim_matches(['[', ']']));
