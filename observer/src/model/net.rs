@@ -112,10 +112,11 @@ pub struct Retransmit {
     pub sock: u64,
     pub state: &'static str,
     pub mode: Mode,
-    /// Segments retransmitted (TcpRetransSegs counts these, when `err` is 0).
+    /// Segments retransmitted (TcpRetransSegs counts these, when `err` is 0 or positive).
     pub segs: u32,
-    /// 0: sent; negative errno: the retransmission failed (and the kernel's counter only
-    /// counts it if the failure came after the send was attempted).
+    /// 0: sent; positive (NET_XMIT_DROP): handed to the device, whose queue dropped it,
+    /// after TCP had counted it; negative errno: the retransmission failed (and the kernel's
+    /// counter only counts it if the failure came after the send was attempted).
     pub err: i32,
     /// The RTO at the time (None for SYN-ACKs or when HZ is unknown).
     pub rto_ns: Option<u64>,
@@ -165,8 +166,11 @@ impl Retransmit {
         }
     }
 
+    /// Whether the retransmission left TCP: sent, or dropped by the queue below it
+    /// (`err` > 0). Both are what the kernel's TcpRetransSegs counts, and both delayed the
+    /// data the same way.
     pub fn sent(&self) -> bool {
-        self.err == 0
+        self.err >= 0
     }
 
     /// "timeout retransmission on 10.0.0.1:5000 -> 10.0.0.2:80 (ESTABLISHED), RTO 200.0ms"
@@ -182,6 +186,8 @@ impl Retransmit {
         }
         if !self.sent() {
             s.push_str(&format!(", failed ({})", self.err));
+        } else if self.err > 0 {
+            s.push_str(", dropped by the device queue");
         }
         s
     }
@@ -386,6 +392,26 @@ mod tests {
             t.note(&Retransmit::from_record(&r, Some(250)));
         }
         assert_eq!((t.procs.len(), t.procs_not_kept, t.host.segs), (2, 1, 6));
+    }
+
+    /// A retransmission the device queue dropped (NET_XMIT_DROP, err 1) had left TCP, which
+    /// counted it in TcpRetransSegs: it counts as sent, and says what happened to it.
+    #[test]
+    fn a_retransmission_dropped_below_tcp_counts_as_the_kernel_counts_it() {
+        let mut t = NetTable::new(2);
+        let dropped = Retransmit::from_record(&rec(4, 2, 1), Some(250));
+        assert!(dropped.sent());
+        assert!(
+            dropped.describe().ends_with("dropped by the device queue"),
+            "{}",
+            dropped.describe()
+        );
+        t.note(&dropped);
+        let p = t.of(77).unwrap();
+        assert_eq!(
+            (p.total.retransmits, p.total.segs, p.total.failed),
+            (1, 2, 0)
+        );
     }
 
     #[test]
