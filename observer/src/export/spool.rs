@@ -217,39 +217,50 @@ impl Spool {
                     _ => caps::CapsHashSet::new(),
                 };
                 let _ = crate::probe::privileges::reduce_this_thread(&keep);
-                // The current spell of failed writes: (lines lost, the first error).
-                let mut spell: Option<(u64, String)> = None;
+                // The current spell of failed writes: (lines lost, the first error, whether
+                // stderr heard of it). A disk that stays nearly full alternates short spells
+                // (a small chunk still fits): stderr hears at most once a minute.
+                let mut spell: Option<(u64, String, bool)> = None;
+                let mut warned_at: Option<std::time::Instant> = None;
                 for chunk in rx {
                     st.queued_bytes.fetch_sub(chunk.len(), Ordering::Relaxed);
                     match sink.write_chunk(&chunk, &st) {
                         Ok(()) => {
-                            if let Some((lost, why)) = spell.take() {
-                                eprintln!(
-                                    "pausewatch: writing NDJSON to {} works again; {lost} lines were lost ({why})",
-                                    sink.name()
-                                );
-                                *st.recovered.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some((lost, why));
+                            if let Some((lost, why, told)) = spell.take() {
+                                if told {
+                                    eprintln!(
+                                        "pausewatch: writing NDJSON to {} works again; {lost} lines were lost ({why})",
+                                        sink.name()
+                                    );
+                                }
+                                let mut r = st.recovered.lock().unwrap_or_else(|p| p.into_inner());
+                                let before = r.as_ref().map_or(0, |(n, _)| *n);
+                                *r = Some((before + lost, why));
                             }
                         }
                         Err((e, lost)) => {
                             st.failed_lines.fetch_add(lost, Ordering::Relaxed);
                             match &mut spell {
-                                Some((n, _)) => *n += lost,
+                                Some((n, _, _)) => *n += lost,
                                 None => {
-                                    // Once per spell: the journal hears of it even when the
-                                    // recording cannot.
-                                    eprintln!(
-                                        "pausewatch: cannot write NDJSON to {}: {e}; tracing goes on, and lines are counted as lost until writing works again",
-                                        sink.name()
-                                    );
-                                    spell = Some((lost, e.to_string()));
+                                    let tell = warned_at
+                                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                                    if tell {
+                                        // The journal hears of it even when the recording
+                                        // cannot.
+                                        eprintln!(
+                                            "pausewatch: cannot write NDJSON to {}: {e}; tracing goes on, and lines are counted as lost until writing works again",
+                                            sink.name()
+                                        );
+                                        warned_at = Some(std::time::Instant::now());
+                                    }
+                                    spell = Some((lost, e.to_string(), tell));
                                 }
                             }
                         }
                     }
                 }
-                if let Some((lost, why)) = spell {
+                if let Some((lost, why, _)) = spell {
                     eprintln!(
                         "pausewatch: {lost} NDJSON lines could not be written to {} ({why}), the end-of-run lines among them",
                         sink.name()
