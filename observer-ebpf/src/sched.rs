@@ -446,12 +446,16 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let start_ns = match PROC_STATS.get_ptr(&tgid) {
-        // SAFETY: read-only access to our own map value for this invocation.
-        Some(ps) => unsafe { (*ps).start_ns },
-        None if memory::has_aggregate(tgid) => task::leader_start::<true>(task),
+    let start_ns = task::leader_start::<true>(task);
+    match PROC_STATS.get_ptr_mut(&tgid) {
+        // The name the process ends with (it may have renamed itself after the episodes that
+        // refreshed the aggregate's name), for its summary.
+        // SAFETY: pointer into our own map value, valid for this invocation.
+        Some(ps) if unsafe { (*ps).start_ns } == start_ns => unsafe { (*ps).comm = task::leader_comm::<true>(task) },
+        Some(_) => {}
+        None if memory::has_aggregate(tgid) => {}
         None => return 0,
-    };
+    }
     output::emit(ExitRecord { kind: RecordKind::Exit as u32, tgid, ts_mono_ns: now(), start_ns }, DropCause::Exit);
     0
 }
