@@ -5,7 +5,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use pausewatch_tests::*;
@@ -196,14 +196,7 @@ fn a_stop_is_reported(pw: &mut Pausewatch) {
     let mut child = victim("pw-env-stop", 1, 3.0);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(200));
-    signal(pid, libc::SIGSTOP);
-    let t = Instant::now();
-    while proc_state(pid) != 'T' {
-        assert!(t.elapsed() < Duration::from_secs(5), "not stopped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    signal(pid, libc::SIGCONT);
+    hold_stopped(pid, Duration::from_millis(200));
     let stop = pw.wait_for(Duration::from_secs(10), |v| {
         v["type"] == "stop" && v["pid"] == pid
     });

@@ -3,25 +3,11 @@
 //! buffer, a fork storm.
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use pausewatch_tests::*;
 use serde_json::Value;
-
-/// A spinning process named `name` (it exits by itself after `secs`).
-fn spinner(name: &str, secs: f64) -> Command {
-    let mut c = Command::new(workload_bin());
-    c.args([
-        "spin",
-        &secs.to_string(),
-        &test_cpu().to_string(),
-        name,
-        "1",
-    ])
-    .stdout(Stdio::null());
-    c
-}
 
 /// Spawns `cmd` as pid `pid`: the next pid the kernel hands out is the one after
 /// /proc/sys/kernel/ns_last_pid (as CRIU restores processes). Another process on the host may
@@ -44,17 +30,9 @@ fn spawn_with_pid(pid: u32, cmd: &mut Command) -> Child {
 fn stop_once(mut child: Child, hold: Duration) -> (u32, Duration, Duration) {
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(200));
-    let t0 = Instant::now();
-    signal(pid, libc::SIGSTOP);
-    wait_until("it is stopped", Duration::from_secs(5), || {
-        proc_state(pid) == 'T'
-    });
-    let seen = Instant::now();
-    std::thread::sleep(hold);
-    signal(pid, libc::SIGCONT);
-    let bounds = (seen.elapsed(), t0.elapsed());
+    let (held_min, held_max) = hold_stopped(pid, hold);
     assert!(child.wait().unwrap().success());
-    (pid, bounds.0, bounds.1)
+    (pid, held_min, held_max)
 }
 
 /// Three processes in turn get the same pid: the second at once (before the agent's
@@ -65,16 +43,16 @@ fn a_reused_pid_is_a_new_process_with_its_own_pauses() {
     require_root();
     let pw = Pausewatch::start(&["--control-period", "0s"]);
     let (pid, min1, max1) = stop_once(
-        spinner("pw-first", 0.8).spawn().unwrap(),
+        victim_cmd("pw-first", 1, 0.8).spawn().unwrap(),
         Duration::from_millis(400),
     );
     let (_, min2, max2) = stop_once(
-        spawn_with_pid(pid, &mut spinner("pw-second", 0.8)),
+        spawn_with_pid(pid, &mut victim_cmd("pw-second", 1, 0.8)),
         Duration::from_millis(150),
     );
     std::thread::sleep(Duration::from_millis(2500));
     let (_, min3, max3) = stop_once(
-        spawn_with_pid(pid, &mut spinner("pw-third", 0.8)),
+        spawn_with_pid(pid, &mut victim_cmd("pw-third", 1, 0.8)),
         Duration::from_millis(250),
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -150,7 +128,7 @@ fn a_ring_buffer_storm_is_counted_and_the_agent_recovers() {
 
     // Recovery: a stop after the storm is reported as usual.
     let (victim, lo, hi) = {
-        let child = spinner("pw-after-storm", 1.5).spawn().unwrap();
+        let child = victim("pw-after-storm", 1, 1.5);
         stop_once(child, Duration::from_millis(200))
     };
     let stop = pw.wait_for(Duration::from_secs(10), |v| {
@@ -187,16 +165,6 @@ fn a_ring_buffer_storm_is_counted_and_the_agent_recovers() {
     );
     // The agent took every record it could: what it streamed after resuming continues.
     assert!(of_type(&lines, "pause").any(|v| v["pid"] == storm_pid));
-}
-
-/// Resident set size of `pid` in KiB (VmRSS).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Entries in the agent's map `name`, found through the agent's file descriptors.
@@ -252,11 +220,11 @@ fn a_fork_storm_keeps_memory_and_maps_bounded() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(5));
-    let early = rss_kib(pw.pid());
+    let early = rss_kib(pw.pid()).expect("the agent's VmRSS");
     let mut peak = early;
     for _ in 0..15 {
         std::thread::sleep(Duration::from_secs(1));
-        peak = peak.max(rss_kib(pw.pid()));
+        peak = peak.max(rss_kib(pw.pid()).expect("the agent's VmRSS"));
     }
     let (mut children, mut threads) = (0, 0);
     for s in storms {
@@ -269,7 +237,7 @@ fn a_fork_storm_keeps_memory_and_maps_bounded() {
     std::thread::sleep(Duration::from_secs(2));
     let kernel_entries = map_entries(pw.pid(), "PROC_STATS");
     let live = processes_now();
-    let late = rss_kib(pw.pid());
+    let late = rss_kib(pw.pid()).expect("the agent's VmRSS");
     let lines = pw.stop();
     let drops = of_type(&lines, "drops").last().unwrap();
     eprintln!(
@@ -435,7 +403,7 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
 fn a_process_killed_while_stopped_ends_its_stop_with_the_kill() {
     require_root();
     let mut pw = Pausewatch::start(&["--control-period", "0s"]);
-    let mut child = spinner("pw-killed", 5.0).spawn().unwrap();
+    let mut child = victim("pw-killed", 1, 5.0);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(200));
     signal(pid, libc::SIGSTOP);
@@ -482,12 +450,7 @@ fn exec_keeps_the_process_and_its_pauses() {
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(200));
     let stop_for = |ms: u64| {
-        signal(pid, libc::SIGSTOP);
-        wait_until("it is stopped", Duration::from_secs(5), || {
-            proc_state(pid) == 'T'
-        });
-        std::thread::sleep(Duration::from_millis(ms));
-        signal(pid, libc::SIGCONT);
+        hold_stopped(pid, Duration::from_millis(ms));
     };
     stop_for(150);
     use std::io::Write as _;

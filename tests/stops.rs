@@ -52,15 +52,7 @@ fn sigstop_then_sigcont_is_one_stop_per_process_naming_both_senders() {
     let pid = stopped.id();
     std::thread::sleep(Duration::from_millis(300));
 
-    let t0 = Instant::now();
-    signal(pid, libc::SIGSTOP);
-    wait_until("the victim is stopped", Duration::from_secs(10), || {
-        proc_state(pid) == 'T'
-    });
-    let seen_stopped = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    signal(pid, libc::SIGCONT);
-    let (held_min, held_max) = (seen_stopped.elapsed(), t0.elapsed());
+    let (held_min, held_max) = hold_stopped(pid, Duration::from_millis(500));
 
     std::thread::sleep(Duration::from_millis(300));
     let lines = pw.stop();

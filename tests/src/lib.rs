@@ -309,17 +309,51 @@ pub fn start_hogs(n: usize, cpu: usize, secs: f64) -> Vec<Child> {
 
 /// A spinning victim with `threads` threads (it exits by itself after `secs`).
 pub fn victim(name: &str, threads: usize, secs: f64) -> Child {
-    Command::new(workload_bin())
-        .args([
-            "spin",
-            &secs.to_string(),
-            &test_cpu().to_string(),
-            name,
-            &threads.to_string(),
-        ])
-        .stdout(Stdio::null())
+    victim_cmd(name, threads, secs)
         .spawn()
         .expect("spawning the victim")
+}
+
+/// The command `victim` runs, for a test that spawns it its own way.
+pub fn victim_cmd(name: &str, threads: usize, secs: f64) -> Command {
+    let mut c = Command::new(workload_bin());
+    c.args([
+        "spin",
+        &secs.to_string(),
+        &test_cpu().to_string(),
+        name,
+        &threads.to_string(),
+    ])
+    .stdout(Stdio::null());
+    c
+}
+
+/// Stops `pid` with SIGSTOP, waits until the kernel shows it stopped, holds it `hold`, and
+/// resumes it with SIGCONT. Returns the bounds of the stop as the test saw it: from seeing it
+/// stopped to SIGCONT (at least), and from SIGSTOP to SIGCONT (at most).
+pub fn hold_stopped(pid: u32, hold: Duration) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    signal(pid, libc::SIGSTOP);
+    wait_until("it is stopped", Duration::from_secs(5), || {
+        proc_state(pid) == 'T'
+    });
+    let seen = Instant::now();
+    std::thread::sleep(hold);
+    signal(pid, libc::SIGCONT);
+    (seen.elapsed(), t0.elapsed())
+}
+
+/// Resident set size of `pid` in KiB (VmRSS of /proc/<pid>/status); None once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A file of `mib` MiB of non-zero data, written to disk and dropped from the page cache:

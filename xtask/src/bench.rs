@@ -158,7 +158,7 @@ pub(crate) fn write_report(which: &str, report: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_perf() -> anyhow::Result<()> {
+pub(crate) fn ensure_perf() -> anyhow::Result<()> {
     crate::ensure_debian_packages(&[(
         "linux-perf",
         &["perf", "bench", "sched", "pipe", "-l", "10"],
@@ -171,14 +171,7 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
     }
     ensure_perf()?;
     let bin = build_release()?;
-    crate::run(Command::new(env!("CARGO")).args([
-        "build",
-        "--release",
-        "-p",
-        "pausewatch-tests",
-        "--bin",
-        "pw-workload",
-    ]))?;
+    crate::build_release_workload()?;
     let mut report = report_header("sched", rounds);
     report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
     let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{bench::write_report, build_release, is_root, root_dir};
+use crate::{bench::write_report, build_release, is_root};
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -38,15 +38,7 @@ pub fn latency(rounds: usize) -> anyhow::Result<()> {
         bail!("the benchmark loads eBPF: run it as root");
     }
     let bin = build_release()?;
-    crate::run(Command::new(env!("CARGO")).args([
-        "build",
-        "--release",
-        "-p",
-        "pausewatch-tests",
-        "--bin",
-        "pw-workload",
-    ]))?;
-    let workload = root_dir().join("target/release/pw-workload");
+    let workload = crate::build_release_workload()?;
     let cpu = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         "1"
     } else {

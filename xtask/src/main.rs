@@ -148,6 +148,19 @@ pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
     Ok(root_dir().join("target/release/pausewatch"))
 }
 
+/// Builds the tests' workload helper (release) for the benchmarks and the soak; its path.
+pub fn build_release_workload() -> anyhow::Result<std::path::PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "pausewatch-tests",
+        "--bin",
+        "pw-workload",
+    ]))?;
+    Ok(root_dir().join("target/release/pw-workload"))
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),

@@ -34,15 +34,7 @@ struct Sample {
 }
 
 fn sample(pid: u32, t0: Instant) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let rss_kib = pausewatch_tests::rss_kib(pid)?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) of proc(5), counted after the comm.
@@ -193,25 +185,14 @@ pub fn soak(minutes: f64) -> anyhow::Result<()> {
         bail!("the soak loads eBPF: run it as root");
     }
     ensure_debian_packages(TEST_PACKAGES)?;
-    ensure_debian_packages(&[(
-        "linux-perf",
-        &["perf", "bench", "sched", "pipe", "-l", "10"],
-    )])?;
+    crate::bench::ensure_perf()?;
     let bin = build_release()?;
-    crate::run(Command::new(env!("CARGO")).args([
-        "build",
-        "--release",
-        "-p",
-        "pausewatch-tests",
-        "--bin",
-        "pw-workload",
-    ]))?;
     let dir = root_dir().join("target/soak");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let classes = dir.join("java");
     let classes = build_java("GcBench.java", &classes).ok().map(|()| classes);
-    let workload = root_dir().join("target/release/pw-workload");
+    let workload = crate::build_release_workload()?;
     let ndjson = dir.join("pausewatch.ndjson");
     let mut agent: Child = Command::new(&bin)
         .arg("--json")
