@@ -287,10 +287,15 @@ fn report(
     let fifth = |k: usize| &samples[k * n / 5..(k + 1) * n / 5];
     let rss = |s: &[Sample]| mean(&s.iter().map(|s| s.rss_kib).collect::<Vec<_>>());
     let (second, last) = (rss(fifth(1)), rss(fifth(4)));
-    let cpu: Vec<f64> = samples
-        .windows(2)
-        .map(|w| (w[1].cpu_ticks - w[0].cpu_ticks) as f64 / tick / (w[1].at_s - w[0].at_s) * 100.0)
-        .collect();
+    // The agent's CPU % of one core between consecutive samples.
+    let cpu_pct = |s: &[Sample]| -> Vec<f64> {
+        s.windows(2)
+            .map(|w| {
+                (w[1].cpu_ticks - w[0].cpu_ticks) as f64 / tick / (w[1].at_s - w[0].at_s) * 100.0
+            })
+            .collect()
+    };
+    let cpu = cpu_pct(samples);
     let mut sorted = cpu.clone();
     sorted.sort_by(f64::total_cmp);
     let cpu_mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
@@ -336,12 +341,7 @@ fn report(
     r += "RSS and CPU by minute (mean of the samples in it):\n\n| minute | RSS MiB | CPU % |\n|---|---|---|\n";
     let per_minute = (60.0 / SAMPLE_EVERY.as_secs_f64()) as usize;
     for (m, chunk) in samples.chunks(per_minute).enumerate() {
-        let cpu_of: Vec<f64> = chunk
-            .windows(2)
-            .map(|w| {
-                (w[1].cpu_ticks - w[0].cpu_ticks) as f64 / tick / (w[1].at_s - w[0].at_s) * 100.0
-            })
-            .collect();
+        let cpu_of = cpu_pct(chunk);
         r += &format!(
             "| {} | {:.1} | {:.2} |\n",
             m + 1,
