@@ -1,48 +1,167 @@
-//! `cargo xtask bench sched`: cost of the scheduler programs.
+//! `cargo xtask bench workloads`: what pausewatch costs the workloads it watches, against
+//! bpftrace doing less, and what its programs cost per run.
 //!
-//! - Per program: mean ns per invocation from the kernel's BPF run-time statistics (the
-//!   `self_cost` line pausewatch writes at exit).
-//! - Workload slowdown: a context-switch-heavy workload timed without and with pausewatch,
-//!   alternating in one run (order flipped every round so drift cancels), reported as the ratio
-//!   of medians with the spread of per-round ratios. Machines are shared and noisy: compare
-//!   ratios from one run, never absolute times across runs.
+//! - Workload slowdown: each workload timed with nothing attached, with pausewatch (release,
+//!   as deployed: host-wide, default threshold, NDJSON to a file nobody reads meanwhile) and
+//!   with bpftrace running the equivalent subset of pausewatch's work (run-queue latency
+//!   histogram, page faults per process, TCP retransmissions). The three run in rotating order
+//!   in every round so drift cancels. Reported as ratios of medians with the spread of the
+//!   per-round ratios. Machines are shared and noisy: compare ratios from one run, never
+//!   absolute times across runs.
+//! - The observers' own CPU (all their threads, from /proc/<pid>/task/*/schedstat) while the
+//!   workload ran, their peak RSS, and pausewatch's drops (its `drops` line).
+//! - Per program: invocations, invocations per second of workload and mean ns per invocation
+//!   from the kernel's BPF run-time statistics (the `self_cost` line of one run per workload
+//!   with `--bpf-stats`), next to the empty calibration program on sched_switch.
 use std::{
-    process::{Command, Stdio},
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use pausewatch_tests::{Pausewatch, of_type};
+use pausewatch_tests::{build_java, of_type};
+use serde_json::Value;
 
-use crate::{build_release, is_root, root_dir};
+use crate::{build_release, ensure_debian_packages, is_root, root_dir};
+
+/// One line of the report's budget table.
+pub(crate) struct Budget {
+    pub what: String,
+    pub budget: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// A part of the report and the budgets it checked.
+#[derive(Default)]
+pub(crate) struct Section {
+    pub body: String,
+    pub budgets: Vec<Budget>,
+}
+
+impl Section {
+    pub fn check(&mut self, what: &str, budget: &str, measured: String, met: bool) {
+        self.budgets.push(Budget {
+            what: what.into(),
+            budget: budget.into(),
+            measured,
+            met,
+        });
+    }
+}
+
+/// How a workload's time is taken.
+#[derive(Clone, Copy, PartialEq)]
+enum Timing {
+    /// Wall time of the whole command.
+    Wall,
+    /// The first number the program prints, in ns (a JVM timing its own loop, without its
+    /// start-up).
+    PrintedNs,
+}
 
 struct Workload {
     name: &'static str,
-    /// `perf`, or `pw-workload` (the tests' workload helper).
+    /// Which of the issue's workload kinds it stands for (the budget table's groups).
+    kind: &'static str,
     program: &'static str,
     args: &'static [&'static str],
+    timing: Timing,
 }
 
-const WORKLOADS: [Workload; 3] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
-        name: "perf bench sched pipe (200k round trips)",
+        name: "perf bench sched pipe (100k round trips)",
+        kind: "context switch",
         program: "perf",
-        args: &["bench", "sched", "pipe", "-l", "200000"],
+        args: &["bench", "sched", "pipe", "-l", "100000"],
+        timing: Timing::Wall,
     },
     Workload {
         name: "perf bench sched messaging (10 groups, 400 loops)",
+        kind: "context switch",
         program: "perf",
         args: &["bench", "sched", "messaging", "-g", "10", "-l", "400"],
+        timing: Timing::Wall,
     },
     // The page-fault path: 262,144 minor faults, each through page_fault_user.
     Workload {
-        name: "touch 1 GiB of fresh anonymous memory (4 KiB pages)",
+        name: "touch 1 GiB of fresh anonymous memory (262,144 faults)",
+        kind: "fault",
         program: "pw-workload",
         args: &["touch-anon", "1024"],
+        timing: Timing::Wall,
+    },
+    Workload {
+        name: "write 4 KiB + fdatasync ×2000 (ext4)",
+        kind: "fsync",
+        program: "pw-workload",
+        args: &["fsync-loop", "fsync-bench.dat", "2000"],
+        timing: Timing::Wall,
+    },
+    Workload {
+        name: "loopback TCP request/response ×50k (64 B)",
+        kind: "network",
+        program: "pw-workload",
+        args: &["tcp-rr", "50000"],
+        timing: Timing::Wall,
+    },
+    Workload {
+        name: "JVM allocation loop (60M allocations, G1, 256 MB heap)",
+        kind: "JVM GC",
+        program: "java",
+        args: &[
+            "-Xms256m", "-Xmx256m", "-cp", "java", "GcBench", "alloc", "60000000", "1000",
+        ],
+        timing: Timing::PrintedNs,
     },
 ];
 
-fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
+/// The bpftrace peer: what runqlat.bt, a page-fault counter and tcpretrans.bt do, on
+/// tracepoints (pausewatch does this and much more: blocked reasons, stops, signals, fsync,
+/// reclaim, clock, runtimes).
+const BPFTRACE_PEER: &str = r#"
+tracepoint:sched:sched_wakeup,
+tracepoint:sched:sched_wakeup_new
+{
+	@qtime[args->pid] = nsecs;
+}
+
+tracepoint:sched:sched_switch
+{
+	if (args->prev_state == 0) {
+		@qtime[args->prev_pid] = nsecs;
+	}
+	$ns = @qtime[args->next_pid];
+	if ($ns) {
+		@usecs = hist((nsecs - $ns) / 1000);
+	}
+	delete(@qtime[args->next_pid]);
+}
+
+tracepoint:exceptions:page_fault_user
+{
+	@faults[pid, comm] = count();
+}
+
+tracepoint:tcp:tcp_retransmit_skb
+{
+	printf("%-8d %-6d %-16s state %d\n", elapsed / 1000000, pid, comm, args->state);
+}
+
+END
+{
+	clear(@qtime);
+}
+"#;
+
+fn bench_dir() -> PathBuf {
+    root_dir().join("target/bench")
+}
+
+fn time_workload(w: &Workload) -> anyhow::Result<f64> {
     let program = match w.program {
         "pw-workload" => root_dir().join("target/release/pw-workload"),
         p => p.into(),
@@ -50,10 +169,12 @@ fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let out = Command::new(&program)
         .args(w.args)
-        .stdout(Stdio::null())
+        .current_dir(bench_dir())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("running {}", w.program))?;
+    let wall = t.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!(
             "{} {:?} failed: {}",
@@ -62,16 +183,80 @@ fn time_workload(w: &Workload) -> anyhow::Result<Duration> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(t.elapsed())
+    Ok(match w.timing {
+        Timing::Wall => wall,
+        Timing::PrintedNs => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ns: f64 = text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .with_context(|| format!("{} printed {text:?}", w.name))?;
+            ns / 1e9
+        }
+    })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `rounds` rounds of `one(v)` for every variant `v` in `0..variants`, the order rotated
+/// every round so drift cancels; the results per variant, in round order.
+pub(crate) fn rotate(
+    name: &str,
+    rounds: usize,
+    variants: usize,
+    mut one: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut out = vec![Vec::new(); variants];
+    for r in 0..rounds {
+        let mut got = vec![0.0; variants];
+        for k in 0..variants {
+            let v = (r + k) % variants;
+            got[v] = one(v)?;
+        }
+        println!("bench: {name} round {r}: {got:?}");
+        for (v, x) in got.into_iter().enumerate() {
+            out[v].push(x);
+        }
+    }
+    Ok(out)
+}
+
+/// Slowdown of `with` against `base`: the ratio of medians and the spread of per-round ratios.
+pub(crate) struct Slowdown {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Slowdown {
+    pub fn of(base: &[f64], with: &[f64]) -> Self {
+        let ratios: Vec<f64> = base.iter().zip(with).map(|(a, b)| b / a - 1.0).collect();
+        Self {
+            median: median(with) / median(base) - 1.0,
+            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+
+    pub fn cell(&self) -> String {
+        format!(
+            "{:+.2}% ({:+.1}% … {:+.1}%)",
+            self.median * 100.0,
+            self.min * 100.0,
+            self.max * 100.0
+        )
     }
 }
 
@@ -80,62 +265,48 @@ fn median(v: &mut [f64]) -> f64 {
 pub(crate) struct Alternation {
     pub without: f64,
     pub with: f64,
-    pub min_ratio: f64,
-    pub max_ratio: f64,
+    pub slowdown: Slowdown,
 }
 
-impl Alternation {
-    pub fn slowdown(&self) -> f64 {
-        self.with / self.without - 1.0
-    }
-}
-
-/// Runs `rounds` rounds of `one(false)` (without pausewatch) and `one(true)` (with it), the
-/// order flipped every round so drift cancels.
+/// Two variants of `rotate`: `one(false)` without pausewatch, `one(true)` with it.
 pub(crate) fn alternate(
     name: &str,
     rounds: usize,
     mut one: impl FnMut(bool) -> anyhow::Result<f64>,
 ) -> anyhow::Result<Alternation> {
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let (a, b) = if r % 2 == 0 {
-            (one(false)?, one(true)?)
-        } else {
-            let b = one(true)?;
-            (one(false)?, b)
-        };
-        println!("bench: {name} round {r}: without {a}, with {b}");
-        without.push(a);
-        with.push(b);
-        ratios.push(b / a - 1.0);
-    }
-    ratios.sort_by(|a, b| a.total_cmp(b));
+    let r = rotate(name, rounds, 2, |v| one(v == 1))?;
     Ok(Alternation {
-        without: median(&mut without),
-        with: median(&mut with),
-        min_ratio: ratios.first().copied().unwrap_or(f64::NAN),
-        max_ratio: ratios.last().copied().unwrap_or(f64::NAN),
+        without: median(&r[0]),
+        with: median(&r[1]),
+        slowdown: Slowdown::of(&r[0], &r[1]),
     })
 }
 
 /// The report's title and the command and machine that produced it.
 pub(crate) fn report_header(which: &str, rounds: usize) -> String {
     format!(
-        "# pausewatch benchmark: {which}\n\nCommand: `cargo xtask bench {which} --rounds {rounds}` on {} CPUs, kernel {}.\n\n",
+        "# pausewatch benchmark: {which}\n\nCommand: `cargo xtask bench {which} --rounds {rounds}` on {} CPUs, kernel {}, commit {}.\n\n",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(root_dir())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
     )
 }
 
 /// Adds the run counts and run times of a `self_cost` line's programs named as `keep` wants.
 pub(crate) fn add_program_costs(
-    into: &mut std::collections::BTreeMap<String, (u64, u64)>,
-    cost: &serde_json::Value,
+    into: &mut BTreeMap<String, (u64, u64)>,
+    cost: &Value,
     keep: impl Fn(&str) -> bool,
 ) {
     for p in cost["programs"].as_array().into_iter().flatten() {
@@ -150,7 +321,7 @@ pub(crate) fn add_program_costs(
 
 /// Writes target/bench/<which>.md and prints it.
 pub(crate) fn write_report(which: &str, report: &str) -> anyhow::Result<()> {
-    let dir = root_dir().join("target/bench");
+    let dir = bench_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{which}.md"));
     std::fs::write(&path, report)?;
@@ -158,48 +329,324 @@ pub(crate) fn write_report(which: &str, report: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The budget table of a report.
+pub(crate) fn budget_table(budgets: &[Budget]) -> String {
+    budget_table_of(&budgets.iter().collect::<Vec<_>>())
+}
+
+pub(crate) fn budget_table_of(budgets: &[&Budget]) -> String {
+    let mut s = "| budget | limit | measured | met |\n|---|---|---|---|\n".to_string();
+    for b in budgets {
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            b.what,
+            b.budget,
+            b.measured,
+            if b.met { "yes" } else { "**no**" }
+        );
+    }
+    s
+}
+
 pub(crate) fn ensure_perf() -> anyhow::Result<()> {
-    crate::ensure_debian_packages(&[(
+    ensure_debian_packages(&[(
         "linux-perf",
         &["perf", "bench", "sched", "pipe", "-l", "10"],
     )])
 }
 
-pub fn sched(rounds: usize) -> anyhow::Result<()> {
+/// CPU time of every thread of `pid` so far, in ns (precise, unlike /proc/<pid>/stat's ticks).
+pub(crate) fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Peak RSS of `pid` so far (VmHWM), KiB.
+pub(crate) fn hwm_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An observer running while workloads run: pausewatch (as deployed) or bpftrace.
+pub(crate) struct Observer {
+    child: Child,
+    out: PathBuf,
+    bpftrace: bool,
+}
+
+/// What an observer cost while a workload ran, and what it lost.
+#[derive(Default, Clone)]
+pub(crate) struct ObserverCost {
+    pub cpu_pct: f64,
+    pub hwm_kib: u64,
+    /// Records, lines and events lost (pausewatch's `drops` line, all causes).
+    pub drops: u64,
+    pub lines: Vec<Value>,
+}
+
+impl Observer {
+    /// pausewatch with NDJSON to a file nobody parses while the workload runs (the test
+    /// harness's live parsing would compete with the workload for the CPUs).
+    pub fn pausewatch(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(bench_dir())?;
+        let out = bench_dir().join("pausewatch.ndjson");
+        let child = Command::new(bin)
+            .arg("--json")
+            .args(args)
+            .stdout(std::fs::File::create(&out)?)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting pausewatch")?;
+        let o = Self {
+            child,
+            out,
+            bpftrace: false,
+        };
+        o.wait_for("\"event\":\"attached\"", "pausewatch")?;
+        Ok(o)
+    }
+
+    pub fn bpftrace() -> anyhow::Result<Self> {
+        let script = bench_dir().join("peer.bt");
+        std::fs::write(&script, BPFTRACE_PEER)?;
+        let out = bench_dir().join("bpftrace.out");
+        let child = Command::new("bpftrace")
+            .arg(&script)
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let o = Self {
+            child,
+            out,
+            bpftrace: true,
+        };
+        o.wait_for("Attaching", "bpftrace")?;
+        // bpftrace prints "Attaching N probes..." before attaching them.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(o)
+    }
+
+    fn wait_for(&self, what: &str, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&self.out)?.contains(what) {
+            if Instant::now() > deadline {
+                bail!("{name} did not attach within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `work` and measures the observer's CPU while it ran; then stops the observer.
+    pub fn around<T>(
+        mut self,
+        work: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, ObserverCost)> {
+        let pid = self.pid();
+        let (c0, t0) = (cpu_ns(pid), Instant::now());
+        let got = work();
+        let cpu_pct = (cpu_ns(pid) - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+        let hwm_kib = hwm_kib(pid).unwrap_or(0);
+        let sig = if self.bpftrace {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+        let status = self.child.wait()?;
+        let got = got?;
+        if !status.success() {
+            bail!(
+                "{} exited with {status}",
+                if self.bpftrace {
+                    "bpftrace"
+                } else {
+                    "pausewatch"
+                }
+            );
+        }
+        let mut cost = ObserverCost {
+            cpu_pct,
+            hwm_kib,
+            ..Default::default()
+        };
+        if !self.bpftrace {
+            cost.lines = std::fs::read_to_string(&self.out)?
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let d = of_type(&cost.lines, "drops")
+                .last()
+                .context("pausewatch wrote no drops line")?;
+            cost.drops = d["kernel"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, v)| v.as_u64())
+                .sum::<u64>()
+                + ["decode_errors", "output_failed_lines", "output_dropped_lines"]
+                    .iter()
+                    .filter_map(|k| d[k].as_u64())
+                    .sum::<u64>();
+        }
+        Ok((got, cost))
+    }
+}
+
+fn fmt_mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Builds what the workloads need: perf, bpftrace, the JVM workload, the workload helper.
+pub(crate) fn prepare() -> anyhow::Result<PathBuf> {
     if !is_root() {
         bail!("the benchmark loads eBPF: run it as root");
     }
     ensure_perf()?;
+    ensure_debian_packages(&[
+        ("bpftrace", &["bpftrace", "--version"]),
+        ("openjdk-17-jdk-headless", &["javac", "-version"]),
+    ])?;
     let bin = build_release()?;
     crate::build_release_workload()?;
-    let mut report = report_header("sched", rounds);
-    report += "| workload | median without | median with | slowdown (ratio of medians) | per-round slowdown min … max |\n|---|---|---|---|---|\n";
-    let mut prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    let (mut floor_n, mut floor_t) = (0u64, 0u64);
+    std::fs::create_dir_all(bench_dir())?;
+    build_java("GcBench.java", &bench_dir().join("java")).map_err(anyhow::Error::msg)?;
+    Ok(bin)
+}
+
+/// Workload slowdown under pausewatch and under bpftrace, the observers' CPU and memory, and
+/// each program's cost.
+pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
+    let mut s = Section::default();
+    s.body += "## Workloads: slowdown, against bpftrace doing less\n\n\
+        Each workload ran with nothing attached, with pausewatch (release, as deployed: host-wide, \
+        default threshold, NDJSON to a file) and with bpftrace running a runqlat-style histogram, \
+        page faults per process and tcpretrans-style printing (Debian's bpftrace), in rotating order \
+        every round. Slowdown: ratio of medians (per-round min … max). CPU: the observer's own, all \
+        its threads, while the workload ran, median of rounds. Peak RSS: VmHWM, largest of rounds.\n\n\
+        | workload | median, nothing attached | pausewatch | bpftrace | pausewatch CPU | bpftrace CPU | pausewatch peak RSS | pausewatch drops |\n\
+        |---|---|---|---|---|---|---|---|\n";
+    let mut by_kind: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let (mut max_hwm, mut max_cs_cpu, mut drops_total) = (0u64, 0f64, 0u64);
     for w in &WORKLOADS {
-        time_workload(w)?; // warm-up: page cache, CPU frequency
-        // Slowdown rounds run pausewatch as deployed: without BPF statistics, which would
-        // otherwise add two clock reads to every program run.
-        let alt = alternate(w.name, rounds, |on| {
-            if !on {
-                return Ok(time_workload(w)?.as_secs_f64());
+        time_workload(w)?; // warm-up: page cache, CPU frequency, JIT-independent start-up
+        let mut pw_cost: Vec<ObserverCost> = Vec::new();
+        let mut bt_cpu: Vec<f64> = Vec::new();
+        let r = rotate(w.name, rounds, 3, |v| match v {
+            0 => time_workload(w),
+            1 => {
+                let (t, c) = Observer::pausewatch(bin, &[])?.around(|| time_workload(w))?;
+                pw_cost.push(c);
+                Ok(t)
             }
-            let pw = Pausewatch::start_bin(&bin, &["--min-pause", "5ms"]);
-            let t = time_workload(w)?.as_secs_f64();
-            pw.stop();
-            Ok(t)
+            _ => {
+                let (t, c) = Observer::bpftrace()?.around(|| time_workload(w))?;
+                bt_cpu.push(c.cpu_pct);
+                Ok(t)
+            }
         })?;
-        // Cost run: statistics on, with the empty calibration program measuring their floor.
-        let pw = Pausewatch::start_bin(&bin, &["--min-pause", "5ms", "--bpf-stats"]);
-        time_workload(w)?;
-        let lines = pw.stop();
-        let cost = of_type(&lines, "self_cost")
+        let (pw, bt) = (Slowdown::of(&r[0], &r[1]), Slowdown::of(&r[0], &r[2]));
+        let pw_cpu = median(&pw_cost.iter().map(|c| c.cpu_pct).collect::<Vec<_>>());
+        let hwm = pw_cost.iter().map(|c| c.hwm_kib).max().unwrap_or(0);
+        let drops: u64 = pw_cost.iter().map(|c| c.drops).sum();
+        max_hwm = max_hwm.max(hwm);
+        drops_total += drops;
+        if w.kind == "context switch" {
+            max_cs_cpu = max_cs_cpu.max(pw_cpu);
+        }
+        by_kind
+            .entry(w.kind)
+            .or_default()
+            .push((pw.median, bt.median));
+        s.body += &format!(
+            "| {} | {:.3} s | {} | {} | {:.1}% | {:.1}% | {} | {drops} |\n",
+            w.name,
+            median(&r[0]),
+            pw.cell(),
+            bt.cell(),
+            pw_cpu,
+            median(&bt_cpu),
+            fmt_mib(hwm),
+        );
+    }
+    for (kind, v) in &by_kind {
+        let worst = v.iter().map(|x| x.0).fold(f64::NEG_INFINITY, f64::max);
+        if matches!(*kind, "context switch" | "fault") {
+            s.check(
+                &format!("slowdown, {kind}-heavy workloads"),
+                "≤ 2%",
+                format!("{:+.2}% (worst median)", worst * 100.0),
+                worst <= 0.02,
+            );
+        }
+        for (pw, bt) in v {
+            if *bt > 0.0 {
+                s.check(
+                    &format!("slowdown against bpftrace's, {kind}"),
+                    "≤ half of bpftrace's",
+                    format!("{:+.2}% against {:+.2}%", pw * 100.0, bt * 100.0),
+                    *pw <= bt / 2.0,
+                );
+            }
+        }
+    }
+    s.check(
+        "agent CPU, context-switch benchmark",
+        "≤ 10% of one core",
+        format!("{max_cs_cpu:.1}% (worst median)"),
+        max_cs_cpu <= 10.0,
+    );
+    s.check(
+        "agent peak RSS, workloads",
+        "≤ 64 MiB",
+        fmt_mib(max_hwm),
+        max_hwm <= 64 * 1024,
+    );
+    s.check(
+        "drops at the default threshold, workloads",
+        "0",
+        drops_total.to_string(),
+        drops_total == 0,
+    );
+    s.body += "\n";
+    programs(bin, &mut s)?;
+    Ok(s)
+}
+
+/// BPF run time per program, one run of each workload with `--bpf-stats`.
+fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
+    let mut prog: BTreeMap<String, (u64, u64)> = Default::default();
+    let (mut floor_n, mut floor_t, mut seconds) = (0u64, 0u64, 0f64);
+    for w in &WORKLOADS {
+        let t0 = Instant::now();
+        let (_, cost) = Observer::pausewatch(bin, &["--bpf-stats"])?.around(|| time_workload(w))?;
+        seconds += t0.elapsed().as_secs_f64();
+        let line = of_type(&cost.lines, "self_cost")
             .next()
             .context("pausewatch wrote no self_cost line")?;
-        add_program_costs(&mut prog, cost, |_| true);
-        if let Some(f) = cost["stats_floor_ns"].as_u64() {
+        add_program_costs(&mut prog, line, |_| true);
+        if let Some(f) = line["stats_floor_ns"].as_u64() {
             // Weighted like the programs: by sched_switch runs, which the floor program shares.
-            let n = cost["programs"]
+            let n = line["programs"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -213,33 +660,72 @@ pub fn sched(rounds: usize) -> anyhow::Result<()> {
             floor_n += n;
             floor_t += f * n;
         }
-        report += &format!(
-            "| {} | {:.3} s | {:.3} s | {:+.2}% | {:+.2}% … {:+.2}% |\n",
-            w.name,
-            alt.without,
-            alt.with,
-            alt.slowdown() * 100.0,
-            alt.min_ratio * 100.0,
-            alt.max_ratio * 100.0
-        );
     }
     let floor = floor_t.checked_div(floor_n);
-    report += &format!(
-        "\nPer-program cost, from one run of each workload with `--bpf-stats` (kernel BPF run-time statistics). \
-         The statistics time every run with sched_clock() around the program, which costs about one clock read; \
-         an empty program attached to sched_switch in the same run measures that floor ({}), and `net` subtracts it.\n\n\
-         | program | invocations | mean ns per invocation | net ns |\n|---|---|---|---|\n",
+    s.body += &format!(
+        "## Programs: cost per run\n\n\
+         From one run of each workload above with `--bpf-stats` ({seconds:.0} s of workload in all). The \
+         statistics time every run with sched_clock() around the program, which costs about one clock \
+         read whatever the hook; the empty calibration program on sched_switch measures that floor in \
+         the same runs ({}). `net` subtracts it; `× floor` is the mean over the floor.\n\n\
+         | program | invocations | per second of workload | mean ns | net ns | × floor |\n|---|---|---|---|---|---|\n",
         floor.map_or("not measured".to_string(), |f| format!("{f} ns"))
     );
+    let hot = [
+        "sched_switch",
+        "sched_wakeup",
+        "page_fault_user",
+        "signal_generate",
+    ];
     for (name, (n, t)) in &prog {
         let mean = t.checked_div(*n);
-        report += &format!(
-            "| {name} | {n} | {} | {} |\n",
+        let net = mean.zip(floor).map(|(m, f)| m.saturating_sub(f));
+        s.body += &format!(
+            "| {name} | {n} | {:.0} | {} | {} | {} |\n",
+            *n as f64 / seconds,
             mean.map_or("-".into(), |m| m.to_string()),
+            net.map_or("-".into(), |m| m.to_string()),
             mean.zip(floor)
-                .map_or("-".into(), |(m, f)| m.saturating_sub(f).to_string())
+                .filter(|(_, f)| *f > 0)
+                .map_or("-".into(), |(m, f)| format!("{:.2}", m as f64 / f as f64)),
         );
+        if let Some(mean) = mean
+            && hot.iter().any(|h| name.starts_with(h))
+        {
+            s.check(
+                &format!("{name}, mean per run"),
+                "≤ 150 ns",
+                format!(
+                    "{mean} ns ({} ns net of the statistics' clock read)",
+                    net.unwrap_or(mean)
+                ),
+                net.unwrap_or(mean) <= 150,
+            );
+            if name.starts_with("sched_switch")
+                && let Some(f) = floor
+            {
+                s.check(
+                    "sched_switch against the empty program on sched_switch",
+                    "≤ 1.5×",
+                    format!("{:.2}× ({mean} ns against {f} ns)", mean as f64 / f as f64),
+                    mean as f64 <= 1.5 * f as f64,
+                );
+            }
+        }
     }
-    write_report("sched", &report)?;
+    s.body += "\n";
     Ok(())
+}
+
+/// `cargo xtask bench workloads` on its own.
+pub fn run(rounds: usize) -> anyhow::Result<()> {
+    let bin = prepare()?;
+    let s = workloads(&bin, rounds)?;
+    let report = format!(
+        "{}{}\n{}",
+        report_header("workloads", rounds),
+        budget_table(&s.budgets),
+        s.body
+    );
+    write_report("workloads", &report)
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     TEST_PACKAGES,
-    bench::{add_program_costs, alternate, report_header, write_report},
+    bench::{Observer, Section, add_program_costs, alternate, report_header, write_report},
     build_release, ensure_debian_packages, is_root, root_dir,
 };
 
@@ -59,51 +59,16 @@ fn measure(w: &Workload) -> anyhow::Result<(u32, f64)> {
     Ok((pid, v))
 }
 
-/// pausewatch as deployed: NDJSON into a file that nobody parses while the workload runs (the
-/// test harness's live JSON parsing would compete with the workload for the two CPUs).
-fn pausewatch_to_file(
-    bin: &Path,
-    args: &[&str],
-    out: &Path,
-) -> anyhow::Result<std::process::Child> {
-    let child = Command::new(bin)
-        .arg("--json")
-        .args(args)
-        .stdout(std::fs::File::create(out)?)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .context("starting pausewatch")?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !std::fs::read_to_string(out)?.contains("\"event\":\"attached\"") {
-        if std::time::Instant::now() > deadline {
-            bail!("pausewatch did not attach within 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(child)
-}
-
 /// The workload under pausewatch, which must have observed it (else the number means nothing).
 fn measure_with(bin: &Path, w: &Workload, args: &[&str]) -> anyhow::Result<(f64, Vec<Value>)> {
-    let out = root_dir().join("target/bench/gc/pausewatch.ndjson");
-    let mut pw = pausewatch_to_file(bin, args, &out)?;
-    let (pid, v) = measure(w)?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pw.id() as i32, libc::SIGTERM) };
-    if !pw.wait()?.success() {
-        bail!("pausewatch failed");
-    }
-    let lines: Vec<Value> = std::fs::read_to_string(&out)?
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    if !of_type(&lines, "notice").any(|n| n["event"] == "gc_observed" && n["pid"] == pid) {
+    let ((pid, v), cost) = Observer::pausewatch(bin, args)?.around(|| measure(w))?;
+    if !of_type(&cost.lines, "notice").any(|n| n["event"] == "gc_observed" && n["pid"] == pid) {
         bail!(
             "pausewatch did not observe the {} workload (pid {pid}): no gc_observed notice",
             w.name
         );
     }
-    Ok((v, lines))
+    Ok((v, cost.lines))
 }
 
 pub fn gc(rounds: usize) -> anyhow::Result<()> {
@@ -112,6 +77,12 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
     }
     ensure_debian_packages(TEST_PACKAGES)?;
     let bin = build_release()?;
+    let s = section(&bin, rounds)?;
+    write_report("gc", &format!("{}{}", report_header("gc", rounds), s.body))
+}
+
+/// What the runtime probes cost the runtimes they watch.
+pub(crate) fn section(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
     let dir = root_dir().join("target/bench/gc");
     std::fs::create_dir_all(&dir)?;
     let (classes, go) = build_workloads(&dir)?;
@@ -149,13 +120,16 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
         },
     ];
 
-    let mut report = report_header("gc", rounds);
+    let mut report = "## Runtime probes: JVM and Go\n\n\
+        Each GC loop timed by the runtime itself without and with pausewatch, alternating; the \
+        added cost per stop-the-world includes the scheduler programs its thread hand-offs run.\n\n"
+        .to_string();
     report += "| workload | median without | median with | added | slowdown (ratio of medians) | per-round min … max |\n|---|---|---|---|---|---|\n";
     for w in &workloads {
         measure(w)?; // warm-up: page cache, JIT-independent start-up costs
         let alt = alternate(w.name, rounds, |with_pw| {
             Ok(if with_pw {
-                measure_with(&bin, w, &[])?.0
+                measure_with(bin, w, &[])?.0
             } else {
                 measure(w)?.1
             })
@@ -167,9 +141,9 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
             alt.without * scale,
             alt.with * scale,
             (alt.with - alt.without) * scale,
-            alt.slowdown() * 100.0,
-            alt.min_ratio * 100.0,
-            alt.max_ratio * 100.0,
+            alt.slowdown.median * 100.0,
+            alt.slowdown.min * 100.0,
+            alt.slowdown.max * 100.0,
             u = w.unit.split(' ').next().unwrap_or(""),
         );
     }
@@ -181,7 +155,7 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
                | program | invocations | mean ns per invocation |\n|---|---|---|\n";
     let mut progs: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for w in &workloads[..2] {
-        let (_, lines) = measure_with(&bin, w, &["--bpf-stats"])?;
+        let (_, lines) = measure_with(bin, w, &["--bpf-stats"])?;
         let cost = of_type(&lines, "self_cost")
             .next()
             .context("no self_cost line")?;
@@ -195,5 +169,8 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
             t.checked_div(*n).map_or("-".into(), |m| m.to_string())
         );
     }
-    write_report("gc", &report)
+    Ok(Section {
+        body: report + "\n",
+        budgets: Vec::new(),
+    })
 }

@@ -1,5 +1,6 @@
 //! What cargo alone can't do: toolchain setup, the privileged test run, benchmarks.
 mod bench;
+mod bench_agent;
 mod bench_gc;
 mod bench_latency;
 mod fuzz;
@@ -53,9 +54,11 @@ enum Cmd {
     },
     /// Benchmarks; writes a Markdown report to target/bench/.
     Bench {
-        /// Which benchmark: `sched` (scheduler programs), `gc` (runtime probes) or `latency`
-        /// (from a pause's end to its NDJSON line; at least 10 rounds).
-        #[arg(default_value = "sched")]
+        /// Which benchmark: `all` (every one below, one report: target/bench/report.md with
+        /// the budget table first), `workloads` (slowdown against bpftrace, programs' cost),
+        /// `agent` (idle, 5,000 processes, fork storm), `gc` (runtime probes) or `latency` (from
+        /// a pause's end to its NDJSON line; at least 10 rounds).
+        #[arg(default_value = "all")]
         which: String,
         /// Rounds of (without, with) pausewatch per workload.
         #[arg(long, default_value_t = 5)]
@@ -161,6 +164,30 @@ pub fn build_release_workload() -> anyhow::Result<std::path::PathBuf> {
     Ok(root_dir().join("target/release/pw-workload"))
 }
 
+/// Every benchmark, one report: target/bench/report.md, its budget table first.
+fn bench_all(rounds: usize) -> anyhow::Result<()> {
+    let bin = bench::prepare()?;
+    ensure_debian_packages(TEST_PACKAGES)?;
+    let sections = [
+        bench::workloads(&bin, rounds)?,
+        bench_agent::agent(&bin)?,
+        bench_latency::section(&bin, rounds.max(10) * 2)?,
+        bench_gc::section(&bin, rounds)?,
+    ];
+    let budgets: Vec<_> = sections.iter().flat_map(|s| &s.budgets).collect();
+    let met = budgets.iter().filter(|b| b.met).count();
+    let mut report = bench::report_header("all", rounds);
+    report += &format!(
+        "## Budgets ({met} of {} met)\n\n{}\n",
+        budgets.len(),
+        bench::budget_table_of(&budgets)
+    );
+    for s in &sections {
+        report += &s.body;
+    }
+    bench::write_report("report", &report)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
@@ -230,10 +257,26 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { which, rounds } => {
             setup::setup()?;
             match which.as_str() {
-                "sched" => bench::sched(rounds),
+                "all" => bench_all(rounds),
+                "workloads" | "sched" => bench::run(rounds),
+                "agent" => {
+                    let bin = bench::prepare()?;
+                    let s = bench_agent::agent(&bin)?;
+                    bench::write_report(
+                        "agent",
+                        &format!(
+                            "{}{}\n{}",
+                            bench::report_header("agent", rounds),
+                            bench::budget_table(&s.budgets),
+                            s.body
+                        ),
+                    )
+                }
                 "gc" => bench_gc::gc(rounds),
                 "latency" => bench_latency::latency(rounds.max(10)),
-                other => bail!("unknown benchmark {other:?}: available: sched, gc, latency"),
+                other => bail!(
+                    "unknown benchmark {other:?}: available: all (the default), workloads, agent, gc, latency"
+                ),
             }
         }
     }

@@ -40,6 +40,15 @@
 //!   pw-workload fork-storm SECS              fork short-lived children (each runs a few
 //!                                            threads that yield, then exits) as fast as it can
 //!                                            for SECS; print {"pid","children","threads"}
+//!   pw-workload fsync-loop PATH COUNT        COUNT times: write 4 KiB at the end of PATH and
+//!                                            fdatasync it (a database's commit log); print
+//!                                            {"pid","syncs"}
+//!   pw-workload tcp-rr COUNT                 COUNT request/response round trips of 64 bytes
+//!                                            between two threads over loopback TCP (an RPC
+//!                                            client and server); print {"pid","round_trips"}
+//!   pw-workload many-procs N SECS            fork N children that each sleep 1 s at a time
+//!                                            for SECS (a host with N live processes), wait for
+//!                                            them; print {"pid","children"}
 use std::{
     io::BufRead,
     sync::{
@@ -189,6 +198,9 @@ fn main() {
         Some("touch-anon") => touch_anon(arg(2).parse().unwrap()),
         Some("pingpong") => pingpong(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("fork-storm") => fork_storm(arg(2).parse().unwrap()),
+        Some("fsync-loop") => fsync_loop(arg(2), arg(3).parse().unwrap()),
+        Some("tcp-rr") => tcp_rr(arg(2).parse().unwrap()),
+        Some("many-procs") => many_procs(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         _ => panic!("usage: see the module docs"),
     }
 }
@@ -518,5 +530,81 @@ fn fork_storm(secs: f64) {
     println!(
         "{}",
         serde_json::json!({ "pid": std::process::id(), "children": children, "threads": threads })
+    );
+}
+
+fn fsync_loop(path: &str, count: u64) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let block = [0x5au8; 4096];
+    for _ in 0..count {
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fdatasync");
+    }
+    drop(f);
+    let _ = std::fs::remove_file(path);
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "syncs": count })
+    );
+}
+
+fn tcp_rr(count: u64) {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("local_addr");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf).expect("server write");
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let mut buf = [7u8; 64];
+    for _ in 0..count {
+        c.write_all(&buf).expect("client write");
+        c.read_exact(&mut buf).expect("client read");
+    }
+    drop(c);
+    server.join().expect("server thread");
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "round_trips": count })
+    );
+}
+
+fn many_procs(n: u32, secs: f64) {
+    set_name("pw-manyprocs");
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        // SAFETY: single-threaded; the child only sleeps and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            // SAFETY: ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        pids.push(pid);
+    }
+    for pid in &pids {
+        let mut status = 0;
+        // SAFETY: waiting for our own children.
+        unsafe { libc::waitpid(*pid, &mut status, 0) };
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "children": pids.len() })
     );
 }
