@@ -223,6 +223,48 @@ fn push_recent<T>(list: &mut std::collections::VecDeque<T>, item: T) {
 }
 
 impl AgentState {
+    /// An agent with no kernel behind it (no programs, no map reads): what `report`'s tests
+    /// and the decode benchmark (`examples/decode_throughput.rs`) feed records to.
+    pub fn offline(max_processes: usize) -> Self {
+        Self {
+            table: ProcessTable::new(max_processes),
+            next_episode_id: 0,
+            decode_errors: 0,
+            kernel_drops: [0; NUM_DROP_CAUSES],
+            drop_watch: Default::default(),
+            harvester: None,
+            clock: WallClock::sample(),
+            recent: Default::default(),
+            recent_stops: Default::default(),
+            stops: Default::default(),
+            recent_gc: Default::default(),
+            runtimes: Default::default(),
+            mechanism: "tp_btf",
+            notices: vec![],
+            corr: Correlator::new(
+                Timeline::DEFAULT_CAPACITY,
+                crate::model::lease::LeaseBook::DEFAULT_MAX,
+                0.5,
+            ),
+            recent_incidents: Default::default(),
+            stop_senders: Default::default(),
+            lease_errors: 0,
+            holder_start: Default::default(),
+            started_mono_ns: WallClock::mono_now(),
+            advise_target: 1e-6,
+            host: HostState::new(max_processes, Some(250), 5_000_000, None),
+            mem: MemState::new(None, None),
+            metrics: None,
+        }
+    }
+
+    /// Decodes raw ring-buffer records and takes them in as the live agent does (the decode
+    /// benchmark's entry point).
+    pub fn take_in<'a>(&mut self, raw: impl IntoIterator<Item = &'a [u8]>, out: &mut Output) {
+        let batch: ringbuf::Batch = raw.into_iter().map(observer_common::decode).collect();
+        self.on_batch(batch, out);
+    }
+
     /// The metrics, when served (a poisoned lock is taken over: the data is counters).
     fn metrics(&self) -> Option<std::sync::MutexGuard<'_, Metrics>> {
         self.metrics

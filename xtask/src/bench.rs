@@ -503,10 +503,14 @@ impl Observer {
                 .flatten()
                 .filter_map(|(_, v)| v.as_u64())
                 .sum::<u64>()
-                + ["decode_errors", "output_failed_lines", "output_dropped_lines"]
-                    .iter()
-                    .filter_map(|k| d[k].as_u64())
-                    .sum::<u64>();
+                + [
+                    "decode_errors",
+                    "output_failed_lines",
+                    "output_dropped_lines",
+                ]
+                .iter()
+                .filter_map(|k| d[k].as_u64())
+                .sum::<u64>();
         }
         Ok((got, cost))
     }

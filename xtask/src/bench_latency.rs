@@ -129,8 +129,11 @@ pub(crate) fn section(bin: &std::path::Path, rounds: usize) -> anyhow::Result<Se
     latencies.sort_unstable();
     let ms = |ns: u64| ns as f64 / 1e6;
     let max = *latencies.last().context("no rounds")?;
-    let mut s = Section::default();
-    s.body = format!(
+    let mut s = Section {
+        body: String::new(),
+        budgets: Vec::new(),
+    };
+    s.body += &format!(
         "## Detection latency\n\n\
          A pinned spinning victim preempted for 50 ms by a SCHED_FIFO hog, {rounds} times; from the \
          end of its wait (the line's own `end_mono_ns`) to its NDJSON line read from pausewatch's \

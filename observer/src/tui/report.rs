@@ -355,33 +355,16 @@ pub(crate) mod tests {
         AgentState {
             table,
             next_episode_id: 3,
-            decode_errors: 0,
-            kernel_drops: [0; observer_common::NUM_DROP_CAUSES],
-            drop_watch: Default::default(),
-            harvester: None,
             clock: WallClock {
                 offset_ns: 0,
                 err_ns: 1_000_000,
                 unsynced: false,
                 sync: Default::default(),
             },
-            recent: Default::default(),
-            recent_stops: Default::default(),
-            stops: Default::default(),
-            recent_gc: Default::default(),
-            runtimes: Default::default(),
-            mechanism: "tp_btf",
-            mem: crate::agent_memory::MemState::new(None, None),
-            metrics: None,
-            notices: vec![],
-            corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
-            recent_incidents: Default::default(),
-            stop_senders: Default::default(),
-            lease_errors: 0,
-            holder_start: Default::default(),
             started_mono_ns: 0,
-            advise_target: 1e-6,
+            corr: crate::model::correlate::Correlator::new(100, 100, 0.5),
             host: crate::agent::HostState::new(100, Some(250), 5_000_000, None),
+            ..AgentState::offline(100)
         }
     }
 
