@@ -541,3 +541,15 @@ pub fn stats_floor_btf(_ctx: BtfTracePointContext) -> i32 {
 pub fn stats_floor_raw(_ctx: RawTracePointContext) -> i32 {
     0
 }
+
+/// The same on sched_wakeup: the floor next to `sched_wakeup_btf`.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn stats_floor_wakeup(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// The same on page_fault_user: the floor next to `page_fault_user`.
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn stats_floor_fault(_ctx: BtfTracePointContext) -> i32 {
+    0
+}

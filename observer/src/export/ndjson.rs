@@ -19,7 +19,7 @@ use crate::{
         stop::{Actor, Signal, Stop, signal_name},
         timeline::Decomposition,
     },
-    probe::cost::{ProgramCost, is_stats_floor, stats_floor_ns},
+    probe::cost::{ProgramCost, floor_for, is_stats_floor, stats_floor_ns},
     source::clock::WallClock,
 };
 
@@ -483,11 +483,13 @@ impl<W: Write> NdjsonWriter<W> {
             .filter(|c| !is_stats_floor(c.name))
             .map(|c| {
                 let mean = c.mean_ns();
+                let floor = floor_for(costs, c.name);
                 json!({
                     "name": c.name,
                     "run_count": c.run_count,
                     "run_time_ns": c.run_time_ns,
                     "mean_ns": mean,
+                    "floor_ns": floor,
                     "net_ns": mean.zip(floor).map(|(m, f)| m.saturating_sub(f)),
                 })
             })

@@ -18,8 +18,27 @@ impl ProgramCost {
 /// the scheduler programs when statistics are on.
 pub const STATS_FLOOR: (&str, &str) = ("stats_floor_btf", "stats_floor_raw");
 
+/// Empty programs on the other hot hooks (tp_btf only): (empty program, its tracepoint, the
+/// program it calibrates). An empty program on a program's own hook is its floor.
+pub const HOOK_FLOORS: [(&str, &str, &str); 2] = [
+    ("stats_floor_wakeup", "sched_wakeup", "sched_wakeup_btf"),
+    ("stats_floor_fault", "page_fault_user", "page_fault_user"),
+];
+
 pub fn is_stats_floor(name: &str) -> bool {
-    name == STATS_FLOOR.0 || name == STATS_FLOOR.1
+    name == STATS_FLOOR.0 || name == STATS_FLOOR.1 || HOOK_FLOORS.iter().any(|f| f.0 == name)
+}
+
+/// The floor for `program`: the empty program on its own hook when there is one, else the
+/// one on sched_switch (the statistics' overhead does not depend on the hook: they time the
+/// program's body).
+pub fn floor_for(costs: &[ProgramCost], program: &str) -> Option<u64> {
+    HOOK_FLOORS
+        .iter()
+        .find(|f| f.2 == program)
+        .and_then(|f| costs.iter().find(|c| c.name == f.0))
+        .and_then(ProgramCost::mean_ns)
+        .or_else(|| stats_floor_ns(costs))
 }
 
 /// Mean run time of the calibration program: the statistics' own overhead per run (they time
@@ -38,10 +57,13 @@ pub fn mean_net_ns(costs: &[ProgramCost]) -> Option<u64> {
         .iter()
         .filter(|c| !is_stats_floor(c.name))
         .fold((0u64, 0u64), |(n, t), c| {
-            (n + c.run_count, t + c.run_time_ns)
+            let floor = floor_for(costs, c.name).unwrap_or(0);
+            (
+                n + c.run_count,
+                t + c.run_time_ns.saturating_sub(floor * c.run_count),
+            )
         });
-    let mean = t.checked_div(n)?;
-    Some(mean.saturating_sub(stats_floor_ns(costs).unwrap_or(0)))
+    t.checked_div(n)
 }
 
 #[cfg(test)]
@@ -65,6 +87,23 @@ mod tests {
         ];
         assert_eq!(stats_floor_ns(&costs), Some(80));
         assert_eq!(mean_net_ns(&costs), Some(180 - 80));
+    }
+
+    #[test]
+    fn a_program_with_an_empty_program_on_its_own_hook_is_measured_against_that() {
+        let costs = [
+            c("sched_switch_btf", 100, 16_000),
+            c("sched_wakeup_btf", 100, 20_000),
+            c("page_fault_user", 100, 10_000),
+            c(STATS_FLOOR.0, 100, 8_000),
+            c("stats_floor_wakeup", 100, 9_000),
+        ];
+        assert_eq!(floor_for(&costs, "sched_wakeup_btf"), Some(90));
+        // No empty program ran on page_fault_user: sched_switch's floor stands in.
+        assert_eq!(floor_for(&costs, "page_fault_user"), Some(80));
+        assert_eq!(floor_for(&costs, "sched_switch_btf"), Some(80));
+        // (80 + 110 + 20) / 3
+        assert_eq!(mean_net_ns(&costs), Some(70));
     }
 
     #[test]

@@ -194,8 +194,6 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     }
     let kbtf = btf::Btf::from_file(opts.btf_path)?;
     let off = btf::TaskOffsets::from_btf(&kbtf)?;
-    let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
-        .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
 
     let mut notices = Vec::new();
     // Zeros make the programs read bpf_ktime_get_ns instead of the run-queue clock.
@@ -282,6 +280,12 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         "SKB_CB_OFF",
     ];
     let mem = btf::MemOffsets::from_btf(&kbtf);
+    let exit_has_group_dead = kbtf.tracepoint_args("sched_process_exit").unwrap_or(1) >= 2;
+    // Our parse of the kernel's BTF (about 10 MiB) goes before aya parses it again and loads
+    // the object: the two at once were the agent's peak memory.
+    drop(kbtf);
+    let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
+        .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
     let mut loader = EbpfLoader::new();
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
         loader.override_global(name, v, true);
@@ -394,7 +398,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     probes.attach_memory(&aya_btf, &mem);
     // Process exits in ring order (a later process with the same pid is never taken for an
     // exited one) need sched_process_exit's `group_dead` argument (Linux 6.16+).
-    if kbtf.tracepoint_args("sched_process_exit").unwrap_or(1) >= 2 {
+    if exit_has_group_dead {
         probes.attach_btf_only(
             &[("sched_process_exit", "process_exit")],
             &aya_btf,
@@ -415,6 +419,15 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             &aya_btf,
             "the statistics' own overhead (costs shown include their clock read)",
         );
+        // And on the other hot hooks, so each is measured against an empty program on its
+        // own hook (tp_btf only: the raw_tp fallback is not benchmarked).
+        if probes.sched_mechanism == "tp_btf" {
+            let floors: Vec<(&str, &'static str)> = crate::probe::cost::HOOK_FLOORS
+                .iter()
+                .map(|&(floor, hook, _)| (hook, floor))
+                .collect();
+            probes.attach_btf_only(&floors, &aya_btf, "the statistics' floor on its hook");
+        }
     }
     Ok(probes)
 }
