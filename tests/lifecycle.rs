@@ -133,3 +133,134 @@ fn every_exit_signal_leaves_nothing_behind_and_instances_are_independent() {
     assert!(long_progs.is_disjoint(&now_progs));
     let _ = (victim.kill(), victim.wait());
 }
+
+/// `--bpf-stats`: every hot program is reported with the kernel's run count and time, next to
+/// an empty program on its own hook. The run counts are checked against what the kernel
+/// counted itself: page_fault_user ran at least once per minor fault the workload's own
+/// /proc/self/stat counted (host-wide, others fault too).
+#[test]
+fn bpf_stats_measure_each_hot_program_against_an_empty_one_on_its_hook() {
+    require_root();
+    let before = context_switches();
+    let pw = Pausewatch::start(&["--bpf-stats", "--no-lease-socket"]);
+    let attached = context_switches();
+    let touched = run_workload(&["touch-anon", "64"]);
+    let minflt = touched["minflt"].as_u64().expect("minflt");
+    assert!(minflt >= 16384, "64 MiB of 4 KiB pages: {touched}");
+    run_workload(&["pingpong", "1", &test_cpu().to_string()]);
+    let stopping = context_switches();
+    let lines = pw.stop();
+    let after = context_switches();
+    let cost = of_type(&lines, "self_cost")
+        .next()
+        .expect("a self_cost line");
+    assert_eq!(cost["stats_enabled"], true);
+    assert_eq!(cost["stats_mode"], "continuous");
+    let switch_floor = cost["stats_floor_ns"]
+        .as_u64()
+        .expect("the sched_switch floor");
+    let program = |name: &str| -> &Value {
+        cost["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {cost}"))
+    };
+    for name in ["sched_switch_btf", "sched_wakeup_btf", "page_fault_user"] {
+        let p = program(name);
+        let (runs, mean, floor, net) = (
+            p["run_count"].as_u64().unwrap(),
+            p["mean_ns"].as_u64().unwrap(),
+            p["floor_ns"].as_u64().unwrap(),
+            p["net_ns"].as_u64().unwrap(),
+        );
+        assert!(runs > 0 && mean > 0 && floor > 0, "{p}");
+        assert_eq!(net, mean.saturating_sub(floor), "{p}");
+        // An empty program on the hook costs what the statistics' clock read costs, whichever
+        // the hook: within a factor of three of the one on sched_switch.
+        assert!(
+            floor * 3 >= switch_floor && floor <= switch_floor * 3,
+            "{name}: floor {floor} ns against {switch_floor} ns on sched_switch"
+        );
+    }
+    assert!(
+        program("page_fault_user")["run_count"].as_u64().unwrap() >= minflt,
+        "page_fault_user ran fewer times than the workload faulted ({minflt}): {cost}"
+    );
+    // sched_switch runs once per context switch, which the kernel counts in /proc/stat's
+    // ctxt: at least every switch while it was surely attached with statistics on, at most
+    // every switch from before start to after exit.
+    let runs = program("sched_switch_btf")["run_count"].as_u64().unwrap();
+    assert!(
+        runs >= (stopping - attached) * 95 / 100 && runs <= after - before,
+        "sched_switch ran {runs} times; the kernel switched {} times while attached, {} in all",
+        stopping - attached,
+        after - before
+    );
+    // The empty programs are calibration, not pausewatch's cost: not listed as programs.
+    assert!(
+        cost["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap().starts_with("stats_floor")),
+        "{cost}"
+    );
+}
+
+/// Host-wide context switches since boot (/proc/stat `ctxt`).
+fn context_switches() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ctxt in /proc/stat")
+}
+
+/// By default the statistics are on one second in every `--bpf-stats-every` (from 10 s after
+/// start): the cost is reported from those seconds, sched_switch's count covers only part of
+/// the switches the kernel made, and the kernel setting is as it was afterwards.
+#[test]
+fn bpf_stats_are_sampled_by_default() {
+    require_root();
+    let setting = bpf_stats_enabled();
+    let before = context_switches();
+    let started = std::time::Instant::now();
+    let pw = Pausewatch::start(&["--bpf-stats-every", "3s", "--no-lease-socket"]);
+    // Windows at 10 s and 13 s after start, one second each.
+    run_workload(&["pingpong", "15", &test_cpu().to_string()]);
+    let lines = pw.stop();
+    let (switches, elapsed) = (context_switches() - before, started.elapsed());
+    let cost = of_type(&lines, "self_cost")
+        .next()
+        .expect("a self_cost line");
+    assert_eq!(cost["stats_mode"], "sampled", "{cost}");
+    assert_eq!(cost["stats_enabled"], true, "{cost}");
+    let on = cost["stats_on_s"].as_f64().unwrap();
+    assert!(
+        (1.5..=5.0).contains(&on),
+        "statistics on for {on} s of {elapsed:?}: {cost}"
+    );
+    let runs = cost["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sched_switch_btf")
+        .and_then(|p| p["run_count"].as_u64())
+        .unwrap();
+    assert!(
+        runs > 0 && (runs as f64) < switches as f64 * 0.6,
+        "sched_switch counted {runs} runs of {switches} switches while statistics were on {on} s of {elapsed:?}"
+    );
+    assert!(
+        cost["stats_floor_ns"].as_u64().is_some_and(|f| f > 0),
+        "{cost}"
+    );
+    assert_eq!(
+        bpf_stats_enabled(),
+        setting,
+        "BPF statistics setting not restored"
+    );
+}

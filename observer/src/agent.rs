@@ -31,7 +31,10 @@ use crate::{
         timeline::{HOST_PID, Segment, SegmentKind, Timeline},
         units::fmt_ns,
     },
-    probe::Probes,
+    probe::{
+        Probes,
+        cost::{StatsMode, StatsSampler},
+    },
     runtimes::{Notice, RuntimeWatcher},
     source::{
         clock::WallClock,
@@ -79,6 +82,8 @@ pub struct Settings {
     pub prometheus_max_series: usize,
     /// End when every process in `pids` has exited (an investigation of one process).
     pub end_when_gone: bool,
+    /// Seconds between the sampled seconds of BPF run-time statistics (when sampled).
+    pub stats_every_s: u64,
 }
 
 pub struct LeaseSocketSettings {
@@ -771,7 +776,7 @@ impl AgentState {
             output_lines_dropped: dropped,
             output_lines_failed: failed,
             processes: self.table.len(),
-            costs: if probes.stats_fd.is_some() {
+            costs: if probes.stats_seen {
                 probes.costs()
             } else {
                 Vec::new()
@@ -881,6 +886,10 @@ pub async fn run(
     let deadline = settings.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let stats_sampler = StatsSampler {
+        first: 10,
+        every: settings.stats_every_s,
+    };
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The kernel programs wake the agent only when a quarter of the ring buffer is unread
     // (wakeups cost an IPI each in the traced context); everything else is collected here.
@@ -1154,6 +1163,22 @@ pub async fn run(
                     w.flush();
                 }
                 ticks += 1;
+                if probes.stats_mode == StatsMode::Sampled
+                    && let Some(on) = stats_sampler.at(ticks)
+                    && let Err(e) = probes.set_stats(on)
+                {
+                    probes.stats_mode = StatsMode::Off;
+                    st.notice(
+                        Notice {
+                            level: "warn",
+                            event: "bpf_stats",
+                            message: format!("pausewatch's own BPF cost is not sampled: {e:#}"),
+                            pid: None,
+                            path: None,
+                        },
+                        &mut out,
+                    );
+                }
                 if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
                     return_freed_memory();
                 }
@@ -1245,8 +1270,10 @@ pub async fn run(
     };
     // Stop accepting lease reports (and remove the socket file) before reporting.
     drop(lease_sock);
+    let _ = probes.set_stats(false);
     let costs = probes.costs();
-    let stats_enabled = probes.stats_fd.is_some();
+    let (stats_mode, stats_on_ns) = (probes.stats_mode, probes.stats_on_ns());
+    let stats_enabled = probes.stats_seen;
     drop(ring);
     drop(st.harvester.take());
     // Detach everything and turn BPF statistics off (if we turned them on) before reporting.
@@ -1300,7 +1327,14 @@ pub async fn run(
                     .sum();
                 w.steal_attribution(&st.clock, &steal_clock, charged);
             }
-            w.self_cost(&st.clock, &costs, st.mechanism, stats_enabled);
+            w.self_cost(
+                &st.clock,
+                &costs,
+                st.mechanism,
+                stats_enabled,
+                stats_mode.name(),
+                stats_on_ns,
+            );
             w.flush();
         }
         Output::Live(live) => {

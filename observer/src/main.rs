@@ -192,7 +192,13 @@ fn run_in(
         min_pause_ns,
         pids: &pids,
         attach: cli.attach,
-        bpf_stats: cli.bpf_stats,
+        stats: if cli.bpf_stats {
+            probe::cost::StatsMode::Continuous
+        } else if cli.bpf_stats_every.is_zero() {
+            probe::cost::StatsMode::Off
+        } else {
+            probe::cost::StatsMode::Sampled
+        },
     })?;
 
     attached();
@@ -247,6 +253,7 @@ fn run_in(
         prometheus: cli.prometheus,
         prometheus_max_series: cli.prometheus_max_series as usize,
         end_when_gone: !cli.pids.is_empty() || mode == Mode::Run,
+        stats_every_s: cli.bpf_stats_every.as_secs().max(2),
     };
     rt.block_on(agent::run(probes, settings, output, child))
 }

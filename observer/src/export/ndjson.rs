@@ -476,6 +476,8 @@ impl<W: Write> NdjsonWriter<W> {
         costs: &[ProgramCost],
         mechanism: &str,
         stats_enabled: bool,
+        stats_mode: &str,
+        stats_on_ns: u64,
     ) {
         let floor = stats_floor_ns(costs);
         let programs: Vec<Value> = costs
@@ -494,7 +496,14 @@ impl<W: Write> NdjsonWriter<W> {
                 })
             })
             .collect();
-        let body = json!({ "mechanism": mechanism, "stats_enabled": stats_enabled, "stats_floor_ns": floor, "programs": programs });
+        let body = json!({
+            "mechanism": mechanism,
+            "stats_enabled": stats_enabled,
+            "stats_mode": stats_mode,
+            "stats_on_s": stats_on_ns as f64 / 1e9,
+            "stats_floor_ns": floor,
+            "programs": programs,
+        });
         self.line("self_cost", WallClock::mono_now(), clock, body);
     }
 }

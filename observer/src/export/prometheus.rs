@@ -352,7 +352,7 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
     family(
         &mut enc,
         "pausewatch_bpf_run_seconds",
-        "Run time of each of pausewatch's BPF programs (only while BPF statistics are on: --bpf-stats)",
+        "Run time of each of pausewatch's BPF programs (they grow only while BPF statistics are on: one second a minute by default, throughout with --bpf-stats)",
         |e| {
             for c in &h.costs {
                 counter(e, &[("program", c.name)], ns_to_s(c.run_time_ns))?;
@@ -363,7 +363,7 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
     family(
         &mut enc,
         "pausewatch_bpf_runs",
-        "Runs of each of pausewatch's BPF programs (only while BPF statistics are on: --bpf-stats)",
+        "Runs of each of pausewatch's BPF programs (they grow only while BPF statistics are on: one second a minute by default, throughout with --bpf-stats)",
         |e| {
             for c in &h.costs {
                 counter(e, &[("program", c.name)], c.run_count as f64)?;

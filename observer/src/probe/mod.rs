@@ -7,11 +7,14 @@ use std::{os::fd::OwnedFd, path::Path};
 
 use anyhow::{Context as _, bail};
 
-use self::cost::{ProgramCost, STATS_FLOOR};
+use self::cost::{ProgramCost, STATS_FLOOR, StatsMode};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
+    },
 };
 
 /// The kernel object built by build.rs (empty when built with PAUSEWATCH_SKIP_EBPF=1).
@@ -34,8 +37,21 @@ pub struct LoadOptions<'a> {
     pub min_pause_ns: u64,
     pub pids: &'a [u32],
     pub attach: AttachMode,
-    /// Turn on BPF run-time statistics (and attach the empty calibration program).
-    pub bpf_stats: bool,
+    /// When BPF run-time statistics are on (and the empty calibration programs attached).
+    pub stats: StatsMode,
+}
+
+/// An empty calibration program, loaded at start when statistics may be on, attached only
+/// while they are (so it costs nothing the rest of the time).
+struct Floor {
+    prog: &'static str,
+    tracepoint: &'static str,
+    btf: bool,
+}
+
+enum FloorLink {
+    Btf(&'static str, BtfTracePointLinkId),
+    Raw(&'static str, RawTracePointLinkId),
 }
 
 /// A loaded and attached set of programs. Dropping it detaches everything.
@@ -43,9 +59,17 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// Tracepoint mechanism in use for the scheduler programs ("tp_btf" or "raw_tp").
     pub sched_mechanism: &'static str,
-    /// Keeps BPF run-time statistics on while pausewatch runs; the kernel turns them off again
-    /// (if nobody else holds them) when this fd closes. None when the kernel refused.
-    pub stats_fd: Option<OwnedFd>,
+    /// Keeps BPF run-time statistics on while it is open; the kernel turns them off again (if
+    /// nobody else holds them) when it closes.
+    stats_fd: Option<OwnedFd>,
+    pub stats_mode: StatsMode,
+    /// Whether the statistics were on at any time (the kernel's counters mean something).
+    pub stats_seen: bool,
+    /// How long they were on, ns (closed spells), and since when the current one.
+    stats_on_ns: u64,
+    stats_on_since: Option<std::time::Instant>,
+    floors: Vec<Floor>,
+    floor_links: Vec<FloorLink>,
     /// Names of the programs attached, for cost reporting.
     pub attached: Vec<&'static str>,
     /// Degraded modes: a cause or detail not observed, and why.
@@ -328,20 +352,6 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         }
     }
 
-    let stats_fd = if opts.bpf_stats {
-        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                notices.push(format!(
-                    "BPF run-time statistics unavailable ({e}): pausewatch's own cost is not shown"
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
-
     let (mechanism, attached) = match opts.attach {
         AttachMode::Btf => ("tp_btf", attach_sched(&mut ebpf, Some(&aya_btf))?),
         AttachMode::Raw => ("raw_tp", attach_sched(&mut ebpf, None)?),
@@ -364,7 +374,13 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let mut probes = Probes {
         ebpf,
         sched_mechanism: mechanism,
-        stats_fd,
+        stats_fd: None,
+        stats_mode: opts.stats,
+        stats_seen: false,
+        stats_on_ns: 0,
+        stats_on_since: None,
+        floors: Vec::new(),
+        floor_links: Vec::new(),
         attached,
         notices,
         infos: Vec::new(),
@@ -409,24 +425,19 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             "process exits are noticed at the once-a-second read: sched_process_exit has no group_dead argument before Linux 6.16".into(),
         );
     }
-    if probes.stats_fd.is_some() {
-        // The empty `stats_floor` program: the run-time statistics time each run with
+    if opts.stats != StatsMode::Off {
+        // The empty `stats_floor` programs: the run-time statistics time each run with
         // sched_clock() around the program, so they include about one clock read of their own
-        // (~70 ns on our VMs); its mean is that overhead, measured in the same run, and
-        // `net_ns` in the cost report subtracts it.
-        probes.attach_optional(
-            &[("sched_switch", STATS_FLOOR.0, STATS_FLOOR.1)],
-            &aya_btf,
-            "the statistics' own overhead (costs shown include their clock read)",
-        );
-        // And on the other hot hooks, so each is measured against an empty program on its
-        // own hook (tp_btf only: the raw_tp fallback is not benchmarked).
-        if probes.sched_mechanism == "tp_btf" {
-            let floors: Vec<(&str, &'static str)> = crate::probe::cost::HOOK_FLOORS
-                .iter()
-                .map(|&(floor, hook, _)| (hook, floor))
-                .collect();
-            probes.attach_btf_only(&floors, &aya_btf, "the statistics' floor on its hook");
+        // (~70 ns on our VMs); an empty program's mean is that overhead, measured in the same
+        // seconds, and `net_ns` in the cost report subtracts it. One on sched_switch (either
+        // mechanism) and, with tp_btf, one on each other hot hook.
+        probes.load_floors(&aya_btf);
+        if opts.stats == StatsMode::Continuous
+            && let Err(e) = probes.set_stats(true)
+        {
+            probes.notices.push(format!(
+                "BPF run-time statistics unavailable ({e:#}): pausewatch's own cost is not shown"
+            ));
         }
     }
     Ok(probes)
@@ -636,9 +647,114 @@ impl Probes {
 
     /// Cost of every attached program so far, and of the runtime uprobe programs loaded since
     /// (zeros when stats are unavailable).
+    fn load_floors(&mut self, btf: &Btf) {
+        let btf_mode = self.sched_mechanism == "tp_btf";
+        let mut floors = vec![Floor {
+            prog: if btf_mode {
+                STATS_FLOOR.0
+            } else {
+                STATS_FLOOR.1
+            },
+            tracepoint: "sched_switch",
+            btf: btf_mode,
+        }];
+        if btf_mode {
+            floors.extend(
+                cost::HOOK_FLOORS
+                    .iter()
+                    .map(|&(prog, tracepoint, _)| Floor {
+                        prog,
+                        tracepoint,
+                        btf: true,
+                    }),
+            );
+        }
+        for f in floors {
+            let loaded = match self.ebpf.program_mut(f.prog) {
+                Some(Program::BtfTracePoint(p)) if f.btf => p.load(f.tracepoint, btf),
+                Some(Program::RawTracePoint(p)) if !f.btf => p.load(),
+                _ => {
+                    self.notices
+                        .push(format!("calibration program {} missing", f.prog));
+                    continue;
+                }
+            };
+            match loaded {
+                Ok(()) => self.floors.push(f),
+                Err(e) => self.notices.push(format!(
+                    "the statistics' own overhead on {} is not measured (costs shown include their clock read): {e}",
+                    f.tracepoint
+                )),
+            }
+        }
+    }
+
+    /// Turns the kernel's BPF run-time statistics on (holding a BPF_ENABLE_STATS fd, and
+    /// attaching the empty calibration programs) or off (closing it, detaching them).
+    pub fn set_stats(&mut self, on: bool) -> anyhow::Result<()> {
+        if on == self.stats_fd.is_some() {
+            return Ok(());
+        }
+        if on {
+            let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("BPF_ENABLE_STATS refused")?;
+            for f in &self.floors {
+                let link = match self.ebpf.program_mut(f.prog) {
+                    Some(Program::BtfTracePoint(p)) => {
+                        p.attach().map(|l| FloorLink::Btf(f.prog, l))
+                    }
+                    Some(Program::RawTracePoint(p)) => {
+                        p.attach(f.tracepoint).map(|l| FloorLink::Raw(f.prog, l))
+                    }
+                    _ => continue,
+                };
+                // A floor that does not attach leaves its programs measured against the one
+                // on sched_switch (or gross); the statistics themselves are on.
+                if let Ok(l) = link {
+                    self.floor_links.push(l);
+                }
+            }
+            self.stats_fd = Some(fd);
+            self.stats_seen = true;
+            self.stats_on_since = Some(std::time::Instant::now());
+        } else {
+            for l in self.floor_links.drain(..) {
+                let _ = match l {
+                    FloorLink::Btf(name, id) => match self.ebpf.program_mut(name) {
+                        Some(Program::BtfTracePoint(p)) => p.detach(id),
+                        _ => Ok(()),
+                    },
+                    FloorLink::Raw(name, id) => match self.ebpf.program_mut(name) {
+                        Some(Program::RawTracePoint(p)) => p.detach(id),
+                        _ => Ok(()),
+                    },
+                };
+            }
+            self.stats_fd = None;
+            if let Some(t) = self.stats_on_since.take() {
+                self.stats_on_ns += t.elapsed().as_nanos() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// How long the statistics have been on, ns.
+    pub fn stats_on_ns(&self) -> u64 {
+        self.stats_on_ns
+            + self
+                .stats_on_since
+                .map_or(0, |t| t.elapsed().as_nanos() as u64)
+    }
+
     pub fn costs(&self) -> Vec<ProgramCost> {
         let mut out = Vec::new();
-        for name in self.attached.iter().chain(crate::runtimes::PROGRAMS.iter()) {
+        let names = self
+            .attached
+            .iter()
+            .copied()
+            .chain(self.floors.iter().map(|f| f.prog))
+            .chain(crate::runtimes::PROGRAMS.iter().copied());
+        for name in names {
             let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) else {
                 continue;
             };
