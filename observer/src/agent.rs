@@ -381,7 +381,10 @@ impl AgentState {
                         .get(r.tgid)
                         .is_some_and(|e| r.start_ns != 0 && e.start_ns > r.start_ns);
                     if let Some(h) = self.harvester.as_mut().filter(|_| !next_already) {
-                        let h = h.final_read(r.tgid, r.start_ns);
+                        let table = &mut self.table;
+                        let h = h.final_read(r.tgid, r.start_ns, |pid, comm, s| {
+                            table.apply_snapshot(pid, comm, s)
+                        });
                         self.apply_harvest(h);
                     }
                 }
@@ -676,20 +679,19 @@ impl AgentState {
         let Some(harvester) = self.harvester.as_mut() else {
             return;
         };
-        let h = harvester.collect();
+        let table = &mut self.table;
+        let h = harvester.collect(|pid, comm, s| table.apply_snapshot(pid, comm, s));
         self.kernel_drops = h.drops;
         self.apply_harvest(h);
     }
 
-    /// Applies one read of kernel aggregates: snapshots, memory totals, metrics, retirements.
+    /// Applies the rest of one read of kernel aggregates (the snapshots were applied as they
+    /// were read): memory totals, metrics, retirements.
     fn apply_harvest(&mut self, h: crate::source::harvest::Harvest) {
-        for (pid, comm, stats) in &h.procs {
-            self.table.apply_snapshot(*pid, comm, stats);
-        }
         self.mem.on_harvest(&h, &mut self.table);
         if let Some(mut m) = self.metrics() {
             let now = WallClock::mono_now();
-            for (pid, _, _) in &h.procs {
+            for pid in &h.procs {
                 let Some(e) = self.table.get(*pid) else {
                     continue;
                 };

@@ -81,7 +81,7 @@ pub struct Watch {
     pub bpf_stats_every: Duration,
 
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first,
-    /// and counted). Each costs about 8 KiB.
+    /// and counted). Each costs about 3.5 KiB.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
     pub max_processes: usize,
 

@@ -161,12 +161,32 @@ fn bench_dir() -> PathBuf {
     root_dir().join("target/bench")
 }
 
-fn time_workload(w: &Workload) -> anyhow::Result<f64> {
+/// CPU time (user + system) of this process's reaped children so far, s.
+fn children_cpu_s() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-buffer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid `who` and out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// A workload's time (as `Timing` says) and the CPU time it used, all its processes and
+/// threads (it is the only child reaped meanwhile). The CPU time includes what the BPF
+/// programs cost it (they run in its context) and little of what the machine's neighbours
+/// do, so it varies less between rounds than the wall time.
+#[derive(Clone, Copy)]
+struct Timed {
+    value: f64,
+    cpu_s: f64,
+}
+
+fn time_workload(w: &Workload) -> anyhow::Result<Timed> {
     let program = match w.program {
         "pw-workload" => root_dir().join("target/release/pw-workload"),
         p => p.into(),
     };
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), children_cpu_s());
     let out = Command::new(&program)
         .args(w.args)
         .current_dir(bench_dir())
@@ -175,6 +195,7 @@ fn time_workload(w: &Workload) -> anyhow::Result<f64> {
         .output()
         .with_context(|| format!("running {}", w.program))?;
     let wall = t.elapsed().as_secs_f64();
+    let cpu_s = children_cpu_s() - cpu0;
     if !out.status.success() {
         bail!(
             "{} {:?} failed: {}",
@@ -183,7 +204,7 @@ fn time_workload(w: &Workload) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(match w.timing {
+    let value = match w.timing {
         Timing::Wall => wall,
         Timing::PrintedNs => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -194,7 +215,8 @@ fn time_workload(w: &Workload) -> anyhow::Result<f64> {
                 .with_context(|| format!("{} printed {text:?}", w.name))?;
             ns / 1e9
         }
-    })
+    };
+    Ok(Timed { value, cpu_s })
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
@@ -550,25 +572,42 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         | workload | median, nothing attached | pausewatch | bpftrace | pausewatch CPU | bpftrace CPU | pausewatch peak RSS | pausewatch drops |\n\
         |---|---|---|---|---|---|---|---|\n";
     let mut by_kind: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut cpu_rows = String::new();
     let (mut max_hwm, mut max_cs_cpu, mut drops_total) = (0u64, 0f64, 0u64);
     for w in &WORKLOADS {
         time_workload(w)?; // warm-up: page cache, CPU frequency, JIT-independent start-up
         let mut pw_cost: Vec<ObserverCost> = Vec::new();
         let mut bt_cpu: Vec<f64> = Vec::new();
-        let r = rotate(w.name, rounds, 3, |v| match v {
-            0 => time_workload(w),
-            1 => {
-                let (t, c) = Observer::pausewatch(bin, &[])?.around(|| time_workload(w))?;
-                pw_cost.push(c);
-                Ok(t)
-            }
-            _ => {
-                let (t, c) = Observer::bpftrace()?.around(|| time_workload(w))?;
-                bt_cpu.push(c.cpu_pct);
-                Ok(t)
-            }
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let r = rotate(w.name, rounds, 3, |v| {
+            let t = match v {
+                0 => time_workload(w)?,
+                1 => {
+                    let (t, c) = Observer::pausewatch(bin, &[])?.around(|| time_workload(w))?;
+                    pw_cost.push(c);
+                    t
+                }
+                _ => {
+                    let (t, c) = Observer::bpftrace()?.around(|| time_workload(w))?;
+                    bt_cpu.push(c.cpu_pct);
+                    t
+                }
+            };
+            cpu[v].push(t.cpu_s);
+            Ok(t.value)
         })?;
         let (pw, bt) = (Slowdown::of(&r[0], &r[1]), Slowdown::of(&r[0], &r[2]));
+        let (pw_cpu_time, bt_cpu_time) = (
+            Slowdown::of(&cpu[0], &cpu[1]),
+            Slowdown::of(&cpu[0], &cpu[2]),
+        );
+        cpu_rows += &format!(
+            "| {} | {:.3} s | {} | {} |\n",
+            w.name,
+            median(&cpu[0]),
+            pw_cpu_time.cell(),
+            bt_cpu_time.cell()
+        );
         let pw_cpu = median(&pw_cost.iter().map(|c| c.cpu_pct).collect::<Vec<_>>());
         let hwm = pw_cost.iter().map(|c| c.hwm_kib).max().unwrap_or(0);
         let drops: u64 = pw_cost.iter().map(|c| c.drops).sum();
@@ -631,7 +670,12 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         drops_total.to_string(),
         drops_total == 0,
     );
-    s.body += "\n";
+    s.body += &format!(
+        "\nThe workloads' own CPU time (user + system, all their processes, from getrusage) in the same \
+         rounds: it includes what the BPF programs cost them, which run in their context, and less of \
+         what the machine's neighbours do than the wall time.\n\n\
+         | workload | median CPU time, nothing attached | pausewatch | bpftrace |\n|---|---|---|---|\n{cpu_rows}\n"
+    );
     programs(bin, &mut s)?;
     Ok(s)
 }
@@ -640,14 +684,47 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
 fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
     let mut prog: BTreeMap<String, (u64, u64)> = Default::default();
     let (mut floor_n, mut floor_t, mut seconds) = (0u64, 0u64, 0f64);
+    let mut shares = String::new();
+    // Per program: (runs, Σ runs × the floor on its own hook), from `floor_ns`.
+    let mut own_floor: BTreeMap<String, (u64, u64)> = Default::default();
     for w in &WORKLOADS {
         let t0 = Instant::now();
-        let (_, cost) = Observer::pausewatch(bin, &["--bpf-stats"])?.around(|| time_workload(w))?;
+        let (timed, cost) =
+            Observer::pausewatch(bin, &["--bpf-stats"])?.around(|| time_workload(w))?;
         seconds += t0.elapsed().as_secs_f64();
         let line = of_type(&cost.lines, "self_cost")
             .next()
             .context("pausewatch wrote no self_cost line")?;
         add_program_costs(&mut prog, line, |_| true);
+        for p in line["programs"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(f), Some(n)) = (
+                p["name"].as_str(),
+                p["floor_ns"].as_u64(),
+                p["run_count"].as_u64(),
+            ) {
+                let e = own_floor.entry(name.to_string()).or_default();
+                e.0 += n;
+                e.1 += f * n;
+            }
+        }
+        // BPF time net of the statistics' floor, against the workload's CPU time.
+        let net_ns: u64 = line["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let n = p["run_count"].as_u64().unwrap_or(0);
+                let t = p["run_time_ns"].as_u64().unwrap_or(0);
+                t.saturating_sub(p["floor_ns"].as_u64().unwrap_or(0) * n)
+            })
+            .sum();
+        shares += &format!(
+            "| {} | {:.3} s | {:.1} ms | {:.2}% |\n",
+            w.name,
+            timed.cpu_s,
+            net_ns as f64 / 1e6,
+            net_ns as f64 / 1e9 / timed.cpu_s * 100.0
+        );
         if let Some(f) = line["stats_floor_ns"].as_u64() {
             // Weighted like the programs: by sched_switch runs, which the floor program shares.
             let n = line["programs"]
@@ -670,34 +747,36 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
         "## Programs: cost per run\n\n\
          From one run of each workload above with `--bpf-stats` ({seconds:.0} s of workload in all). The \
          statistics time every run with sched_clock() around the program, which costs about one clock \
-         read whatever the hook; the empty calibration program on sched_switch measures that floor in \
-         the same runs ({}). `net` subtracts it; `× floor` is the mean over the floor.\n\n\
-         | program | invocations | per second of workload | mean ns | net ns | × floor |\n|---|---|---|---|---|---|\n",
+         read; empty programs on sched_switch ({} in these runs), sched_wakeup and page_fault_user \
+         measure that floor on their hook in the same runs. `floor` is the one on the program's own \
+         hook (else sched_switch's), `net` subtracts it and `× floor` is the mean over it.\n\n\
+         | program | invocations | per second of workload | mean ns | floor ns | net ns | × floor |\n|---|---|---|---|---|---|---|\n",
         floor.map_or("not measured".to_string(), |f| format!("{f} ns"))
     );
-    let hot = [
-        "sched_switch",
-        "sched_wakeup",
-        "page_fault_user",
-        "signal_generate",
-    ];
+    // Hot: run at least a thousand times per second of these workloads.
+    let hot = |runs: u64| runs as f64 / seconds >= 1000.0;
     for (name, (n, t)) in &prog {
         let mean = t.checked_div(*n);
+        let floor = own_floor
+            .get(name)
+            .and_then(|(n, t)| t.checked_div(*n))
+            .or(floor);
         let net = mean.zip(floor).map(|(m, f)| m.saturating_sub(f));
         s.body += &format!(
-            "| {name} | {n} | {:.0} | {} | {} | {} |\n",
+            "| {name} | {n} | {:.0} | {} | {} | {} | {} |\n",
             *n as f64 / seconds,
             mean.map_or("-".into(), |m| m.to_string()),
+            floor.map_or("-".into(), |m| m.to_string()),
             net.map_or("-".into(), |m| m.to_string()),
             mean.zip(floor)
                 .filter(|(_, f)| *f > 0)
                 .map_or("-".into(), |(m, f)| format!("{:.2}", m as f64 / f as f64)),
         );
         if let Some(mean) = mean
-            && hot.iter().any(|h| name.starts_with(h))
+            && hot(*n)
         {
             s.check(
-                &format!("{name}, mean per run"),
+                &format!("{name} (hot path), mean per run"),
                 "≤ 150 ns",
                 format!(
                     "{mean} ns ({} ns net of the statistics' clock read)",
@@ -709,7 +788,7 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
                 && let Some(f) = floor
             {
                 s.check(
-                    "sched_switch against the empty program on sched_switch",
+                    "sched_switch against an empty program on sched_switch",
                     "≤ 1.5×",
                     format!("{:.2}× ({mean} ns against {f} ns)", mean as f64 / f as f64),
                     mean as f64 <= 1.5 * f as f64,
@@ -717,7 +796,13 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
             }
         }
     }
-    s.body += "\n";
+    s.body += &format!(
+        "\nWhat the programs cost each workload, from the same runs: BPF run time net of the floor \
+         (whatever context it ran in) against the workload's CPU time. Unlike the wall-clock ratios \
+         above, this does not move with the machine's neighbours; it leaves out the cost of entering \
+         the programs (the trampoline) and of the agent.\n\n\
+         | workload | workload CPU time | BPF time, net | share |\n|---|---|---|---|\n{shares}\n"
+    );
     Ok(())
 }
 

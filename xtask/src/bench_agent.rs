@@ -2,6 +2,7 @@
 //! processes and under a fork storm: its CPU (all threads, from schedstat), its RSS and peak
 //! RSS, what it dropped, and processes its bounded table let go.
 use std::{
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -47,6 +48,8 @@ fn case(
             Command::new(&workload)
                 .args(&args)
                 .stdout(Stdio::null())
+                // Its own process group: the many-processes load's children go with it.
+                .process_group(0)
                 .spawn()
                 .context("starting the load")
         })
@@ -67,7 +70,15 @@ fn case(
         Ok(())
     })?;
     if let Some(mut c) = child {
-        let _ = (c.kill(), c.wait());
+        // SAFETY: signalling the load's process group, which we created.
+        unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+        let _ = c.wait();
+        // Its children are reparented and reaped by init; wait until they are gone so that
+        // the next case starts on a quiet host.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while group_alive(c.id()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let evicted = of_type(&cost.lines, "drops")
         .last()
@@ -105,7 +116,7 @@ pub(crate) fn agent(bin: &Path) -> anyhow::Result<Section> {
     s.body += &format!(
         "## The agent itself\n\n\
          pausewatch (release, default settings, NDJSON to a file) measured over {} s once each load \
-         had settled. CPU: all its threads (schedstat). RSS: median of 1 s samples; peak: VmHWM \
+         had settled, each load alone. CPU: all its threads (schedstat). RSS: median of 1 s samples; peak: VmHWM \
          (start-up included: loading the programs parses the kernel's BTF). Evicted: processes the \
          bounded table (`--max-processes`, 4,096) let go, their totals reported.\n\n\
          | load | CPU (one core = 100%) | RSS | peak RSS | drops | evicted processes |\n|---|---|---|---|---|---|\n",
@@ -180,4 +191,10 @@ fn decode_throughput() -> anyhow::Result<serde_json::Value> {
         );
     }
     serde_json::from_slice(&out.stdout).context("decode_throughput printed no JSON line")
+}
+
+/// Whether any process of process group `pgid` is left.
+fn group_alive(pgid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the group exists.
+    unsafe { libc::kill(-(pgid as i32), 0) == 0 }
 }

@@ -69,6 +69,12 @@ impl ProcessEntry {
         a
     }
 
+    /// Total paused time of aggregate `i` (what `stat(i).total_ns` says, without copying
+    /// histograms: the table's bound compares every entry by it).
+    pub fn total_ns(&self, i: usize) -> u64 {
+        self.current[i].total_ns + self.base.as_ref().map_or(0, |b| b[i].total_ns)
+    }
+
     /// Whole-process stops (one per stop, however many threads), by duration.
     pub fn stops(&self) -> &Aggregate {
         self.stops.as_deref().unwrap_or(&EMPTY)
@@ -326,7 +332,7 @@ impl ProcessTable {
             let victim = self
                 .entries
                 .values()
-                .min_by_key(|e| (!e.exited, e.stat(STAT_EPISODE).total_ns))
+                .min_by_key(|e| (!e.exited, e.total_ns(STAT_EPISODE)))
                 .map(|e| e.pid);
             let Some(pid) = victim else { break };
             self.entries.remove(&pid);
