@@ -345,10 +345,15 @@ pub fn hold_stopped(pid: u32, hold: Duration) -> (Duration, Duration) {
 
 /// Resident set size of `pid` in KiB (VmRSS of /proc/<pid>/status); None once it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB field of /proc/<pid>/status (`VmRSS`, `VmHWM`); None once the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -390,15 +390,7 @@ pub(crate) fn cpu_ns(pid: u32) -> u64 {
 
 /// Peak RSS of `pid` so far (VmHWM), KiB.
 pub(crate) fn hwm_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    pausewatch_tests::status_kib(pid, "VmHWM")
 }
 
 /// An observer running while workloads run: pausewatch (as deployed) or bpftrace.
