@@ -130,8 +130,9 @@ fn prometheus_scrapes_the_stops_the_test_induced() {
         }
         let seen = Instant::now();
         std::thread::sleep(Duration::from_millis(300));
-        signal(pid, libc::SIGCONT);
+        // At least until SIGCONT is sent: the stop ends inside that call.
         held_min += seen.elapsed();
+        signal(pid, libc::SIGCONT);
         held_max += t0.elapsed();
         std::thread::sleep(Duration::from_millis(200));
     }

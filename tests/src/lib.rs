@@ -339,8 +339,11 @@ pub fn hold_stopped(pid: u32, hold: Duration) -> (Duration, Duration) {
     });
     let seen = Instant::now();
     std::thread::sleep(hold);
+    // At least until the resume is asked for: the stop ends inside that call (the threads are
+    // woken there), and the call can take milliseconds to return on a loaded host.
+    let held_min = seen.elapsed();
     signal(pid, libc::SIGCONT);
-    (seen.elapsed(), t0.elapsed())
+    (held_min, t0.elapsed())
 }
 
 /// Resident set size of `pid` in KiB (VmRSS of /proc/<pid>/status); None once it is gone.
