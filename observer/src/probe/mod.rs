@@ -59,15 +59,14 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// Tracepoint mechanism in use for the scheduler programs ("tp_btf" or "raw_tp").
     pub sched_mechanism: &'static str,
-    /// Keeps BPF run-time statistics on while it is open; the kernel turns them off again (if
-    /// nobody else holds them) when it closes.
-    stats_fd: Option<OwnedFd>,
+    /// While the statistics are on: the fd that keeps them on (the kernel turns them off again,
+    /// if nobody else holds them, when it closes) and since when.
+    stats_on: Option<(OwnedFd, std::time::Instant)>,
     pub stats_mode: StatsMode,
     /// Whether the statistics were on at any time (the kernel's counters mean something).
     pub stats_seen: bool,
-    /// How long they were on, ns (closed spells), and since when the current one.
+    /// How long they were on in earlier spells, ns.
     stats_on_ns: u64,
-    stats_on_since: Option<std::time::Instant>,
     floors: Vec<Floor>,
     floor_links: Vec<FloorLink>,
     /// Names of the programs attached, for cost reporting.
@@ -374,11 +373,10 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let mut probes = Probes {
         ebpf,
         sched_mechanism: mechanism,
-        stats_fd: None,
+        stats_on: None,
         stats_mode: opts.stats,
         stats_seen: false,
         stats_on_ns: 0,
-        stats_on_since: None,
         floors: Vec::new(),
         floor_links: Vec::new(),
         attached,
@@ -645,8 +643,7 @@ impl Probes {
         }
     }
 
-    /// Cost of every attached program so far, and of the runtime uprobe programs loaded since
-    /// (zeros when stats are unavailable).
+    /// Loads the empty calibration programs (attached only while the statistics are on).
     fn load_floors(&mut self, btf: &Btf) {
         let btf_mode = self.sched_mechanism == "tp_btf";
         let mut floors = vec![Floor {
@@ -692,7 +689,7 @@ impl Probes {
     /// Turns the kernel's BPF run-time statistics on (holding a BPF_ENABLE_STATS fd, and
     /// attaching the empty calibration programs) or off (closing it, detaching them).
     pub fn set_stats(&mut self, on: bool) -> anyhow::Result<()> {
-        if on == self.stats_fd.is_some() {
+        if on == self.stats_on.is_some() {
             return Ok(());
         }
         if on {
@@ -714,9 +711,8 @@ impl Probes {
                     self.floor_links.push(l);
                 }
             }
-            self.stats_fd = Some(fd);
+            self.stats_on = Some((fd, std::time::Instant::now()));
             self.stats_seen = true;
-            self.stats_on_since = Some(std::time::Instant::now());
         } else {
             for l in self.floor_links.drain(..) {
                 let _ = match l {
@@ -730,9 +726,8 @@ impl Probes {
                     },
                 };
             }
-            self.stats_fd = None;
-            if let Some(t) = self.stats_on_since.take() {
-                self.stats_on_ns += t.elapsed().as_nanos() as u64;
+            if let Some((_fd, since)) = self.stats_on.take() {
+                self.stats_on_ns += since.elapsed().as_nanos() as u64;
             }
         }
         Ok(())
@@ -742,10 +737,13 @@ impl Probes {
     pub fn stats_on_ns(&self) -> u64 {
         self.stats_on_ns
             + self
-                .stats_on_since
-                .map_or(0, |t| t.elapsed().as_nanos() as u64)
+                .stats_on
+                .as_ref()
+                .map_or(0, |(_, since)| since.elapsed().as_nanos() as u64)
     }
 
+    /// Cost of every attached program so far, of the calibration programs, and of the runtime
+    /// uprobe programs loaded since (zeros when stats were never on).
     pub fn costs(&self) -> Vec<ProgramCost> {
         let mut out = Vec::new();
         let names = self
