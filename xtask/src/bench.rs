@@ -42,6 +42,17 @@ pub(crate) struct Section {
 }
 
 impl Section {
+    /// Writes this section alone as target/bench/<which>.md: the header, its budget table
+    /// (when it checked any) and its body.
+    pub fn write(&self, which: &str, rounds: usize) -> anyhow::Result<()> {
+        let mut report = report_header(which, rounds);
+        if !self.budgets.is_empty() {
+            report += &format!("{}\n", budget_table(&self.budgets));
+        }
+        report += &self.body;
+        write_report(which, &report)
+    }
+
     pub fn check(&mut self, what: &str, budget: &str, measured: String, met: bool) {
         self.budgets.push(Budget {
             what: what.into(),
@@ -414,51 +425,54 @@ impl Observer {
     /// pausewatch with NDJSON to a file nobody parses while the workload runs (the test
     /// harness's live parsing would compete with the workload for the CPUs).
     pub fn pausewatch(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(bench_dir())?;
-        let out = bench_dir().join("pausewatch.ndjson");
-        let child = Command::new(bin)
-            .arg("--json")
-            .args(args)
-            .stdout(std::fs::File::create(&out)?)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting pausewatch")?;
-        let o = Self {
-            child,
-            out,
-            bpftrace: false,
-        };
-        o.wait_for("\"event\":\"attached\"", "pausewatch")?;
-        Ok(o)
+        let mut cmd = Command::new(bin);
+        cmd.arg("--json").args(args);
+        Self::start(cmd, "pausewatch.ndjson", false, "\"event\":\"attached\"")
     }
 
     pub fn bpftrace() -> anyhow::Result<Self> {
         let script = bench_dir().join("peer.bt");
+        std::fs::create_dir_all(bench_dir())?;
         std::fs::write(&script, BPFTRACE_PEER)?;
-        let out = bench_dir().join("bpftrace.out");
-        let child = Command::new("bpftrace")
-            .arg(&script)
-            .stdout(std::fs::File::create(&out)?)
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting bpftrace")?;
-        let o = Self {
-            child,
-            out,
-            bpftrace: true,
-        };
-        o.wait_for("Attaching", "bpftrace")?;
+        let mut cmd = Command::new("bpftrace");
+        cmd.arg(&script).stderr(Stdio::null());
+        let o = Self::start(cmd, "bpftrace.out", true, "Attaching")?;
         // bpftrace prints "Attaching N probes..." before attaching them.
         std::thread::sleep(Duration::from_millis(500));
         Ok(o)
     }
 
-    fn wait_for(&self, what: &str, name: &str) -> anyhow::Result<()> {
+    /// Starts `cmd` with its stdout in target/bench/`out` and waits until that shows `ready`.
+    fn start(mut cmd: Command, out: &str, bpftrace: bool, ready: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(bench_dir())?;
+        let out = bench_dir().join(out);
+        let child = cmd
+            .stdout(std::fs::File::create(&out)?)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", cmd.get_program().display()))?;
+        let o = Self {
+            child,
+            out,
+            bpftrace,
+        };
+        o.wait_for(ready)?;
+        Ok(o)
+    }
+
+    fn name(&self) -> &'static str {
+        if self.bpftrace {
+            "bpftrace"
+        } else {
+            "pausewatch"
+        }
+    }
+
+    fn wait_for(&self, what: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !std::fs::read_to_string(&self.out)?.contains(what) {
             if Instant::now() > deadline {
-                bail!("{name} did not attach within 60 s");
+                bail!("{} did not attach within 60 s", self.name());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -489,14 +503,7 @@ impl Observer {
         let status = self.child.wait()?;
         let got = got?;
         if !status.success() {
-            bail!(
-                "{} exited with {status}",
-                if self.bpftrace {
-                    "bpftrace"
-                } else {
-                    "pausewatch"
-                }
-            );
+            bail!("{} exited with {status}", self.name());
         }
         let mut cost = ObserverCost {
             cpu_pct,
@@ -801,12 +808,5 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
 /// `cargo xtask bench workloads` on its own.
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     let bin = prepare()?;
-    let s = workloads(&bin, rounds)?;
-    let report = format!(
-        "{}{}\n{}",
-        report_header("workloads", rounds),
-        budget_table(&s.budgets),
-        s.body
-    );
-    write_report("workloads", &report)
+    workloads(&bin, rounds)?.write("workloads", rounds)
 }

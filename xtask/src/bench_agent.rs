@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use pausewatch_tests::of_type;
 
-use crate::bench::{Observer, Section, hwm_kib, median};
+use crate::bench::{Observer, Section, median};
 
 /// Live processes for the many-processes case (the figure; more than the default
 /// `--max-processes` of 4,096, so the table's bound is exercised too).
@@ -88,7 +88,7 @@ fn case(
         name,
         cpu_pct: cost.cpu_pct,
         rss_kib: median(&rss) as u64,
-        hwm_kib: cost.hwm_kib.max(hwm_kib(pid).unwrap_or(0)),
+        hwm_kib: cost.hwm_kib,
         drops: cost.drops,
         evicted,
     })

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     TEST_PACKAGES,
-    bench::{Observer, Section, add_program_costs, alternate, report_header, write_report},
+    bench::{Observer, Section, add_program_costs, alternate},
     build_release, ensure_debian_packages, is_root, root_dir,
 };
 
@@ -77,8 +77,7 @@ pub fn gc(rounds: usize) -> anyhow::Result<()> {
     }
     ensure_debian_packages(TEST_PACKAGES)?;
     let bin = build_release()?;
-    let s = section(&bin, rounds)?;
-    write_report("gc", &format!("{}{}", report_header("gc", rounds), s.body))
+    section(&bin, rounds)?.write("gc", rounds)
 }
 
 /// What the runtime probes cost the runtimes they watch.

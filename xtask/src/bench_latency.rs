@@ -17,10 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{
-    bench::{Section, write_report},
-    build_release, is_root,
-};
+use crate::{bench::Section, build_release, is_root};
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -41,16 +38,7 @@ pub fn latency(rounds: usize) -> anyhow::Result<()> {
         bail!("the benchmark loads eBPF: run it as root");
     }
     let bin = build_release()?;
-    let s = section(&bin, rounds)?;
-    write_report(
-        "latency",
-        &format!(
-            "{}{}\n{}",
-            crate::bench::report_header("latency", rounds),
-            crate::bench::budget_table(&s.budgets),
-            s.body
-        ),
-    )
+    section(&bin, rounds)?.write("latency", rounds)
 }
 
 /// Detection latency over `rounds` induced pauses.

@@ -261,16 +261,7 @@ fn main() -> anyhow::Result<()> {
                 "workloads" | "sched" => bench::run(rounds),
                 "agent" => {
                     let bin = bench::prepare()?;
-                    let s = bench_agent::agent(&bin)?;
-                    bench::write_report(
-                        "agent",
-                        &format!(
-                            "{}{}\n{}",
-                            bench::report_header("agent", rounds),
-                            bench::budget_table(&s.budgets),
-                            s.body
-                        ),
-                    )
+                    bench_agent::agent(&bin)?.write("agent", rounds)
                 }
                 "gc" => bench_gc::gc(rounds),
                 "latency" => bench_latency::latency(rounds.max(10)),
