@@ -11,27 +11,6 @@ use std::{
 use pausewatch_tests::*;
 use serde_json::Value;
 
-/// A sysctl set for the test and restored when it ends, also on failure.
-struct Sysctl {
-    path: PathBuf,
-    old: String,
-}
-
-impl Sysctl {
-    fn set(name: &str, value: &str) -> Self {
-        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
-        let old = std::fs::read_to_string(&path).unwrap().trim().to_string();
-        std::fs::write(&path, value).unwrap_or_else(|e| panic!("setting {name}={value}: {e}"));
-        Self { path, old }
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.path, &self.old);
-    }
-}
-
 /// A scratch directory on the root file system (a real disk, not tmpfs), removed at the end.
 struct Scratch(PathBuf);
 

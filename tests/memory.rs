@@ -1,8 +1,9 @@
 //! Memory and disk pauses measured by real eBPF against the kernel's own accounting:
 //! major faults against /proc/<pid>/stat majflt, a throttled fsync against the time the
-//! workload measured around the call, memcg reclaim against the cgroup's failcnt.
+//! workload measured around the call, memcg reclaim against the cgroup's failcnt, swap-ins
+//! against majflt and the kernel's delay accounting (taskstats).
 use std::{
-    io::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -283,5 +284,124 @@ fn memcg_reclaim_is_charged_to_the_thread_that_stalled() {
         streamed,
         m["stalls"]["memcg_reclaim"]["count"].as_u64().unwrap(),
         "every stall ≥ 1 µs is streamed"
+    );
+}
+
+/// A swap file on the root file system (ext4 on the machine's disk, so swap-ins are real block
+/// reads), swapped off and removed when dropped.
+struct SwapFile(PathBuf);
+
+impl SwapFile {
+    fn new(mib: usize) -> Self {
+        let path = PathBuf::from(format!("/var/tmp/pw-swap-{}", std::process::id()));
+        let p = path.display().to_string();
+        let swap = Self(path);
+        run_cmd(&["fallocate", "-l", &format!("{mib}M"), &p]);
+        run_cmd(&["chmod", "600", &p]);
+        run_cmd(&["mkswap", &p]);
+        run_cmd(&["swapon", &p]);
+        swap
+    }
+}
+
+impl Drop for SwapFile {
+    fn drop(&mut self) {
+        let _ = Command::new("swapoff").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Major faults of process `pid` so far (/proc/<pid>/stat field 12).
+fn proc_majflt(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(9)?.parse().ok()
+}
+
+fn next_json(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Value {
+    let line = lines
+        .next()
+        .expect("the workload ended early")
+        .expect("reading the workload's output");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// Since Linux 5.19 the kernel's `swapin` delay covers only the submission of a swap read
+/// (mm/page_io.c, swap_read_folio); the wait for the read to complete is an `io_schedule`
+/// inside the fault, which delay accounting counts as block I/O. That wait is what keeps the
+/// faulting thread off the CPU, and what pausewatch's `swapin` blocked time measures: with no
+/// other I/O in the window, the two must agree.
+#[test]
+fn swap_ins_are_counted_and_timed_as_the_kernels_delay_accounting_sees_them() {
+    require_root();
+    let _delayacct = Sysctl::set("kernel.task_delayacct", "1");
+    let _swap = SwapFile::new(256);
+    let memcg = Cgroup::new("memory", "swap");
+    // 96 MiB written into 32 MiB: about 64 MiB goes to the swap file.
+    memcg.write("memory.limit_in_bytes", &(32u64 << 20).to_string());
+    memcg.write("memory.swappiness", "100");
+    let mut child = memcg.exec("swap-anon 96").spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    writeln!(stdin, "go").unwrap();
+    let written = next_json(&mut out);
+    assert_eq!(written["phase"], "written", "{written}");
+    let pid = written["pid"].as_u64().unwrap() as u32;
+    let swapped: u64 = memcg
+        .read("memory.stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("swap ")?.parse().ok())
+        .expect("memory.stat has no swap line (no swap accounting?)");
+    assert!(
+        swapped >= 32 << 20,
+        "only {swapped} bytes of the workload went to swap"
+    );
+    // The reads back need no reclaim: every wait in them is a swap-in.
+    memcg.write("memory.limit_in_bytes", "-1");
+    let majflt_of = || proc_majflt(pid).expect("the workload is alive");
+    let pw = Pausewatch::start(&["--pid", &pid.to_string()]);
+    let (majflt_attached, before) = (majflt_of(), taskstats::delays(pid).unwrap());
+    writeln!(stdin, "read").unwrap();
+    let read = next_json(&mut out);
+    // A harvest, then pausewatch's summary of the still-living workload.
+    std::thread::sleep(Duration::from_millis(1500));
+    let kernel = taskstats::delays(pid).unwrap().since(&before);
+    let majflt_attached = majflt_of() - majflt_attached;
+    let lines = pw.stop();
+    writeln!(stdin, "exit").unwrap();
+    assert!(child.wait().unwrap().success());
+    let majflt = read["majflt"].as_u64().unwrap();
+    assert!(majflt >= 100, "too few swap-in faults to compare: {read}");
+    let m =
+        &summary_of(&lines, pid as u64).unwrap_or_else(|| panic!("no summary for {pid}"))["memory"];
+    // The reads' faults, and at most the few the workload took around them (its own stack and
+    // heap were swapped out too) while pausewatch was attached.
+    let ours = m["major_faults_swapin"].as_u64().unwrap();
+    assert!(
+        (majflt..=majflt_attached).contains(&ours),
+        "swap-in faults: ours {ours}, /proc/{pid}/stat majflt {majflt} over the reads and \
+         {majflt_attached} while attached: {m}"
+    );
+    assert_eq!(m["major_faults_file"].as_u64().unwrap(), 0, "{m}");
+    let swapin = &m["blocked_by_reason"]["swapin"];
+    let (count, total) = (
+        swapin["count"].as_u64().unwrap(),
+        swapin["total_ns"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "swap-in: {ours} faults (majflt {majflt}..={majflt_attached}), {count} stalls, {total} ns; \
+         taskstats {kernel:?}"
+    );
+    let within = |ours: u64, theirs: u64, pct: u64| ours.abs_diff(theirs) * 100 <= theirs * pct;
+    assert!(
+        kernel.blkio_count > 0 && kernel.swapin_count >= majflt,
+        "delay accounting saw no swap-in I/O: {kernel:?}"
+    );
+    assert!(
+        within(total, kernel.blkio_delay_ns, 10),
+        "swap-in stall {total} ns against taskstats' I/O wait {kernel:?}"
+    );
+    assert!(
+        within(count, kernel.blkio_count, 10),
+        "{count} swap-in stalls against taskstats' {kernel:?}"
     );
 }

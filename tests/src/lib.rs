@@ -1,6 +1,8 @@
 //! Harness for the privileged tests: runs the real `pausewatch` binary (real eBPF, the running
 //! kernel) and collects its NDJSON. These tests never skip: without root, or with a binary
 //! that cannot load its programs, they fail with the reason.
+pub mod taskstats;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -478,5 +480,26 @@ pub fn validate_lines(lines: &[Value]) {
             errors.is_empty(),
             "line does not match docs/ndjson.schema.json: {errors:?}\n{v}"
         );
+    }
+}
+
+/// A sysctl set for the test and restored when it ends, also on failure.
+pub struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(name: &str, value: &str) -> Self {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).unwrap().trim().to_string();
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("setting {name}={value}: {e}"));
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.old);
     }
 }

@@ -31,6 +31,16 @@
 //!   pw-workload touch-anon MIB               map MIB MiB of anonymous memory without huge pages
 //!                                            and write one byte per 4 KiB page (one minor fault
 //!                                            each); print {"pid","minflt"}
+//!   pw-workload swap-anon MIB                map MIB MiB of anonymous memory without huge pages,
+//!                                            write a non-zero byte to every 4 KiB page, print
+//!                                            {"pid","tid","phase":"written"} and wait for a line
+//!                                            on stdin (the test lets the cgroup swap it out and
+//!                                            lifts the limit); then read every page back (each
+//!                                            swapped-out one a swap-in fault), print {"pid",
+//!                                            "tid","phase":"read","minflt","majflt"} (the read's
+//!                                            deltas from /proc/self/stat) and wait for a line
+//!                                            again before exiting (so its delay accounting can
+//!                                            be read while it lives)
 //!   pw-workload read-file PATH               read PATH to the end (filling the page cache),
 //!                                            print {"pid","tid","bytes"}
 //!   pw-workload pingpong SECS CPU            two threads pinned to CPU bounce a byte over a
@@ -196,6 +206,7 @@ fn main() {
         Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
         Some("read-file") => read_file(arg(2)),
         Some("touch-anon") => touch_anon(arg(2).parse().unwrap()),
+        Some("swap-anon") => swap_anon(arg(2).parse().unwrap()),
         Some("pingpong") => pingpong(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("fork-storm") => fork_storm(arg(2).parse().unwrap()),
         Some("fsync-loop") => fsync_loop(arg(2), arg(3).parse().unwrap()),
@@ -437,6 +448,56 @@ fn touch_anon(mib: usize) {
         "{}",
         serde_json::json!({"pid": std::process::id(), "minflt": fault_counts().0})
     );
+}
+
+fn swap_anon(mib: usize) {
+    let len = mib << 20;
+    let wait_line = || {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+    };
+    // SAFETY: a fresh private anonymous mapping, touched only inside its bounds; it lives until
+    // the process exits.
+    let p = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
+        p.cast::<u8>()
+    };
+    for off in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping. Non-zero: an all-zero page is never written to swap.
+        unsafe { std::ptr::write_volatile(p.add(off), (off >> 12) as u8 | 1) };
+    }
+    let (pid, tid) = (std::process::id(), gettid());
+    println!(
+        "{}",
+        serde_json::json!({"pid": pid, "tid": tid, "phase": "written"})
+    );
+    wait_line();
+    let (minflt0, majflt0) = fault_counts();
+    let mut sum = 0u64;
+    for off in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping.
+        sum += u64::from(unsafe { std::ptr::read_volatile(p.add(off)) });
+    }
+    let (minflt, majflt) = fault_counts();
+    println!(
+        "{}",
+        serde_json::json!({"pid": pid, "tid": tid, "phase": "read", "minflt": minflt - minflt0, "majflt": majflt - majflt0, "sum": sum})
+    );
+    wait_line();
 }
 
 fn pipe() -> (std::fs::File, std::fs::File) {
