@@ -55,6 +55,10 @@ fn bad_arguments() {
     fails_with(pw().args(["--duration", "soon"]), "not a duration");
     fails_with(pw().args(["--pid", "12abc"]), "not a process id");
     fails_with(pw().args(["--attach", "kprobe"]), "invalid value");
+    fails_with(
+        pw().args(["--max-processes", "10"]),
+        "10 is not in 64..=1048576",
+    );
 }
 
 /// Without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN the message says which capabilities are needed.

@@ -167,9 +167,9 @@ fn a_ring_buffer_storm_is_counted_and_the_agent_recovers() {
     assert!(of_type(&lines, "pause").any(|v| v["pid"] == storm_pid));
 }
 
-/// Entries in the agent's map `name`, found through the agent's file descriptors.
-fn map_entries(agent: u32, name: &str) -> usize {
-    use aya::maps::{HashMap, Map, MapData};
+/// The agent's map `name`, found through its file descriptors.
+fn agent_map(agent: u32, name: &str) -> aya::maps::MapData {
+    use aya::maps::MapData;
     for e in std::fs::read_dir(format!("/proc/{agent}/fdinfo")).unwrap() {
         let Ok(text) = std::fs::read_to_string(e.unwrap().path()) else {
             continue;
@@ -182,14 +182,32 @@ fn map_entries(agent: u32, name: &str) -> usize {
             continue;
         };
         let data = MapData::from_id(id).expect("opening the agent's map by id");
-        if data.info().unwrap().name_as_str() != Some(name) {
-            continue;
+        if data.info().unwrap().name_as_str() == Some(name) {
+            return data;
         }
-        let map: HashMap<MapData, u32, observer_common::ProcStats> =
-            HashMap::try_from(Map::from_map_data(data).unwrap()).unwrap();
-        return map.keys().count();
     }
     panic!("pausewatch has no map {name}");
+}
+
+/// Entries in the agent's map `name`.
+fn map_entries(agent: u32, name: &str) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    let map: HashMap<MapData, u32, observer_common::ProcStats> =
+        HashMap::try_from(Map::from_map_data(agent_map(agent, name)).unwrap()).unwrap();
+    map.keys().count()
+}
+
+/// The kernel's per-process aggregates hold as many processes as the agent keeps, so a host
+/// with more live processes than the default can keep them all without evicting each other.
+#[test]
+fn the_kernel_aggregates_are_sized_by_max_processes() {
+    require_root();
+    let pw = Pausewatch::start(&["--max-processes", "6000"]);
+    for name in ["PROC_STATS", "PROC_MEM"] {
+        let info = agent_map(pw.pid(), name).info().unwrap();
+        assert_eq!(info.max_entries(), 6000, "{name}");
+    }
+    pw.stop();
 }
 
 fn processes_now() -> usize {

@@ -1,6 +1,8 @@
 //! Runtime stop-the-world measured by real uprobes, against the runtimes' own accounting: the
-//! JVM's -Xlog:gc and -Xlog:safepoint, Go's GODEBUG=gctrace=1.
+//! JVM's -Xlog:gc and -Xlog:safepoint, Go's GODEBUG=gctrace=1, and a stand-in libjvm.so whose
+//! probes sit behind USDT semaphores, against its own clock.
 use std::{
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
@@ -401,4 +403,78 @@ fn a_stripped_go_binary_is_reported_unobservable() {
     assert!(msg.contains("stripped"), "{msg}");
     assert_eq!(n["level"], "warn");
     assert!(gc_lines_of(&lines, pid).is_empty());
+}
+
+/// OpenJDK's HotSpot probes have no semaphores; a JDK built with --enable-dtrace guards them
+/// with some, and then they fire only while the kernel holds the semaphore up for an attached
+/// uprobe. A running process with such a library is picked up, its semaphores are raised
+/// (so its probes fire and every collection is measured as its own clock measured it), and
+/// they are lowered again when pausewatch exits.
+#[test]
+fn probes_behind_usdt_semaphores_are_enabled_while_attached_and_measured() {
+    require_root();
+    let dir = scratch("gc-usdt");
+    let fakejava = build_fake_jvm(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(&fakejava)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value {
+        let line = out.next().expect("fakejava ended").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let first = next();
+    let pid = child.id();
+    assert_eq!(first["pid"], pid);
+    assert_eq!(
+        first["semaphore"], 0,
+        "no probe is enabled before pausewatch"
+    );
+    let mut pw = Pausewatch::start(&["--pid", &pid.to_string(), "--min-pause", "1ms"]);
+    let observed = pw.wait_for(Duration::from_secs(10), |v| {
+        v["event"] == "gc_observed" && v["pid"] == pid
+    });
+    assert!(
+        observed["message"].as_str().unwrap().contains("fakejava"),
+        "{observed}"
+    );
+    let mut ours = Vec::new();
+    for ms in [40, 15, 70] {
+        writeln!(stdin, "gc {ms}").unwrap();
+        let r = next();
+        assert!(
+            r["semaphore"].as_u64().unwrap() > 0,
+            "the semaphore was not raised while attached: {r}"
+        );
+        ours.push((ns(&r, "start_ns"), ns(&r, "duration_ns")));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    writeln!(stdin, "sem").unwrap();
+    let after = next();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        after["semaphore"], 0,
+        "the semaphore stayed raised after pausewatch exited"
+    );
+    let gcs = gc_lines_of(&lines, pid);
+    assert_eq!(gcs.len(), ours.len(), "{gcs:?}");
+    for (g, (start, duration)) in gcs.iter().zip(&ours) {
+        // Our clock brackets the probes from outside, by a few instructions and a clock read.
+        let d = ns(g, "duration_ns");
+        assert!(
+            d <= *duration && duration - d <= TOLERANCE_NS,
+            "{g} against {duration} ns measured around it"
+        );
+        assert!(
+            ns(g, "start_mono_ns").abs_diff(*start) <= TOLERANCE_NS,
+            "{g}"
+        );
+    }
+    let s = summary_of(&lines, pid.into()).expect("summary of fakejava");
+    assert_eq!(s["gc"]["count"], ours.len(), "{s}");
 }

@@ -382,6 +382,20 @@ fn swap_ins_are_counted_and_timed_as_the_kernels_delay_accounting_sees_them() {
          {majflt_attached} while attached: {m}"
     );
     assert_eq!(m["major_faults_file"].as_u64().unwrap(), 0, "{m}");
+    // Per thread, from the kernel's own counters: the workload's one thread, with its faults.
+    let tid = read["tid"].as_u64().unwrap();
+    let thread = m["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"].as_u64() == Some(tid))
+        .unwrap_or_else(|| panic!("thread {tid} missing from {m}"));
+    assert_eq!(thread["comm"], "pw-workload", "{thread}");
+    let thread_majflt = thread["majflt"].as_u64().unwrap();
+    assert!(
+        thread_majflt >= majflt && thread_majflt <= m["proc_majflt"].as_u64().unwrap(),
+        "{thread} against the reads' {majflt} and the process's {m}"
+    );
     let swapin = &m["blocked_by_reason"]["swapin"];
     let (count, total) = (
         swapin["count"].as_u64().unwrap(),

@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         8 << 20,
     )?;
     let mut out = Output::Json(NdjsonWriter::new(spool, "bench".into()));
-    let mut agent = AgentState::offline(pausewatch::cli::DEFAULT_MAX_PROCESSES);
+    let mut agent = AgentState::offline(pausewatch::cli::DEFAULT_MAX_PROCESSES as usize);
     // Records are made a batch at a time (so the stream's own memory stays small and the
     // peak RSS is the agent's) and only taking them in is timed.
     let (mut rng, mut now) = (Rng(0x9e37_79b9_7f4a_7c15), 1_000_000_000u64);

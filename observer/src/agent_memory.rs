@@ -10,7 +10,7 @@ use observer_common::{
 use crate::{
     model::{
         episode::Episode,
-        memory::{DiskTable, FaultCounts, MemStall, MemTotals, SyncCall},
+        memory::{DiskTable, FaultCounts, MemStall, MemTotals, SyncCall, ThreadFaults},
         process::ProcessTable,
         stats::Aggregate,
     },
@@ -104,7 +104,14 @@ impl MemState {
             let faults = (!h.retired.contains(pid))
                 .then(|| proc_faults(*pid))
                 .flatten();
-            table.apply_mem(*pid, &MemTotals::from(m as &ProcMem), faults);
+            // Threads are read only when the process's major faults moved (or on first
+            // sight): a process that faults only in minor ways costs one read a second.
+            let known = table.get(*pid).and_then(|e| e.faults).map(|f| f.major);
+            let threads = match faults {
+                Some(f) if known != Some(f.major) => thread_faults(*pid),
+                _ => Vec::new(),
+            };
+            table.apply_mem(*pid, &MemTotals::from(m as &ProcMem), faults, threads);
         }
         self.refresh_disks();
     }
@@ -126,6 +133,31 @@ fn push<T>(list: &mut VecDeque<T>, item: T) {
         list.pop_front();
     }
     list.push_back(item);
+}
+
+/// Threads read per process at most, so a process with tens of thousands of them costs a
+/// bounded read.
+const MAX_THREADS_READ: usize = 1024;
+
+/// The kernel's fault counters for each thread of a process (/proc/<pid>/task/*/stat); empty
+/// when the process is gone.
+fn thread_faults(pid: u32) -> Vec<ThreadFaults> {
+    let Ok(tasks) = procfs::process::Process::new(pid as i32).and_then(|p| p.tasks()) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .take(MAX_THREADS_READ)
+        .filter_map(|t| {
+            let s = t.stat().ok()?;
+            Some(ThreadFaults {
+                tid: t.tid as u32,
+                comm: s.comm,
+                minor: s.minflt,
+                major: s.majflt,
+            })
+        })
+        .collect()
 }
 
 /// The kernel's fault counters for a process (/proc/<pid>/stat).

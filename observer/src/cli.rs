@@ -23,7 +23,7 @@ pub struct Cli {
 }
 
 /// Default `--max-processes`: as many as the kernel keeps aggregates for at once (PROC_STATS).
-pub const DEFAULT_MAX_PROCESSES: usize = 4096;
+pub const DEFAULT_MAX_PROCESSES: u32 = 4096;
 
 /// What to watch and how to report it (the main job, `run`).
 #[derive(Debug, Clone, clap::Args)]
@@ -81,9 +81,11 @@ pub struct Watch {
     pub bpf_stats_every: Duration,
 
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first,
-    /// and counted). Each costs about 3.5 KiB.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES)]
-    pub max_processes: usize,
+    /// and counted), and entries of the kernel's per-process aggregate maps. Each costs about
+    /// 3.5 KiB in the agent and as much kernel memory (the maps are preallocated).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_processes: u32,
 
     /// A lease held by every thread of PID that is not reported over the lease socket
     /// (repeatable). Without renewal messages a pause of at least TTL - RENEW_EVERY puts it at

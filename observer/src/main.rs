@@ -199,6 +199,7 @@ fn run_in(
         } else {
             probe::cost::StatsMode::Sampled
         },
+        max_processes: cli.max_processes,
     })?;
 
     attached();
@@ -229,7 +230,7 @@ fn run_in(
     };
     let settings = agent::Settings {
         duration: cli.duration,
-        max_processes: cli.max_processes,
+        max_processes: cli.max_processes as usize,
         pids,
         min_pause: cli.min_pause,
         leases: cli.leases.clone(),

@@ -76,6 +76,32 @@ pub fn build_java(source: &str, out_dir: &Path) -> Result<(), String> {
     )
 }
 
+/// Builds the stand-in libjvm.so of `fixtures/usdt` (HotSpot's probes behind USDT
+/// semaphores) and `fakejava`, which loads it, into `out_dir` with gcc and <sys/sdt.h>
+/// (Debian's systemtap-sdt-dev); returns the path of `fakejava`.
+pub fn build_fake_jvm(out_dir: &Path) -> Result<PathBuf, String> {
+    let src = fixtures().join("usdt");
+    build(
+        "gcc (libjvm.so)",
+        Command::new("gcc")
+            .args(["-O1", "-shared", "-fPIC", "-o"])
+            .arg(out_dir.join("libjvm.so"))
+            .arg(src.join("fakejvm.c")),
+    )?;
+    let exe = out_dir.join("fakejava");
+    build(
+        "gcc (fakejava)",
+        Command::new("gcc")
+            .args(["-O1", "-o"])
+            .arg(&exe)
+            .arg(src.join("fakejava.c"))
+            .arg(format!("-L{}", out_dir.display()))
+            .arg("-ljvm")
+            .arg(format!("-Wl,-rpath,{}", out_dir.display())),
+    )?;
+    Ok(exe)
+}
+
 /// Builds `fixtures/gcloop` with go into `out` (Debian's golang-go), with its build cache in
 /// `cache_dir`; `stripped` drops the symbol table and DWARF (`-ldflags=-s -w`).
 pub fn build_go(out: &Path, cache_dir: &Path, stripped: bool) -> Result<(), String> {

@@ -121,6 +121,12 @@ pub fn ensure_debian_packages(needs: &[(&str, &[&str])]) -> anyhow::Result<()> {
 pub const TEST_PACKAGES: &[(&str, &[&str])] = &[
     ("openjdk-17-jdk-headless", &["javac", "-version"]),
     ("golang-go", &["go", "version"]),
+    // The USDT semaphore test: a stand-in libjvm.so built with gcc and <sys/sdt.h>.
+    ("gcc", &["gcc", "--version"]),
+    (
+        "systemtap-sdt-dev",
+        &["test", "-f", "/usr/include/x86_64-linux-gnu/sys/sdt.h"],
+    ),
     // The retransmission test: network namespaces and veth (ip), TcpRetransSegs (nstat),
     // injected loss (nft).
     ("iproute2", &["nstat", "-V"]),

@@ -67,6 +67,9 @@ pub fn memory_json(p: &ProcessEntry) -> Option<Value> {
         "major_faults_swapin": m.major_swap,
         "proc_minflt": p.faults.map(|f| f.minor),
         "proc_majflt": p.faults.map(|f| f.major),
+        "threads": p.thread_faults.iter().map(|t| json!({
+            "tid": t.tid, "comm": t.comm, "minflt": t.minor, "majflt": t.major,
+        })).collect::<Vec<_>>(),
         "blocked_by_reason": blocked,
         "stalls": stalls,
         "fsync": {

@@ -303,6 +303,28 @@ pub struct FaultCounts {
     pub major: u64,
 }
 
+/// The kernel's fault counters of one thread (/proc/<pid>/task/<tid>/stat minflt, majflt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadFaults {
+    pub tid: u32,
+    pub comm: String,
+    pub minor: u64,
+    pub major: u64,
+}
+
+/// Threads kept per process: those with the most major faults, then the most minor ones.
+pub const KEPT_THREADS: usize = 8;
+
+/// Merges a fresh reading of a process's threads into `kept`: a thread's newer reading
+/// replaces its older one, a thread that has exited since keeps its last reading, and only the
+/// `KEPT_THREADS` that faulted most (major faults first) stay.
+pub fn merge_thread_faults(kept: &mut Vec<ThreadFaults>, fresh: Vec<ThreadFaults>) {
+    kept.retain(|k| !fresh.iter().any(|f| f.tid == k.tid));
+    kept.extend(fresh);
+    kept.sort_by(|a, b| (b.major, b.minor, a.tid).cmp(&(a.major, a.minor, b.tid)));
+    kept.truncate(KEPT_THREADS);
+}
+
 /// Snapshots of a disk's latency kept for its recent p99 (one per harvest, about a second).
 const DISK_WINDOW: usize = 10;
 
@@ -499,5 +521,40 @@ mod tests {
         assert!(!b.reset_by(&a));
         a.merge(&b);
         assert_eq!(a.major_file, 6);
+    }
+
+    fn thread(tid: u32, minor: u64, major: u64) -> super::ThreadFaults {
+        super::ThreadFaults {
+            tid,
+            comm: format!("t{tid}"),
+            minor,
+            major,
+        }
+    }
+
+    #[test]
+    fn kept_threads_are_the_most_faulting_with_their_latest_reading() {
+        use super::{KEPT_THREADS, merge_thread_faults};
+        let mut kept = Vec::new();
+        merge_thread_faults(
+            &mut kept,
+            (1..=20).map(|t| thread(t, 100 + t as u64, 0)).collect(),
+        );
+        assert_eq!(kept.len(), KEPT_THREADS);
+        assert_eq!(
+            kept[0].tid, 20,
+            "most minor faults first when none is major"
+        );
+        // Thread 3 now has major faults: it leads, with its new reading; thread 20 exited and
+        // keeps its last one.
+        merge_thread_faults(&mut kept, vec![thread(3, 103, 7), thread(19, 500, 0)]);
+        let tids: Vec<u32> = kept.iter().map(|t| t.tid).collect();
+        assert_eq!(tids[..3], [3, 19, 20]);
+        assert_eq!((kept[0].minor, kept[0].major), (103, 7));
+        assert_eq!(kept.len(), KEPT_THREADS);
+        assert!(
+            tids.iter().filter(|&&t| t == 3).count() == 1,
+            "one entry per thread"
+        );
     }
 }

@@ -16,7 +16,7 @@ use observer_common::{NUM_STATS, ProcStats, STAT_EPISODE, STAT_STEAL};
 use super::{
     episode::Episode,
     gc::GcPause,
-    memory::{FaultCounts, MemTotals},
+    memory::{FaultCounts, MemTotals, ThreadFaults, merge_thread_faults},
     stats::Aggregate,
     stop::{Signal, Stop},
 };
@@ -54,6 +54,8 @@ pub struct ProcessEntry {
     mem_current: MemTotals,
     /// The kernel's own minor/major fault counters, as last read from /proc/<pid>/stat.
     pub faults: Option<FaultCounts>,
+    /// The same per thread, for the threads that faulted most (`merge_thread_faults`).
+    pub thread_faults: Vec<ThreadFaults>,
 }
 
 /// What a process that never stopped or ran a runtime shows for those.
@@ -241,7 +243,13 @@ impl ProcessTable {
     }
 
     /// Applies one cumulative `PROC_MEM` snapshot for `pid`, and its /proc fault counters.
-    pub fn apply_mem(&mut self, pid: u32, m: &MemTotals, faults: Option<FaultCounts>) {
+    pub fn apply_mem(
+        &mut self,
+        pid: u32,
+        m: &MemTotals,
+        faults: Option<FaultCounts>,
+        threads: Vec<ThreadFaults>,
+    ) {
         if self.entries.get(&pid).is_some_and(|e| e.exited) {
             self.replace(pid);
         }
@@ -252,6 +260,9 @@ impl ProcessTable {
         e.mem_current = m.clone();
         if faults.is_some() {
             e.faults = faults;
+        }
+        if !threads.is_empty() {
+            merge_thread_faults(&mut e.thread_faults, threads);
         }
         self.enforce_bound();
     }
@@ -400,22 +411,27 @@ mod tests {
             major_file: n,
             ..Default::default()
         };
-        t.apply_mem(1, &m(5), Some(FaultCounts { minor: 9, major: 5 }));
+        t.apply_mem(
+            1,
+            &m(5),
+            Some(FaultCounts { minor: 9, major: 5 }),
+            Vec::new(),
+        );
         t.apply_snapshot(1, "a", &snap(0, 0));
-        t.apply_mem(1, &m(7), None);
+        t.apply_mem(1, &m(7), None, Vec::new());
         assert_eq!(t.get(1).unwrap().mem().major_file, 7);
         assert_eq!(
             t.get(1).unwrap().faults,
             Some(FaultCounts { minor: 9, major: 5 })
         );
-        t.apply_mem(1, &m(2), None);
+        t.apply_mem(1, &m(2), None, Vec::new());
         assert_eq!(
             t.get(1).unwrap().mem().major_file,
             9,
             "recreated entry adds to the old one"
         );
         t.retire(1);
-        t.apply_mem(1, &m(1), None);
+        t.apply_mem(1, &m(1), None, Vec::new());
         assert_eq!(
             t.get(1).unwrap().mem().major_file,
             1,
@@ -439,11 +455,11 @@ mod tests {
     /// boxed entry.
     #[test]
     fn a_full_table_fits_the_memory_budget() {
-        let mut t = ProcessTable::new(crate::cli::DEFAULT_MAX_PROCESSES);
-        for pid in 1..=(crate::cli::DEFAULT_MAX_PROCESSES as u32 + 100) {
+        let mut t = ProcessTable::new(crate::cli::DEFAULT_MAX_PROCESSES as usize);
+        for pid in 1..=(crate::cli::DEFAULT_MAX_PROCESSES + 100) {
             t.apply_snapshot(pid, "p", &started(1, pid as u64, 1));
         }
-        assert_eq!(t.len(), crate::cli::DEFAULT_MAX_PROCESSES);
+        assert_eq!(t.len(), crate::cli::DEFAULT_MAX_PROCESSES as usize);
         let slot = std::mem::size_of::<(u32, Box<ProcessEntry>)>() + 1;
         // hashbrown keeps at most 7/8 of its buckets full; `capacity` is that 7/8.
         let buckets = (t.entries.capacity() * 8 / 7).next_power_of_two();

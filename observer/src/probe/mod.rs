@@ -39,6 +39,9 @@ pub struct LoadOptions<'a> {
     pub attach: AttachMode,
     /// When BPF run-time statistics are on (and the empty calibration programs attached).
     pub stats: StatsMode,
+    /// Entries of the kernel's per-process aggregate maps (`PROC_STATS`, `PROC_MEM`): as many
+    /// processes as the agent keeps, so live ones do not evict each other.
+    pub max_processes: u32,
 }
 
 /// An empty calibration program, loaded at start when statistics may be on, attached only
@@ -310,6 +313,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
     let mut loader = EbpfLoader::new();
+    for map in ["PROC_STATS", "PROC_MEM"] {
+        loader.map_max_entries(map, opts.max_processes);
+    }
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
         loader.override_global(name, v, true);
     }
