@@ -1,4 +1,4 @@
-//! Stops measured by real eBPF: SIGSTOP/SIGCONT, ptrace and the cgroup v1 freezer, against the
+//! Stops measured by real eBPF: SIGSTOP/SIGCONT, ptrace and the cgroup v1 and v2 freezers, against the
 //! interval the test itself held the process stopped, with the test as the stopper and resumer.
 use std::time::{Duration, Instant};
 
@@ -213,6 +213,97 @@ fn a_cgroup_v1_freeze_is_told_apart_from_signal_and_ptrace_stops() {
     let stop = the_stop_of(&lines, pid);
     assert_eq!(stop["kind"], "freezer", "{stop}");
     assert_eq!(stop["threads"], 2, "{stop}");
+    check_duration(&stop, held_min, held_max);
+    assert_eq!(stop["stopped_by"], Value::Null, "{stop}");
+}
+
+/// A child of the cgroup v2 hierarchy: /sys/fs/cgroup when it is v2 (or /sys/fs/cgroup/unified
+/// on a hybrid host), else the hierarchy mounted on a scratch directory beside the v1 ones (the
+/// v2 freezer is core, `cgroup.freeze` needs no controller). Removed, and unmounted if this
+/// mounted it, when dropped.
+struct Cgroup2 {
+    dir: std::path::PathBuf,
+    mounted: Option<std::path::PathBuf>,
+}
+
+impl Cgroup2 {
+    fn new(tag: &str) -> Self {
+        let is_v2 = |p: &str| std::path::Path::new(p).join("cgroup.controllers").exists();
+        let (root, mounted) = if is_v2("/sys/fs/cgroup") {
+            ("/sys/fs/cgroup".into(), None)
+        } else if is_v2("/sys/fs/cgroup/unified") {
+            ("/sys/fs/cgroup/unified".into(), None)
+        } else {
+            let m = std::path::PathBuf::from(format!("/tmp/pw-cgroup2-{}", std::process::id()));
+            std::fs::create_dir_all(&m).unwrap();
+            run_cmd(&["mount", "-t", "cgroup2", "none", m.to_str().unwrap()]);
+            (m.clone(), Some(m))
+        };
+        let dir = root.join(format!("pw-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self { dir, mounted }
+    }
+
+    fn frozen(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(m) = &self.mounted {
+            let _ = std::process::Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
+    }
+}
+
+/// The cgroup v2 freezer parks every thread, running or asleep, in an interruptible sleep
+/// (`do_freezer_trap`) rather than a stopped state: pausewatch tells it from a voluntary
+/// sleep by the thread's JOBCTL_TRAP_FREEZE bit, and it is one `freezer` stop of the process.
+#[test]
+fn a_cgroup_v2_freeze_is_a_freezer_stop_of_every_thread() {
+    require_root();
+    let cg = Cgroup2::new("freeze");
+    let pw = Pausewatch::start(&[]);
+    let mut frozen = victim("pw-frozen2", 2, 5.0);
+    let pid = frozen.id();
+    std::fs::write(cg.dir.join("cgroup.procs"), pid.to_string())
+        .expect("moving the victim into the v2 cgroup");
+    std::thread::sleep(Duration::from_millis(300));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+
+    let t0 = Instant::now();
+    std::fs::write(cg.dir.join("cgroup.freeze"), "1").expect("freezing");
+    wait_until("the cgroup is frozen", Duration::from_secs(10), || {
+        cg.frozen()
+    });
+    let seen_frozen = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let held_min = seen_frozen.elapsed();
+    std::fs::write(cg.dir.join("cgroup.freeze"), "0").expect("thawing");
+    let held_max = t0.elapsed();
+
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = pw.stop();
+    let _ = (frozen.kill(), frozen.wait());
+    drop(cg);
+    let stop = the_stop_of(&lines, pid);
+    assert_eq!(stop["kind"], "freezer", "{stop}");
+    assert_eq!(
+        stop["threads"], threads,
+        "every thread, asleep or running: {stop}"
+    );
     check_duration(&stop, held_min, held_max);
     assert_eq!(stop["stopped_by"], Value::Null, "{stop}");
 }

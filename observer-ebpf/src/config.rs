@@ -33,6 +33,10 @@ static RQ_STEAL_OFF: u64 = 0;
 static TASK_PARENT_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_CRED_OFF: u64 = 0;
+/// `task->jobctl`: its JOBCTL_TRAP_FREEZE bit marks a task in the cgroup v2 freezer's trap.
+/// 0: v2 freezes are not recognised.
+#[unsafe(no_mangle)]
+static TASK_JOBCTL_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static CRED_UID_OFF: u64 = 0;
 
@@ -108,6 +112,10 @@ pub fn rq_steal_off() -> usize {
 #[inline(always)]
 pub fn task_parent_off() -> usize {
     get(&TASK_PARENT_OFF) as usize
+}
+#[inline(always)]
+pub fn task_jobctl_off() -> usize {
+    get(&TASK_JOBCTL_OFF) as usize
 }
 #[inline(always)]
 pub fn task_cred_off() -> usize {

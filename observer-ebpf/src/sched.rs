@@ -37,8 +37,14 @@ const TASK_TRACED: u32 = 0x0008;
 /// Set with TASK_UNINTERRUPTIBLE for TASK_IDLE sleepers (idle kworkers, rcu threads): D state
 /// that does not count towards load and is not a pause.
 const TASK_NOLOAD: u32 = 0x0400;
-/// cgroup freezer (kernel/freezer.c): counted as stopped; told apart in a later issue.
+const TASK_INTERRUPTIBLE: u32 = 0x0001;
+/// cgroup v1 freezer (kernel/freezer.c): the frozen task's state.
 const TASK_FROZEN: u32 = 0x8000;
+/// `task->jobctl` bit of the cgroup v2 freezer's trap (include/linux/sched/jobctl.h, bit 23
+/// since Linux 5.2): a v2-frozen task sleeps in `do_freezer_trap` (kernel/signal.c) as
+/// TASK_INTERRUPTIBLE (| TASK_FREEZABLE) with this bit set, until the thaw clears it and wakes
+/// the task.
+const JOBCTL_TRAP_FREEZE: u64 = 1 << 23;
 
 /// Per-process aggregates, keyed by tgid. LRU: on a host with more live processes than
 /// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
@@ -226,14 +232,22 @@ fn switch_out<const D: bool, C: StackIdContext>(
     next_tid: Option<u32>,
     prev_state: u32,
 ) {
-    let (phase, reason) = if preempt || prev_state == TASK_RUNNING {
+    let (phase, reason, stop) = if preempt || prev_state == TASK_RUNNING {
         // Still runnable: preempted, or yielded/cond_resched'ed with work left. Waits like
         // this are what /proc/<pid>/schedstat's run_delay counts, as do we.
-        (Component::Runq, EpisodeStart::Preempted)
+        (Component::Runq, EpisodeStart::Preempted, None)
     } else if prev_state & TASK_UNINTERRUPTIBLE != 0 && prev_state & TASK_NOLOAD == 0 {
-        (Component::Blocked, EpisodeStart::Blocked)
-    } else if prev_state & (TASK_STOPPED | TASK_TRACED | TASK_FROZEN) != 0 {
-        (Component::Stopped, EpisodeStart::Stopped)
+        (Component::Blocked, EpisodeStart::Blocked, None)
+    } else if prev_state & TASK_TRACED != 0 {
+        (Component::Stopped, EpisodeStart::Stopped, Some(StopKind::Ptrace))
+    } else if prev_state & TASK_FROZEN != 0 {
+        (Component::Stopped, EpisodeStart::Stopped, Some(StopKind::Freezer))
+    } else if prev_state & TASK_STOPPED != 0 {
+        (Component::Stopped, EpisodeStart::Stopped, Some(StopKind::Signal))
+    } else if prev_state & TASK_INTERRUPTIBLE != 0 && task::jobctl::<D>(prev) & JOBCTL_TRAP_FREEZE != 0 {
+        // The cgroup v2 freezer's trap: an S sleep that is a stop. One load of the current
+        // task's own (cache-hot) task_struct on the voluntary-sleep path.
+        (Component::Stopped, EpisodeStart::Stopped, Some(StopKind::Freezer))
     } else {
         // Voluntary sleep (S, TASK_IDLE) or exit (TASK_DEAD): not a pause. The thread has no
         // entry to clear: its last episode was consumed when it got the CPU, and on_wakeup
@@ -241,14 +255,7 @@ fn switch_out<const D: bool, C: StackIdContext>(
         // common, path.)
         return;
     };
-    if phase == Component::Stopped {
-        let kind = if prev_state & TASK_TRACED != 0 {
-            StopKind::Ptrace
-        } else if prev_state & TASK_FROZEN != 0 {
-            StopKind::Freezer
-        } else {
-            StopKind::Signal
-        };
+    if let Some(kind) = stop {
         let holder = if kind == StopKind::Ptrace { task::parent::<D>(prev).map(task::identity::<D>) } else { None };
         stops::thread_stopped(tgid, ts, kind, holder);
     }

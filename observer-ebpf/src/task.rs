@@ -111,6 +111,15 @@ pub fn rq_steal<const DIRECT: bool>(rq: TaskPtr) -> Option<u64> {
     read::<DIRECT, u64>(rq, config::rq_steal_off()).filter(|&t| t != 0)
 }
 
+/// `task->jobctl` (0 when not configured or unreadable).
+#[inline(always)]
+pub fn jobctl<const DIRECT: bool>(task: TaskPtr) -> u64 {
+    match config::task_jobctl_off() {
+        0 => 0,
+        off => read::<DIRECT, u64>(task, off).unwrap_or(0),
+    }
+}
+
 /// `task->parent`: the real parent, or the tracer while the task is ptraced.
 #[inline(always)]
 pub fn parent<const DIRECT: bool>(task: TaskPtr) -> Option<TaskPtr> {

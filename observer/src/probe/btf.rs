@@ -363,6 +363,8 @@ pub struct IdentityOffsets {
     pub task_parent: u32,
     pub task_cred: u32,
     pub cred_uid: u32,
+    /// `task->jobctl`, whose JOBCTL_TRAP_FREEZE bit marks the cgroup v2 freezer's trap.
+    pub task_jobctl: u32,
 }
 
 impl IdentityOffsets {
@@ -371,6 +373,7 @@ impl IdentityOffsets {
             task_parent: btf.member_offset("task_struct", "parent")?,
             task_cred: btf.member_offset("task_struct", "cred")?,
             cred_uid: btf.member_offset("cred", "uid")?,
+            task_jobctl: btf.member_offset("task_struct", "jobctl")?,
         })
     }
 }
@@ -484,7 +487,10 @@ mod tests {
         );
         assert!(off.comm > off.tgid && off.group_leader > off.tgid);
         let id = IdentityOffsets::from_btf(&btf).unwrap();
-        assert!(id.task_parent > 0 && id.task_cred > 0, "{id:?}");
+        assert!(
+            id.task_parent > 0 && id.task_cred > 0 && id.task_jobctl > 0,
+            "{id:?}"
+        );
         let rq = RqClockOffsets::from_btf(&btf).unwrap();
         assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
         // Our machines are built with CONFIG_PARAVIRT_TIME_ACCOUNTING (design notes).

@@ -241,18 +241,21 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     // Zeros: tracers and uids read as unknown (uid u32::MAX reads as "unknown" in userspace).
     let id = btf::IdentityOffsets::from_btf(&kbtf).unwrap_or_else(|e| {
         notices.push(format!(
-            "task identity offsets not in BTF ({e}): tracers of ptrace stops are not named"
+            "task identity offsets not in BTF ({e}): tracers of ptrace stops are not named, \
+             cgroup v2 freezes are not recognised"
         ));
         btf::IdentityOffsets {
             task_parent: 0,
             task_cred: 0,
             cred_uid: 0,
+            task_jobctl: 0,
         }
     });
-    let (task_parent_off, task_cred_off, cred_uid_off) = (
+    let (task_parent_off, task_cred_off, cred_uid_off, task_jobctl_off) = (
         u64::from(id.task_parent),
         u64::from(id.task_cred),
         u64::from(id.cred_uid),
+        u64::from(id.task_jobctl),
     );
     let net = btf::NetOffsets::from_btf(&kbtf);
     let net_vals: [u64; 15] = match &net {
@@ -341,6 +344,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("TASK_PARENT_OFF", &task_parent_off, true)
         .override_global("TASK_CRED_OFF", &task_cred_off, true)
         .override_global("CRED_UID_OFF", &cred_uid_off, true)
+        .override_global("TASK_JOBCTL_OFF", &task_jobctl_off, true)
         .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("SELF_TGID", &self_tgid, true)
