@@ -264,3 +264,49 @@ fn bpf_stats_are_sampled_by_default() {
         "BPF statistics setting not restored"
     );
 }
+
+/// Names of the BPF programs process `pid` holds (the kernel keeps 15 characters).
+fn program_names(pid: u32) -> BTreeSet<String> {
+    let ids = bpf_ids(pid).0;
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| ids.contains(&p.id()))
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect()
+}
+
+/// Any syscall tracepoint taxes every syscall on the host, so an operator can leave them off:
+/// then none of those programs is even loaded, and pausewatch says what that costs in features.
+#[test]
+fn syscall_tracepoints_can_be_left_off_and_say_what_is_lost() {
+    require_root();
+    let syscall_programs = [
+        "fsync_enter",
+        "sync_exit",
+        "clock_settime_e",
+        "adjtimex_enter",
+    ];
+    let with = Pausewatch::start(&[]);
+    let names = program_names(with.pid());
+    with.stop();
+    for p in syscall_programs {
+        assert!(names.contains(p), "{p} not loaded by default: {names:?}");
+    }
+    let without = Pausewatch::start(&["--no-syscall-tracepoints"]);
+    let names = program_names(without.pid());
+    let lines = without.stop();
+    for p in syscall_programs {
+        assert!(
+            !names.contains(p),
+            "{p} loaded with --no-syscall-tracepoints"
+        );
+    }
+    assert!(names.contains("sched_switch_bt"), "{names:?}");
+    assert!(
+        of_type(&lines, "notice").any(|n| n["event"] == "degraded"
+            && n["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("syscall tracepoints off"))),
+        "no notice says what is lost"
+    );
+}

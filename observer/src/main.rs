@@ -200,6 +200,7 @@ fn run_in(
             probe::cost::StatsMode::Sampled
         },
         max_processes: cli.max_processes,
+        syscall_tracepoints: !cli.no_syscall_tracepoints,
     })?;
 
     attached();

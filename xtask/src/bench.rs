@@ -672,6 +672,34 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
             }
         }
     }
+    // The untraced-syscall workload again, with the syscall tracepoints left off: what an
+    // operator who does not need fsync timing or clock-setter attribution pays.
+    if let Some(w) = WORKLOADS.iter().find(|w| w.kind == "untraced syscall") {
+        let name = format!("{} (--no-syscall-tracepoints)", w.name);
+        let alt = alternate(&name, rounds, |with_pw| {
+            Ok(if with_pw {
+                Observer::pausewatch(bin, &["--no-syscall-tracepoints"])?
+                    .around(|| time_workload(w))?
+                    .0
+                    .value
+            } else {
+                time_workload(w)?.value
+            })
+        })?;
+        s.body += &format!(
+            "\nThe same {} with `--no-syscall-tracepoints`: {:.3} s without pausewatch, {:.3} s with it, {}.\n",
+            w.name,
+            alt.without,
+            alt.with,
+            alt.slowdown.cell()
+        );
+        s.check(
+            "… the same with --no-syscall-tracepoints",
+            "≤ 1% (nothing measurable)",
+            format!("{:+.2}%", alt.slowdown.median * 100.0),
+            alt.slowdown.median <= 0.01,
+        );
+    }
     s.check(
         "agent CPU, context-switch benchmark",
         "≤ 10% of one core",

@@ -39,6 +39,9 @@ pub struct LoadOptions<'a> {
     pub attach: AttachMode,
     /// When BPF run-time statistics are on (and the empty calibration programs attached).
     pub stats: StatsMode,
+    /// Whether to attach the syscall tracepoints (fsync family, clock setters). Any syscall
+    /// tracepoint sends every syscall of every process through the kernel's tracing path.
+    pub syscall_tracepoints: bool,
     /// Entries of the kernel's per-process aggregate maps (`PROC_STATS`, `PROC_MEM`): as many
     /// processes as the agent keeps, so live ones do not evict each other.
     pub max_processes: u32,
@@ -418,8 +421,17 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             .notices
             .push(format!("TCP retransmissions not observed: {e}")),
     }
-    probes.attach_clock_syscalls();
-    probes.attach_memory(&aya_btf, &mem);
+    if opts.syscall_tracepoints {
+        probes.attach_clock_syscalls();
+    } else {
+        probes.notices.push(
+            "syscall tracepoints off (--no-syscall-tracepoints): fsync-family calls are not timed \
+             (their waits are still named from the kernel stack) and who changes the clock is not \
+             known (steps are still measured)"
+                .into(),
+        );
+    }
+    probes.attach_memory(&aya_btf, &mem, opts.syscall_tracepoints);
     // Process exits in ring order (a later process with the same pid is never taken for an
     // exited one) need sched_process_exit's `group_dead` argument (Linux 6.16+).
     if exit_has_group_dead {
@@ -554,7 +566,7 @@ impl Probes {
 
     /// Memory and disk pauses: fault brackets and major-fault accounting, reclaim and
     /// compaction stalls, the fsync family, block device latency.
-    fn attach_memory(&mut self, btf: &Btf, mem: &btf::MemOffsets) {
+    fn attach_memory(&mut self, btf: &Btf, mem: &btf::MemOffsets, syscalls: bool) {
         match (
             mem.missing(btf::MemGroup::Faults),
             mem.missing(btf::MemGroup::SyncFiles),
@@ -570,6 +582,9 @@ impl Probes {
             Some(e) => self.notices.push(format!(
                 "block device latency not observed (offsets not in BTF: {e})"
             )),
+        }
+        if !syscalls {
+            return;
         }
         if let Some(e) = mem.missing(btf::MemGroup::SyncFiles) {
             self.notices.push(format!(
