@@ -508,9 +508,26 @@ impl Observer {
         } else {
             libc::SIGTERM
         };
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, sig) };
-        let status = self.child.wait()?;
+        // bpftrace ignores a SIGINT that arrives while it is still attaching (seen once: the
+        // bench waited for it for minutes), so to it the signal is repeated every second
+        // (pausewatch gets one: it writes its summaries on the first); after 30 s the observer
+        // is killed (and the round fails on its status).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut signalled = false;
+        let status = loop {
+            if !signalled || self.bpftrace {
+                // SAFETY: signalling our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid as i32, sig) };
+                signalled = true;
+            }
+            if let Some(status) = wait_timeout(&mut self.child, Duration::from_secs(1))? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait()?;
+            }
+        };
         let got = got?;
         if !status.success() {
             bail!("{} exited with {status}", self.name());
@@ -673,31 +690,38 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         }
     }
     // The untraced-syscall workload again, with the syscall tracepoints left off: what an
-    // operator who does not need fsync timing or clock-setter attribution pays.
+    // operator who does not need fsync timing or clock-setter attribution pays. Judged on the
+    // workload's own CPU time: the tax is paid inside its syscalls, while its wall time also
+    // counts the agent's threads taking turns on its CPU (the agent's CPU has its own budget).
     if let Some(w) = WORKLOADS.iter().find(|w| w.kind == "untraced syscall") {
         let name = format!("{} (--no-syscall-tracepoints)", w.name);
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 2];
         let alt = alternate(&name, rounds, |with_pw| {
-            Ok(if with_pw {
+            let t = if with_pw {
                 Observer::pausewatch(bin, &["--no-syscall-tracepoints"])?
                     .around(|| time_workload(w))?
                     .0
-                    .value
             } else {
-                time_workload(w)?.value
-            })
+                time_workload(w)?
+            };
+            cpu[usize::from(with_pw)].push(t.cpu_s);
+            Ok(t.value)
         })?;
+        let cpu_slowdown = Slowdown::of(&cpu[0], &cpu[1]);
         s.body += &format!(
-            "\nThe same {} with `--no-syscall-tracepoints`: {:.3} s without pausewatch, {:.3} s with it, {}.\n",
+            "\nThe same {} with `--no-syscall-tracepoints`: wall time {:.3} s without pausewatch, {:.3} s \
+             with it, {}; its own CPU time {}.\n",
             w.name,
             alt.without,
             alt.with,
-            alt.slowdown.cell()
+            alt.slowdown.cell(),
+            cpu_slowdown.cell()
         );
         s.check(
-            "… the same with --no-syscall-tracepoints",
+            "… the same with --no-syscall-tracepoints (the workload's CPU time)",
             "≤ 1% (nothing measurable)",
-            format!("{:+.2}%", alt.slowdown.median * 100.0),
-            alt.slowdown.median <= 0.01,
+            format!("{:+.2}%", cpu_slowdown.median * 100.0),
+            cpu_slowdown.median <= 0.01,
         );
     }
     s.check(
@@ -773,6 +797,17 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
             net_ns as f64 / 1e6,
             net_ns as f64 / 1e9 / timed.cpu_s * 100.0
         );
+        if w.kind == "fault" {
+            // Issue 3's budget for the page-fault path, from the kernel's own statistics: the
+            // wall-time slowdown of this 0.6 s workload is at the mercy of the neighbours.
+            let share = net_ns as f64 / 1e9 / timed.cpu_s;
+            s.check(
+                "page-fault path: BPF run time (net) in the fault-heavy workload's CPU time",
+                "≤ 5%",
+                format!("{:.2}%", share * 100.0),
+                share <= 0.05,
+            );
+        }
         if let Some(f) = line["stats_floor_ns"].as_u64() {
             // Weighted like the programs: by sched_switch runs, which the floor program shares.
             let n = line["programs"]
@@ -858,4 +893,21 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     let bin = prepare()?;
     workloads(&bin, rounds)?.write("workloads", rounds)
+}
+
+/// The child's exit status if it exits within `timeout`.
+fn wait_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
