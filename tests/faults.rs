@@ -189,10 +189,10 @@ fn agent_map(agent: u32, name: &str) -> aya::maps::MapData {
     panic!("pausewatch has no map {name}");
 }
 
-/// Entries in the agent's map `name`.
-fn map_entries(agent: u32, name: &str) -> usize {
+/// Entries in the agent's hash map `name` of `V`.
+fn map_entries<V: aya::Pod>(agent: u32, name: &str) -> usize {
     use aya::maps::{HashMap, Map, MapData};
-    let map: HashMap<MapData, u32, observer_common::ProcStats> =
+    let map: HashMap<MapData, u32, V> =
         HashMap::try_from(Map::from_map_data(agent_map(agent, name)).unwrap()).unwrap();
     map.keys().count()
 }
@@ -203,7 +203,7 @@ fn map_entries(agent: u32, name: &str) -> usize {
 fn the_kernel_aggregates_are_sized_by_max_processes() {
     require_root();
     let pw = Pausewatch::start(&["--max-processes", "6000"]);
-    for name in ["PROC_STATS", "PROC_MEM"] {
+    for name in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS", "PROC_MEM"] {
         let info = agent_map(pw.pid(), name).info().unwrap();
         assert_eq!(info.max_entries(), 6000, "{name}");
     }
@@ -253,13 +253,13 @@ fn a_fork_storm_keeps_memory_and_maps_bounded() {
         threads += v["threads"].as_u64().unwrap();
     }
     std::thread::sleep(Duration::from_secs(2));
-    let kernel_entries = map_entries(pw.pid(), "PROC_STATS");
+    let kernel_entries = map_entries::<u32>(pw.pid(), "PROC_SLOTS");
     let live = processes_now();
     let late = rss_kib(pw.pid()).expect("the agent's VmRSS");
     let lines = pw.stop();
     let drops = of_type(&lines, "drops").last().unwrap();
     eprintln!(
-        "{children} processes, {threads} threads; agent RSS {early} KiB after 5 s, peak {peak} KiB, {late} KiB at the end; PROC_STATS {kernel_entries} entries with {live} processes alive; drops {drops}"
+        "{children} processes, {threads} threads; agent RSS {early} KiB after 5 s, peak {peak} KiB, {late} KiB at the end; PROC_SLOTS {kernel_entries} entries with {live} processes alive; drops {drops}"
     );
     assert!(children > 5_000, "the storm was too small to say anything");
     assert!(
@@ -488,4 +488,34 @@ fn exec_keeps_the_process_and_its_pauses() {
     assert_eq!(sums.len(), 1, "exec made a second process: {sums:?}");
     assert_eq!(sums[0]["comm"], "pw-after-exec", "{}", sums[0]);
     assert_eq!(sums[0]["stops"]["count"], 2, "{}", sums[0]);
+}
+
+/// More processes pausing at once than the kernel has aggregate slots: the surplus is counted
+/// (`sched_aggregate` drops), never more slots are taken than there are, and the slots of the
+/// processes that exit come back for the ones that follow.
+#[test]
+fn more_pausing_processes_than_slots_are_counted_and_slots_come_back() {
+    require_root();
+    let pw = Pausewatch::start(&["--max-processes", "64"]);
+    let w = run_workload(&["many-procs", "150", "4"]);
+    assert_eq!(w["children"], 150, "{w}");
+    let taken = map_entries::<u32>(pw.pid(), "PROC_SLOTS");
+    assert!(taken <= 64, "{taken} slots taken of 64");
+    // Two harvests retire the exited children and give their slots back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = run_workload(&["pingpong", "1", &test_cpu().to_string()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = pw.stop();
+    let drops = of_type(&lines, "drops").last().unwrap();
+    eprintln!("{taken} slots taken during the storm; drops {drops}");
+    assert!(
+        drops["kernel"]["sched_aggregate"].as_u64().unwrap() > 0,
+        "150 sleepers waking every second should not all have fit in 64 slots: {drops}"
+    );
+    let s = summary_of(&lines, after["pid"].as_u64().unwrap())
+        .expect("the process after the storm got a slot and a summary");
+    assert!(
+        s["episodes"]["count"].as_u64().unwrap() >= after["round_trips"].as_u64().unwrap(),
+        "{s} {after}"
+    );
 }

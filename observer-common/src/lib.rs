@@ -887,7 +887,9 @@ impl ComponentStats {
     };
 }
 
-/// In-kernel per-process aggregate, keyed by tgid in the `PROC_STATS` LRU hash.
+/// In-kernel per-process aggregate: a slot of the `PROC_STATS` array, found through the
+/// `PROC_SLOTS` hash (tgid → slot) and cached in each thread's task storage, so that a context
+/// switch reaches its process's aggregate by index instead of by a hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStats {
@@ -901,9 +903,12 @@ pub struct ProcStats {
     /// which process this entry belongs to. A pid reused before the agent retired the entry
     /// shows up as a different start time (0: unreadable).
     pub start_ns: u64,
+    /// The process whose slot this is; 0 while the slot is free.
+    pub tgid: u32,
+    pub _pad0: u32,
 }
 const _: () = assert!(
-    core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 32
+    core::mem::size_of::<ProcStats>() == NUM_STATS * core::mem::size_of::<ComponentStats>() + 40
 );
 
 impl ProcStats {
@@ -914,6 +919,8 @@ impl ProcStats {
         dropped_records: 0,
         comm: [0; TASK_COMM_LEN],
         start_ns: 0,
+        tgid: 0,
+        _pad0: 0,
     };
 }
 
@@ -954,8 +961,14 @@ pub struct ThreadState {
     pub block_addr: u64,
     pub block_ino: u64,
     pub block_pgoff: u64,
+    /// The thread's process aggregate: its `PROC_STATS` slot + 1 (0: not yet known) and that
+    /// slot's `start_ns` when it was found, which tell a slot since given to another process.
+    /// Kept across episodes in task storage (tp_btf); the raw_tp path looks it up every time.
+    pub agg_slot: u32,
+    pub _pad0: u32,
+    pub agg_start_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 112);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
 
 /// Trims a NUL-padded `comm` to its bytes.
 pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {

@@ -255,9 +255,8 @@ fn on_exec() {
     let comm = process_comm();
     // The process's aggregates carry the name it had when it first paused: after exec it is
     // another program (a shell that exec'd the workload), so the name follows.
-    if let Some(ps) = sched::PROC_STATS.get_ptr_mut(&tgid) {
-        // SAFETY: pointer into our own map value, valid for this invocation.
-        unsafe { (*ps).comm = comm };
+    if let Some(ps) = sched::existing_proc_stats(tgid) {
+        ps.comm = comm;
     }
     output::emit(
         ExecRecord { kind: RecordKind::Exec as u32, tgid, ts_mono_ns: sched::now(), comm },

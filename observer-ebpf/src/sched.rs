@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, Queue},
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
@@ -46,10 +46,20 @@ const TASK_FROZEN: u32 = 0x8000;
 /// the task.
 const JOBCTL_TRAP_FREEZE: u64 = 1 << 23;
 
-/// Per-process aggregates, keyed by tgid. LRU: on a host with more live processes than
-/// entries, the coldest are evicted (the agent harvests them every second, so little is lost).
+/// Per-process aggregates, one slot per process (`ProcStats::tgid` says whose). Sized by the
+/// agent (`--max-processes`), which also frees the slots of exited processes.
 #[map]
-pub(crate) static PROC_STATS: LruHashMap<u32, ProcStats> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static PROC_STATS: Array<ProcStats> = Array::with_max_entries(4096, 0);
+
+/// tgid → its `PROC_STATS` slot. Looked up once per thread (the slot is then cached in the
+/// thread's task storage) and by the agent, which deletes entries when it frees their slots.
+#[map]
+static PROC_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Free `PROC_STATS` slots, filled by the agent before the programs attach and refilled as it
+/// retires processes. Empty: a new process gets no aggregate (a `SchedAggregate` drop).
+#[map]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(4096, 0);
 
 /// Per CPU: the CPU's cumulative steal (`rq->prev_steal_time_rq`) at its first and last
 /// context switch; 0 until first read. The agent reads it at exit.
@@ -216,6 +226,9 @@ fn new_episode(ts: u64, tgid: u32, phase: Component, reason: EpisodeStart) -> Th
         block_addr: 0,
         block_ino: 0,
         block_pgoff: 0,
+        agg_slot: 0,
+        _pad0: 0,
+        agg_start_ns: 0,
     }
 }
 
@@ -413,8 +426,8 @@ fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64)
 /// CPUs can finish episodes of one process at once); `max` is a racy read-compare-write, which
 /// can lose a concurrent larger value but never produce an invalid one.
 #[inline(always)]
-fn aggregate<const D: bool>(st: &ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
-    let Some(ps) = proc_stats::<D>(st.tgid, next) else { return };
+fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, streamed: bool, dropped: bool) {
+    let Some(ps) = thread_proc_stats::<D>(st, next) else { return };
     if dropped {
         counters::atomic_add(&mut ps.dropped_records, 1);
     }
@@ -454,11 +467,15 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let start_ns = task::leader_start::<true>(task);
-    match PROC_STATS.get_ptr_mut(&tgid) {
+    // SAFETY: read-only lookup of a u32.
+    let slot = unsafe { PROC_SLOTS.get(&tgid) }.and_then(|&slot| PROC_STATS.get_ptr_mut(slot));
+    match slot {
         // The name the process ends with (it may have renamed itself after the episodes that
         // refreshed the aggregate's name), for its summary.
         // SAFETY: pointer into our own map value, valid for this invocation.
-        Some(ps) if unsafe { (*ps).start_ns } == start_ns => unsafe { (*ps).comm = task::leader_comm::<true>(task) },
+        Some(ps) if unsafe { (*ps).tgid == tgid && (*ps).start_ns == start_ns } => unsafe {
+            (*ps).comm = task::leader_comm::<true>(task)
+        },
         Some(_) => {}
         None if memory::has_aggregate(tgid) => {}
         None => return 0,
@@ -467,44 +484,116 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The aggregate of process `tgid`, created (named after `task`'s group leader) on first use.
-/// An entry left by an earlier process with the same pid (reused before the agent retired it)
-/// is replaced, and what the agent had not yet read of it counted as a `PidReuse` drop. None,
-/// counted as a drop, when the map is full of entries being updated.
+/// The aggregate slot of process `tgid` (named after `task`'s group leader), taken from
+/// `FREE_SLOTS` on first use. A slot left by an earlier process with the same pid (reused
+/// before the agent retired it) is taken over, and what the agent had not yet read of it
+/// counted as a `PidReuse` drop. None, counted as a drop, when no slot is free.
 #[inline(always)]
-fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+fn proc_slot<const D: bool>(tgid: u32, task: TaskPtr) -> Option<(u32, &'static mut ProcStats)> {
     let start = task::leader_start::<D>(task);
-    if let Some(p) = PROC_STATS.get_ptr_mut(&tgid) {
-        // SAFETY: pointer into our own map value, valid for this program invocation.
-        let known = unsafe { (*p).start_ns };
-        if known == start || known == 0 || start == 0 {
-            // SAFETY: as above (the 'static is the verifier's lifetime of a map value, not a
-            // promise to keep it longer).
-            return Some(unsafe { &mut *p });
+    // SAFETY: read-only lookup of a u32.
+    if let Some(&slot) = unsafe { PROC_SLOTS.get(&tgid) } {
+        if let Some(p) = PROC_STATS.get_ptr_mut(slot) {
+            // SAFETY: pointer into our own map value, valid for this program invocation (the
+            // 'static is the verifier's lifetime of a map value, not a promise to keep it).
+            let ps = unsafe { &mut *p };
+            if ps.tgid == tgid {
+                if ps.start_ns != start && ps.start_ns != 0 && start != 0 {
+                    output::count_drop(DropCause::PidReuse);
+                    init_slot::<D>(slot, tgid, start, task)?;
+                }
+                return Some((slot, ps));
+            }
         }
-        // Another CPU may have replaced it already; then this deletes the new entry, and the
-        // insert below recreates it (losing at most that CPU's one episode).
-        let _ = PROC_STATS.remove(&tgid);
-        output::count_drop(DropCause::PidReuse);
+        // A stale entry (its slot was freed meanwhile): replaced below.
     }
+    let Ok(Some(slot)) = FREE_SLOTS.pop() else {
+        output::count_drop(DropCause::SchedAggregate);
+        return None;
+    };
+    init_slot::<D>(slot, tgid, start, task)?;
+    if PROC_SLOTS.insert(&tgid, &slot, BPF_NOEXIST as u64).is_err() {
+        // Another CPU gave the process a slot meanwhile (use theirs, give ours back), or the
+        // entry is stale (take it over).
+        // SAFETY: read-only lookup of a u32.
+        if let Some(&theirs) = unsafe { PROC_SLOTS.get(&tgid) } {
+            if let Some(p) = PROC_STATS.get_ptr_mut(theirs) {
+                // SAFETY: as above.
+                let ps = unsafe { &mut *p };
+                if ps.tgid == tgid {
+                    free_slot(slot);
+                    return Some((theirs, ps));
+                }
+            }
+        }
+        if PROC_SLOTS.insert(&tgid, &slot, 0).is_err() {
+            free_slot(slot);
+            output::count_drop(DropCause::SchedAggregate);
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    PROC_STATS.get_ptr_mut(slot).map(|p| (slot, unsafe { &mut *p }))
+}
+
+/// Makes `slot` the empty aggregate of process `tgid` started at `start`.
+#[inline(always)]
+fn init_slot<const D: bool>(slot: u32, tgid: u32, start: u64, task: TaskPtr) -> Option<()> {
     let init = PROC_STATS_INIT.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm` and
-    // `start_ns` are ever written, so its counters stay zero.
+    // SAFETY: per-CPU scratch slot owned by this program invocation; only `comm`, `start_ns`
+    // and `tgid` are ever written, so its counters stay zero.
     unsafe {
         (*init).comm = task::leader_comm::<D>(task);
         (*init).start_ns = start;
+        (*init).tgid = tgid;
+        PROC_STATS.set(slot, &*init, 0).ok()
     }
-    // NOEXIST: another CPU may have created the entry meanwhile; then we use theirs.
-    // SAFETY: `init` points to a valid ProcStats in the per-CPU array.
-    let _ = PROC_STATS.insert(&tgid, unsafe { &*init }, BPF_NOEXIST as u64);
-    match PROC_STATS.get_ptr_mut(&tgid) {
-        // SAFETY: as above.
-        Some(p) => Some(unsafe { &mut *p }),
-        None => {
-            output::count_drop(DropCause::SchedAggregate);
-            None
+}
+
+/// Gives an unused slot back (marked free first, so no cached reference matches it).
+#[inline(always)]
+fn free_slot(slot: u32) {
+    if let Some(p) = PROC_STATS.get_ptr_mut(slot) {
+        // SAFETY: pointer into our own map value.
+        unsafe { (*p).tgid = 0 };
+    }
+    let _ = FREE_SLOTS.push(slot, 0);
+}
+
+/// The aggregate of process `tgid` if it has one (no slot is taken).
+#[inline(always)]
+pub fn existing_proc_stats(tgid: u32) -> Option<&'static mut ProcStats> {
+    // SAFETY: read-only lookup of a u32.
+    let slot = *unsafe { PROC_SLOTS.get(&tgid) }?;
+    // SAFETY: pointer into our own map value, valid for this program invocation.
+    let ps = unsafe { &mut *PROC_STATS.get_ptr_mut(slot)? };
+    (ps.tgid == tgid).then_some(ps)
+}
+
+/// The aggregate of process `tgid`, without a thread's cached slot.
+#[inline(always)]
+fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+    proc_slot::<D>(tgid, task).map(|(_, ps)| ps)
+}
+
+/// The aggregate of the process of the thread whose episode is `st` (task `task`): through the
+/// slot cached in its task storage when that slot is still its process's, else looked up and
+/// cached.
+#[inline(always)]
+fn thread_proc_stats<const D: bool>(st: &mut ThreadState, task: TaskPtr) -> Option<&'static mut ProcStats> {
+    if D && st.agg_slot != 0 {
+        if let Some(p) = PROC_STATS.get_ptr_mut(st.agg_slot - 1) {
+            // SAFETY: pointer into our own map value, valid for this program invocation.
+            let ps = unsafe { &mut *p };
+            if ps.tgid == st.tgid && ps.start_ns == st.agg_start_ns {
+                return Some(ps);
+            }
         }
     }
+    let (slot, ps) = proc_slot::<D>(st.tgid, task)?;
+    st.agg_slot = slot + 1;
+    st.agg_start_ns = ps.start_ns;
+    Some(ps)
 }
 
 /// The hypervisor steal this CPU accrued since its previous context switch, which the caller

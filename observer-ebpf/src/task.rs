@@ -5,9 +5,7 @@
 //!   checks the offset against the struct's BTF (the offsets are constants from frozen .rodata)
 //!   and emits a fault-tolerant PROBE_MEM load. No helper call: the cheapest read there is.
 //! - raw_tp programs receive untyped pointers and must go through bpf_probe_read_kernel.
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated};
 use observer_common::{TASK_COMM_LEN, TaskId};
 
 use crate::config;
@@ -29,9 +27,23 @@ pub fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T>
         // of faulting) after checking the access lies within a task_struct member.
         Some(unsafe { core::ptr::read_volatile(p) })
     } else {
+        // On failure the helper zero-fills `v` (kernel/trace/bpf_trace.c), and a zero reads as
+        // "none" to every caller (tid 0 is the idle task, null pointers and zero clocks are
+        // filtered), so the result is not tested here. Testing it made LLVM compute on the
+        // unloaded value on the failure path (a branchless `Some(v) if v != 0`), a read of a
+        // never-written register that the verifier rejects.
+        // SAFETY: a zeroed T is a valid value for the plain integers and pointers read here.
+        let mut v: T = unsafe { core::mem::zeroed() };
         // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
         // address yields an error, never a fault. The offset comes from the running kernel's BTF.
-        unsafe { bpf_probe_read_kernel(p).ok() }
+        unsafe {
+            generated::bpf_probe_read_kernel(
+                core::ptr::from_mut(&mut v).cast(),
+                core::mem::size_of::<T>() as u32,
+                p.cast(),
+            )
+        };
+        Some(v)
     }
 }
 

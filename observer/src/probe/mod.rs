@@ -319,7 +319,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
     let mut loader = EbpfLoader::new();
-    for map in ["PROC_STATS", "PROC_MEM"] {
+    for map in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS", "PROC_MEM"] {
         loader.map_max_entries(map, opts.max_processes);
     }
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
@@ -353,6 +353,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("SELF_TGID", &self_tgid, true)
         .load(OBJECT)
         .context("loading the eBPF object into the kernel")?;
+    crate::source::harvest::fill_free_slots(&mut ebpf)?;
 
     if !opts.pids.is_empty() {
         let mut watched: BpfHashMap<&mut MapData, u32, u8> =

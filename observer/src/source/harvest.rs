@@ -1,16 +1,44 @@
-//! Periodic reads of the in-kernel aggregates and drop counters.
+//! Periodic reads of the in-kernel aggregates and drop counters, and the freeing of the
+//! aggregate slots of processes that are gone (or, when slots run short, quiet).
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue},
 };
-use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, comm_bytes};
+use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, STAT_EPISODE, comm_bytes};
 
 pub struct Harvester {
-    procs: BpfHashMap<MapData, u32, ProcStats>,
+    /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose).
+    procs: Array<MapData, ProcStats>,
+    /// tgid → slot.
+    slots: BpfHashMap<MapData, u32, u32>,
+    /// Slots the kernel programs may take.
+    free: Queue<MapData, u32>,
     mem: BpfHashMap<MapData, u32, ProcMem>,
     drops: PerCpuArray<MapData, u64>,
     cpu_steal: PerCpuArray<MapData, CpuSteal>,
+    /// Per process with a slot: its episode count at the last harvest and how many harvests in
+    /// a row it has not moved, which picks the slots to free when they run short.
+    quiet: HashMap<u32, (u64, u32)>,
+}
+
+/// Puts every slot of `PROC_STATS` in `FREE_SLOTS`: before the programs attach, so none finds
+/// the queue empty.
+pub fn fill_free_slots(ebpf: &mut Ebpf) -> anyhow::Result<u32> {
+    let n =
+        Array::<_, ProcStats>::try_from(ebpf.map("PROC_STATS").context("map PROC_STATS missing")?)?
+            .len();
+    let mut free: Queue<_, u32> = Queue::try_from(
+        ebpf.map_mut("FREE_SLOTS")
+            .context("map FREE_SLOTS missing")?,
+    )?;
+    for slot in 0..n {
+        free.push(slot, 0)
+            .with_context(|| format!("filling the free aggregate slots ({slot} of {n})"))?;
+    }
+    Ok(n)
 }
 
 /// One read of the kernel's aggregates.
@@ -25,13 +53,23 @@ pub struct Harvest {
     pub retired: Vec<u32>,
     /// Ring-buffer and aggregate drops per `DropCause`, summed over CPUs.
     pub drops: [u64; NUM_DROP_CAUSES],
+    /// Slots of quiet live processes freed because few were left.
+    pub evicted: u64,
 }
 
 impl Harvester {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let procs = BpfHashMap::try_from(
+        let procs = Array::try_from(
             ebpf.take_map("PROC_STATS")
                 .context("map PROC_STATS missing")?,
+        )?;
+        let slots = BpfHashMap::try_from(
+            ebpf.take_map("PROC_SLOTS")
+                .context("map PROC_SLOTS missing")?,
+        )?;
+        let free = Queue::try_from(
+            ebpf.take_map("FREE_SLOTS")
+                .context("map FREE_SLOTS missing")?,
         )?;
         let mem = BpfHashMap::try_from(ebpf.take_map("PROC_MEM").context("map PROC_MEM missing")?)?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("map DROPS missing")?)?;
@@ -41,10 +79,31 @@ impl Harvester {
         )?;
         Ok(Self {
             procs,
+            slots,
+            free,
             mem,
             drops,
             cpu_steal,
+            quiet: HashMap::new(),
         })
+    }
+
+    /// The aggregate in `slot` if it is still process `tgid`'s.
+    fn read(&self, tgid: u32, slot: u32) -> Option<ProcStats> {
+        self.procs.get(&slot, 0).ok().filter(|s| s.tgid == tgid)
+    }
+
+    /// Frees the slot of process `tgid` (read for the last time by the caller): the index entry
+    /// goes first, so no program finds the slot through it, then the slot is emptied (a thread
+    /// that cached it sees it is no longer its process's) and given back.
+    fn release(&mut self, tgid: u32, slot: u32) {
+        self.quiet.remove(&tgid);
+        if self.slots.get(&tgid, 0).ok() != Some(slot) || self.slots.remove(&tgid).is_err() {
+            return;
+        }
+        if self.procs.set(slot, ProcStats::ZERO, 0).is_ok() {
+            let _ = self.free.push(slot, 0);
+        }
     }
 
     /// The scheduler's steal clock per CPU (index = CPU) at the first and latest context switch
@@ -71,18 +130,19 @@ impl Harvester {
             retired: vec![tgid],
             ..Default::default()
         };
-        let stats = self.procs.get(&tgid, 0).ok();
+        let slot = self.slots.get(&tgid, 0).ok();
+        let stats = slot.and_then(|slot| self.read(tgid, slot));
         if stats.is_some_and(|s| start_ns != 0 && s.start_ns > start_ns) {
             return h;
         }
-        if let Some(stats) = stats {
+        if let (Some(stats), Some(slot)) = (stats, slot) {
             apply(
                 tgid,
                 &String::from_utf8_lossy(comm_bytes(&stats.comm)),
                 &stats,
             );
             h.procs.push(tgid);
-            let _ = self.procs.remove(&tgid);
+            self.release(tgid, slot);
         }
         if let Ok(m) = self.mem.get(&tgid, 0) {
             h.mem.push((tgid, m));
@@ -91,20 +151,35 @@ impl Harvester {
         h
     }
 
-    /// Reads every aggregate, handing each process's to `apply` as it is read; entries of
-    /// processes that no longer exist are deleted after this final read, which frees their
-    /// LRU slot for live processes.
+    /// Reads every aggregate, handing each process's to `apply` as it is read; the slots of
+    /// processes that no longer exist are freed after this final read, and when fewer than an
+    /// eighth of the slots are free, those of the processes quiet longest too (their totals are
+    /// kept by the caller; a process that pauses again gets a fresh slot, which the process
+    /// table folds in as a reset).
     pub fn collect(&mut self, mut apply: impl FnMut(u32, &str, &ProcStats)) -> Harvest {
         let mut h = Harvest::default();
-        // Entries can be deleted by LRU eviction while we iterate: a failed lookup of one key
-        // is skipped, not fatal.
-        for (tgid, stats) in self.procs.iter().flatten() {
+        // Entries can be deleted by the programs (a stale one replaced) while we iterate: a
+        // failed lookup of one key is skipped, not fatal.
+        let index: HashMap<u32, u32> = self.slots.iter().flatten().collect();
+        let mut live: Vec<(u32, u32, u32)> = Vec::with_capacity(index.len());
+        for (&tgid, &slot) in &index {
+            let Some(stats) = self.read(tgid, slot) else {
+                continue;
+            };
             apply(
                 tgid,
                 &String::from_utf8_lossy(comm_bytes(&stats.comm)),
                 &stats,
             );
             h.procs.push(tgid);
+            let count = stats.stats[STAT_EPISODE].count;
+            let q = self.quiet.entry(tgid).or_insert((count, 0));
+            *q = if q.0 == count {
+                (count, q.1 + 1)
+            } else {
+                (count, 0)
+            };
+            live.push((tgid, slot, q.1));
         }
         h.mem.extend(self.mem.iter().flatten());
         let mut seen: Vec<u32> = h
@@ -121,14 +196,59 @@ impl Harvester {
             }
         }
         for tgid in &h.retired {
-            let _ = self.procs.remove(tgid);
+            if let Some(&slot) = index.get(tgid) {
+                self.release(*tgid, slot);
+            }
             let _ = self.mem.remove(tgid);
         }
+        let retired: std::collections::HashSet<u32> = h.retired.iter().copied().collect();
+        live.retain(|(tgid, _, _)| !retired.contains(tgid));
+        for (tgid, slot) in slots_to_free(live, self.procs.len() as usize) {
+            self.release(tgid, slot);
+            h.evicted += 1;
+        }
+        self.quiet.retain(|tgid, _| index.contains_key(tgid));
         for (i, slot) in h.drops.iter_mut().enumerate() {
             if let Ok(values) = self.drops.get(&(i as u32), 0) {
                 *slot = values.iter().sum();
             }
         }
         h
+    }
+}
+
+/// Which of the `live` slots (tgid, slot, harvests without a new episode) to free when more
+/// than seven eighths of `capacity` are taken: the quietest first, down to three quarters,
+/// never one whose process paused since the last harvest.
+fn slots_to_free(mut live: Vec<(u32, u32, u32)>, capacity: usize) -> Vec<(u32, u32)> {
+    if live.len() * 8 <= capacity * 7 {
+        return Vec::new();
+    }
+    let excess = live.len() - capacity * 3 / 4;
+    live.sort_unstable_by_key(|&(tgid, _, quiet)| (std::cmp::Reverse(quiet), tgid));
+    live.into_iter()
+        .filter(|&(_, _, quiet)| quiet > 0)
+        .take(excess)
+        .map(|(tgid, slot, _)| (tgid, slot))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slots_to_free;
+
+    #[test]
+    fn slots_are_freed_only_when_short_and_quietest_first() {
+        let live = |n: u32, quiet: &dyn Fn(u32) -> u32| -> Vec<(u32, u32, u32)> {
+            (0..n).map(|i| (1000 + i, i, quiet(i))).collect()
+        };
+        // 7/8 of 64 taken: nothing to do.
+        assert!(slots_to_free(live(56, &|_| 5), 64).is_empty());
+        // 60 of 64: down to 48, quietest first.
+        let freed = slots_to_free(live(60, &|i| i % 10), 64);
+        assert_eq!(freed.len(), 12);
+        assert!(freed.iter().all(|&(_, slot)| slot % 10 >= 8), "{freed:?}");
+        // Processes that all paused since the last harvest keep their slots.
+        assert!(slots_to_free(live(64, &|_| 0), 64).is_empty());
     }
 }
