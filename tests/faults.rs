@@ -376,7 +376,17 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
     signal(busy.id(), libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(200));
     std::fs::remove_file(&filler).unwrap();
+    // The notice goes out with the first line written after the room came back; a stopped
+    // loop makes none, so it is let run for a moment every second (a few signal, stop and
+    // pause lines) until the notice is there.
+    let mut poked = std::time::Instant::now();
     wait_until("the loss was written down", Duration::from_secs(15), || {
+        if poked.elapsed() >= Duration::from_secs(1) {
+            signal(busy.id(), libc::SIGCONT);
+            std::thread::sleep(Duration::from_millis(5));
+            signal(busy.id(), libc::SIGSTOP);
+            poked = std::time::Instant::now();
+        }
         read().contains("\"event\":\"output_failed\"")
     });
     signal(pw.id(), libc::SIGTERM);
