@@ -53,8 +53,6 @@ pub struct Harvest {
     pub retired: Vec<u32>,
     /// Ring-buffer and aggregate drops per `DropCause`, summed over CPUs.
     pub drops: [u64; NUM_DROP_CAUSES],
-    /// Slots of quiet live processes freed because few were left.
-    pub evicted: u64,
 }
 
 impl Harvester {
@@ -205,7 +203,6 @@ impl Harvester {
         live.retain(|(tgid, _, _)| !retired.contains(tgid));
         for (tgid, slot) in slots_to_free(live, self.procs.len() as usize) {
             self.release(tgid, slot);
-            h.evicted += 1;
         }
         self.quiet.retain(|tgid, _| index.contains_key(tgid));
         for (i, slot) in h.drops.iter_mut().enumerate() {

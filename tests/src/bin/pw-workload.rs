@@ -420,9 +420,11 @@ fn read_file(path: &str) {
     );
 }
 
-fn touch_anon(mib: usize) {
-    let len = mib << 20;
-    // SAFETY: a fresh private anonymous mapping, written only inside its bounds, then unmapped.
+/// A fresh private anonymous mapping of `len` bytes without huge pages (one fault per 4 KiB
+/// page); it lives until unmapped or the process exits.
+fn anon_mapping(len: usize) -> *mut u8 {
+    // SAFETY: mmap of a fresh anonymous region (no existing memory is affected), and madvise on
+    // exactly that region.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -439,10 +441,19 @@ fn touch_anon(mib: usize) {
             std::io::Error::last_os_error()
         );
         assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
+        p.cast::<u8>()
+    }
+}
+
+fn touch_anon(mib: usize) {
+    let len = mib << 20;
+    let p = anon_mapping(len);
+    // SAFETY: written only inside the mapping, then unmapped.
+    unsafe {
         for off in (0..len).step_by(4096) {
-            std::ptr::write_volatile(p.cast::<u8>().add(off), 1);
+            std::ptr::write_volatile(p.add(off), 1);
         }
-        libc::munmap(p, len);
+        libc::munmap(p.cast(), len);
     }
     println!(
         "{}",
@@ -456,26 +467,7 @@ fn swap_anon(mib: usize) {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).unwrap();
     };
-    // SAFETY: a fresh private anonymous mapping, touched only inside its bounds; it lives until
-    // the process exits.
-    let p = unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
-        p.cast::<u8>()
-    };
+    let p = anon_mapping(len);
     for off in (0..len).step_by(4096) {
         // SAFETY: inside the mapping. Non-zero: an all-zero page is never written to swap.
         unsafe { std::ptr::write_volatile(p.add(off), (off >> 12) as u8 | 1) };
