@@ -121,8 +121,15 @@ fn memory_lines(st: &AgentState) -> Vec<String> {
             .map(|&r| format!("{} {}", r.name(), fmt_ns(m.blocked[r as usize].total_ns)))
             .collect();
         let faults = if m.major_file + m.major_swap > 0 {
+            // The thread that took most of them, when the process has several that faulted.
+            let top = p
+                .thread_faults
+                .first()
+                .filter(|t| t.major > 0 && p.thread_faults.len() > 1)
+                .map(|t| format!("; thread {} ({}) took {}", t.tid, t.comm, t.major))
+                .unwrap_or_default();
             format!(
-                " ({} major faults on files, {} swap-ins)",
+                " ({} major faults on files, {} swap-ins{top})",
                 m.major_file, m.major_swap
             )
         } else {
@@ -402,6 +409,41 @@ pub(crate) mod tests {
         assert!(t.contains("host freeze 2.00s"), "{t}");
         assert!(
             t.contains("clock stepped back 1.50s (cause not seen)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn names_the_thread_that_took_most_major_faults() {
+        use crate::model::memory::{MemTotals, Stall, ThreadFaults};
+        let mut st = state();
+        let mut m = MemTotals {
+            major_swap: 900,
+            ..Default::default()
+        };
+        m.blocked[BlockReason::Swapin as usize] = Stall {
+            count: 900,
+            total_ns: 2_000_000_000,
+            max_ns: 9_000_000,
+        };
+        let thread = |tid: u32, comm: &str, major: u64| ThreadFaults {
+            tid,
+            comm: comm.into(),
+            minor: 10,
+            major,
+        };
+        st.table.apply_mem(
+            4242,
+            &m,
+            None,
+            vec![
+                thread(4242, "postgres", 0),
+                thread(4250, "pg-walwriter", 850),
+            ],
+        );
+        let t = text_of(&st);
+        assert!(
+            t.contains("900 swap-ins; thread 4250 (pg-walwriter) took 850)"),
             "{t}"
         );
     }
