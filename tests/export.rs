@@ -594,10 +594,12 @@ fn the_schema_rejects_lines_that_break_it() {
 #[test]
 fn a_stalled_consumer_costs_counted_lines_not_kernel_events() {
     require_root();
-    let mut busy = Command::new("sh")
-        .args(["-c", "while :; do /bin/true; done"])
-        .spawn()
-        .unwrap();
+    let mut busy = Reaped(
+        Command::new("sh")
+            .args(["-c", "while :; do /bin/true; done"])
+            .spawn()
+            .unwrap(),
+    );
     let mut pw = Command::new(pausewatch_bin())
         .args([
             "--json",

@@ -329,10 +329,13 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
     let rec = fs.0.join("rec.ndjson");
     // Only the busy loop is watched, so that once it is stopped the lines stop too and the
     // room freed later stays free for the end-of-run lines.
-    let mut busy = Command::new("sh")
-        .args(["-c", "while :; do /bin/true; done"])
-        .spawn()
-        .unwrap();
+    // Reaped: a failure below must not leave the agent holding the small file system.
+    let busy = Reaped(
+        Command::new("sh")
+            .args(["-c", "while :; do /bin/true; done"])
+            .spawn()
+            .unwrap(),
+    );
     let mut pw = Command::new(pausewatch_bin())
         .args(["--min-pause", "1us", "--control-period", "0s", "--pid"])
         .arg(busy.id().to_string())
@@ -342,6 +345,7 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     {
@@ -391,7 +395,7 @@ fn a_full_disk_costs_counted_lines_and_never_a_torn_one() {
     });
     signal(pw.id(), libc::SIGTERM);
     let status = pw.wait().unwrap();
-    let _ = (busy.kill(), busy.wait());
+    drop(busy);
     std::thread::sleep(Duration::from_millis(200));
     let stderr = stderr.lock().unwrap().clone();
     assert!(status.success(), "{status}: {stderr}");

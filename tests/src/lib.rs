@@ -248,6 +248,17 @@ impl Pausewatch {
     }
 }
 
+/// A test that fails before `stop` leaves no agent running: one left behind attaches its
+/// probes to what later tests start (it raised a USDT semaphore in a later test once).
+impl Drop for Pausewatch {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// NDJSON text as values; a line that is not JSON fails the test, naming it.
 pub fn parse_ndjson(text: &str) -> Vec<Value> {
     text.lines()
@@ -527,5 +538,31 @@ impl Sysctl {
 impl Drop for Sysctl {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.path, &self.old);
+    }
+}
+
+/// A child process killed and reaped when dropped, so a test that fails early leaves nothing
+/// running (an agent left behind attaches to what later tests start, and holds their files).
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
 }
