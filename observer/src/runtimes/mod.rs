@@ -99,8 +99,11 @@ pub struct Notice {
     pub path: Option<String>,
 }
 
-/// A check that is due: (due time on CLOCK_MONOTONIC, pid, attempt index).
-type Check = Reverse<(u64, u32, usize)>;
+/// A check that is due: (due time on CLOCK_MONOTONIC, pid, attempt index, the process's start
+/// time in clock ticks as first seen, 0 before the first look). Later looks at a pid whose
+/// start time changed are dropped: the process is gone and its pid reused (an exec storm
+/// turns pids over within the schedule's seconds, and with `--pid` the reuser is not watched).
+type Check = Reverse<(u64, u32, usize, u64)>;
 
 #[derive(Default)]
 pub struct RuntimeWatcher {
@@ -123,6 +126,14 @@ fn proc_comm(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// When process `pid` started (/proc/<pid>/stat starttime, clock ticks since boot).
+fn proc_start(pid: u32) -> Option<u64> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
+}
+
 fn file_id(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
@@ -141,27 +152,27 @@ impl RuntimeWatcher {
         };
         let me = std::process::id();
         for pid in all.into_iter().filter(|&p| p != me) {
-            self.schedule(now_ns, pid, CHECK_GAPS_MS.len() - 1);
+            self.schedule(now_ns, pid, CHECK_GAPS_MS.len() - 1, 0);
         }
     }
 
     /// A process exec'd: look at its new image over the next seconds.
     pub fn on_exec(&mut self, now_ns: u64, pid: u32) {
         self.reported.remove(&pid);
-        self.schedule(now_ns, pid, 0);
+        self.schedule(now_ns, pid, 0, 0);
     }
 
-    fn schedule(&mut self, due_ns: u64, pid: u32, attempt: usize) {
+    fn schedule(&mut self, due_ns: u64, pid: u32, attempt: usize, start: u64) {
         if self.pending.len() >= MAX_PENDING {
             self.checks_skipped += 1;
             return;
         }
-        self.pending.push(Reverse((due_ns, pid, attempt)));
+        self.pending.push(Reverse((due_ns, pid, attempt, start)));
     }
 
     /// When the next check is due (CLOCK_MONOTONIC ns).
     pub fn next_due_ns(&self) -> Option<u64> {
-        self.pending.peek().map(|Reverse((due, _, _))| *due)
+        self.pending.peek().map(|Reverse((due, ..))| *due)
     }
 
     /// Runs the checks due at `now_ns` (at most `CHECKS_PER_CALL`), attaching probes to new
@@ -170,13 +181,13 @@ impl RuntimeWatcher {
         let mut notices = Vec::new();
         for _ in 0..CHECKS_PER_CALL {
             match self.pending.peek() {
-                Some(Reverse((due, _, _))) if *due <= now_ns => {}
+                Some(Reverse((due, ..))) if *due <= now_ns => {}
                 _ => break,
             }
-            let Some(Reverse((_, pid, attempt))) = self.pending.pop() else {
+            let Some(Reverse((_, pid, attempt, start))) = self.pending.pop() else {
                 break;
             };
-            self.check(now_ns, pid, attempt, ebpf, &mut notices);
+            self.check(now_ns, pid, attempt, start, ebpf, &mut notices);
         }
         notices
     }
@@ -192,12 +203,17 @@ impl RuntimeWatcher {
         now_ns: u64,
         pid: u32,
         attempt: usize,
+        start: u64,
         ebpf: &mut Ebpf,
         notices: &mut Vec<Notice>,
     ) {
         if self.reported.contains_key(&pid) {
             return;
         }
+        // Gone, or another process with the same pid.
+        let Some(now_start) = proc_start(pid).filter(|&s| start == 0 || s == start) else {
+            return;
+        };
         let exe_link = PathBuf::from(format!("/proc/{pid}/exe"));
         // Kernel threads have no executable; a process that exited has no /proc entry.
         let Some(exe_id) = file_id(&exe_link) else {
@@ -237,9 +253,15 @@ impl RuntimeWatcher {
                 now_ns + CHECK_GAPS_MS[attempt + 1] * 1_000_000,
                 pid,
                 attempt + 1,
+                now_start,
             );
         } else if attempt == 0 {
-            self.schedule(now_ns + KNOWN_PLAIN_DELAY_MS * 1_000_000, pid, last);
+            self.schedule(
+                now_ns + KNOWN_PLAIN_DELAY_MS * 1_000_000,
+                pid,
+                last,
+                now_start,
+            );
         }
     }
 
@@ -625,13 +647,29 @@ mod tests {
     }
 
     #[test]
+    fn a_process_is_told_from_a_later_one_with_its_pid_by_its_start_time() {
+        let me = std::process::id();
+        let started = proc_start(me).expect("our own start time");
+        assert_eq!(proc_start(me), Some(started), "stable for one process");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let theirs = proc_start(child.id()).unwrap();
+        let _ = (child.kill(), child.wait());
+        assert!(theirs >= started, "a later process starts later");
+        // Pids are handed out in increasing order, so the freed one is not taken again at once.
+        assert_eq!(proc_start(child.id()), None, "a reaped process has none");
+    }
+
+    #[test]
     fn schedule_is_bounded_and_ordered() {
         let mut w = RuntimeWatcher::default();
         w.on_exec(500, 2);
         w.on_exec(100, 1);
         assert_eq!(w.next_due_ns(), Some(100));
         for i in 0..MAX_PENDING {
-            w.schedule(1_000 + i as u64, 3, 1);
+            w.schedule(1_000 + i as u64, 3, 1, 0);
         }
         assert_eq!(
             w.checks_skipped, 2,
