@@ -42,8 +42,8 @@ pub struct LoadOptions<'a> {
     /// Whether to attach the syscall tracepoints (fsync family, clock setters). Any syscall
     /// tracepoint sends every syscall of every process through the kernel's tracing path.
     pub syscall_tracepoints: bool,
-    /// Entries of the kernel's per-process aggregate maps (`PROC_STATS`, `PROC_MEM`): as many
-    /// processes as the agent keeps, so live ones do not evict each other.
+    /// The agent's table bound (`--max-processes`): the kernel has twice as many aggregate
+    /// slots (`PROC_STATS`) and as many memory aggregates (`PROC_MEM`).
     pub max_processes: u32,
 }
 
@@ -319,9 +319,13 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
     let mut loader = EbpfLoader::new();
-    for map in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS", "PROC_MEM"] {
-        loader.map_max_entries(map, opts.max_processes);
+    // Twice the table's bound in aggregate slots: a slot is held by every process that pauses,
+    // from its first pause until the agent retires it, so more live processes than the table
+    // keeps (it lets the least-paused go) still have their pauses counted.
+    for map in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS"] {
+        loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
     }
+    loader.map_max_entries("PROC_MEM", opts.max_processes);
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
         loader.override_global(name, v, true);
     }
