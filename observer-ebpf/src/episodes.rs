@@ -104,9 +104,9 @@ pub fn start_in<const DIRECT: bool>(slot: Option<*mut ThreadState>, tid: u32, st
     if DIRECT {
         if let Some(p) = slot {
             // SAFETY: pointer into this task's own storage; updates of one thread's episode are
-            // serialised by the runqueue lock held around sched_switch and try_to_wake_up. The
-            // thread's aggregate slot outlives its episodes.
-            // Everything before `agg_slot` is the episode; the cached slot after it stays.
+            // serialised by the runqueue lock held around sched_switch and try_to_wake_up.
+            // Everything before `agg_slot` is the episode; the thread's cached aggregate slot
+            // after it outlives its episodes.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     core::ptr::from_ref(st).cast::<u64>(),

@@ -491,21 +491,13 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn proc_slot<const D: bool>(tgid: u32, task: TaskPtr) -> Option<(u32, &'static mut ProcStats)> {
     let start = task::leader_start::<D>(task);
-    // SAFETY: read-only lookup of a u32.
-    if let Some(&slot) = unsafe { PROC_SLOTS.get(&tgid) } {
-        if let Some(p) = PROC_STATS.get_ptr_mut(slot) {
-            // SAFETY: pointer into our own map value, valid for this program invocation (the
-            // 'static is the verifier's lifetime of a map value, not a promise to keep it).
-            let ps = unsafe { &mut *p };
-            if ps.tgid == tgid {
-                if ps.start_ns != start && ps.start_ns != 0 && start != 0 {
-                    output::count_drop(DropCause::PidReuse);
-                    init_slot::<D>(slot, tgid, start, task)?;
-                }
-                return Some((slot, ps));
-            }
+    // No slot, or a stale entry (its slot was freed meanwhile): one is taken below.
+    if let Some((slot, ps)) = indexed_slot(tgid) {
+        if ps.start_ns != start && ps.start_ns != 0 && start != 0 {
+            output::count_drop(DropCause::PidReuse);
+            init_slot::<D>(slot, tgid, start, task)?;
         }
-        // A stale entry (its slot was freed meanwhile): replaced below.
+        return Some((slot, ps));
     }
     let Ok(Some(slot)) = FREE_SLOTS.pop() else {
         output::count_drop(DropCause::SchedAggregate);
@@ -515,16 +507,9 @@ fn proc_slot<const D: bool>(tgid: u32, task: TaskPtr) -> Option<(u32, &'static m
     if PROC_SLOTS.insert(&tgid, &slot, BPF_NOEXIST as u64).is_err() {
         // Another CPU gave the process a slot meanwhile (use theirs, give ours back), or the
         // entry is stale (take it over).
-        // SAFETY: read-only lookup of a u32.
-        if let Some(&theirs) = unsafe { PROC_SLOTS.get(&tgid) } {
-            if let Some(p) = PROC_STATS.get_ptr_mut(theirs) {
-                // SAFETY: as above.
-                let ps = unsafe { &mut *p };
-                if ps.tgid == tgid {
-                    free_slot(slot);
-                    return Some((theirs, ps));
-                }
-            }
+        if let Some(theirs) = indexed_slot(tgid) {
+            free_slot(slot);
+            return Some(theirs);
         }
         if PROC_SLOTS.insert(&tgid, &slot, 0).is_err() {
             free_slot(slot);
@@ -532,7 +517,8 @@ fn proc_slot<const D: bool>(tgid: u32, task: TaskPtr) -> Option<(u32, &'static m
             return None;
         }
     }
-    // SAFETY: as above.
+    // SAFETY: pointer into our own map value, valid for this program invocation (the 'static
+    // is the verifier's lifetime of a map value, not a promise to keep it).
     PROC_STATS.get_ptr_mut(slot).map(|p| (slot, unsafe { &mut *p }))
 }
 
@@ -560,14 +546,21 @@ fn free_slot(slot: u32) {
     let _ = FREE_SLOTS.push(slot, 0);
 }
 
-/// The aggregate of process `tgid` if it has one (no slot is taken).
+/// The slot `PROC_SLOTS` gives process `tgid`, and its aggregate, if that slot is still the
+/// process's.
 #[inline(always)]
-pub fn existing_proc_stats(tgid: u32) -> Option<&'static mut ProcStats> {
+fn indexed_slot(tgid: u32) -> Option<(u32, &'static mut ProcStats)> {
     // SAFETY: read-only lookup of a u32.
     let slot = *unsafe { PROC_SLOTS.get(&tgid) }?;
     // SAFETY: pointer into our own map value, valid for this program invocation.
     let ps = unsafe { &mut *PROC_STATS.get_ptr_mut(slot)? };
-    (ps.tgid == tgid).then_some(ps)
+    (ps.tgid == tgid).then_some((slot, ps))
+}
+
+/// The aggregate of process `tgid` if it has one (no slot is taken).
+#[inline(always)]
+pub fn existing_proc_stats(tgid: u32) -> Option<&'static mut ProcStats> {
+    indexed_slot(tgid).map(|(_, ps)| ps)
 }
 
 /// The aggregate of process `tgid`, without a thread's cached slot.

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::{
     TEST_PACKAGES,
-    bench::{Observer, Section, add_program_costs, alternate},
+    bench::{Alternation, Observer, Section, add_program_costs, alternate},
     build_release, ensure_debian_packages, is_root, root_dir,
 };
 
@@ -73,6 +73,19 @@ fn measure_with(bin: &Path, w: &Workload, args: &[&str]) -> anyhow::Result<(f64,
         );
     }
     Ok((v, cost.lines))
+}
+
+/// After a warm-up run (page cache, JIT-independent start-up costs), `rounds` runs of `w`
+/// without and with pausewatch in alternating order.
+fn alternated(bin: &Path, w: &Workload, rounds: usize) -> anyhow::Result<Alternation> {
+    measure(w)?;
+    alternate(w.name, rounds, |with_pw| {
+        Ok(if with_pw {
+            measure_with(bin, w, &[])?.0
+        } else {
+            measure(w)?.1
+        })
+    })
 }
 
 pub fn gc(rounds: usize) -> anyhow::Result<()> {
@@ -130,14 +143,7 @@ pub(crate) fn section(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
     report += "| workload | median without | median with | added | slowdown (ratio of medians) | per-round min … max |\n|---|---|---|---|---|---|\n";
     let mut alloc_median_ns = 0.0;
     for w in &workloads {
-        measure(w)?; // warm-up: page cache, JIT-independent start-up costs
-        let alt = alternate(w.name, rounds, |with_pw| {
-            Ok(if with_pw {
-                measure_with(bin, w, &[])?.0
-            } else {
-                measure(w)?.1
-            })
-        })?;
+        let alt = alternated(bin, w, rounds)?;
         if w.unit == "s" {
             alloc_median_ns = alt.without;
         }
@@ -216,14 +222,7 @@ fn probe_cost(
             c
         }),
     };
-    measure(&probes)?;
-    let alt = alternate(probes.name, rounds, |with_pw| {
-        Ok(if with_pw {
-            measure_with(bin, &probes, &[])?.0
-        } else {
-            measure(&probes)?.1
-        })
-    })?;
+    let alt = alternated(bin, &probes, rounds)?;
     let hits = f64::from(PROBE_ITERATIONS) * 4.0;
     let per_hit_ns = (alt.with - alt.without) / hits;
     // The allocation loop's probe hits, counted by the kernel's statistics.

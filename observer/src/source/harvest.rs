@@ -26,7 +26,7 @@ pub struct Harvester {
 
 /// Puts every slot of `PROC_STATS` in `FREE_SLOTS`: before the programs attach, so none finds
 /// the queue empty.
-pub fn fill_free_slots(ebpf: &mut Ebpf) -> anyhow::Result<u32> {
+pub fn fill_free_slots(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let n =
         Array::<_, ProcStats>::try_from(ebpf.map("PROC_STATS").context("map PROC_STATS missing")?)?
             .len();
@@ -38,7 +38,7 @@ pub fn fill_free_slots(ebpf: &mut Ebpf) -> anyhow::Result<u32> {
         free.push(slot, 0)
             .with_context(|| format!("filling the free aggregate slots ({slot} of {n})"))?;
     }
-    Ok(n)
+    Ok(())
 }
 
 /// One read of the kernel's aggregates.
