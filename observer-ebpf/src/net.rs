@@ -11,7 +11,7 @@
 //! the tp_btf argument is a `struct sock *`, and the fields live in the larger
 //! `inet_connection_sock` and `tcp_sock` around it, which direct loads may not reach.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -51,7 +51,7 @@ fn own(sk: u64) {
     {
         return;
     }
-    let owner = SockOwner { tgid, tid, comm: bpf_get_current_comm().unwrap_or_default() };
+    let owner = SockOwner { tgid, tid, comm: crate::task::current_comm() };
     if SOCK_OWNERS.insert(&sk, &owner, 0).is_err() {
         output::count_drop(DropCause::SockOwner);
     }

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
-    StopKind, TASK_COMM_LEN, ThreadState,
+    StopKind, ThreadState,
 };
 
 use crate::{
@@ -207,31 +207,6 @@ fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: Tas
     }
 }
 
-/// A fresh episode starting at `ts` in `phase`, on this CPU.
-#[inline(always)]
-fn new_episode(ts: u64, tgid: u32, phase: Component, reason: EpisodeStart) -> ThreadState {
-    ThreadState {
-        episode_start_ns: ts,
-        phase_start_ns: ts,
-        components_ns: [0; observer_common::NUM_COMPONENTS],
-        tgid,
-        phase: phase as u32,
-        start_reason: reason as u32,
-        prev_cpu: cpu(),
-        preempted_by_tid: 0,
-        block_reason: 0,
-        preempted_by_comm: [0; TASK_COMM_LEN],
-        stack_id: -1,
-        block_dev: 0,
-        block_addr: 0,
-        block_ino: 0,
-        block_pgoff: 0,
-        agg_slot: 0,
-        _pad0: 0,
-        agg_start_ns: 0,
-    }
-}
-
 /// `prev` leaves the CPU: start an episode unless it is going to sleep voluntarily.
 #[inline(always)]
 fn switch_out<const D: bool, C: StackIdContext>(
@@ -272,19 +247,24 @@ fn switch_out<const D: bool, C: StackIdContext>(
         let holder = if kind == StopKind::Ptrace { task::parent::<D>(prev).map(task::identity::<D>) } else { None };
         stops::thread_stopped(tgid, ts, kind, holder);
     }
-    let mut st = new_episode(ts, tgid, phase, reason);
+    let Some(p) = episodes::place::<D>(None, prev, tid) else { return };
+    // SAFETY: this thread's episode; the run-queue lock serialises its updates.
+    let st = unsafe {
+        episodes::init(p, ts, tgid, phase, reason, cpu());
+        &mut *p
+    };
     if phase == Component::Blocked {
-        memory::explain_block::<D, C>(ctx, prev, tid, &mut st);
+        memory::explain_block::<D, C>(ctx, prev, tid, st);
     }
     if phase == Component::Runq {
         if let Some(by) = next_tid {
             st.preempted_by_tid = by;
             if by != 0 {
-                st.preempted_by_comm = task::comm::<D>(next);
+                // SAFETY: a field of this thread's episode, 8-byte aligned.
+                unsafe { episodes::put_words(&raw mut st.preempted_by_comm, task::comm_words::<D>(next)) };
             }
         }
     }
-    episodes::start::<D>(prev, tid, &st);
 }
 
 /// `p` is woken: close its D/stopped phase and start its run-queue wait.
@@ -325,8 +305,10 @@ fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
         return;
     }
     // A voluntary sleeper (or a new task): the pause is only the wait that starts now.
-    let st = new_episode(ts, tgid, Component::Runq, reason);
-    episodes::start_in::<D>(slot, tid, &st);
+    if let Some(st) = episodes::place::<D>(slot, p, tid) {
+        // SAFETY: this thread's episode; the run-queue lock serialises its updates.
+        unsafe { episodes::init(st, ts, tgid, Component::Runq, reason, cpu()) };
+    }
 }
 
 /// In `sched_wakeup_new` the current task is the parent (`wake_up_new_task` is called from
@@ -405,13 +387,18 @@ fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64)
         (*r).tgid = st.tgid;
         (*r).start_mono_ns = to_mono::<D>(st.episode_start_ns, duration);
         (*r).duration_ns = duration;
-        (*r).components_ns = st.components_ns;
+        let mut i = 0;
+        while i < observer_common::NUM_COMPONENTS {
+            // Volatile: a plain array copy becomes a call of a byte-wise memmove (episodes::init).
+            core::ptr::write_volatile(&raw mut (*r).components_ns[i], st.components_ns[i]);
+            i += 1;
+        }
         (*r).prev_cpu = st.prev_cpu;
         (*r).start_reason = st.start_reason;
         (*r).preempted_by_tid = st.preempted_by_tid;
         (*r).block_reason = st.block_reason;
-        (*r).comm = task::comm::<D>(next);
-        (*r).preempted_by_comm = st.preempted_by_comm;
+        episodes::put_words(&raw mut (*r).comm, task::comm_words::<D>(next));
+        episodes::put_words(&raw mut (*r).preempted_by_comm, episodes::words(&st.preempted_by_comm));
         (*r).stack_id = st.stack_id;
         (*r).block_dev = st.block_dev;
         (*r).block_addr = st.block_addr;
@@ -436,7 +423,8 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
         // Processes rename themselves (prctl; exec is handled by its own program) after
         // their first episode; refreshing on streamed episodes and on the 1st, 2nd, 4th, 8th…
         // keeps the name current without a read on every switch.
-        ps.comm = task::leader_comm::<D>(next);
+        // SAFETY: a field of our own map value, 8-byte aligned.
+        unsafe { episodes::put_words(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
     }
     let c = &st.components_ns;
     if c[0] > 0 {

@@ -61,7 +61,6 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
     if tid == 0 || !sched::is_traced(tgid) {
         return;
     }
-    let sender = task::current();
     // A delivered stop signal: remember who sent it until the process stops. SIGCONT clears a
     // stop signal that never stopped anything (one handled or ignored by the process).
     if result == 0 && (SIGSTOP..=SIGTTOU).contains(&sig) {
@@ -69,7 +68,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             // SAFETY: pointer into our own map value, valid for this run.
             unsafe {
                 (*ps).stop_sig = sig;
-                (*ps).stopped_by = sender;
+                (*ps).stopped_by = task::current();
             }
         }
     } else if sig == SIGCONT {
@@ -95,7 +94,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             target_tid: tid,
             target_tgid: tgid,
             target_comm: task::comm::<D>(target),
-            sender,
+            sender: task::current(),
         },
         DropCause::Signal,
     );

@@ -96,7 +96,7 @@ fn enter(syscall: SyncSyscall, arg0: u64, flags: u64) {
         ino,
         dev,
         flags: flags as u32,
-        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+        comm: crate::task::current_comm(),
     };
     if SYNC_CALLS.insert(&tid, &rec, 0).is_err() {
         output::count_drop(DropCause::Sync);

@@ -5,7 +5,7 @@
 //!   checks the offset against the struct's BTF (the offsets are constants from frozen .rodata)
 //!   and emits a fault-tolerant PROBE_MEM load. No helper call: the cheapest read there is.
 //! - raw_tp programs receive untyped pointers and must go through bpf_probe_read_kernel.
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated};
 use observer_common::{TASK_COMM_LEN, TaskId};
 
 use crate::config;
@@ -76,15 +76,34 @@ pub fn on_cpu<const DIRECT: bool>(task: TaskPtr) -> bool {
 /// `task->comm`.
 #[inline(always)]
 pub fn comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
-    read::<DIRECT, [u8; TASK_COMM_LEN]>(task, config::task_comm_off()).unwrap_or([0; TASK_COMM_LEN])
+    // SAFETY: 16 bytes, and any bit pattern is a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(comm_words::<DIRECT>(task)) }
+}
+
+/// `task->comm` as two 8-byte words: two loads where reading a `[u8; 16]` takes sixteen (its
+/// alignment is 1, and the BPF target has no unaligned loads). Zero where unreadable.
+#[inline(always)]
+pub fn comm_words<const DIRECT: bool>(task: TaskPtr) -> [u64; 2] {
+    let off = config::task_comm_off();
+    match (read::<DIRECT, u64>(task, off), read::<DIRECT, u64>(task, off + 8)) {
+        (Some(a), Some(b)) => [a, b],
+        _ => [0; 2],
+    }
 }
 
 /// `task->group_leader->comm`: the process name rather than the thread name.
 #[inline(always)]
 pub fn leader_comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
+    // SAFETY: as in `comm`.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(leader_comm_words::<DIRECT>(task)) }
+}
+
+/// `leader_comm` as two 8-byte words (see `comm_words`).
+#[inline(always)]
+pub fn leader_comm_words<const DIRECT: bool>(task: TaskPtr) -> [u64; 2] {
     match read::<DIRECT, TaskPtr>(task, config::task_group_leader_off()) {
-        Some(leader) if !leader.is_null() => comm::<DIRECT>(leader),
-        _ => comm::<DIRECT>(task),
+        Some(leader) if !leader.is_null() => comm_words::<DIRECT>(leader),
+        _ => comm_words::<DIRECT>(task),
     }
 }
 
@@ -158,7 +177,21 @@ pub fn current() -> TaskId {
         tgid: (pid_tgid >> 32) as u32,
         uid: uid_gid as u32,
         _pad0: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: current_comm(),
+    }
+}
+
+/// The current thread's name. Not through aya's helper wrapper: it zeroes its buffer first,
+/// and LLVM turns that zeroing into a call of a byte-wise memset (episodes::init says why that
+/// is slow). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
+#[inline(always)]
+pub fn current_comm() -> [u8; TASK_COMM_LEN] {
+    let mut comm = core::mem::MaybeUninit::<[u8; TASK_COMM_LEN]>::uninit();
+    // SAFETY: the helper takes uninitialised memory (ARG_PTR_TO_UNINIT_MEM) and fills all
+    // TASK_COMM_LEN bytes, NUL-padded; on failure it zeroes them.
+    unsafe {
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
+        comm.assume_init()
     }
 }
 
