@@ -119,10 +119,8 @@ pub fn place<const DIRECT: bool>(slot: Option<*mut ThreadState>, task: TaskPtr, 
 /// Begins a fresh episode at `p` (from `place`): started at `ts` in `phase` on `cpu`, with
 /// nothing else known yet. The thread's cached aggregate slot after it is left alone.
 ///
-/// Field by field, with volatile stores: building the state as a value and copying it let LLVM
-/// merge its runs of zeros into calls of compiler_builtins' `memset`, which on the BPF target
-/// is a byte-at-a-time loop in a subprogram. Those 76 iterations were most of `sched_wakeup`'s
-/// cost (104 ns net of the statistics' floor in `pw-workload pingpong`, measured 2026-11-22).
+/// Field by field, with volatile stores: building the state as a value and copying it made
+/// LLVM call a byte-wise `memset` (see `words`).
 ///
 /// # Safety
 /// `p` must point to a writable `ThreadState` that no other CPU updates meanwhile (updates of
@@ -144,39 +142,13 @@ pub unsafe fn init(p: *mut ThreadState, ts: u64, tgid: u32, phase: Component, re
         put(addr_of_mut!((*p).prev_cpu), cpu);
         put(addr_of_mut!((*p).preempted_by_tid), 0);
         put(addr_of_mut!((*p).block_reason), 0);
-        put_words(addr_of_mut!((*p).preempted_by_comm), [0; 2]);
+        crate::words::put_name(addr_of_mut!((*p).preempted_by_comm), [0; 2]);
         put(addr_of_mut!((*p).stack_id), -1);
         put(addr_of_mut!((*p).block_dev), 0);
         put(addr_of_mut!((*p).block_addr), 0);
         put(addr_of_mut!((*p).block_ino), 0);
         put(addr_of_mut!((*p).block_pgoff), 0);
     }
-}
-
-/// Stores a 16-byte name as two 8-byte words (volatile, for the reason `init` gives).
-///
-/// # Safety
-/// `dst` must be writable and 8-byte aligned.
-#[inline(always)]
-pub unsafe fn put_words(dst: *mut [u8; 16], words: [u64; 2]) {
-    let w = dst.cast::<u64>();
-    // SAFETY: the caller's contract: two aligned words.
-    unsafe {
-        core::ptr::write_volatile(w, words[0]);
-        core::ptr::write_volatile(w.add(1), words[1]);
-    }
-}
-
-/// A 16-byte name as two 8-byte words (for `put_words`).
-///
-/// # Safety
-/// `name` must be 8-byte aligned (the `ThreadState` and record fields are; see the assertion
-/// at the end of this file).
-#[inline(always)]
-pub unsafe fn words(name: &[u8; 16]) -> [u64; 2] {
-    let w = core::ptr::from_ref(name).cast::<u64>();
-    // SAFETY: 16 readable bytes, aligned by the caller's contract.
-    unsafe { [w.read(), w.add(1).read()] }
 }
 
 /// Marks the episode at `p` (from `get`) consumed, so its timestamps are never reused.
@@ -190,7 +162,7 @@ pub fn end<const DIRECT: bool>(p: *mut ThreadState, tid: u32) {
     }
 }
 
-// `put_words` stores names as aligned 8-byte words.
+// `words::put_name` and `words::name` need these names 8-byte aligned.
 const _: () = assert!(
     core::mem::offset_of!(ThreadState, preempted_by_comm) % 8 == 0
         && core::mem::offset_of!(observer_common::PauseRecord, comm) % 8 == 0

@@ -22,6 +22,7 @@ mod sched;
 mod stops;
 mod sync;
 mod task;
+mod words;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -134,8 +134,7 @@ fn on_fault(addr: u64, regs: TaskPtr, user: u32) {
     settle_major(task, act);
     act.fault_ip = task::read::<true, u64>(regs, config::pt_regs_ip_off()).unwrap_or(0);
     act.fault_addr = addr;
-    // Volatile: LLVM merges adjacent zero stores into a call of a byte-wise memset
-    // (episodes::init says why that is slow).
+    // Volatile: LLVM merges adjacent zero stores into a call of a byte-wise memset (`words`).
     // SAFETY: fields of this thread's own activity record.
     unsafe {
         core::ptr::write_volatile(&raw mut act.fault_ino, 0);

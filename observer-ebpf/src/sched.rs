@@ -27,6 +27,7 @@ use observer_common::{
 use crate::{
     config, counters, episodes, memory, output, stops,
     task::{self, TaskPtr},
+    words,
 };
 
 // task->__state bits (include/linux/sched.h, v6.18).
@@ -261,7 +262,7 @@ fn switch_out<const D: bool, C: StackIdContext>(
             st.preempted_by_tid = by;
             if by != 0 {
                 // SAFETY: a field of this thread's episode, 8-byte aligned.
-                unsafe { episodes::put_words(&raw mut st.preempted_by_comm, task::comm_words::<D>(next)) };
+                unsafe { words::put_name(&raw mut st.preempted_by_comm, task::comm_words::<D>(next)) };
             }
         }
     }
@@ -387,18 +388,13 @@ fn emit<const D: bool>(tid: u32, next: TaskPtr, st: &ThreadState, duration: u64)
         (*r).tgid = st.tgid;
         (*r).start_mono_ns = to_mono::<D>(st.episode_start_ns, duration);
         (*r).duration_ns = duration;
-        let mut i = 0;
-        while i < observer_common::NUM_COMPONENTS {
-            // Volatile: a plain array copy becomes a call of a byte-wise memmove (episodes::init).
-            core::ptr::write_volatile(&raw mut (*r).components_ns[i], st.components_ns[i]);
-            i += 1;
-        }
+        words::copy(&raw mut (*r).components_ns, &st.components_ns);
         (*r).prev_cpu = st.prev_cpu;
         (*r).start_reason = st.start_reason;
         (*r).preempted_by_tid = st.preempted_by_tid;
         (*r).block_reason = st.block_reason;
-        episodes::put_words(&raw mut (*r).comm, task::comm_words::<D>(next));
-        episodes::put_words(&raw mut (*r).preempted_by_comm, episodes::words(&st.preempted_by_comm));
+        words::put_name(&raw mut (*r).comm, task::comm_words::<D>(next));
+        words::put_name(&raw mut (*r).preempted_by_comm, words::name(&st.preempted_by_comm));
         (*r).stack_id = st.stack_id;
         (*r).block_dev = st.block_dev;
         (*r).block_addr = st.block_addr;
@@ -424,7 +420,7 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
         // their first episode; refreshing on streamed episodes and on the 1st, 2nd, 4th, 8th…
         // keeps the name current without a read on every switch.
         // SAFETY: a field of our own map value, 8-byte aligned.
-        unsafe { episodes::put_words(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
+        unsafe { words::put_name(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
     }
     let c = &st.components_ns;
     if c[0] > 0 {

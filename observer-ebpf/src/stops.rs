@@ -23,6 +23,7 @@ use observer_common::{DropCause, ProcStop, RecordKind, SignalRecord, StopKind, S
 use crate::{
     counters, output, sched,
     task::{self, TaskPtr},
+    words,
 };
 
 const SIGCONT: u32 = 18;
@@ -68,7 +69,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             // SAFETY: pointer into our own map value, valid for this run.
             unsafe {
                 (*ps).stop_sig = sig;
-                (*ps).stopped_by = task::current();
+                words::copy(&raw mut (*ps).stopped_by, &task::current());
             }
         }
     } else if sig == SIGCONT {
@@ -116,7 +117,13 @@ fn proc_stop(tgid: u32) -> Option<*mut ProcStop> {
     if let Some(p) = PROC_STOPS.get_ptr_mut(&tgid) {
         return Some(p);
     }
-    let _ = PROC_STOPS.insert(&tgid, &ProcStop::default(), BPF_NOEXIST as u64);
+    let mut fresh = core::mem::MaybeUninit::<ProcStop>::uninit();
+    // SAFETY: an all-zero ProcStop is its default; zeroed word by word (`words`).
+    let fresh = unsafe {
+        words::zero(fresh.as_mut_ptr());
+        fresh.assume_init_ref()
+    };
+    let _ = PROC_STOPS.insert(&tgid, fresh, BPF_NOEXIST as u64);
     let p = PROC_STOPS.get_ptr_mut(&tgid);
     if p.is_none() {
         output::count_drop(DropCause::StopTracking);
@@ -137,7 +144,8 @@ pub fn thread_stopped(tgid: u32, ts: u64, kind: StopKind, holder: Option<TaskId>
         ps.stop_kind = kind as u32;
         ps.threads_at_open = ps.threads_total;
         if let Some(h) = holder {
-            ps.stopped_by = h;
+            // SAFETY: a field of our own map value, 8-byte aligned.
+            unsafe { words::copy(&raw mut ps.stopped_by, &h) };
             ps.stop_sig = 0;
         }
     }
@@ -170,20 +178,41 @@ pub fn thread_resumed<const D: bool>(p: TaskPtr, tgid: u32, ts: u64) {
     let kind = ps.stop_kind;
     let signal_stop = kind == StopKind::Signal as u32;
     let held = signal_stop || kind == StopKind::Ptrace as u32;
-    let rec = StopRecord {
-        kind: RecordKind::Stop as u32,
-        stop_kind: kind,
-        tgid,
-        threads: ps.threads_total.saturating_sub(ps.threads_at_open) as u32,
-        start_mono_ns: sched::to_mono::<D>(start, duration),
-        duration_ns: duration,
-        stop_sig: if signal_stop { ps.stop_sig } else { 0 },
-        _pad0: 0,
-        stopped_by: if held { ps.stopped_by } else { TaskId::default() },
-        comm: task::leader_comm::<D>(p),
-    };
-    ps.start_ns = 0;
-    ps.stop_sig = 0;
-    ps.stopped_by = TaskId::default();
-    output::emit(rec, DropCause::Stop);
+    // Written in place, word by word where LLVM would call a byte-wise memset (`words`).
+    if let Some(mut entry) = output::reserve::<StopRecord>(DropCause::Stop) {
+        let r = entry.as_mut_ptr();
+        // SAFETY: `r` is a reserved, writable StopRecord in the ring buffer (8-byte aligned);
+        // every field is written before submit.
+        unsafe {
+            (*r).kind = RecordKind::Stop as u32;
+            (*r).stop_kind = kind;
+            (*r).tgid = tgid;
+            (*r).threads = ps.threads_total.saturating_sub(ps.threads_at_open) as u32;
+            (*r).start_mono_ns = sched::to_mono::<D>(start, duration);
+            (*r).duration_ns = duration;
+            core::ptr::write_volatile(&raw mut (*r).stop_sig, if signal_stop { ps.stop_sig } else { 0 });
+            core::ptr::write_volatile(&raw mut (*r)._pad0, 0);
+            if held {
+                words::copy(&raw mut (*r).stopped_by, &ps.stopped_by);
+            } else {
+                words::zero(&raw mut (*r).stopped_by);
+            }
+            words::put_name(&raw mut (*r).comm, task::leader_comm_words::<D>(p));
+        }
+        output::submit(entry);
+    }
+    // SAFETY: fields of our own map value (`stopped_by` 8-byte aligned).
+    unsafe {
+        core::ptr::write_volatile(&raw mut ps.start_ns, 0);
+        core::ptr::write_volatile(&raw mut ps.stop_sig, 0);
+        words::zero(&raw mut ps.stopped_by);
+    }
 }
+
+// `words` moves these 8 bytes at a time.
+const _: () = assert!(
+    core::mem::offset_of!(ProcStop, stopped_by) % 8 == 0
+        && core::mem::offset_of!(StopRecord, stopped_by) % 8 == 0
+        && core::mem::offset_of!(StopRecord, comm) % 8 == 0
+        && core::mem::align_of::<ProcStop>() == 8
+);

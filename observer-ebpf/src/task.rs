@@ -182,8 +182,7 @@ pub fn current() -> TaskId {
 }
 
 /// The current thread's name. Not through aya's helper wrapper: it zeroes its buffer first,
-/// and LLVM turns that zeroing into a call of a byte-wise memset (episodes::init says why that
-/// is slow). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
+/// and LLVM turns that zeroing into a call of a byte-wise memset (see `words`). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
 #[inline(always)]
 pub fn current_comm() -> [u8; TASK_COMM_LEN] {
     let mut comm = core::mem::MaybeUninit::<[u8; TASK_COMM_LEN]>::uninit();

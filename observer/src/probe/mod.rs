@@ -795,3 +795,61 @@ impl Probes {
         out
     }
 }
+
+/// The embedded object as built (not for a stub build, which has no programs).
+#[cfg(all(test, not(pausewatch_stub_ebpf)))]
+mod object_tests {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+    /// Programs that run on every context switch, wakeup, page fault or TCP send.
+    const HOT: [&str; 7] = [
+        "sched_switch_btf",
+        "sched_wakeup_btf",
+        "sched_switch_raw",
+        "sched_wakeup_raw",
+        "page_fault_user",
+        "page_fault_kernel",
+        "tcp_sendmsg_locked_btf",
+    ];
+
+    /// compiler_builtins' memory routines are byte-at-a-time loops on the BPF target. LLVM
+    /// calls them for struct copies and runs of zero stores it merges, invisibly in the source:
+    /// starting an episode once ran 76 iterations of memset, most of sched_wakeup's cost. The
+    /// hot programs must call none, on any path.
+    #[test]
+    fn hot_programs_call_no_byte_wise_memory_routine() {
+        let file = object::File::parse(super::OBJECT).expect("the embedded eBPF object");
+        let mut offenders = Vec::new();
+        for name in HOT {
+            let prog = file
+                .symbols()
+                .find(|s| s.name() == Ok(name))
+                .unwrap_or_else(|| panic!("program {name} is in the object"));
+            let section = file
+                .section_by_index(prog.section_index().expect("a program lives in a section"))
+                .expect("its section");
+            let span = prog.address()..prog.address() + prog.size();
+            for (offset, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(target) = reloc.target() else {
+                    continue;
+                };
+                let callee = file
+                    .symbol_by_index(target)
+                    .and_then(|s| s.name().map(str::to_owned));
+                if span.contains(&offset)
+                    && matches!(
+                        callee.as_deref(),
+                        Ok("memset" | "memcpy" | "memmove" | "memcmp")
+                    )
+                {
+                    offenders.push(format!(
+                        "{name} at +{:#x} calls {}",
+                        offset - span.start,
+                        callee.unwrap()
+                    ));
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "{offenders:#?}");
+    }
+}
