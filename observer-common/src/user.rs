@@ -118,7 +118,62 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EpisodeStart, NUM_COMPONENTS, TASK_COMM_LEN};
+    use crate::{
+        ComponentStats, EpisodeStart, NUM_COMPONENTS, ProcStats, STAT_EPISODE, TASK_COMM_LEN, hist,
+    };
+
+    fn add(s: &mut ComponentStats, v: u64) {
+        s.count += 1;
+        s.total_ns += v;
+        s.max_ns = s.max_ns.max(v);
+        s.hist[hist::bucket(v)] += 1;
+    }
+
+    /// The kernel's rule (observer-ebpf's `aggregate`): a pure run-queue wait only in the
+    /// run-queue component; any other episode per non-zero component, whole, and its
+    /// run-queue part again in `mixed_runq`.
+    fn record(ps: &mut ProcStats, c: [u64; NUM_COMPONENTS]) {
+        if c[1] == 0 && c[2] == 0 {
+            add(&mut ps.stats[0], c[0]);
+            return;
+        }
+        for (i, &v) in c.iter().enumerate() {
+            if v > 0 {
+                add(&mut ps.stats[i], v);
+            }
+        }
+        if c[0] > 0 {
+            add(&mut ps.mixed_runq, c[0]);
+        }
+        add(&mut ps.stats[STAT_EPISODE], c.iter().sum());
+    }
+
+    #[test]
+    fn whole_episodes_are_put_back_together_exactly() {
+        let episodes: [[u64; NUM_COMPONENTS]; 7] = [
+            [5_000, 0, 0],
+            [0, 0, 0],
+            [70_000_000, 0, 0],
+            [2_000, 9_000_000, 0],
+            [0, 400_000_000, 0],
+            [1_000, 0, 1_500_000_000],
+            [80_000_000, 1, 0],
+        ];
+        let mut ps = ProcStats::ZERO;
+        let mut whole = ComponentStats::ZERO;
+        for c in episodes {
+            record(&mut ps, c);
+            add(&mut whole, c.iter().sum());
+        }
+        assert_eq!(ps.episodes(), whole);
+        // Run-queue components keep every run-queue wait, pure (a zero-length one too) or not.
+        assert_eq!(ps.stats[0].count, 6);
+        // A read that saw a mixed episode's run-queue part in `mixed_runq` before it reached
+        // the run-queue component saturates instead of wrapping.
+        ps.mixed_runq.count += 10;
+        ps.mixed_runq.hist[0] += 10;
+        assert!(ps.episodes().count < whole.count);
+    }
 
     fn sample() -> PauseRecord {
         let mut comm = [0u8; TASK_COMM_LEN];

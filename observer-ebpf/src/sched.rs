@@ -414,17 +414,24 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
     if dropped {
         counters::atomic_add(&mut ps.dropped_records, 1);
     }
-    let n = ps.stats[STAT_EPISODE].count;
+    let n = ps.stats[Component::Runq as usize].count;
     if streamed || n & n.wrapping_sub(1) == 0 {
         // Processes rename themselves (prctl; exec is handled by its own program) after
         // their first episode; refreshing on streamed episodes and on the 1st, 2nd, 4th, 8th…
-        // keeps the name current without a read on every switch.
+        // run-queue wait keeps the name current without a read on every switch.
         // SAFETY: a field of our own map value, 8-byte aligned.
         unsafe { words::put_name(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
     }
     let c = &st.components_ns;
+    if c[1] == 0 && c[2] == 0 {
+        // A pure run-queue wait is its own run-queue component: counted once (ProcStats
+        // says how the whole-episode aggregate is put back together).
+        counters::add_stat(&mut ps.stats[0], c[0]);
+        return;
+    }
     if c[0] > 0 {
         counters::add_stat(&mut ps.stats[0], c[0]);
+        counters::add_stat(&mut ps.mixed_runq, c[0]);
     }
     if c[1] > 0 {
         counters::add_stat(&mut ps.stats[1], c[1]);

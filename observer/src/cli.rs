@@ -91,7 +91,7 @@ pub struct Watch {
 
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first,
     /// and counted); the kernel keeps per-process aggregates for twice as many. Each costs
-    /// about 3.5 KiB in the agent and twice 2.7 KiB of kernel memory (preallocated).
+    /// about 3.5 KiB in the agent and twice 3.1 KiB of kernel memory (preallocated).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub max_processes: u32,

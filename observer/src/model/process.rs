@@ -221,7 +221,10 @@ impl ProcessTable {
         if s.start_ns != 0 {
             e.start_ns = s.start_ns;
         }
-        let fresh: [Aggregate; NUM_STATS] = std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
+        let mut fresh: [Aggregate; NUM_STATS] =
+            std::array::from_fn(|i| Aggregate::from(&s.stats[i]));
+        // The kernel keeps only the episodes that are not pure run-queue waits there.
+        fresh[STAT_EPISODE] = Aggregate::from(&s.episodes());
         // Counts only grow while the kernel entry lives: any shrinking means it was recreated
         // since the last read (LRU eviction). A busy process may have only steal samples.
         // An exited process's entry was deleted in the kernel at retirement: one that comes
@@ -358,11 +361,11 @@ mod tests {
     use observer_common::hist;
 
     fn snap(episodes: u64, total: u64) -> ProcStats {
+        // Pure run-queue waits, which the kernel counts only in the run-queue component.
         let mut s = ProcStats::ZERO;
-        s.stats[STAT_EPISODE].count = episodes;
-        s.stats[STAT_EPISODE].total_ns = total;
-        s.stats[STAT_EPISODE].hist[hist::bucket(total / episodes.max(1))] = episodes;
-        s.stats[0] = s.stats[STAT_EPISODE];
+        s.stats[0].count = episodes;
+        s.stats[0].total_ns = total;
+        s.stats[0].hist[hist::bucket(total / episodes.max(1))] = episodes;
         s
     }
 

@@ -345,7 +345,7 @@ pub fn text(r: &ReportInput) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::{model::process::ProcessTable, source::clock::WallClock};
-    use observer_common::{ComponentStats, ProcStats, STAT_EPISODE, hist};
+    use observer_common::{ComponentStats, ProcStats, hist};
 
     pub(crate) fn state() -> AgentState {
         let mut table = ProcessTable::new(100);
@@ -356,8 +356,8 @@ pub(crate) mod tests {
             max_ns: 20_000_000,
             hist: [0; hist::BUCKETS],
         };
+        // Three pure run-queue waits: the kernel counts them only there.
         s.stats[0].hist[hist::bucket(10_000_000)] = 3;
-        s.stats[STAT_EPISODE] = s.stats[0];
         table.apply_snapshot(4242, "postgres", &s);
         AgentState {
             table,
