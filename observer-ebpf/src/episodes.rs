@@ -8,57 +8,14 @@
 //!   "No episode" is `episode_start_ns == 0` (ktime is never 0 once the kernel runs).
 //! - raw_tp programs: an LRU hash keyed by tid, whose entries are deleted when consumed. The
 //!   task-storage helpers need a BTF-typed task pointer, which raw tracepoints do not provide.
-//!
-//! aya-ebpf 0.2 has no task-storage map type, so the map is declared the way libbpf (and newer
-//! aya-ebpf's `btf_maps`) do: a struct in `.maps` whose members' BTF types encode the map type,
-//! key, value and flags. The kernel insists on BTF for local-storage maps, which this provides.
+//!   (How the storage map is declared: `storage`.)
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
-    helpers::generated::bpf_task_storage_get,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
 use observer_common::{Component, EpisodeStart, ThreadState};
 
-use crate::task::TaskPtr;
-
-/// BTF-defined task-storage map of `V`: member types carry the definition, values are never
-/// read. Also used for `ACTIVITY` (memory.rs).
-#[repr(C)]
-pub struct TaskStorageDef<V> {
-    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const V,
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: the fields are null placeholders only the loader interprets; the program never reads
-// or writes them (the map pointer is the static's address, rewritten to the map by relocation).
-unsafe impl<V> Sync for TaskStorageDef<V> {}
-
-impl<V> TaskStorageDef<V> {
-    pub const fn new() -> Self {
-        Self {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            map_flags: core::ptr::null(),
-        }
-    }
-
-    /// `task`'s value, zero-filled on first use when `CREATE`.
-    #[inline(always)]
-    pub fn get<const CREATE: bool>(&'static self, task: TaskPtr) -> Option<*mut V> {
-        let map = core::ptr::from_ref(self).cast_mut().cast();
-        let flags = if CREATE { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
-        // SAFETY: `task` is a BTF-typed task_struct pointer (a tp_btf argument or
-        // bpf_get_current_task_btf; the verifier rejects anything else); a NULL value with
-        // F_CREATE zero-fills a new entry. A NULL return (no entry, allocation failure, or the
-        // helper's recursion guard) is handled by the caller.
-        let p = unsafe { bpf_task_storage_get(map, task.cast_mut().cast(), core::ptr::null_mut(), flags) };
-        if p.is_null() { None } else { Some(p.cast()) }
-    }
-}
+use crate::{storage::TaskStorageDef, task::TaskPtr};
 
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "TASK_EPISODES")]

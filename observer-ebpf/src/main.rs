@@ -20,6 +20,7 @@ mod output;
 mod runtimes;
 mod sched;
 mod stops;
+mod storage;
 mod sync;
 mod task;
 mod words;

@@ -37,12 +37,12 @@ use observer_common::{
 
 use crate::{
     config, counters,
-    episodes::TaskStorageDef,
+    storage::TaskStorageDef,
     output, sched, sync,
     task::{self, TaskPtr},
 };
 
-/// Activity brackets per thread (a BTF-defined task-storage map, see episodes.rs).
+/// Activity brackets per thread (a BTF-defined task-storage map, see `storage`).
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "ACTIVITY")]
 static ACTIVITY: TaskStorageDef<Activity> = TaskStorageDef::new();

@@ -181,6 +181,16 @@ pub fn current() -> TaskId {
     }
 }
 
+/// Writes the current thread's name straight into `dst` (a map value), with no copy.
+///
+/// # Safety
+/// `dst` must point into a writable map value.
+#[inline(always)]
+pub unsafe fn current_comm_into(dst: *mut [u8; TASK_COMM_LEN]) {
+    // SAFETY: the caller's contract; the helper fills all 16 bytes (zeroes them on failure).
+    unsafe { generated::bpf_get_current_comm(dst.cast(), TASK_COMM_LEN as u32) };
+}
+
 /// The current thread's name. Not through aya's helper wrapper: it zeroes its buffer first,
 /// and LLVM turns that zeroing into a call of a byte-wise memset (see `words`). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
 #[inline(always)]
