@@ -62,6 +62,11 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
     if tid == 0 || !sched::is_traced(tgid) {
         return;
     }
+    // Routine signals are neither stop signals nor SIGCONT: nothing to remember or stream.
+    if routine(sig) {
+        return;
+    }
+    let sender = task::current();
     // A delivered stop signal: remember who sent it until the process stops. SIGCONT clears a
     // stop signal that never stopped anything (one handled or ignored by the process).
     if result == 0 && (SIGSTOP..=SIGTTOU).contains(&sig) {
@@ -69,7 +74,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             // SAFETY: pointer into our own map value, valid for this run.
             unsafe {
                 (*ps).stop_sig = sig;
-                words::copy(&raw mut (*ps).stopped_by, &task::current());
+                words::copy(&raw mut (*ps).stopped_by, &sender);
             }
         }
     } else if sig == SIGCONT {
@@ -82,9 +87,6 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             }
         }
     }
-    if routine(sig) {
-        return;
-    }
     output::emit(
         SignalRecord {
             kind: RecordKind::Signal as u32,
@@ -95,7 +97,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
             target_tid: tid,
             target_tgid: tgid,
             target_comm: task::comm::<D>(target),
-            sender: task::current(),
+            sender,
         },
         DropCause::Signal,
     );
@@ -104,7 +106,7 @@ fn on_signal<const D: bool>(sig: u32, target: TaskPtr, group: u32, result: u32) 
 /// Signals a process gets as a matter of course, in the thousands: SIGCHLD for every child
 /// that exits (a fork storm), SIGURG for every Go async preemption, timer signals (SIGALRM,
 /// SIGVTALRM, SIGPROF), SIGWINCH, SIGIO and real-time signals. They stop nothing and kill
-/// nothing, so they are not streamed.
+/// nothing, so they are not streamed (and their sender is not even read).
 #[inline(always)]
 fn routine(sig: u32) -> bool {
     matches!(sig, 14 | 17 | 23 | 26 | 27 | 28 | 29) || sig >= 32
