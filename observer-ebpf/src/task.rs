@@ -181,25 +181,26 @@ pub fn current() -> TaskId {
     }
 }
 
-/// Writes the current thread's name straight into `dst` (a map value), with no copy.
+/// Writes the current thread's name straight into `dst`. Not through aya's helper wrapper: it
+/// zeroes its buffer first, and LLVM turns that zeroing into a call of a byte-wise memset (see
+/// `words`). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
 ///
 /// # Safety
-/// `dst` must point into a writable map value.
+/// `dst` must be writable: a map value, or this program's stack.
 #[inline(always)]
 pub unsafe fn current_comm_into(dst: *mut [u8; TASK_COMM_LEN]) {
-    // SAFETY: the caller's contract; the helper fills all 16 bytes (zeroes them on failure).
+    // SAFETY: the caller's contract; the helper takes uninitialised memory
+    // (ARG_PTR_TO_UNINIT_MEM) and fills all 16 bytes, NUL-padded (zeroed on failure).
     unsafe { generated::bpf_get_current_comm(dst.cast(), TASK_COMM_LEN as u32) };
 }
 
-/// The current thread's name. Not through aya's helper wrapper: it zeroes its buffer first,
-/// and LLVM turns that zeroing into a call of a byte-wise memset (see `words`). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
+/// The current thread's name (see `current_comm_into`).
 #[inline(always)]
 pub fn current_comm() -> [u8; TASK_COMM_LEN] {
     let mut comm = core::mem::MaybeUninit::<[u8; TASK_COMM_LEN]>::uninit();
-    // SAFETY: the helper takes uninitialised memory (ARG_PTR_TO_UNINIT_MEM) and fills all
-    // TASK_COMM_LEN bytes, NUL-padded; on failure it zeroes them.
+    // SAFETY: a buffer on this program's stack, which the helper fills entirely.
     unsafe {
-        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
+        current_comm_into(comm.as_mut_ptr());
         comm.assume_init()
     }
 }

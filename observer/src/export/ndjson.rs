@@ -688,6 +688,16 @@ mod tests {
                     Value::Null
                 }
             );
+            // The typed line repeats the header every other line gets from `line`: it carries
+            // every one of its fields, with the same host and clock values.
+            let mut w = NdjsonWriter::new(Vec::new(), "h1".into());
+            w.line("x", 1_000, &clock(), json!({}));
+            let header: Value = serde_json::from_slice(w.out.trim_ascii_end()).unwrap();
+            for (k, hv) in header.as_object().unwrap() {
+                if k != "type" {
+                    assert_eq!(&v[k], hv, "header field {k}");
+                }
+            }
         }
     }
 
