@@ -207,16 +207,16 @@ impl Spool {
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let (done_tx, done) = mpsc::channel();
         let st = stats.clone();
-        std::thread::Builder::new()
-            .name("pw-ndjson".into())
-            .spawn(move || {
-                // Rotation creates files beside the recording, in a directory root may
-                // not own: a file sink keeps the right to write there, nothing else.
-                let keep: caps::CapsHashSet = match &sink {
-                    Sink::File { .. } => [caps::Capability::CAP_DAC_OVERRIDE].into(),
-                    _ => caps::CapsHashSet::new(),
-                };
-                let _ = crate::probe::privileges::reduce_this_thread(&keep);
+        // Rotation creates files beside the recording, in a directory root may not own: a
+        // file sink keeps the right to write there, nothing else.
+        let keep: caps::CapsHashSet = match &sink {
+            Sink::File { .. } => [caps::Capability::CAP_DAC_OVERRIDE].into(),
+            _ => caps::CapsHashSet::new(),
+        };
+        crate::probe::privileges::spawn_reduced(
+            std::thread::Builder::new().name("pw-ndjson".into()),
+            keep,
+            move || {
                 // The current spell of failed writes: (lines lost, the first error, whether
                 // stderr heard of it). A disk that stays nearly full alternates short spells
                 // (a small chunk still fits): stderr hears at most once a minute.
@@ -267,8 +267,9 @@ impl Spool {
                     );
                 }
                 let _ = done_tx.send(());
-            })
-            .expect("spawning the NDJSON writer thread");
+            },
+        )
+        .expect("spawning the NDJSON writer thread");
         Self {
             pending: Vec::with_capacity(CHUNK_BYTES),
             tx: Some(tx),

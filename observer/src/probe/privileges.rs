@@ -130,11 +130,26 @@ pub fn reduce_this_thread(keep: &caps::CapsHashSet) -> Result<bool, String> {
     Ok(bounding)
 }
 
-/// For a helper thread (control sleeper, terminal input) that needs no capability: gives up
-/// all of them as it starts. Best effort: a failure leaves it as it was, and the process-wide
-/// test (`tests/deploy.rs`) checks every thread.
-pub fn helper_thread_needs_none() {
-    let _ = reduce_this_thread(&caps::CapsHashSet::new());
+/// Spawns a helper thread (control sleeper, terminal input, NDJSON writer) that holds only
+/// `keep`, and returns once it has given up the rest. Capabilities belong to threads and a new
+/// thread starts with its spawner's, so a thread that dropped its own only when first scheduled
+/// held them until then: on a loaded host, past the `attached` notice (a CI run caught a
+/// just-spawned thread with every capability). Best effort: a failed drop leaves it as it was,
+/// and the process-wide test (`tests/deploy.rs`) checks every thread.
+pub fn spawn_reduced<T: Send + 'static>(
+    builder: std::thread::Builder,
+    keep: caps::CapsHashSet,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let (reduced, wait) = std::sync::mpsc::sync_channel(1);
+    let thread = builder.spawn(move || {
+        let _ = reduce_this_thread(&keep);
+        let _ = reduced.send(());
+        f()
+    })?;
+    // Fails only when the thread is gone already.
+    let _ = wait.recv();
+    Ok(thread)
 }
 
 #[cfg(test)]

@@ -158,9 +158,11 @@ impl ControlSleeper {
         std::fs::read_to_string("/proc/thread-self/schedstat")?;
         StealSample::read(0)?;
         let (stats2, stop2) = (stats.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("pw-control".into())
-            .spawn(move || control_loop(threshold_ns, period_ns, tx, &stats2, &stop2))?;
+        let thread = crate::probe::privileges::spawn_reduced(
+            std::thread::Builder::new().name("pw-control".into()),
+            caps::CapsHashSet::new(),
+            move || control_loop(threshold_ns, period_ns, tx, &stats2, &stop2),
+        )?;
         Ok(Self {
             rx,
             stats,
@@ -177,7 +179,6 @@ fn control_loop(
     stats: &ControlStats,
     stop: &AtomicBool,
 ) {
-    crate::probe::privileges::helper_thread_needs_none();
     // SAFETY: prctl with an integer argument: the smallest timer slack (1 ns) for this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     // /proc/thread-self resolves to the opening thread: this one.

@@ -33,9 +33,10 @@ pub const WINDOW_NS: u64 = 10_000_000_000;
 /// Forwards key presses and resizes from the terminal, read on a plain thread (crossterm's
 /// poll blocks), to the loop.
 pub fn spawn_input(tx: mpsc::Sender<Event>) {
-    std::thread::spawn(move || {
-        crate::probe::privileges::helper_thread_needs_none();
-        loop {
+    let input = crate::probe::privileges::spawn_reduced(
+        std::thread::Builder::new(),
+        caps::CapsHashSet::new(),
+        move || loop {
             match event::poll(std::time::Duration::from_millis(200)) {
                 Ok(true) => match event::read() {
                     Ok(e @ (Event::Key(_) | Event::Resize(..))) => {
@@ -53,8 +54,10 @@ pub fn spawn_input(tx: mpsc::Sender<Event>) {
                 }
                 Err(_) => return,
             }
-        }
-    });
+        },
+    );
+    // As `std::thread::spawn` would have: a host that cannot start a thread cannot run the view.
+    input.expect("starting the terminal input thread");
 }
 
 /// A terminal in the alternate screen with the operator's choices; restored when dropped.
