@@ -1,6 +1,9 @@
 //! Clock changes measured by real eBPF and the agent's timerfd: steps the test makes with
-//! clock_settime (forward, then back by the same amount, so the clock ends where it was), and a
-//! PLL slew through adjtimex, against the sizes the test asked for and the process that asked.
+//! clock_settime and adjtimex ADJ_SETOFFSET (forward, then back by the same amount, so the
+//! clock ends where it was), a PLL slew through adjtimex, and a change refused for want of
+//! CAP_SYS_TIME, against the sizes the test asked for and the process that asked. Who changes
+//! the clock is seen two ways (the CAP_SYS_TIME check, our default, and the syscall
+//! tracepoints); the steps and the refusal are checked with both.
 use std::time::Duration;
 
 use pausewatch_tests::*;
@@ -12,14 +15,82 @@ fn steps(lines: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// The two ways pausewatch sees who changes the clock.
+const HOOKS: [&str; 2] = ["never", "always"];
+
 #[test]
 fn steps_are_measured_and_attributed_to_the_stepping_process() {
     require_root();
-    let mut pw = Pausewatch::start(&["--min-pause", "1s", "--no-lease-socket"]);
-    let fwd = run_workload(&["step-clock", "1500000000"]);
+    for hooks in HOOKS {
+        steps_through("settime", "clock_settime", hooks);
+    }
+}
+
+/// adjtimex ADJ_SETOFFSET (how chronyd and ntpd step) checks CAP_SYS_TIME twice in one call:
+/// still one adjust line per call.
+#[test]
+fn steps_through_adjtimex_are_one_change_each() {
+    require_root();
+    for hooks in HOOKS {
+        steps_through("setoffset", "clock_adjtime", hooks);
+    }
+}
+
+/// A process without CAP_SYS_TIME that tries to step the clock: an adjust line that says it
+/// was refused (EPERM), and no step.
+#[test]
+fn a_refused_clock_change_is_reported_as_refused() {
+    require_root();
+    for hooks in HOOKS {
+        let mut pw = Pausewatch::start(&[
+            "--min-pause",
+            "1s",
+            "--no-lease-socket",
+            "--syscall-tracepoints",
+            hooks,
+        ]);
+        let out = std::process::Command::new("setpriv")
+            .args(["--bounding-set", "-sys_time", "--"])
+            .arg(workload_bin())
+            .args(["step-clock", "1500000000", "settime", "may-fail"])
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(made["errno"], libc::EPERM, "{made}");
+        let adjust = pw.wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "adjust" && v["by"]["pid"] == made["pid"]
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let lines = pw.stop();
+        assert_eq!(adjust["ok"], false, "{hooks}: {adjust}");
+        assert_eq!(adjust["ret"], -libc::EPERM, "{hooks}: {adjust}");
+        assert_eq!(
+            adjust["by"]["syscall"], "clock_settime",
+            "{hooks}: {adjust}"
+        );
+        assert!(steps(&lines).is_empty(), "{hooks}: {:#?}", steps(&lines));
+    }
+}
+
+/// Steps the clock forward and back by 1.5 s with `how` (pw-workload step-clock) while
+/// pausewatch watches with `--syscall-tracepoints hooks`.
+fn steps_through(how: &str, syscall: &str, hooks: &str) {
+    let mut pw = Pausewatch::start(&[
+        "--min-pause",
+        "1s",
+        "--no-lease-socket",
+        "--syscall-tracepoints",
+        hooks,
+    ]);
+    let fwd = run_workload(&["step-clock", "1500000000", how]);
     pw.wait_for(Duration::from_secs(10), |v| v["event"] == "step");
     std::thread::sleep(Duration::from_millis(300));
-    let back = run_workload(&["step-clock", "-1500000000"]);
+    let back = run_workload(&["step-clock", "-1500000000", how]);
     pw.wait_for(Duration::from_secs(10), |v| {
         v["event"] == "step" && v["step_ns"].as_i64() < Some(0)
     });
@@ -35,7 +106,7 @@ fn steps_are_measured_and_attributed_to_the_stepping_process() {
         // at most 0.5 ms. Within 1 ms.
         assert!(
             (measured - asked).abs() < 1_000_000,
-            "measured {measured} ns for a step of {asked} ns"
+            "{how}, {hooks}: measured {measured} ns for a step of {asked} ns"
         );
         assert_eq!(
             step["direction"],
@@ -44,7 +115,7 @@ fn steps_are_measured_and_attributed_to_the_stepping_process() {
         let by = &step["by"];
         assert_eq!(by["pid"], made["pid"], "{step}");
         assert_eq!(by["comm"], "pw-workload");
-        assert_eq!(by["syscall"], "clock_settime");
+        assert_eq!(by["syscall"], syscall, "{how}, {hooks}: {step}");
         assert_eq!(by["uid"], 0);
         let requested = step["requested_step_ns"].as_i64().unwrap();
         assert!(
@@ -56,11 +127,12 @@ fn steps_are_measured_and_attributed_to_the_stepping_process() {
     let adjusts: Vec<&Value> = of_type(&lines, "clock")
         .filter(|v| v["event"] == "adjust" && v["by"]["comm"] == "pw-workload")
         .collect();
-    assert_eq!(adjusts.len(), 2, "{adjusts:#?}");
+    assert_eq!(adjusts.len(), 2, "{how}, {hooks}: {adjusts:#?}");
     assert!(
         adjusts
             .iter()
-            .all(|v| v["steps"] == true && v["ok"] == true)
+            .all(|v| v["steps"] == true && v["ok"] == true),
+        "{how}, {hooks}: {adjusts:#?}"
     );
 }
 

@@ -46,13 +46,6 @@ fn kernel_waits(lines: &[Value], pid: u64) -> Vec<&Value> {
         .collect()
 }
 
-fn warnings(lines: &[Value]) -> Vec<String> {
-    of_type(lines, "notice")
-        .filter(|v| v["level"] == "warn")
-        .map(|v| v["message"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn kernel_stacks_are_named_unless_the_kernel_hides_its_addresses() {
     require_root();
@@ -186,12 +179,16 @@ fn a_stop_is_reported(pw: &mut Pausewatch) {
     let _ = (child.kill(), child.wait());
 }
 
-/// tracefs unmounted: pausewatch mounts it where it belongs (in its own mount namespace here,
-/// so the host is untouched), says so, and the clock and fsync syscall tracepoints attach.
+/// tracefs unmounted: where the syscall tracepoints are used, pausewatch mounts it where it
+/// belongs (in its own mount namespace here, so the host is untouched), says so, and the clock
+/// and fsync syscall tracepoints attach.
 #[test]
 fn without_tracefs_pausewatch_mounts_it_and_says_so() {
     require_root();
-    let mut pw = Pausewatch::start_cmd(in_mount_namespace(&[], unmount_tracefs));
+    let mut pw = Pausewatch::start_cmd(in_mount_namespace(
+        &["--syscall-tracepoints", "always"],
+        unmount_tracefs,
+    ));
     let lines = pw.lines();
     let changed = of_type(&lines, "notice")
         .find(|v| v["event"] == "host_changed")
@@ -212,16 +209,33 @@ fn without_tracefs_pausewatch_mounts_it_and_says_so() {
     pw.stop();
 }
 
-/// No tracefs and nowhere to mount it: what needs it (who changes the clock, fsync calls) is
-/// named as unobserved with the reason, and pauses are observed as ever.
+/// No tracefs and nowhere to mount it: the hooks off the syscall path (tp_btf) do not need
+/// it, so by default nothing is lost; with the syscall tracepoints asked for, what needs it
+/// (who changes the clock, fsync calls) is named as unobserved with the reason, and pauses are
+/// observed as ever.
 #[test]
 fn without_a_place_for_tracefs_what_needs_it_is_disabled_and_the_rest_works() {
     require_root();
     let dir = Scratch::new("btf");
     let btf = dir.0.join("vmlinux");
     std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let btf = btf.to_str().unwrap();
+    let pw = Pausewatch::start_cmd(in_mount_namespace(&["--btf", btf], hide_sys_kernel));
+    let lines = pw.lines();
+    let w = warnings(&lines);
+    assert!(
+        !w.iter().any(|m| m.contains("clock") || m.contains("fsync")),
+        "{w:?}"
+    );
+    assert!(
+        of_type(&lines, "notice")
+            .any(|n| n["event"] == "syscall_hooks" && n["mode"] == "off_syscall_path"),
+        "{lines:?}"
+    );
+    pw.stop();
+
     let mut pw = Pausewatch::start_cmd(in_mount_namespace(
-        &["--btf", btf.to_str().unwrap()],
+        &["--btf", btf, "--syscall-tracepoints", "always"],
         hide_sys_kernel,
     ));
     let w = warnings(&pw.lines());

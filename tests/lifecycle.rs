@@ -2,7 +2,9 @@
 //! it writes its summaries, restores the BPF statistics setting and leaves no program or map
 //! of its own in the kernel (checked against the kernel's own list); and two instances run
 //! side by side without disturbing each other.
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet, ffi::CString, os::unix::process::CommandExt as _, time::Duration,
+};
 
 use pausewatch_tests::*;
 use serde_json::Value;
@@ -275,38 +277,174 @@ fn program_names(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
-/// Any syscall tracepoint taxes every syscall on the host, so an operator can leave them off:
-/// then none of those programs is even loaded, and pausewatch says what that costs in features.
+const SYSCALL_PROGRAMS: [&str; 4] = [
+    "fsync_enter",
+    "sync_exit",
+    "clock_settime_e",
+    "adjtimex_enter",
+];
+/// ext4's fsync tracepoints and the CAP_SYS_TIME check (names cut to 15 characters).
+const OFF_PATH_PROGRAMS: [&str; 3] = ["ext4_fsync_ente", "ext4_fsync_exit", "clock_capable"];
+
+fn hooks_notice(lines: &[Value]) -> Value {
+    of_type(lines, "notice")
+        .find(|n| n["event"] == "syscall_hooks")
+        .cloned()
+        .unwrap_or_else(|| panic!("no syscall_hooks notice: {lines:?}"))
+}
+
+/// Any syscall tracepoint taxes every syscall on the host. Ours have ext4 as the only file
+/// system whose fsync can wait, so by default pausewatch loads none of them: ext4's fsync
+/// tracepoints and the CAP_SYS_TIME check see those calls instead, and a notice says so.
+/// `--syscall-tracepoints always` brings them back; `--no-syscall-tracepoints` never loads
+/// them and, here, loses nothing.
 #[test]
-fn syscall_tracepoints_can_be_left_off_and_say_what_is_lost() {
+fn syscall_tracepoints_are_used_only_where_needed() {
     require_root();
-    let syscall_programs = [
-        "fsync_enter",
-        "sync_exit",
-        "clock_settime_e",
-        "adjtimex_enter",
-    ];
-    let with = Pausewatch::start(&[]);
-    let names = program_names(with.pid());
-    with.stop();
-    for p in syscall_programs {
-        assert!(names.contains(p), "{p} not loaded by default: {names:?}");
-    }
-    let without = Pausewatch::start(&["--no-syscall-tracepoints"]);
-    let names = program_names(without.pid());
-    let lines = without.stop();
-    for p in syscall_programs {
-        assert!(
-            !names.contains(p),
-            "{p} loaded with --no-syscall-tracepoints"
-        );
-    }
-    assert!(names.contains("sched_switch_bt"), "{names:?}");
-    assert!(
-        of_type(&lines, "notice").any(|n| n["event"] == "degraded"
-            && n["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("syscall tracepoints off"))),
-        "no notice says what is lost"
+    let check = |args: &[&str], loaded: &[&str], absent: &[&str], mode: &str| {
+        let pw = Pausewatch::start(args);
+        let names = program_names(pw.pid());
+        let lines = pw.stop();
+        for p in loaded {
+            assert!(
+                names.contains(*p),
+                "{p} not loaded with {args:?}: {names:?}"
+            );
+        }
+        for p in absent {
+            assert!(!names.contains(*p), "{p} loaded with {args:?}: {names:?}");
+        }
+        assert!(names.contains("sched_switch_bt"), "{names:?}");
+        assert_eq!(hooks_notice(&lines)["mode"], mode, "{args:?}");
+        lines
+    };
+    let lines = check(
+        &[],
+        &OFF_PATH_PROGRAMS,
+        &SYSCALL_PROGRAMS,
+        "off_syscall_path",
     );
+    assert!(
+        !warnings(&lines)
+            .iter()
+            .any(|m| m.contains("fsync") || m.contains("clock")),
+        "{:?}",
+        warnings(&lines)
+    );
+    check(
+        &["--syscall-tracepoints", "always"],
+        &SYSCALL_PROGRAMS,
+        &OFF_PATH_PROGRAMS,
+        "syscall_tracepoints",
+    );
+    let lines = check(
+        &["--no-syscall-tracepoints"],
+        &OFF_PATH_PROGRAMS,
+        &SYSCALL_PROGRAMS,
+        "off_syscall_path",
+    );
+    assert!(
+        !warnings(&lines)
+            .iter()
+            .any(|m| m.contains("fsync") || m.contains("clock")),
+        "{:?}",
+        warnings(&lines)
+    );
+}
+
+/// Where ext4's tracepoints would miss fsyncs (here an ext2 file system, mounted only in
+/// pausewatch's own mount namespace so the host is untouched), pausewatch attaches the syscall
+/// tracepoints and names the mount that made it; told never to, it says what is lost.
+#[test]
+fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
+    require_root();
+    let id = std::process::id();
+    let image = format!("/var/tmp/pw-ext2-{id}.img");
+    let mnt = format!("/var/tmp/pw-ext2-{id}.mnt");
+    run_cmd(&["truncate", "-s", "16M", &image]);
+    let dev = run_cmd(&["losetup", "-f", "--show", &image]);
+    let _cleanup = Cleanup(vec![
+        vec!["losetup".into(), "-d".into(), dev.clone()],
+        vec!["rm".into(), "-rf".into(), image.clone(), mnt.clone()],
+    ]);
+    run_cmd(&["mkfs.ext2", "-q", "-F", &dev]);
+    std::fs::create_dir_all(&mnt).unwrap();
+    EXT2.set((
+        CString::new(dev).unwrap(),
+        CString::new(mnt.clone()).unwrap(),
+    ))
+    .unwrap();
+    let start = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(pausewatch_bin());
+        cmd.arg("--json").args(args);
+        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
+        unsafe { cmd.pre_exec(mount_ext2_privately) };
+        Pausewatch::start_cmd(cmd)
+    };
+    let pw = start(&[]);
+    let names = program_names(pw.pid());
+    let lines = pw.stop();
+    for p in SYSCALL_PROGRAMS {
+        assert!(names.contains(p), "{p} not loaded beside ext2: {names:?}");
+    }
+    let n = hooks_notice(&lines);
+    assert_eq!(n["mode"], "syscall_tracepoints", "{n}");
+    let why = n["message"].as_str().unwrap();
+    assert!(why.contains(&format!("fsync on ext2 ({mnt})")), "{why}");
+
+    let pw = start(&["--no-syscall-tracepoints"]);
+    let names = program_names(pw.pid());
+    let lines = pw.stop();
+    for p in SYSCALL_PROGRAMS.iter().chain(&OFF_PATH_PROGRAMS) {
+        assert!(!names.contains(*p), "{p} loaded: {names:?}");
+    }
+    let w = warnings(&lines);
+    assert!(
+        w.iter()
+            .any(|m| m.contains("fsync-family calls are not timed")
+                && m.contains("who changes the clock is not known")
+                && m.contains("ext2")),
+        "{w:?}"
+    );
+}
+
+/// The ext2 device and mount point for `mount_ext2_privately` (a pre_exec hook is a plain fn).
+static EXT2: std::sync::OnceLock<(CString, CString)> = std::sync::OnceLock::new();
+
+fn mount_ext2_privately() -> std::io::Result<()> {
+    let (dev, mnt) = EXT2.get().expect("set before spawning");
+    // SAFETY: valid NUL-terminated strings; async-signal-safe calls.
+    let ok = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                dev.as_ptr(),
+                mnt.as_ptr(),
+                c"ext2".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Runs each command when dropped (test clean-up that happens on failure too).
+struct Cleanup(Vec<Vec<String>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            let _ = std::process::Command::new(&c[0]).args(&c[1..]).status();
+        }
+    }
 }

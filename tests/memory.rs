@@ -178,9 +178,17 @@ fn major_faults_match_proc_stat_and_name_the_file() {
     }
 }
 
+/// Timed both ways pausewatch can see fsync: ext4's own tracepoints (the default here) and the
+/// syscall tracepoints.
 #[test]
 fn a_throttled_fsync_is_timed_with_its_path_and_device() {
     require_root();
+    for hooks in ["never", "always"] {
+        throttled_fsync(hooks);
+    }
+}
+
+fn throttled_fsync(hooks: &str) {
     let fs = LoopFs::new();
     let blkio = Cgroup::new("blkio", "fsync");
     // 1 MiB/s for writes to the loop device from this cgroup: 512 KiB take about half a second.
@@ -189,7 +197,7 @@ fn a_throttled_fsync_is_timed_with_its_path_and_device() {
         &format!("{} 1048576", fs.maj_min()),
     );
     let file = fs.mnt.join("wal");
-    let pw = Pausewatch::start(&[]);
+    let pw = Pausewatch::start(&["--syscall-tracepoints", hooks]);
     let child = blkio
         .exec(&format!("fsync-file {} 524288", file.display()))
         .spawn()
@@ -207,12 +215,22 @@ fn a_throttled_fsync_is_timed_with_its_path_and_device() {
     });
     std::thread::sleep(Duration::from_millis(1500));
     let lines = pw.stop();
-    assert_eq!(call["syscall"], "fsync");
+    assert_eq!(call["syscall"], "fsync", "{hooks}: {call}");
     assert_eq!(call["tid"], w["tid"]);
     let d = call["duration_ns"].as_u64().unwrap();
     assert!(
         d.abs_diff(measured) <= 2_000_000,
-        "pausewatch {d} ns, measured {measured} ns"
+        "{hooks}: pausewatch {d} ns, measured {measured} ns"
+    );
+    assert!(
+        of_type(&lines, "notice").any(|n| n["event"] == "syscall_hooks"
+            && n["mode"]
+                == if hooks == "always" {
+                    "syscall_tracepoints"
+                } else {
+                    "off_syscall_path"
+                }),
+        "{hooks}"
     );
     assert_eq!(call["path"], file.to_str().unwrap(), "{call}");
     let loop_name = Path::new(&fs.dev).file_name().unwrap().to_str().unwrap();

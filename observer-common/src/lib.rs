@@ -754,7 +754,8 @@ pub struct SyncRecord {
     pub duration_ns: u64,
     /// Return value (negative errno on failure).
     pub ret: i64,
-    /// The fd (msync: the start address; sync: 0).
+    /// The fd (msync: the start address; sync: 0; `SYNC_NO_FD`: a sync with no descriptor,
+    /// such as io_uring's, seen by ext4's tracepoints).
     pub arg: u64,
     /// The file's inode number and device (kernel dev_t), read from the fd at entry; 0 when
     /// unknown (msync, sync, a bad fd).
@@ -765,6 +766,9 @@ pub struct SyncRecord {
     pub comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<SyncRecord>() == 80);
+
+/// `SyncRecord::arg` of a sync that named no descriptor.
+pub const SYNC_NO_FD: u64 = u64::MAX;
 
 /// One direct reclaim, memcg reclaim or compaction, charged to the thread that stalled in it.
 #[repr(C)]

@@ -7,12 +7,18 @@
 //! Read-only adjtimex calls (modes 0, or ADJ_OFFSET_SS_READ), which NTP daemons make many
 //! times a second, are dismissed after one 4-byte read and never reach the ring buffer.
 //!
+//! Off the syscall path (chosen by the loader with ext4's fsync tracepoints, see `sync`): the
+//! capability check every clock change makes, `cap_capable(CAP_SYS_TIME)`, which fires for
+//! nothing else the host does often. The call and its arguments come from the caller's saved
+//! registers; the record is streamed at the check with its verdict as `ret` (0, or -EPERM for
+//! a refused call), since no exit is seen.
+//!
 //! Clock changes are host-wide, so they are recorded whatever `--pid` says.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
     CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall,
@@ -112,15 +118,22 @@ pub fn settimeofday_enter(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_timex(syscall: ClockSyscall, clockid: i32, ptr: u64) {
+    if let Some(rec) = timex_record(syscall, clockid, ptr) {
+        keep(&rec);
+    }
+}
+
+/// The record of a timex call at `ptr`; None for a read-only one.
+#[inline(always)]
+fn timex_record(syscall: ClockSyscall, clockid: i32, ptr: u64) -> Option<ClockAdjRecord> {
     // SAFETY: bpf_probe_read_user copies through the fault-tolerant path.
     let Ok(modes) = (unsafe { bpf_probe_read_user(ptr as *const u32) }) else {
         let mut rec = new_record(syscall, clockid);
         rec.flags |= CLOCK_FLAG_UNREADABLE;
-        keep(&rec);
-        return;
+        return Some(rec);
     };
     if modes == 0 || (modes & ADJ_ADJTIME != 0 && modes & ADJ_OFFSET_READONLY != 0) {
-        return;
+        return None;
     }
     let mut rec = new_record(syscall, clockid);
     rec.modes = modes;
@@ -141,7 +154,7 @@ fn on_timex(syscall: ClockSyscall, clockid: i32, ptr: u64) {
         }
         Err(_) => rec.flags |= CLOCK_FLAG_UNREADABLE,
     }
-    keep(&rec);
+    Some(rec)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_adjtimex")]
@@ -186,4 +199,66 @@ pub fn adjtimex_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_clock_adjtime")]
 pub fn clock_adjtime_exit(ctx: TracePointContext) -> u32 {
     on_exit(&ctx)
+}
+
+// ---- off the syscall path
+//   cap_capable(const struct cred *cred, struct user_namespace *target_ns,
+//               const struct user_namespace *capable_ns, int cap, int ret)
+
+/// include/uapi/linux/capability.h
+const CAP_SYS_TIME: i32 = 25;
+
+/// Threads between the two CAP_SYS_TIME checks of one timex call with ADJ_SETOFFSET
+/// (`timekeeping_validate_timex`, kernel/time/timekeeping.c v6.18, checks once for any change
+/// and again to inject an offset): the second is not a second call.
+#[map]
+static SETOFFSET_CHECKED: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[btf_tracepoint(function = "cap_capable")]
+pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
+    if ctx.arg::<i32>(3) != CAP_SYS_TIME {
+        return 0;
+    }
+    let verdict = i64::from(ctx.arg::<i32>(4));
+    let (nr, [a0, a1, _]) = task::current_syscall();
+    let rec = match nr {
+        task::nr::CLOCK_SETTIME => {
+            let mut rec = new_record(ClockSyscall::ClockSettime, a0 as i32);
+            read_pair(&mut rec, a1, 1);
+            rec
+        }
+        // settimeofday(NULL, tz) is checked too: it only sets the timezone.
+        task::nr::SETTIMEOFDAY if a0 != 0 => {
+            let mut rec = new_record(ClockSyscall::Settimeofday, -1);
+            read_pair(&mut rec, a0, 1000);
+            rec
+        }
+        task::nr::ADJTIMEX | task::nr::CLOCK_ADJTIME => {
+            let (syscall, clockid, ptr) = if nr == task::nr::ADJTIMEX {
+                (ClockSyscall::Adjtimex, -1, a0)
+            } else {
+                (ClockSyscall::ClockAdjtime, a0 as i32, a1)
+            };
+            let Some(rec) = timex_record(syscall, clockid, ptr) else { return 0 };
+            if rec.modes & ADJ_SETOFFSET != 0 && verdict == 0 {
+                let tid = rec.by.tid;
+                // SAFETY: read-only lookup of a u8 flag.
+                if unsafe { SETOFFSET_CHECKED.get(&tid) }.is_some() {
+                    let _ = SETOFFSET_CHECKED.remove(&tid);
+                    return 0;
+                }
+                if SETOFFSET_CHECKED.insert(&tid, &1, 0).is_err() {
+                    output::count_drop(DropCause::ClockAdj);
+                }
+            }
+            rec
+        }
+        // RTC ioctls, 32-bit callers and whatever else checks CAP_SYS_TIME: not a change of
+        // the system clock by a call this table knows.
+        _ => return 0,
+    };
+    let mut rec = rec;
+    rec.ret = verdict;
+    output::emit_now(rec, DropCause::ClockAdj);
+    0
 }

@@ -246,6 +246,36 @@ static DISK_MAJOR_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static DISK_FIRST_MINOR_OFF: u64 = 0;
 
+/// `pt_regs.orig_ax`, `.di`, `.si` and `.dx` (x86-64): the syscall a task is in and its first
+/// three arguments, read by the hooks that replace the syscall tracepoints (0: not loaded).
+#[unsafe(no_mangle)]
+static PT_REGS_ORIG_AX_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_DI_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_SI_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_DX_OFF: u64 = 0;
+
+/// Where the saved user registers keep the syscall number and its first three arguments.
+#[derive(Clone, Copy)]
+pub struct SyscallRegs {
+    pub nr: usize,
+    pub args: [usize; 3],
+}
+
+#[inline(always)]
+pub fn syscall_regs() -> SyscallRegs {
+    SyscallRegs {
+        nr: get(&PT_REGS_ORIG_AX_OFF) as usize,
+        args: [
+            get(&PT_REGS_DI_OFF) as usize,
+            get(&PT_REGS_SI_OFF) as usize,
+            get(&PT_REGS_DX_OFF) as usize,
+        ],
+    }
+}
+
 #[inline(always)]
 pub fn task_maj_flt_off() -> usize {
     get(&TASK_MAJ_FLT_OFF) as usize

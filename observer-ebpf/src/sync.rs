@@ -1,6 +1,8 @@
 //! Disk flush stalls: the fsync family (fsync, fdatasync, sync_file_range, msync with
-//! MS_SYNC, sync, syncfs), timed from the syscall tracepoints. These are per-syscall classic
-//! tracepoints, so processes that never call them pay nothing.
+//! MS_SYNC, sync, syncfs), timed from the syscall tracepoints, or, where every file system
+//! whose fsync can wait is ext4, from ext4's own fsync tracepoints (fsync, fdatasync and
+//! msync only, but without the syscall tracepoints' cost to every other syscall on the host:
+//! attaching any of them sets the kernel's syscall-tracepoint work on every thread).
 //!
 //! At entry the call is kept per thread with the file's inode and device, read from the fd
 //! (`task->files->fdt->fd[fd]->f_inode`): the agent resolves the path from /proc/<pid>/fd and
@@ -9,11 +11,11 @@
 //! D sleep of its thread (memory.rs).
 use aya_ebpf::{
     helpers::bpf_get_current_task,
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
-use observer_common::{DropCause, RecordKind, SyncRecord, SyncSyscall};
+use observer_common::{DropCause, RecordKind, SYNC_NO_FD, SyncRecord, SyncSyscall};
 
 use crate::{
     config, counters, memory, output, sched,
@@ -78,12 +80,19 @@ fn fd_inode(fd: u64) -> (u64, u32) {
 
 #[inline(always)]
 fn enter(syscall: SyncSyscall, arg0: u64, flags: u64) {
-    let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let (tid, tgid) = (v as u32, (v >> 32) as u32);
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     if !sched::is_traced(tgid) {
         return;
     }
     let (ino, dev) = if syscall.takes_fd() { fd_inode(arg0) } else { (0, 0) };
+    keep(syscall, arg0, flags, ino, dev);
+}
+
+/// Keeps the call the current thread is entering, for its exit.
+#[inline(always)]
+fn keep(syscall: SyncSyscall, arg0: u64, flags: u64, ino: u64, dev: u32) {
+    let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let (tid, tgid) = (v as u32, (v >> 32) as u32);
     let rec = SyncRecord {
         kind: RecordKind::Sync as u32,
         syscall: syscall as u32,
@@ -104,12 +113,12 @@ fn enter(syscall: SyncSyscall, arg0: u64, flags: u64) {
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext) {
+fn exit(ret: i64) {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(mut rec) = call_of(tid) else { return };
     let _ = SYNC_CALLS.remove(&tid);
     rec.duration_ns = sched::now().saturating_sub(rec.start_mono_ns);
-    rec.ret = arg(ctx, ARG0) as i64;
+    rec.ret = ret;
     if let Some(pm) = memory::proc_mem(rec.tgid) {
         counters::add_stat(&mut pm.sync, rec.duration_ns);
     }
@@ -161,6 +170,47 @@ pub fn syncfs_enter(ctx: TracePointContext) -> u32 {
 /// One exit program serves every call of the family: the entry kept says which it was.
 #[tracepoint(category = "syscalls", name = "sys_exit_fsync")]
 pub fn sync_exit(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
+    exit(arg(&ctx, ARG0) as i64);
+    0
+}
+
+// ---- off the syscall path: ext4's own fsync tracepoints (tp_btf), chosen by the loader when
+// every file system on the host whose fsync can wait is ext4. Any syscall tracepoint sends
+// every syscall of every process through the kernel's tracing path; these fire only inside
+// ext4_sync_file, which fsync, fdatasync, msync(MS_SYNC) and io_uring's fsync reach (overlayfs
+// passes its fsync on to the upper file system's).
+//   ext4_sync_file_enter(struct file *file, int datasync)
+//   ext4_sync_file_exit(struct inode *inode, int ret)
+
+#[btf_tracepoint(function = "ext4_sync_file_enter")]
+pub fn ext4_fsync_enter(ctx: BtfTracePointContext) -> i32 {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if !sched::is_traced(tgid) {
+        return 0;
+    }
+    let file: TaskPtr = ctx.arg(0);
+    let datasync: i32 = ctx.arg(1);
+    // Which call brought the thread here, from its saved registers: the file system only
+    // knows it was asked for a (data) sync.
+    let (nr, [a0, _, a2]) = task::current_syscall();
+    let (syscall, arg0, flags) = match nr {
+        task::nr::FSYNC => (SyncSyscall::Fsync, a0, 0),
+        task::nr::FDATASYNC => (SyncSyscall::Fdatasync, a0, 0),
+        task::nr::MSYNC => (SyncSyscall::Msync, a0, a2),
+        // io_uring and other kernel-initiated syncs: no descriptor to report.
+        _ if datasync != 0 => (SyncSyscall::Fdatasync, SYNC_NO_FD, 0),
+        _ => (SyncSyscall::Fsync, SYNC_NO_FD, 0),
+    };
+    let (ino, dev) = task::read::<true, TaskPtr>(file, config::fd_offsets().file_inode)
+        .filter(|p| !p.is_null())
+        .map(task::inode_id::<true>)
+        .unwrap_or((0, 0));
+    keep(syscall, arg0, flags, ino, dev);
+    0
+}
+
+#[btf_tracepoint(function = "ext4_sync_file_exit")]
+pub fn ext4_fsync_exit(ctx: BtfTracePointContext) -> i32 {
+    exit(i64::from(ctx.arg::<i32>(1)));
     0
 }

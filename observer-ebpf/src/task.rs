@@ -222,3 +222,30 @@ pub fn inode_id<const DIRECT: bool>(inode: TaskPtr) -> (u64, u32) {
         .unwrap_or(0);
     (ino, dev)
 }
+
+/// The syscall the current task is in (its x86-64 number; anything else, e.g. a kernel
+/// thread's, matches no caller's table) and its first three arguments, from the user
+/// registers saved at syscall entry. tp_btf programs only: the helper wants a BTF task.
+#[inline(always)]
+pub fn current_syscall() -> (u64, [u64; 3]) {
+    let o = config::syscall_regs();
+    // SAFETY: helpers without preconditions; the first returns the BTF-typed current task
+    // (never NULL in process context), the second its BTF-typed saved registers (or 0), read
+    // through fault-tolerant loads.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as TaskPtr;
+    let arg = |off: usize| read::<true, u64>(regs, off).unwrap_or(0);
+    (read::<true, u64>(regs, o.nr).unwrap_or(u64::MAX), [arg(o.args[0]), arg(o.args[1]), arg(o.args[2])])
+}
+
+/// x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the calls the hooks off
+/// the syscall path recognise. The loader attaches those hooks only where `struct pt_regs`
+/// has x86-64's members.
+pub mod nr {
+    pub const MSYNC: u64 = 26;
+    pub const FSYNC: u64 = 74;
+    pub const FDATASYNC: u64 = 75;
+    pub const ADJTIMEX: u64 = 159;
+    pub const SETTIMEOFDAY: u64 = 164;
+    pub const CLOCK_SETTIME: u64 = 227;
+    pub const CLOCK_ADJTIME: u64 = 305;
+}

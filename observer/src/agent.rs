@@ -1048,6 +1048,15 @@ pub async fn run(
         for n in &probes.infos {
             w.notice(&st.clock, "info", "host_changed", n, json!({}));
         }
+        if let Some((mode, why)) = &probes.syscall_hooks {
+            w.notice(
+                &st.clock,
+                "info",
+                "syscall_hooks",
+                why,
+                json!({ "mode": mode }),
+            );
+        }
         w.clock_sync(&st.clock);
         let pids = &settings.pids;
         w.notice(

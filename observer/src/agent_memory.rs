@@ -80,7 +80,9 @@ impl MemState {
     pub fn on_sync(&mut self, r: &SyncRecord) -> SyncCall {
         let mut c = SyncCall::from_record(r);
         c.path = match c.syscall {
-            Some(s) if s.takes_fd() => self.files.fd_path(c.pid, c.arg, c.dev, c.ino),
+            Some(s) if s.takes_fd() => c
+                .fd()
+                .and_then(|fd| self.files.fd_path(c.pid, fd, c.dev, c.ino)),
             Some(SyncSyscall::Msync) => self.files.mapping(c.pid, c.arg, None),
             _ => None,
         };

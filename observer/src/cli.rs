@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     model::lease::Verb,
-    probe::{AttachMode, btf::VMLINUX_BTF},
+    probe::{AttachMode, btf::VMLINUX_BTF, syscall_hooks::SyscallHooks},
     source::lease_socket::DEFAULT_PATH,
 };
 
@@ -80,13 +80,20 @@ pub struct Watch {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub bpf_stats_every: Duration,
 
-    /// Leave the syscall tracepoints off (the fsync family and the clock setters). Attaching
-    /// any of them sends every syscall of every process on the host through the kernel's
-    /// tracing path, measured at about 45 ns per syscall on a 2-vCPU VM (+31% on a getppid
-    /// loop). Without them fsync-family calls are not timed, though their waits are still named
-    /// from the kernel stack, and who changes the clock is not known, though steps are still
-    /// measured.
-    #[arg(long)]
+    /// When to time fsync-family calls and see clock changes from the syscall tracepoints.
+    /// Attaching any of them sends every syscall of every process on the host through the
+    /// kernel's tracing path, measured at about 45 ns per syscall on a 2-vCPU VM (+33% on a
+    /// getppid loop). `auto` uses them only where the hooks off the syscall path (ext4's fsync
+    /// tracepoints, the CAP_SYS_TIME check) would miss something: another file system whose
+    /// fsync can wait is mounted, or the kernel lacks those hooks. Those hooks do not time
+    /// sync_file_range, sync or syncfs (`always` does)
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = SyscallHooks::Auto)]
+    pub syscall_tracepoints: SyscallHooks,
+
+    /// The same as `--syscall-tracepoints never`: where the hooks off the syscall path cannot be
+    /// used, fsync-family calls are not timed, though their waits are still named from the
+    /// kernel stack, and who changes the clock is not known, though steps are still measured.
+    #[arg(long, conflicts_with = "syscall_tracepoints")]
     pub no_syscall_tracepoints: bool,
 
     /// Most processes kept in the agent's table (least-paused exited ones are dropped first,

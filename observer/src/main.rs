@@ -200,7 +200,11 @@ fn run_in(
             probe::cost::StatsMode::Sampled
         },
         max_processes: cli.max_processes,
-        syscall_tracepoints: !cli.no_syscall_tracepoints,
+        syscall_hooks: if cli.no_syscall_tracepoints {
+            probe::syscall_hooks::SyscallHooks::Never
+        } else {
+            cli.syscall_tracepoints
+        },
     })?;
 
     attached();

@@ -293,6 +293,14 @@ pub fn of_type<'a>(lines: &'a [Value], ty: &'a str) -> impl Iterator<Item = &'a 
     lines.iter().filter(move |v| v["type"] == ty)
 }
 
+/// The messages of the `warn` notices.
+pub fn warnings(lines: &[Value]) -> Vec<String> {
+    of_type(lines, "notice")
+        .filter(|v| v["level"] == "warn")
+        .map(|v| v["message"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// The summary line of a process.
 pub fn summary_of(lines: &[Value], pid: u64) -> Option<&Value> {
     of_type(lines, "summary").find(|v| v["pid"] == pid)

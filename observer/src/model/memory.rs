@@ -131,8 +131,13 @@ impl SyncCall {
         self.syscall.map_or("fsync-family call", SyncSyscall::name)
     }
 
+    /// The descriptor the call named; None for calls without one, and for syncs the kernel
+    /// made on a thread's behalf (io_uring's fsync, seen by ext4's tracepoints: `NO_FD`).
     pub fn fd(&self) -> Option<u64> {
-        self.syscall.filter(|s| s.takes_fd()).map(|_| self.arg)
+        self.syscall
+            .filter(|s| s.takes_fd())
+            .map(|_| self.arg)
+            .filter(|&fd| fd != observer_common::SYNC_NO_FD)
     }
 
     /// "fsync of /data/wal (loop0) took 450ms; the disk's p99 was 3.0ms: the time went to
@@ -433,6 +438,15 @@ mod tests {
 
     #[test]
     fn sync_calls_say_where_the_time_went() {
+        let no_fd = SyncRecord {
+            arg: observer_common::SYNC_NO_FD,
+            ..sync_rec(1)
+        };
+        assert_eq!(
+            SyncCall::from_record(&no_fd).fd(),
+            None,
+            "io_uring's fsync names no fd"
+        );
         let mut c = SyncCall::from_record(&sync_rec(450_000_000));
         assert_eq!(c.fd(), Some(3));
         assert_eq!(

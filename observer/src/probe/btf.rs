@@ -507,10 +507,13 @@ pub enum MemGroup {
     SyncFiles,
     /// The disk of a block request.
     Disk,
+    /// The syscall number and first arguments in the saved user registers (x86-64's
+    /// `struct pt_regs`), which the hooks off the syscall path read.
+    SyscallRegs,
 }
 
 /// Offsets the memory and disk programs read: (loader global, struct, member, group).
-pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 15] = [
+pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 19] = [
     (
         "TASK_MAJ_FLT_OFF",
         "task_struct",
@@ -546,6 +549,15 @@ pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 15] = [
         "first_minor",
         MemGroup::Disk,
     ),
+    (
+        "PT_REGS_ORIG_AX_OFF",
+        "pt_regs",
+        "orig_ax",
+        MemGroup::SyscallRegs,
+    ),
+    ("PT_REGS_DI_OFF", "pt_regs", "di", MemGroup::SyscallRegs),
+    ("PT_REGS_SI_OFF", "pt_regs", "si", MemGroup::SyscallRegs),
+    ("PT_REGS_DX_OFF", "pt_regs", "dx", MemGroup::SyscallRegs),
 ];
 
 /// Resolved memory and disk offsets: the loader globals' values (0 where missing) and the

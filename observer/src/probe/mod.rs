@@ -2,6 +2,7 @@
 pub mod btf;
 pub mod cost;
 pub mod privileges;
+pub mod syscall_hooks;
 
 use std::{os::fd::OwnedFd, path::Path};
 
@@ -39,9 +40,10 @@ pub struct LoadOptions<'a> {
     pub attach: AttachMode,
     /// When BPF run-time statistics are on (and the empty calibration programs attached).
     pub stats: StatsMode,
-    /// Whether to attach the syscall tracepoints (fsync family, clock setters). Any syscall
-    /// tracepoint sends every syscall of every process through the kernel's tracing path.
-    pub syscall_tracepoints: bool,
+    /// When to attach the syscall tracepoints (fsync family, clock setters) rather than the
+    /// hooks off the syscall path (`syscall_hooks`). Any syscall tracepoint sends every
+    /// syscall of every process through the kernel's tracing path.
+    pub syscall_hooks: syscall_hooks::SyscallHooks,
     /// The agent's table bound (`--max-processes`): the kernel has twice as many aggregate
     /// slots (`PROC_STATS`) and as many memory aggregates (`PROC_MEM`).
     pub max_processes: u32,
@@ -81,6 +83,10 @@ pub struct Probes {
     pub notices: Vec<String>,
     /// Things done to the host that an operator should know (e.g. tracefs mounted).
     pub infos: Vec<String>,
+    /// How fsync-family calls and clock changes are seen (`syscall_hooks`): the mode's name
+    /// ("off_syscall_path", "syscall_tracepoints") and why; None when neither is attached
+    /// (said by a notice).
+    pub syscall_hooks: Option<(&'static str, String)>,
 }
 
 const SCHED: [TracepointProgs; 3] = [
@@ -176,6 +182,22 @@ const SYNC_SYSCALLS: [(&str, &str); 6] = [
     ("syncfs", "syncfs_enter"),
 ];
 const SYNC_EXIT: &str = "sync_exit";
+
+/// Off the syscall path (`syscall_hooks`): ext4's fsync tracepoints and the CAP_SYS_TIME
+/// check, (tracepoint, tp_btf program).
+const EXT4_SYNC: [(&str, &str); 2] = [
+    ("ext4_sync_file_enter", "ext4_fsync_enter"),
+    ("ext4_sync_file_exit", "ext4_fsync_exit"),
+];
+const CLOCK_CAP: [(&str, &str); 1] = [("cap_capable", "clock_capable")];
+
+/// Where fsync-family calls are timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncHooks {
+    Syscalls,
+    Ext4,
+    None,
+}
 
 /// Where tracefs is expected; pausewatch mounts it there when no tracefs is mounted.
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -312,6 +334,23 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         "SKB_CB_OFF",
     ];
     let mem = btf::MemOffsets::from_btf(&kbtf);
+    let mut hooks_host = syscall_hooks::Host {
+        tp_btf: false, // known once the scheduler programs are attached
+        regs_missing: mem
+            .missing(btf::MemGroup::SyscallRegs)
+            .map(|e| e.to_string()),
+        cap_capable: kbtf.tracepoint_args("cap_capable").is_some(),
+        ext4_sync_file: kbtf.tracepoint_args("ext4_sync_file_enter").is_some()
+            && kbtf.tracepoint_args("ext4_sync_file_exit").is_some(),
+        blind_spots: match syscall_hooks::host_mounts() {
+            Ok(m) => syscall_hooks::blind_spots(m),
+            Err(e) => vec![syscall_hooks::Mount {
+                fs_type: format!("an unknown file system (mount table unreadable: {e:#})"),
+                mount_point: "?".into(),
+                read_only: false,
+            }],
+        },
+    };
     let exit_has_group_dead = kbtf.tracepoint_args("sched_process_exit").unwrap_or(1) >= 2;
     // Our parse of the kernel's BTF (about 10 MiB) goes before aya parses it again and loads
     // the object: the two at once were the agent's peak memory.
@@ -400,6 +439,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         attached,
         notices,
         infos: Vec::new(),
+        syscall_hooks: None,
     };
     probes.attach_optional(
         &SIGNAL,
@@ -426,17 +466,44 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             .notices
             .push(format!("TCP retransmissions not observed: {e}")),
     }
-    if opts.syscall_tracepoints {
-        probes.attach_clock_syscalls();
-    } else {
-        probes.notices.push(
-            "syscall tracepoints off (--no-syscall-tracepoints): fsync-family calls are not timed \
-             (their waits are still named from the kernel stack) and who changes the clock is not \
-             known (steps are still measured)"
-                .into(),
-        );
-    }
-    probes.attach_memory(&aya_btf, &mem, opts.syscall_tracepoints);
+    hooks_host.tp_btf = probes.sched_mechanism == "tp_btf";
+    let sync_hooks = match syscall_hooks::choose(opts.syscall_hooks, &hooks_host) {
+        syscall_hooks::Choice::OffPath => {
+            probes.syscall_hooks = Some((
+                "off_syscall_path",
+                "fsync, fdatasync and msync are timed from ext4's own tracepoints and clock changes \
+                 seen at their CAP_SYS_TIME check: no syscall tracepoint, which would tax every \
+                 syscall on the host (sync_file_range, sync and syncfs are not timed, their waits \
+                 are still named from the kernel stack; --syscall-tracepoints always times them)"
+                    .into(),
+            ));
+            probes.attach_btf_only(&CLOCK_CAP, &aya_btf, "who changes the clock");
+            SyncHooks::Ext4
+        }
+        syscall_hooks::Choice::Syscalls(why) => {
+            probes.syscall_hooks = Some((
+                "syscall_tracepoints",
+                format!(
+                    "syscall tracepoints attached for fsync-family calls and clock setters, at \
+                     about 45 ns to every syscall on the host: {} (--no-syscall-tracepoints \
+                     leaves them off)",
+                    why.as_deref().unwrap_or("--syscall-tracepoints always")
+                ),
+            ));
+            probes.attach_clock_syscalls();
+            SyncHooks::Syscalls
+        }
+        syscall_hooks::Choice::Neither(why) => {
+            probes.notices.push(format!(
+                "syscall tracepoints off (--no-syscall-tracepoints) and the hooks off the syscall \
+                 path unusable ({why}): fsync-family calls are not timed (their waits are still \
+                 named from the kernel stack) and who changes the clock is not known (steps are \
+                 still measured)"
+            ));
+            SyncHooks::None
+        }
+    };
+    probes.attach_memory(&aya_btf, &mem, sync_hooks);
     // Process exits in ring order (a later process with the same pid is never taken for an
     // exited one) need sched_process_exit's `group_dead` argument (Linux 6.16+).
     if exit_has_group_dead {
@@ -571,7 +638,7 @@ impl Probes {
 
     /// Memory and disk pauses: fault brackets and major-fault accounting, reclaim and
     /// compaction stalls, the fsync family, block device latency.
-    fn attach_memory(&mut self, btf: &Btf, mem: &btf::MemOffsets, syscalls: bool) {
+    fn attach_memory(&mut self, btf: &Btf, mem: &btf::MemOffsets, sync: SyncHooks) {
         match (
             mem.missing(btf::MemGroup::Faults),
             mem.missing(btf::MemGroup::SyncFiles),
@@ -588,7 +655,7 @@ impl Probes {
                 "block device latency not observed (offsets not in BTF: {e})"
             )),
         }
-        if !syscalls {
+        if sync == SyncHooks::None {
             return;
         }
         if let Some(e) = mem.missing(btf::MemGroup::SyncFiles) {
@@ -596,7 +663,10 @@ impl Probes {
                 "fsync-family calls are timed but their files are unknown (offsets not in BTF: {e})"
             ));
         }
-        self.attach_sync_syscalls();
+        match sync {
+            SyncHooks::Ext4 => self.attach_btf_only(&EXT4_SYNC, btf, "ext4 fsync calls"),
+            _ => self.attach_sync_syscalls(),
+        }
     }
 
     /// The fsync-family syscall tracepoints (classic: tracefs must be there, which

@@ -15,8 +15,11 @@
 //!                                            the peer's EOF (everything acknowledged), print
 //!                                            {"pid","tid","local","bytes"}
 //!   pw-workload rt-hog SECS CPU              spin as SCHED_FIFO 1 pinned to CPU for SECS
-//!   pw-workload step-clock NS                step CLOCK_REALTIME by NS (signed) with
-//!                                            clock_settime, print {"pid","requested_ns"}
+//!   pw-workload step-clock NS [HOW [may-fail]] step CLOCK_REALTIME by NS (signed) with
+//!                                            clock_settime (HOW settime, the default) or
+//!                                            adjtimex ADJ_SETOFFSET (HOW setoffset), print
+//!                                            {"pid","requested_ns"}; may-fail prints the
+//!                                            failure's "errno" instead of failing
 //!   pw-workload slew-clock US HOLD_SECS      ask the kernel PLL to slew by US µs (adjtimex
 //!                                            ADJ_OFFSET with STA_PLL), hold it HOLD_SECS, then
 //!                                            restore the status and offset found; print {"pid"}
@@ -200,7 +203,11 @@ fn main() {
         Some("tcp-serve") => tcp_serve(arg(2)),
         Some("tcp-send") => tcp_send(arg(2), arg(3).parse().unwrap()),
         Some("rt-hog") => rt_hog(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
-        Some("step-clock") => step_clock(arg(2).parse().unwrap()),
+        Some("step-clock") => step_clock(
+            arg(2).parse().unwrap(),
+            args.get(3).map_or("settime", String::as_str),
+            args.get(4).is_some_and(|s| s == "may-fail"),
+        ),
         Some("slew-clock") => slew_clock(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("touch-file") => touch_file(arg(2)),
         Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
@@ -287,19 +294,43 @@ fn realtime_ns() -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
-fn step_clock(ns: i64) {
-    let target = realtime_ns() + i128::from(ns);
-    let ts = libc::timespec {
-        tv_sec: (target.div_euclid(1_000_000_000)) as libc::time_t,
-        tv_nsec: (target.rem_euclid(1_000_000_000)) as libc::c_long,
+fn step_clock(ns: i64, how: &str, may_fail: bool) {
+    let r = match how {
+        "settime" => {
+            let target = realtime_ns() + i128::from(ns);
+            let ts = libc::timespec {
+                tv_sec: (target.div_euclid(1_000_000_000)) as libc::time_t,
+                tv_nsec: (target.rem_euclid(1_000_000_000)) as libc::c_long,
+            };
+            // SAFETY: valid timespec; CLOCK_REALTIME.
+            unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }
+        }
+        "setoffset" => {
+            // SAFETY: a zeroed timex is valid.
+            let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+            tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
+            // ADJ_SETOFFSET with ADJ_NANO: `time` is (seconds, nanoseconds), the latter in
+            // [0, 1e9).
+            tx.time.tv_sec = ns.div_euclid(1_000_000_000) as libc::time_t;
+            tx.time.tv_usec = ns.rem_euclid(1_000_000_000) as libc::suseconds_t;
+            // SAFETY: valid pointer to a timex.
+            unsafe { libc::adjtimex(&mut tx) }.min(0)
+        }
+        other => panic!("step-clock: unknown method {other:?} (settime or setoffset)"),
     };
-    // SAFETY: valid timespec; CLOCK_REALTIME.
-    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        panic!("clock_settime: {}", std::io::Error::last_os_error());
+    let errno = (r != 0).then(std::io::Error::last_os_error);
+    if let Some(e) = &errno
+        && !may_fail
+    {
+        panic!("step-clock {how}: {e}");
     }
     println!(
         "{}",
-        serde_json::json!({ "pid": std::process::id(), "requested_ns": ns })
+        serde_json::json!({
+            "pid": std::process::id(),
+            "requested_ns": ns,
+            "errno": errno.and_then(|e| e.raw_os_error()),
+        })
     );
 }
 
