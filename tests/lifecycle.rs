@@ -358,30 +358,8 @@ fn syscall_tracepoints_are_used_only_where_needed() {
 #[test]
 fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
     require_root();
-    let id = std::process::id();
-    let image = format!("/var/tmp/pw-ext2-{id}.img");
-    let mnt = format!("/var/tmp/pw-ext2-{id}.mnt");
-    run_cmd(&["truncate", "-s", "16M", &image]);
-    let dev = run_cmd(&["losetup", "-f", "--show", &image]);
-    let _cleanup = Cleanup(vec![
-        vec!["losetup".into(), "-d".into(), dev.clone()],
-        vec!["rm".into(), "-rf".into(), image.clone(), mnt.clone()],
-    ]);
-    run_cmd(&["mkfs.ext2", "-q", "-F", &dev]);
-    std::fs::create_dir_all(&mnt).unwrap();
-    EXT2.set((
-        CString::new(dev).unwrap(),
-        CString::new(mnt.clone()).unwrap(),
-    ))
-    .unwrap();
-    let start = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(pausewatch_bin());
-        cmd.arg("--json").args(args);
-        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
-        unsafe { cmd.pre_exec(mount_ext2_privately) };
-        Pausewatch::start_cmd(cmd)
-    };
-    let pw = start(&[]);
+    let ext2 = Ext2::new();
+    let pw = start_in_own_mount_namespace(&[], ext2.mounted_privately());
     let names = program_names(pw.pid());
     let lines = pw.stop();
     for p in SYSCALL_PROGRAMS {
@@ -390,9 +368,12 @@ fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
     let n = hooks_notice(&lines);
     assert_eq!(n["mode"], "syscall_tracepoints", "{n}");
     let why = n["message"].as_str().unwrap();
-    assert!(why.contains(&format!("fsync on ext2 ({mnt})")), "{why}");
+    assert!(
+        why.contains(&format!("fsync on ext2 ({})", ext2.mnt)),
+        "{why}"
+    );
 
-    let pw = start(&["--no-syscall-tracepoints"]);
+    let pw = start_in_own_mount_namespace(&["--no-syscall-tracepoints"], ext2.mounted_privately());
     let names = program_names(pw.pid());
     let lines = pw.stop();
     for p in SYSCALL_PROGRAMS.iter().chain(&OFF_PATH_PROGRAMS) {
@@ -408,12 +389,79 @@ fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
     );
 }
 
-/// The ext2 device and mount point for `mount_ext2_privately` (a pre_exec hook is a plain fn).
-static EXT2: std::sync::OnceLock<(CString, CString)> = std::sync::OnceLock::new();
+/// The choice is made at start-up: a file system mounted later that ext4's tracepoints do not
+/// see is named in a warning (once), so the operator knows to restart.
+#[test]
+fn a_file_system_mounted_later_that_the_hooks_miss_is_named() {
+    require_root();
+    let ext2 = Ext2::new();
+    let mut pw = start_in_own_mount_namespace(&[], private_mount_namespace);
+    let pid = pw.pid().to_string();
+    run_cmd(&[
+        "nsenter", "-t", &pid, "-m", "mount", "-t", "ext2", &ext2.dev, &ext2.mnt,
+    ]);
+    let w = pw.wait_for(Duration::from_secs(20), |v| {
+        v["type"] == "notice"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("mounted after start-up"))
+    });
+    let lines = pw.stop();
+    assert_eq!(w["level"], "warn", "{w}");
+    assert_eq!(w["path"], ext2.mnt.as_str(), "{w}");
+    assert_eq!(hooks_notice(&lines)["mode"], "off_syscall_path");
+    let named = of_type(&lines, "notice")
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("mounted after start-up"))
+        })
+        .count();
+    assert_eq!(named, 1, "named once");
+}
 
-fn mount_ext2_privately() -> std::io::Result<()> {
-    let (dev, mnt) = EXT2.get().expect("set before spawning");
-    // SAFETY: valid NUL-terminated strings; async-signal-safe calls.
+/// An ext2 file system on a loop device, not mounted (tests mount it in a namespace of their
+/// own), detached and removed when dropped.
+struct Ext2 {
+    dev: String,
+    mnt: String,
+    _cleanup: Cleanup,
+}
+
+impl Ext2 {
+    fn new() -> Self {
+        let id = std::process::id();
+        let image = format!("/var/tmp/pw-ext2-{id}.img");
+        let mnt = format!("/var/tmp/pw-ext2-{id}.mnt");
+        run_cmd(&["truncate", "-s", "16M", &image]);
+        let dev = run_cmd(&["losetup", "-f", "--show", &image]);
+        let cleanup = Cleanup(vec![
+            vec!["losetup".into(), "-d".into(), dev.clone()],
+            vec!["rm".into(), "-rf".into(), image.clone(), mnt.clone()],
+        ]);
+        run_cmd(&["mkfs.ext2", "-q", "-F", &dev]);
+        std::fs::create_dir_all(&mnt).unwrap();
+        Self {
+            dev,
+            mnt,
+            _cleanup: cleanup,
+        }
+    }
+}
+
+fn start_in_own_mount_namespace(
+    args: &[&str],
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Pausewatch {
+    let mut cmd = std::process::Command::new(pausewatch_bin());
+    cmd.arg("--json").args(args);
+    // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
+    unsafe { cmd.pre_exec(setup) };
+    Pausewatch::start_cmd(cmd)
+}
+
+fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: async-signal-safe calls with valid NUL-terminated strings.
     let ok = unsafe {
         libc::unshare(libc::CLONE_NEWNS) == 0
             && libc::mount(
@@ -423,18 +471,38 @@ fn mount_ext2_privately() -> std::io::Result<()> {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ) == 0
-            && libc::mount(
-                dev.as_ptr(),
-                mnt.as_ptr(),
-                c"ext2".as_ptr(),
-                0,
-                std::ptr::null(),
-            ) == 0
     };
     if ok {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Ext2 {
+    /// A pre_exec hook: a private mount namespace with this file system mounted in it.
+    fn mounted_privately(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+        let (dev, mnt) = (
+            CString::new(self.dev.clone()).unwrap(),
+            CString::new(self.mnt.clone()).unwrap(),
+        );
+        move || {
+            private_mount_namespace()?;
+            // SAFETY: valid NUL-terminated strings; an async-signal-safe call.
+            if unsafe {
+                libc::mount(
+                    dev.as_ptr(),
+                    mnt.as_ptr(),
+                    c"ext2".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
     }
 }
 

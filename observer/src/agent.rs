@@ -34,6 +34,7 @@ use crate::{
     probe::{
         Probes,
         cost::{StatsMode, StatsSampler},
+        syscall_hooks::{MountWatch, host_mounts, late_mount_message},
     },
     runtimes::{Notice, RuntimeWatcher},
     source::{
@@ -886,6 +887,18 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let deadline = settings.duration.map(|d| Instant::now() + d);
+    // While the hooks off the syscall path are in use: file systems mounted since that they
+    // cannot see. The ones there at start-up made the choice.
+    let mut mount_watch = probes
+        .syscall_hooks
+        .as_ref()
+        .filter(|(mode, _)| *mode == "off_syscall_path")
+        .map(|_| MountWatch::default());
+    if let Some(w) = &mut mount_watch
+        && let Ok(mounts) = host_mounts()
+    {
+        w.new_blind_spots(mounts);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
     let stats_sampler = StatsSampler {
@@ -1192,6 +1205,23 @@ pub async fn run(
                 }
                 if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
                     return_freed_memory();
+                }
+                if let Some(w) = &mut mount_watch
+                    && ticks.is_multiple_of(MountWatch::EVERY_TICKS)
+                    && let Ok(mounts) = host_mounts()
+                {
+                    for m in w.new_blind_spots(mounts) {
+                        st.notice(
+                            Notice {
+                                level: "warn",
+                                event: "degraded",
+                                message: late_mount_message(&m),
+                                pid: None,
+                                path: Some(m.mount_point.display().to_string()),
+                            },
+                            &mut out,
+                        );
+                    }
                 }
             }
             _ = async { tokio::time::sleep_until(runtime_check.unwrap_or_else(Instant::now)).await }, if runtime_check.is_some() => {

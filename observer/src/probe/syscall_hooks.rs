@@ -114,6 +114,42 @@ pub fn host_mounts() -> anyhow::Result<Vec<Mount>> {
         .collect())
 }
 
+/// File systems mounted after start-up that ext4's tracepoints do not see: the choice is made
+/// once, so each is named once, for the operator to restart or ask for the syscall
+/// tracepoints.
+#[derive(Debug, Default)]
+pub struct MountWatch {
+    named: Vec<Mount>,
+}
+
+impl MountWatch {
+    /// How often the agent reads the mount table while the hooks off the syscall path are in
+    /// use.
+    pub const EVERY_TICKS: u64 = 5;
+
+    /// The blind spots in `mounts` not named before.
+    pub fn new_blind_spots(&mut self, mounts: Vec<Mount>) -> Vec<Mount> {
+        let new: Vec<Mount> = blind_spots(mounts)
+            .into_iter()
+            .filter(|m| !self.named.contains(m))
+            .collect();
+        self.named.extend(new.iter().cloned());
+        new
+    }
+}
+
+/// What an operator is told about a blind spot mounted after start-up.
+pub fn late_mount_message(m: &Mount) -> String {
+    format!(
+        "fsync on {} ({}), mounted after start-up, is not timed: ext4's tracepoints, chosen at \
+         start-up, do not see it (restart pausewatch, which will then use the syscall \
+         tracepoints, or pass --syscall-tracepoints always); its waits are still named from the \
+         kernel stack",
+        m.fs_type,
+        m.mount_point.display()
+    )
+}
+
 /// Why the hooks off the syscall path cannot be used here, if they cannot.
 pub fn why_not_off_path(host: &Host) -> Option<String> {
     if !host.tp_btf {
@@ -249,6 +285,25 @@ mod tests {
             };
             assert!(why.contains(want), "{why}");
         }
+    }
+
+    #[test]
+    fn a_blind_spot_mounted_later_is_named_once() {
+        let mut w = MountWatch::default();
+        assert!(
+            w.new_blind_spots(vec![mount("ext4", "/", false)])
+                .is_empty()
+        );
+        let xfs = mount("xfs", "/data", false);
+        let got = w.new_blind_spots(vec![mount("ext4", "/", false), xfs.clone()]);
+        assert_eq!(got, [xfs.clone()]);
+        assert!(
+            w.new_blind_spots(vec![xfs.clone()]).is_empty(),
+            "named twice"
+        );
+        assert!(
+            late_mount_message(&xfs).starts_with("fsync on xfs (/data), mounted after start-up")
+        );
     }
 
     #[test]
