@@ -689,16 +689,18 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
             }
         }
     }
-    // The untraced-syscall workload again, with the syscall tracepoints left off: what an
-    // operator who does not need fsync timing or clock-setter attribution pays. Judged on the
-    // workload's own CPU time: the tax is paid inside its syscalls, while its wall time also
-    // counts the agent's threads taking turns on its CPU (the agent's CPU has its own budget).
+    // The untraced-syscall workload again with the syscall tracepoints forced on: what the
+    // hosts that need them (a writable file system other than ext4 whose fsync can wait, no
+    // cap_capable tracepoint) pay, and what every host paid before the hooks off the syscall
+    // path. Judged on the workload's own CPU time: the tax is paid inside its syscalls, while
+    // its wall time also counts the agent's threads taking turns on its CPU. Not a budget: the
+    // budget is the default's, checked above.
     if let Some(w) = WORKLOADS.iter().find(|w| w.kind == "untraced syscall") {
-        let name = format!("{} (--no-syscall-tracepoints)", w.name);
+        let name = format!("{} (--syscall-tracepoints always)", w.name);
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 2];
         let alt = alternate(&name, rounds, |with_pw| {
             let t = if with_pw {
-                Observer::pausewatch(bin, &["--no-syscall-tracepoints"])?
+                Observer::pausewatch(bin, &["--syscall-tracepoints", "always"])?
                     .around(|| time_workload(w))?
                     .0
             } else {
@@ -709,19 +711,14 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         })?;
         let cpu_slowdown = Slowdown::of(&cpu[0], &cpu[1]);
         s.body += &format!(
-            "\nThe same {} with `--no-syscall-tracepoints`: wall time {:.3} s without pausewatch, {:.3} s \
-             with it, {}; its own CPU time {}.\n",
+            "\nThe same {} with `--syscall-tracepoints always` (where the hooks off the syscall path \
+             cannot see everything, pausewatch attaches these by itself): wall time {:.3} s without \
+             pausewatch, {:.3} s with it, {}; its own CPU time {}.\n",
             w.name,
             alt.without,
             alt.with,
             alt.slowdown.cell(),
             cpu_slowdown.cell()
-        );
-        s.check(
-            "… the same with --no-syscall-tracepoints (the workload's CPU time)",
-            "≤ 1% (nothing measurable)",
-            format!("{:+.2}%", cpu_slowdown.median * 100.0),
-            cpu_slowdown.median <= 0.01,
         );
     }
     s.check(

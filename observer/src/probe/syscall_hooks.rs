@@ -296,7 +296,7 @@ mod tests {
         );
         let xfs = mount("xfs", "/data", false);
         let got = w.new_blind_spots(vec![mount("ext4", "/", false), xfs.clone()]);
-        assert_eq!(got, [xfs.clone()]);
+        assert_eq!(got, std::slice::from_ref(&xfs));
         assert!(
             w.new_blind_spots(vec![xfs.clone()]).is_empty(),
             "named twice"
