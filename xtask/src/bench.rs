@@ -585,13 +585,21 @@ pub(crate) fn prepare() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// pausewatch's arguments in the slowdown rounds: as deployed but for the run-time statistics'
+/// sampling, which is on for the first 10 s after start (every round would run under it) and
+/// then 1 s a minute; what the statistics cost per program run is the floor in the program
+/// table.
+pub(crate) const STEADY_STATE: [&str; 2] = ["--bpf-stats-every", "0"];
+
 /// Workload slowdown under pausewatch and under bpftrace, the observers' CPU and memory, and
 /// each program's cost.
 pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
     let mut s = Section::default();
     s.body += "## Workloads: slowdown, against bpftrace doing less\n\n\
         Each workload ran with nothing attached, with pausewatch (release, as deployed: host-wide, \
-        default threshold, NDJSON to a file) and with bpftrace running a runqlat-style histogram, \
+        default threshold, NDJSON to a file; but with `--bpf-stats-every 0`: the run-time \
+        statistics are sampled for the first 10 s after start, which would cover every round, and \
+        1 s a minute after, at the cost per program run shown as the floor below) and with bpftrace running a runqlat-style histogram, \
         page faults per process and tcpretrans-style printing (Debian's bpftrace), in rotating order \
         every round. Slowdown: ratio of medians (per-round min … max). CPU: the observer's own, all \
         its threads, while the workload ran, median of rounds. Peak RSS: VmHWM, largest of rounds.\n\n\
@@ -609,7 +617,8 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
             let t = match v {
                 0 => time_workload(w)?,
                 1 => {
-                    let (t, c) = Observer::pausewatch(bin, &[])?.around(|| time_workload(w))?;
+                    let (t, c) =
+                        Observer::pausewatch(bin, &STEADY_STATE)?.around(|| time_workload(w))?;
                     pw_cost.push(c);
                     t
                 }
@@ -700,9 +709,12 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 2];
         let alt = alternate(&name, rounds, |with_pw| {
             let t = if with_pw {
-                Observer::pausewatch(bin, &["--syscall-tracepoints", "always"])?
-                    .around(|| time_workload(w))?
-                    .0
+                Observer::pausewatch(
+                    bin,
+                    &[&STEADY_STATE[..], &["--syscall-tracepoints", "always"]].concat(),
+                )?
+                .around(|| time_workload(w))?
+                .0
             } else {
                 time_workload(w)?
             };

@@ -81,7 +81,7 @@ fn alternated(bin: &Path, w: &Workload, rounds: usize) -> anyhow::Result<Alterna
     measure(w)?;
     alternate(w.name, rounds, |with_pw| {
         Ok(if with_pw {
-            measure_with(bin, w, &[])?.0
+            measure_with(bin, w, &crate::bench::STEADY_STATE)?.0
         } else {
             measure(w)?.1
         })
