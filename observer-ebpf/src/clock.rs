@@ -17,7 +17,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{btf_tracepoint, map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
@@ -208,11 +208,17 @@ pub fn clock_adjtime_exit(ctx: TracePointContext) -> u32 {
 /// include/uapi/linux/capability.h
 const CAP_SYS_TIME: i32 = 25;
 
-/// Threads between the two CAP_SYS_TIME checks of one timex call with ADJ_SETOFFSET
-/// (`timekeeping_validate_timex`, kernel/time/timekeeping.c v6.18, checks once for any change
-/// and again to inject an offset): the second is not a second call.
+/// Thread → when it passed the first of the two CAP_SYS_TIME checks of one timex call with
+/// ADJ_SETOFFSET (`timekeeping_validate_timex`, kernel/time/timekeeping.c v6.18, checks once for
+/// any change and again to inject an offset): the second, microseconds later with nothing that
+/// sleeps between, is not a second call. A check older than `SAME_CALL_NS` starts a new call,
+/// so a kernel that checks only once loses nothing; LRU, as such a kernel leaves every entry
+/// behind.
 #[map]
-static SETOFFSET_CHECKED: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static SETOFFSET_CHECKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// Two checks of one call are this close; two steps by one thread never are.
+const SAME_CALL_NS: u64 = 100_000;
 
 #[btf_tracepoint(function = "cap_capable")]
 pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
@@ -242,14 +248,14 @@ pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
             let Some(rec) = timex_record(syscall, clockid, ptr) else { return 0 };
             if rec.modes & ADJ_SETOFFSET != 0 && verdict == 0 {
                 let tid = rec.by.tid;
-                // SAFETY: read-only lookup of a u8 flag.
-                if unsafe { SETOFFSET_CHECKED.get(&tid) }.is_some() {
+                // SAFETY: read-only copy of a u64 of our own map.
+                let first = unsafe { SETOFFSET_CHECKED.get(&tid) }.copied();
+                if first.is_some_and(|t| rec.ts_mono_ns.saturating_sub(t) < SAME_CALL_NS) {
                     let _ = SETOFFSET_CHECKED.remove(&tid);
                     return 0;
                 }
-                if SETOFFSET_CHECKED.insert(&tid, &1, 0).is_err() {
-                    output::count_drop(DropCause::ClockAdj);
-                }
+                // An LRU insert does not fail for want of room.
+                let _ = SETOFFSET_CHECKED.insert(&tid, &rec.ts_mono_ns, 0);
             }
             rec
         }
