@@ -188,6 +188,51 @@ fn a_throttled_fsync_is_timed_with_its_path_and_device() {
     }
 }
 
+/// fdatasync and msync(MS_SYNC) are each named as the call they were, both ways pausewatch can
+/// see them (off the syscall path the call comes from the caller's saved registers), one line
+/// per call the workload made; off the syscall path msync's with the inode of the file it
+/// mapped.
+#[test]
+fn fdatasync_and_msync_are_named_both_ways() {
+    require_root();
+    for hooks in ["never", "always"] {
+        let file = format!("/var/tmp/pw-sync-{}-{hooks}", std::process::id());
+        let mut pw = Pausewatch::start(&["--min-pause", "1us", "--syscall-tracepoints", hooks]);
+        let loop_ = run_workload(&["fsync-loop", &format!("{file}.log"), "5"]);
+        let mapped = run_workload(&["msync-file", &file, "16"]);
+        let pid = mapped["pid"].clone();
+        pw.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "fsync" && v["pid"] == pid
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let lines = pw.stop();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+        let _ = std::fs::remove_file(&file);
+        let calls = |pid: &Value| -> Vec<Value> {
+            of_type(&lines, "fsync")
+                .filter(|v| v["pid"] == *pid)
+                .cloned()
+                .collect()
+        };
+        let datasyncs = calls(&loop_["pid"]);
+        assert_eq!(datasyncs.len(), 5, "{hooks}: {datasyncs:#?}");
+        for c in &datasyncs {
+            assert_eq!(c["syscall"], "fdatasync", "{hooks}: {c}");
+            assert!(c["fd"].as_u64().is_some(), "{hooks}: {c}");
+            assert_eq!(c["ret"], 0, "{hooks}: {c}");
+        }
+        let msyncs = calls(&pid);
+        assert_eq!(msyncs.len(), 1, "{hooks}: {msyncs:#?}");
+        assert_eq!(msyncs[0]["syscall"], "msync", "{hooks}: {}", msyncs[0]);
+        // Off the syscall path the kernel hands over the file itself: its inode, even though
+        // the workload has exited before its mappings could be read. The syscall tracepoints
+        // see only an address, which names a file only while the process lives.
+        if hooks == "never" {
+            assert_eq!(msyncs[0]["inode"], ino, "{hooks}: {}", msyncs[0]);
+        }
+    }
+}
+
 fn throttled_fsync(hooks: &str) {
     let fs = LoopFs::new();
     let blkio = Cgroup::new("blkio", "fsync");

@@ -56,6 +56,9 @@
 //!   pw-workload fsync-loop PATH COUNT        COUNT times: write 4 KiB at the end of PATH and
 //!                                            fdatasync it (a database's commit log); print
 //!                                            {"pid","syncs"}
+//!   pw-workload msync-file PATH PAGES        create PATH of PAGES pages, map it shared, dirty
+//!                                            every page and msync(MS_SYNC) the mapping; print
+//!                                            {"pid","addr"}
 //!   pw-workload tcp-rr COUNT                 COUNT request/response round trips of 64 bytes
 //!                                            between two threads over loopback TCP (an RPC
 //!                                            client and server); print {"pid","round_trips"}
@@ -217,6 +220,7 @@ fn main() {
         Some("pingpong") => pingpong(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("fork-storm") => fork_storm(arg(2).parse().unwrap()),
         Some("fsync-loop") => fsync_loop(arg(2), arg(3).parse().unwrap()),
+        Some("msync-file") => msync_file(arg(2), arg(3).parse().unwrap()),
         Some("tcp-rr") => tcp_rr(arg(2).parse().unwrap()),
         Some("many-procs") => many_procs(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         _ => panic!("usage: see the module docs"),
@@ -636,6 +640,48 @@ fn fsync_loop(path: &str, count: u64) {
         "{}",
         serde_json::json!({ "pid": std::process::id(), "syncs": count })
     );
+}
+
+fn msync_file(path: &str, pages: usize) {
+    let len = pages * 4096;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    f.set_len(len as u64).expect("set_len");
+    // SAFETY: a fresh shared mapping of a file of `len` bytes that this process owns.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    for i in 0..pages {
+        // SAFETY: within the mapping.
+        unsafe { *(p as *mut u8).add(i * 4096) = 0x5a };
+    }
+    // SAFETY: the mapping made above.
+    let r = unsafe { libc::msync(p, len, libc::MS_SYNC) };
+    assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
+    println!(
+        "{}",
+        serde_json::json!({ "pid": std::process::id(), "addr": p as u64 })
+    );
+    // SAFETY: the mapping made above, not used after.
+    unsafe { libc::munmap(p, len) };
 }
 
 fn tcp_rr(count: u64) {
