@@ -157,7 +157,11 @@ fn prometheus_scrapes_the_stops_the_test_induced() {
     let up = prom
         .query(r#"pausewatch_processes{job="pausewatch"}"#)
         .unwrap();
+    // How this host sees fsync and clock changes, for a fleet to find the hosts that pay the
+    // syscall tracepoints' tax (on ours: none do).
+    let hooks = prom.query(r#"pausewatch_syscall_hooks{mode="off_syscall_path"}"#);
     let lines = pw.stop();
+    assert_eq!(hooks, Some(1.0), "syscall hooks mode not exported");
     let _ = (victim.kill(), victim.wait());
 
     eprintln!(

@@ -786,6 +786,10 @@ impl AgentState {
             },
             agent_cpu_ns: me.as_ref().map_or(0, |s| (s.utime + s.stime) * tick_ns),
             agent_rss_bytes: me.as_ref().map_or(0, |s| s.rss * page),
+            syscall_hooks: probes
+                .syscall_hooks
+                .as_ref()
+                .map_or("none", |(mode, _)| *mode),
         };
     }
 }

@@ -54,6 +54,7 @@ pub const FAMILIES: &[(&str, MetricType)] = &[
     ("pausewatch_bpf_runs", MetricType::Counter),
     ("pausewatch_agent_cpu_seconds", MetricType::Counter),
     ("pausewatch_agent_resident_bytes", MetricType::Gauge),
+    ("pausewatch_syscall_hooks", MetricType::Gauge),
 ];
 
 /// Histogram bucket edges: every fourth power of two from 1.024 µs to 17.2 s. They are edges
@@ -383,6 +384,17 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
         "Resident memory of the pausewatch agent",
         |e| gauge(e, &NO_LABELS, h.agent_rss_bytes as f64),
     )?;
+    family(
+        &mut enc,
+        "pausewatch_syscall_hooks",
+        "1 for how fsync-family calls and clock changes are seen: mode=\"off_syscall_path\" (ext4's fsync tracepoints and the CAP_SYS_TIME check, no cost to other syscalls), \"syscall_tracepoints\" (every syscall on the host takes the tracing path) or \"none\"",
+        |e| {
+            if h.syscall_hooks.is_empty() {
+                return Ok(());
+            }
+            gauge(e, &[("mode", h.syscall_hooks)], 1.0)
+        },
+    )?;
     Ok(())
 }
 
@@ -523,6 +535,17 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_syscall_hooks_mode_is_a_labelled_gauge() {
+        let mut m = Metrics::new(8, false);
+        m.host.syscall_hooks = "off_syscall_path";
+        let text = render(&Arc::new(Mutex::new(m)));
+        assert!(
+            text.contains(r#"pausewatch_syscall_hooks{mode="off_syscall_path"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct HostGauges {
     pub costs: Vec<ProgramCost>,
     pub agent_cpu_ns: u64,
     pub agent_rss_bytes: u64,
+    /// How fsync-family calls and clock changes are seen (`Probes::syscall_hooks`' mode, or
+    /// "none"); empty before the first tick.
+    pub syscall_hooks: &'static str,
 }
 
 #[derive(Debug)]
