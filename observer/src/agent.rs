@@ -892,17 +892,13 @@ pub async fn run(
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let deadline = settings.duration.map(|d| Instant::now() + d);
     // While the hooks off the syscall path are in use: file systems mounted since that they
-    // cannot see. The ones there at start-up made the choice.
+    // cannot see. Those hooks are chosen only when the mounts at start-up have no such file
+    // system, so the watch starts with nothing named and needs no reading of its own now.
     let mut mount_watch = probes
         .syscall_hooks
         .as_ref()
         .filter(|(mode, _)| *mode == "off_syscall_path")
         .map(|_| MountWatch::default());
-    if let Some(w) = &mut mount_watch
-        && let Ok(mounts) = host_mounts()
-    {
-        w.new_blind_spots(mounts);
-    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
     let stats_sampler = StatsSampler {
