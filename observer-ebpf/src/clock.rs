@@ -227,7 +227,7 @@ pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
     }
     let verdict = i64::from(ctx.arg::<i32>(4));
     let (nr, [a0, a1, _]) = task::current_syscall();
-    let rec = match nr {
+    let mut rec = match nr {
         task::nr::CLOCK_SETTIME => {
             let mut rec = new_record(ClockSyscall::ClockSettime, a0 as i32);
             read_pair(&mut rec, a1, 1);
@@ -263,7 +263,6 @@ pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
         // the system clock by a call this table knows.
         _ => return 0,
     };
-    let mut rec = rec;
     rec.ret = verdict;
     output::emit_now(rec, DropCause::ClockAdj);
     0

@@ -78,21 +78,24 @@ fn fd_inode(fd: u64) -> (u64, u32) {
     task::inode_id::<false>(inode)
 }
 
+/// The current thread and its process, if the process is observed.
 #[inline(always)]
-fn enter(syscall: SyncSyscall, arg0: u64, flags: u64) {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if !sched::is_traced(tgid) {
-        return;
-    }
-    let (ino, dev) = if syscall.takes_fd() { fd_inode(arg0) } else { (0, 0) };
-    keep(syscall, arg0, flags, ino, dev);
-}
-
-/// Keeps the call the current thread is entering, for its exit.
-#[inline(always)]
-fn keep(syscall: SyncSyscall, arg0: u64, flags: u64, ino: u64, dev: u32) {
+fn traced_caller() -> Option<(u32, u32)> {
     let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let (tid, tgid) = (v as u32, (v >> 32) as u32);
+    sched::is_traced(tgid).then_some((tid, tgid))
+}
+
+#[inline(always)]
+fn enter(syscall: SyncSyscall, arg0: u64, flags: u64) {
+    let Some(ids) = traced_caller() else { return };
+    let (ino, dev) = if syscall.takes_fd() { fd_inode(arg0) } else { (0, 0) };
+    keep(ids, syscall, arg0, flags, ino, dev);
+}
+
+/// Keeps the call thread `tid` of process `tgid` (the current one) is entering, for its exit.
+#[inline(always)]
+fn keep((tid, tgid): (u32, u32), syscall: SyncSyscall, arg0: u64, flags: u64, ino: u64, dev: u32) {
     let rec = SyncRecord {
         kind: RecordKind::Sync as u32,
         syscall: syscall as u32,
@@ -184,10 +187,7 @@ pub fn sync_exit(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "ext4_sync_file_enter")]
 pub fn ext4_fsync_enter(ctx: BtfTracePointContext) -> i32 {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if !sched::is_traced(tgid) {
-        return 0;
-    }
+    let Some(ids) = traced_caller() else { return 0 };
     let file: TaskPtr = ctx.arg(0);
     let datasync: i32 = ctx.arg(1);
     // Which call brought the thread here, from its saved registers: the file system only
@@ -205,7 +205,7 @@ pub fn ext4_fsync_enter(ctx: BtfTracePointContext) -> i32 {
         .filter(|p| !p.is_null())
         .map(task::inode_id::<true>)
         .unwrap_or((0, 0));
-    keep(syscall, arg0, flags, ino, dev);
+    keep(ids, syscall, arg0, flags, ino, dev);
     0
 }
 
