@@ -42,25 +42,11 @@ fn steps_through_adjtimex_are_one_change_each() {
 fn a_refused_clock_change_is_reported_as_refused() {
     require_root();
     for hooks in HOOKS {
-        let mut pw = Pausewatch::start(&[
-            "--min-pause",
-            "1s",
-            "--no-lease-socket",
-            "--syscall-tracepoints",
-            hooks,
-        ]);
-        let out = std::process::Command::new("setpriv")
-            .args(["--bounding-set", "-sys_time", "--"])
-            .arg(workload_bin())
-            .args(["step-clock", "1500000000", "settime", "may-fail"])
-            .output()
-            .expect("setpriv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let mut pw = watching(hooks);
+        let made = run_workload_under(
+            &["setpriv", "--bounding-set", "-sys_time", "--"],
+            &["step-clock", "1500000000", "settime", "may-fail"],
         );
-        let made: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(made["errno"], libc::EPERM, "{made}");
         let adjust = pw.wait_for(Duration::from_secs(10), |v| {
             v["event"] == "adjust" && v["by"]["pid"] == made["pid"]
@@ -77,16 +63,21 @@ fn a_refused_clock_change_is_reported_as_refused() {
     }
 }
 
-/// Steps the clock forward and back by 1.5 s with `how` (pw-workload step-clock) while
-/// pausewatch watches with `--syscall-tracepoints hooks`.
-fn steps_through(how: &str, syscall: &str, hooks: &str) {
-    let mut pw = Pausewatch::start(&[
+/// pausewatch for the clock tests, seeing clock changes with `--syscall-tracepoints hooks`.
+fn watching(hooks: &str) -> Pausewatch {
+    Pausewatch::start(&[
         "--min-pause",
         "1s",
         "--no-lease-socket",
         "--syscall-tracepoints",
         hooks,
-    ]);
+    ])
+}
+
+/// Steps the clock forward and back by 1.5 s with `how` (pw-workload step-clock) while
+/// pausewatch watches with `--syscall-tracepoints hooks`.
+fn steps_through(how: &str, syscall: &str, hooks: &str) {
+    let mut pw = watching(hooks);
     let fwd = run_workload(&["step-clock", "1500000000", how]);
     pw.wait_for(Duration::from_secs(10), |v| v["event"] == "step");
     std::thread::sleep(Duration::from_millis(300));

@@ -2,9 +2,7 @@
 //! not mounted, or not mountable. Each degrades one thing with a clear notice and leaves the
 //! rest working; and where nothing is missing, kernel stacks are named.
 use std::{
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -107,31 +105,6 @@ fn kernel_stacks_are_named_unless_the_kernel_hides_its_addresses() {
     );
     let drops = of_type(&lines, "drops").last().unwrap();
     assert!(drops["unnamed_stacks"].as_u64().unwrap() > 0, "{drops}");
-}
-
-/// pausewatch in a mount namespace of its own, prepared by `setup` (run in the child before
-/// exec, as root).
-fn in_mount_namespace(args: &[&str], setup: fn() -> std::io::Result<()>) -> Command {
-    let mut cmd = Command::new(pausewatch_bin());
-    cmd.arg("--json").args(args);
-    // SAFETY: only async-signal-safe calls (unshare, mount, umount2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            setup()
-        });
-    }
-    cmd
 }
 
 /// Detaches every tracefs mount the namespace sees (none may be left: pausewatch looks at

@@ -2,9 +2,7 @@
 //! it writes its summaries, restores the BPF statistics setting and leaves no program or map
 //! of its own in the kernel (checked against the kernel's own list); and two instances run
 //! side by side without disturbing each other.
-use std::{
-    collections::BTreeSet, ffi::CString, os::unix::process::CommandExt as _, time::Duration,
-};
+use std::{collections::BTreeSet, ffi::CString, time::Duration};
 
 use pausewatch_tests::*;
 use serde_json::Value;
@@ -353,7 +351,7 @@ fn syscall_tracepoints_are_used_only_where_needed() {
 fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
     require_root();
     let ext2 = Ext2::new();
-    let pw = start_in_own_mount_namespace(&[], ext2.mounted_privately());
+    let pw = Pausewatch::start_cmd(in_mount_namespace(&[], ext2.mount_hook()));
     let names = program_names(pw.pid());
     let lines = pw.stop();
     for p in SYSCALL_PROGRAMS {
@@ -367,7 +365,10 @@ fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
         "{why}"
     );
 
-    let pw = start_in_own_mount_namespace(&["--no-syscall-tracepoints"], ext2.mounted_privately());
+    let pw = Pausewatch::start_cmd(in_mount_namespace(
+        &["--no-syscall-tracepoints"],
+        ext2.mount_hook(),
+    ));
     let names = program_names(pw.pid());
     let lines = pw.stop();
     for p in SYSCALL_PROGRAMS.iter().chain(&OFF_PATH_PROGRAMS) {
@@ -389,10 +390,18 @@ fn another_file_system_brings_the_syscall_tracepoints_back_and_says_why() {
 fn a_file_system_mounted_later_that_the_hooks_miss_is_named() {
     require_root();
     let ext2 = Ext2::new();
-    let mut pw = start_in_own_mount_namespace(&[], private_mount_namespace);
+    let mut pw = Pausewatch::start_cmd(in_mount_namespace(&[], || Ok(())));
     let pid = pw.pid().to_string();
     run_cmd(&[
-        "nsenter", "-t", &pid, "-m", "mount", "-t", "ext2", &ext2.dev, &ext2.mnt,
+        "nsenter",
+        "-t",
+        &pid,
+        "-m",
+        "mount",
+        "-t",
+        "ext2",
+        &ext2.disk.dev,
+        &ext2.mnt,
     ]);
     let w = pw.wait_for(Duration::from_secs(20), |v| {
         v["type"] == "notice"
@@ -415,73 +424,28 @@ fn a_file_system_mounted_later_that_the_hooks_miss_is_named() {
 }
 
 /// An ext2 file system on a loop device, not mounted (tests mount it in a namespace of their
-/// own), detached and removed when dropped.
+/// own, which takes the mount with it when it goes), its mount point removed when dropped.
 struct Ext2 {
-    dev: String,
+    disk: LoopDevice,
     mnt: String,
-    _cleanup: Cleanup,
 }
 
 impl Ext2 {
     fn new() -> Self {
-        let id = std::process::id();
-        let image = format!("/var/tmp/pw-ext2-{id}.img");
-        let mnt = format!("/var/tmp/pw-ext2-{id}.mnt");
-        run_cmd(&["truncate", "-s", "16M", &image]);
-        let dev = run_cmd(&["losetup", "-f", "--show", &image]);
-        let cleanup = Cleanup(vec![
-            vec!["losetup".into(), "-d".into(), dev.clone()],
-            vec!["rm".into(), "-rf".into(), image.clone(), mnt.clone()],
-        ]);
-        run_cmd(&["mkfs.ext2", "-q", "-F", &dev]);
+        let disk = LoopDevice::new("ext2", "16M");
+        let mnt = format!("/var/tmp/pw-ext2-{}.mnt", std::process::id());
+        run_cmd(&["mkfs.ext2", "-q", "-F", &disk.dev]);
         std::fs::create_dir_all(&mnt).unwrap();
-        Self {
-            dev,
-            mnt,
-            _cleanup: cleanup,
-        }
+        Self { disk, mnt }
     }
-}
 
-fn start_in_own_mount_namespace(
-    args: &[&str],
-    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
-) -> Pausewatch {
-    let mut cmd = std::process::Command::new(pausewatch_bin());
-    cmd.arg("--json").args(args);
-    // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
-    unsafe { cmd.pre_exec(setup) };
-    Pausewatch::start_cmd(cmd)
-}
-
-fn private_mount_namespace() -> std::io::Result<()> {
-    // SAFETY: async-signal-safe calls with valid NUL-terminated strings.
-    let ok = unsafe {
-        libc::unshare(libc::CLONE_NEWNS) == 0
-            && libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-impl Ext2 {
-    /// A pre_exec hook: a private mount namespace with this file system mounted in it.
-    fn mounted_privately(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    /// An `in_mount_namespace` hook that mounts this file system there.
+    fn mount_hook(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
         let (dev, mnt) = (
-            CString::new(self.dev.clone()).unwrap(),
+            CString::new(self.disk.dev.clone()).unwrap(),
             CString::new(self.mnt.clone()).unwrap(),
         );
         move || {
-            private_mount_namespace()?;
             // SAFETY: valid NUL-terminated strings; an async-signal-safe call.
             if unsafe {
                 libc::mount(
@@ -500,13 +464,8 @@ impl Ext2 {
     }
 }
 
-/// Runs each command when dropped (test clean-up that happens on failure too).
-struct Cleanup(Vec<Vec<String>>);
-
-impl Drop for Cleanup {
+impl Drop for Ext2 {
     fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = std::process::Command::new(&c[0]).args(&c[1..]).status();
-        }
+        let _ = std::fs::remove_dir(&self.mnt);
     }
 }

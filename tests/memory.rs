@@ -13,39 +13,33 @@ use pausewatch_tests::*;
 use serde_json::Value;
 
 /// An ext4 file system (no journal: every write of an fsync is the caller's) on a loop
-/// device, unmounted and detached when dropped.
+/// device, unmounted (and the device detached) when dropped.
 struct LoopFs {
-    image: PathBuf,
-    dev: String,
+    disk: LoopDevice,
     mnt: PathBuf,
 }
 
 impl LoopFs {
     fn new() -> Self {
-        let id = std::process::id();
-        let image = PathBuf::from(format!("/var/tmp/pw-loop-{id}.img"));
-        let mnt = PathBuf::from(format!("/var/tmp/pw-loop-{id}.mnt"));
-        run_cmd(&["truncate", "-s", "64M", image.to_str().unwrap()]);
-        let dev = run_cmd(&["losetup", "-f", "--show", image.to_str().unwrap()]);
-        let fs = Self { image, dev, mnt };
-        run_cmd(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", &fs.dev]);
-        std::fs::create_dir_all(&fs.mnt).unwrap();
-        run_cmd(&["mount", &fs.dev, fs.mnt.to_str().unwrap()]);
-        fs
+        let disk = LoopDevice::new("loop", "64M");
+        let mnt = PathBuf::from(format!("/var/tmp/pw-loop-{}.mnt", std::process::id()));
+        run_cmd(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", &disk.dev]);
+        std::fs::create_dir_all(&mnt).unwrap();
+        run_cmd(&["mount", &disk.dev, mnt.to_str().unwrap()]);
+        Self { disk, mnt }
     }
 
     /// "major:minor" of the loop device.
     fn maj_min(&self) -> String {
-        run_cmd(&["lsblk", "-dno", "MAJ:MIN", &self.dev])
+        run_cmd(&["lsblk", "-dno", "MAJ:MIN", &self.disk.dev])
     }
 }
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
+        // Before `disk` detaches the device.
         let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
         let _ = std::fs::remove_dir(&self.mnt);
-        let _ = std::fs::remove_file(&self.image);
     }
 }
 
@@ -278,7 +272,11 @@ fn throttled_fsync(hooks: &str) {
         "{hooks}"
     );
     assert_eq!(call["path"], file.to_str().unwrap(), "{call}");
-    let loop_name = Path::new(&fs.dev).file_name().unwrap().to_str().unwrap();
+    let loop_name = Path::new(&fs.disk.dev)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_eq!(call["device"], loop_name, "{call}");
     // The throttle holds writes before the device: the disk itself answered quickly.
     let p99 = call["disk_p99_ns"]

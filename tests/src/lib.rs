@@ -293,6 +293,63 @@ pub fn of_type<'a>(lines: &'a [Value], ty: &'a str) -> impl Iterator<Item = &'a 
     lines.iter().filter(move |v| v["type"] == ty)
 }
 
+/// pausewatch (`--json` and `args`) to be started in a private mount namespace of its own, in
+/// which `setup` then changes what it sees (unmounts, mounts), leaving the host untouched. The
+/// hook runs between fork and exec: only async-signal-safe calls.
+pub fn in_mount_namespace(
+    args: &[&str],
+    mut setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(pausewatch_bin());
+    cmd.arg("--json").args(args);
+    // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec, and
+    // whatever `setup` makes, under the same rule.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            setup()
+        });
+    }
+    cmd
+}
+
+/// A loop device backed by an image file of `size` (truncate's syntax, e.g. "64M") under
+/// /var/tmp, detached and its image removed when dropped (after whatever holds it has
+/// unmounted it).
+pub struct LoopDevice {
+    image: PathBuf,
+    /// /dev/loopN.
+    pub dev: String,
+}
+
+impl LoopDevice {
+    pub fn new(tag: &str, size: &str) -> Self {
+        let image = PathBuf::from(format!("/var/tmp/pw-{tag}-{}.img", std::process::id()));
+        let img = image.to_str().unwrap();
+        run_cmd(&["truncate", "-s", size, img]);
+        let dev = run_cmd(&["losetup", "-f", "--show", img]);
+        Self { image, dev }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 /// The messages of the `warn` notices.
 pub fn warnings(lines: &[Value]) -> Vec<String> {
     of_type(lines, "notice")
@@ -323,13 +380,24 @@ pub fn run_cmd(args: &[&str]) -> String {
 
 /// Runs a workload to completion and parses the JSON it prints.
 pub fn run_workload(args: &[&str]) -> Value {
-    let out = Command::new(workload_bin())
-        .args(args)
-        .output()
-        .expect("running pw-workload");
+    run_workload_under(&[], args)
+}
+
+/// The same, started through `wrapper` (a command that execs the rest of its arguments, e.g.
+/// `setpriv --bounding-set -sys_time --`); empty: directly.
+pub fn run_workload_under(wrapper: &[&str], args: &[&str]) -> Value {
+    let mut cmd = match wrapper {
+        [] => Command::new(workload_bin()),
+        [prog, rest @ ..] => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(workload_bin());
+            c
+        }
+    };
+    let out = cmd.args(args).output().expect("running pw-workload");
     assert!(
         out.status.success(),
-        "pw-workload {args:?} failed: {}",
+        "pw-workload {args:?} (through {wrapper:?}) failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("pw-workload output")
