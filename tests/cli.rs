@@ -61,6 +61,18 @@ fn bad_arguments() {
     );
 }
 
+/// Waits measured from the kernel's `sched_info` need tp_btf programs: asked for together with
+/// raw tracepoints, pausewatch says so and what to use instead, and loads nothing.
+#[test]
+fn a_runq_source_that_cannot_be_served() {
+    require_root();
+    fails_with(
+        pw().args(["--attach", "raw", "--runq-source", "sched-info"]),
+        "--runq-source sched-info needs tp_btf programs, not --attach raw; use --runq-source wakeup",
+    );
+    fails_with(pw().args(["--runq-source", "schedstat"]), "invalid value");
+}
+
 /// Without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN the message says which capabilities are needed.
 #[test]
 fn not_root_names_the_capabilities() {

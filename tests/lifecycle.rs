@@ -137,12 +137,23 @@ fn every_exit_signal_leaves_nothing_behind_and_instances_are_independent() {
 /// `--bpf-stats`: every hot program is reported with the kernel's run count and time, next to
 /// an empty program on its own hook. The run counts are checked against what the kernel
 /// counted itself: page_fault_user ran at least once per minor fault the workload's own
-/// /proc/self/stat counted (host-wide, others fault too).
+/// /proc/self/stat counted (host-wide, others fault too). Both ways of measuring run-queue
+/// waits: by default no program runs on wakeups (and no empty one is put there either).
 #[test]
 fn bpf_stats_measure_each_hot_program_against_an_empty_one_on_its_hook() {
+    bpf_stats_measure_hot_programs(&[], &["sched_switch_btf", "page_fault_user"]);
+    bpf_stats_measure_hot_programs(
+        &["--runq-source", "wakeup"],
+        &["sched_switch_btf", "sched_wakeup_btf", "page_fault_user"],
+    );
+}
+
+fn bpf_stats_measure_hot_programs(extra: &[&str], hot: &[&str]) {
     require_root();
     let before = context_switches();
-    let pw = Pausewatch::start(&["--bpf-stats", "--no-lease-socket"]);
+    let mut args = vec!["--bpf-stats", "--no-lease-socket"];
+    args.extend(extra);
+    let pw = Pausewatch::start(&args);
     let attached = context_switches();
     let touched = run_workload(&["touch-anon", "64"]);
     let minflt = touched["minflt"].as_u64().expect("minflt");
@@ -167,7 +178,19 @@ fn bpf_stats_measure_each_hot_program_against_an_empty_one_on_its_hook() {
             .find(|p| p["name"] == name)
             .unwrap_or_else(|| panic!("{name} not in {cost}"))
     };
-    for name in ["sched_switch_btf", "sched_wakeup_btf", "page_fault_user"] {
+    let listed = |name: &str| {
+        cost["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == name)
+    };
+    assert_eq!(
+        listed("sched_wakeup_btf"),
+        hot.contains(&"sched_wakeup_btf"),
+        "{extra:?}: {cost}"
+    );
+    for &name in hot {
         let p = program(name);
         let (runs, mean, floor, net) = (
             p["run_count"].as_u64().unwrap(),
@@ -342,6 +365,38 @@ fn syscall_tracepoints_are_used_only_where_needed() {
         &SYSCALL_PROGRAMS,
         "off_syscall_path",
     ));
+}
+
+/// By default run-queue waits are measured when a thread gets the CPU, from the kernel's own
+/// accounting: no program runs on wakeups, and sched_wakeup_new is attached only to follow
+/// forks under `--pid`. `--runq-source wakeup` attaches both wakeup programs.
+#[test]
+fn wakeups_run_no_program_unless_needed() {
+    require_root();
+    let check = |args: &[&str], loaded: &[&str], absent: &[&str]| {
+        let pw = Pausewatch::start(args);
+        let names = program_names(pw.pid());
+        drop(pw.stop());
+        for p in loaded {
+            assert!(
+                names.contains(*p),
+                "{p} not loaded with {args:?}: {names:?}"
+            );
+        }
+        for p in absent {
+            assert!(!names.contains(*p), "{p} loaded with {args:?}: {names:?}");
+        }
+    };
+    // Names cut to 15 characters.
+    let (switch, wakeup, wakeup_new) = ("sched_switch_bt", "sched_wakeup_bt", "sched_wakeup_ne");
+    check(&[], &[switch], &[wakeup, wakeup_new]);
+    let me = std::process::id().to_string();
+    check(&["--pid", &me], &[switch, wakeup_new], &[wakeup]);
+    check(
+        &["--runq-source", "wakeup"],
+        &[switch, wakeup, wakeup_new],
+        &[],
+    );
 }
 
 /// Where ext4's tracepoints would miss fsyncs (here an ext2 file system, mounted only in

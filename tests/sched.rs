@@ -8,12 +8,44 @@ use std::{
 use pausewatch_tests::*;
 use serde_json::Value;
 
+/// Where the test's pausewatch measures run-queue waits: `--attach` and `--runq-source`.
+#[derive(Clone, Copy)]
+enum Source {
+    /// tp_btf, at switch-in from the kernel's `sched_info` (the default).
+    SchedInfo,
+    /// tp_btf, from sched_wakeup.
+    Wakeup,
+    /// Raw tracepoints (from sched_wakeup: the only way there).
+    Raw,
+}
+
+impl Source {
+    fn args(self) -> [&'static str; 4] {
+        match self {
+            Source::SchedInfo => ["--attach", "btf", "--runq-source", "auto"],
+            Source::Wakeup => ["--attach", "btf", "--runq-source", "wakeup"],
+            Source::Raw => ["--attach", "raw", "--runq-source", "auto"],
+        }
+    }
+
+    /// The `attached` notice's mechanism and runq_source.
+    fn attached(self) -> (&'static str, &'static str) {
+        match self {
+            Source::SchedInfo => ("tp_btf", "sched_info"),
+            Source::Wakeup => ("tp_btf", "sched_wakeup"),
+            Source::Raw => ("raw_tp", "sched_wakeup"),
+        }
+    }
+}
+
 /// A two-thread victim pinned with two hogs to one CPU waits for it about 3/4 of the time; the
 /// run-queue wait pausewatch attributes to it must equal the kernel's run_delay within 5%.
-fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
+fn runq_matches_schedstat(source: Source, sleep_us: u64) {
     require_root();
     let cpu = test_cpu();
-    let pw = Pausewatch::start(&["--attach", attach, "--min-pause", "1ms"]);
+    let mut args = source.args().to_vec();
+    args.extend(["--min-pause", "1ms"]);
+    let pw = Pausewatch::start(&args);
     let mut hogs = start_hogs(2, cpu, 3.5);
     let report = run_workload(&[
         "spin",
@@ -27,8 +59,7 @@ fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
         h.wait().unwrap();
     }
     let lines = pw.stop();
-    let mechanism = lines.iter().find(|v| v["event"] == "attached").unwrap()["mechanism"].clone();
-    assert_eq!(mechanism, if attach == "raw" { "raw_tp" } else { "tp_btf" });
+    let attach = check_attached(&lines, source);
 
     let pid = report["pid"].as_u64().unwrap();
     let threads = report["threads"].as_array().unwrap();
@@ -127,26 +158,115 @@ fn runq_matches_schedstat(attach: &str, sleep_us: u64) {
     }
 }
 
+/// The mechanism and wait source the `attached` notice reports are the ones asked for; returns
+/// a label for messages.
+fn check_attached(lines: &[Value], source: Source) -> &'static str {
+    let attached = lines
+        .iter()
+        .find(|v| v["event"] == "attached")
+        .expect("no attached notice");
+    let (mechanism, runq_source) = source.attached();
+    assert_eq!(attached["mechanism"], mechanism, "{attached}");
+    assert_eq!(attached["runq_source"], runq_source, "{attached}");
+    match source {
+        Source::SchedInfo => "tp_btf, waits from sched_info",
+        Source::Wakeup => "tp_btf, waits from sched_wakeup",
+        Source::Raw => "raw_tp",
+    }
+}
+
 #[test]
 fn runq_matches_schedstat_tp_btf() {
-    runq_matches_schedstat("btf", 0);
+    runq_matches_schedstat(Source::SchedInfo, 0);
+}
+
+#[test]
+fn runq_matches_schedstat_tp_btf_from_wakeups() {
+    runq_matches_schedstat(Source::Wakeup, 0);
 }
 
 #[test]
 fn runq_matches_schedstat_raw_tracepoints() {
-    runq_matches_schedstat("raw", 0);
+    runq_matches_schedstat(Source::Raw, 0);
 }
 
-/// The victim sleeps voluntarily every 500 µs, so most of its waits follow a wakeup (the
-/// sched_wakeup path, including wakeups of a thread still on its CPU), not a preemption.
+/// The victim sleeps voluntarily every 500 µs, so most of its waits follow a wakeup (including
+/// wakeups of a thread still on its CPU), not a preemption.
 #[test]
 fn runq_after_wakeups_matches_schedstat_tp_btf() {
-    runq_matches_schedstat("btf", 200);
+    runq_matches_schedstat(Source::SchedInfo, 200);
+}
+
+#[test]
+fn runq_after_wakeups_matches_schedstat_tp_btf_from_wakeups() {
+    runq_matches_schedstat(Source::Wakeup, 200);
 }
 
 #[test]
 fn runq_after_wakeups_matches_schedstat_raw_tracepoints() {
-    runq_matches_schedstat("raw", 200);
+    runq_matches_schedstat(Source::Raw, 200);
+}
+
+/// Nothing pinned: four sleeping-and-spinning victim threads and two hogs per CPU, so the
+/// scheduler places woken threads on either CPU and the load balancer moves queued ones between
+/// run queues (a wait split across two run queues, which the kernel accounts in two pieces).
+/// The victim's total wait must still equal the kernel's run_delay within 5%, measured either
+/// way, and every streamed episode must name the CPU it ended on and a CPU it came from.
+fn runq_with_migrations_matches_schedstat(source: Source) {
+    require_root();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut args = source.args().to_vec();
+    args.extend(["--min-pause", "1ms"]);
+    let pw = Pausewatch::start(&args);
+    let mut hogs: Vec<_> = (0..cpus.min(2))
+        .flat_map(|c| start_hogs(2, c, 3.5))
+        .collect();
+    let report = run_workload(&["spin", "2", "any", "pw-victim", "4", "200"]);
+    for h in &mut hogs {
+        h.wait().unwrap();
+    }
+    let lines = pw.stop();
+    let label = check_attached(&lines, source);
+    let pid = report["pid"].as_u64().unwrap();
+    let truth: u64 = report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["run_delay_ns"].as_u64().unwrap())
+        .sum();
+    let summary = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
+    let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
+    assert!(
+        truth > 100_000_000,
+        "the victim barely waited ({truth} ns): the test did not create contention"
+    );
+    let err = (measured as f64 - truth as f64).abs() / truth as f64;
+    eprintln!(
+        "{label}, unpinned: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)",
+        err * 100.0
+    );
+    assert!(
+        err <= 0.05,
+        "{label}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart",
+        err * 100.0
+    );
+    for p in of_type(&lines, "pause").filter(|v| v["pid"] == pid) {
+        assert!(
+            p["cpu"].as_u64().unwrap() < cpus as u64
+                && p["prev_cpu"].as_u64().unwrap() < cpus as u64,
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn runq_with_migrations_matches_schedstat_tp_btf() {
+    runq_with_migrations_matches_schedstat(Source::SchedInfo);
+}
+
+#[test]
+fn runq_with_migrations_matches_schedstat_tp_btf_from_wakeups() {
+    runq_with_migrations_matches_schedstat(Source::Wakeup);
 }
 
 /// `--pid` observes that process and a child it forks after pausewatch started, and nothing

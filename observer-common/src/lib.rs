@@ -1006,10 +1006,17 @@ pub struct ThreadState {
     /// slot's `start_ns` when it was found, which tell a slot since given to another process.
     /// Kept across episodes in task storage (tp_btf); the raw_tp path looks it up every time.
     pub agg_slot: u32,
-    pub _pad0: u32,
+    /// With waits measured at switch-in (`sched_info`): the CPU the thread last got + 1 (0: not
+    /// seen getting a CPU yet), which is the CPU it last left when it next gets one.
+    pub last_cpu: u32,
     pub agg_start_ns: u64,
+    /// With waits measured at switch-in: the thread's `sched_info.run_delay` as it stood once
+    /// the kernel had accounted its last arrival on a CPU (valid when `last_cpu` is non-zero).
+    /// Any growth since is waiting in the current off-CPU interval, including waits on run
+    /// queues it was migrated away from.
+    pub run_delay_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 128);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 136);
 
 /// Trims a NUL-padded `comm` to its bytes.
 pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {

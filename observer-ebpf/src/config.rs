@@ -28,6 +28,16 @@ static RQ_CLOCK_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static RQ_STEAL_OFF: u64 = 0;
 
+/// `task->sched_info.last_queued`, `.run_delay` and `.pcount` (CONFIG_SCHED_INFO): the kernel's
+/// own run-queue accounting, from which sched_switch measures a thread's wait when it gets the
+/// CPU (`sched::switch_in_waits`). 0 in `TASK_RUN_DELAY_OFF`: waits start at sched_wakeup.
+#[unsafe(no_mangle)]
+static TASK_LAST_QUEUED_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_RUN_DELAY_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_PCOUNT_OFF: u64 = 0;
+
 /// `task->parent` (the tracer while ptraced), `task->cred`, `cred->uid`.
 #[unsafe(no_mangle)]
 static TASK_PARENT_OFF: u64 = 0;
@@ -108,6 +118,18 @@ pub fn rq_clock_off() -> usize {
 #[inline(always)]
 pub fn rq_steal_off() -> usize {
     get(&RQ_STEAL_OFF) as usize
+}
+#[inline(always)]
+pub fn task_last_queued_off() -> usize {
+    get(&TASK_LAST_QUEUED_OFF) as usize
+}
+#[inline(always)]
+pub fn task_run_delay_off() -> usize {
+    get(&TASK_RUN_DELAY_OFF) as usize
+}
+#[inline(always)]
+pub fn task_pcount_off() -> usize {
+    get(&TASK_PCOUNT_OFF) as usize
 }
 #[inline(always)]
 pub fn task_parent_off() -> usize {

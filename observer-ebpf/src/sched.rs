@@ -12,6 +12,15 @@
 //!
 //! Each transition closes the phase in progress, so the components sum exactly to the episode.
 //! Voluntary sleep (S) is not a pause: a thread switched out in S has no state until woken.
+//!
+//! Where the kernel keeps its own run-queue accounting (`task->sched_info`, CONFIG_SCHED_INFO)
+//! and the run-queue clock is reachable, the wakeup needs no program at all
+//! (`switch_in_waits`): when a thread gets the CPU, `sched_info.last_queued` still holds when it
+//! was queued on this run queue and `run_delay` what it waited on run queues it was migrated
+//! away from (sched_info_switch runs after the tracepoint, in context_switch). Its wait since it
+//! last left a CPU is the growth of `run_delay` plus the current wait, which also splits a D or
+//! stopped episode at its wakeup: the queueing is the wakeup. `sched_wakeup` is then not
+//! attached, and `sched_wakeup_new` only to follow forks under `--pid`.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
@@ -140,6 +149,13 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Whether run-queue waits are measured at switch-in from the kernel's `sched_info` (tp_btf,
+/// run-queue clock and `sched_info` offsets configured) rather than from sched_wakeup.
+#[inline(always)]
+pub fn switch_in_waits<const D: bool>() -> bool {
+    uses_rq_clock::<D>() && config::task_run_delay_off() != 0
+}
+
 /// Whether episode boundaries are run-queue clock readings (tp_btf with the offsets
 /// configured) rather than CLOCK_MONOTONIC.
 #[inline(always)]
@@ -204,7 +220,11 @@ fn on_switch<const D: bool, C: StackIdContext>(ctx: &C, preempt: bool, prev: Tas
         }
     }
     if let Some(tid) = next_tid {
-        switch_in::<D>(ts, next, tid);
+        if switch_in_waits::<D>() {
+            switch_in_measured(ts, next, tid);
+        } else {
+            switch_in::<D>(ts, next, tid);
+        }
     }
 }
 
@@ -273,6 +293,14 @@ fn switch_out<const D: bool, C: StackIdContext>(
 fn on_wakeup<const D: bool>(p: TaskPtr, reason: EpisodeStart) {
     let Some((tid, tgid)) = task::ids::<D>(p) else { return };
     if tid == 0 {
+        return;
+    }
+    if switch_in_waits::<D>() {
+        // Waits are measured at switch-in; only sched_wakeup_new is attached, to follow forks
+        // under --pid.
+        if reason == EpisodeStart::New && config::filter_pids() && !is_traced(tgid) {
+            follow_fork::<D>(tgid);
+        }
         return;
     }
     if !is_traced(tgid) {
@@ -357,6 +385,85 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
         stops::thread_resumed::<D>(next, st.tgid, ts);
     }
     add_phase(st, ts);
+    finish::<D>(ts, next, tid, stp);
+}
+
+/// `next` (thread `tid`) gets the CPU, its run-queue wait measured from the kernel's own
+/// accounting (`switch_in_waits`; tp_btf only). Every traced thread's task storage is touched
+/// here, to keep the `run_delay` it will have once the kernel has accounted this arrival.
+#[inline(always)]
+fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
+    if tid == 0 {
+        return;
+    }
+    let Some(tgid) = task::tgid::<true>(next) else { return };
+    if !is_traced(tgid) {
+        return;
+    }
+    let Some(stp) = episodes::place::<true>(None, next, tid) else { return };
+    // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
+    let st = unsafe { &mut *stp };
+    let (last_queued, run_delay, pcount) = task::sched_info(next);
+    // Queued on this run queue since `last_queued` (sched_info_arrive adds it to run_delay
+    // right after this program, with the same clock reading).
+    let current = if last_queued != 0 { ts.saturating_sub(last_queued) } else { 0 };
+    let after = run_delay + current;
+    let queued = if st.last_cpu != 0 {
+        after.saturating_sub(st.run_delay_ns)
+    } else if pcount == 0 {
+        // A new task's first run: everything it ever waited is this wait.
+        after
+    } else {
+        // First seen getting a CPU (started before pausewatch): waits on run queues it left
+        // before this one are not known.
+        current
+    };
+    let left = st.last_cpu;
+    let here = cpu();
+    st.run_delay_ns = after;
+    st.last_cpu = here + 1;
+    if st.episode_start_ns != 0 {
+        // An episode begun when it left the CPU (preempted, D, stopped). A D or stopped phase
+        // ended when the thread was queued again: its wakeup.
+        if st.phase != Component::Runq as u32 {
+            let woken = ts - queued.min(ts.saturating_sub(st.phase_start_ns));
+            if st.phase == Component::Stopped as u32 {
+                stops::thread_resumed::<true>(next, tgid, woken);
+            }
+            add_phase(st, woken);
+            st.phase = Component::Runq as u32;
+            st.phase_start_ns = woken;
+        }
+    } else {
+        // Woken from a voluntary sleep (or new): the pause is the wait alone.
+        if last_queued == 0 && queued == 0 {
+            return;
+        }
+        if queued < config::min_pause_ns() {
+            // Not streamed, the common case: straight into the process's run-queue aggregate,
+            // with no episode written out first.
+            st.tgid = tgid;
+            if let Some(ps) = thread_proc_stats::<true>(st, next) {
+                add_runq_wait::<true>(ps, queued, next, false);
+            }
+            return;
+        }
+        let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
+        let prev_cpu = if left != 0 { left - 1 } else { here };
+        // SAFETY: as above.
+        unsafe { episodes::init(stp, ts.saturating_sub(queued), tgid, Component::Runq, reason, prev_cpu) };
+    }
+    add_phase(st, ts);
+    finish::<true>(ts, next, tid, stp);
+}
+
+/// Ends the episode at `stp` (thread `tid`, task `next`, which gets the CPU at `ts`, every
+/// phase closed): streams it when long enough, adds it to its process's aggregate.
+#[inline(always)]
+fn finish<const D: bool>(ts: u64, next: TaskPtr, tid: u32, stp: *mut ThreadState) {
+    // SAFETY: pointer into our own map or task storage; the runqueue lock serialises this
+    // thread's updates.
+    let st = unsafe { &mut *stp };
     let duration = ts.saturating_sub(st.episode_start_ns);
     // Stops are streamed once per process (stops.rs), not once per stopped thread.
     let streamed = duration >= config::min_pause_ns() && st.components_ns[Component::Stopped as usize] == 0;
@@ -414,21 +521,12 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
     if dropped {
         counters::atomic_add(&mut ps.dropped_records, 1);
     }
-    let n = ps.stats[Component::Runq as usize].count;
-    if streamed || n & n.wrapping_sub(1) == 0 {
-        // Processes rename themselves (prctl; exec is handled by its own program) after
-        // their first episode; refreshing on streamed episodes and on the 1st, 2nd, 4th, 8th…
-        // run-queue wait keeps the name current without a read on every switch.
-        // SAFETY: a field of our own map value, 8-byte aligned.
-        unsafe { words::put_name(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
-    }
     let c = &st.components_ns;
     if c[1] == 0 && c[2] == 0 {
-        // A pure run-queue wait is its own run-queue component: counted once (ProcStats
-        // says how the whole-episode aggregate is put back together).
-        counters::add_stat(&mut ps.stats[0], c[0]);
+        add_runq_wait::<D>(ps, c[0], next, streamed);
         return;
     }
+    refresh_name::<D>(ps, next, streamed);
     if c[0] > 0 {
         counters::add_stat(&mut ps.stats[0], c[0]);
         counters::add_stat(&mut ps.mixed_runq, c[0]);
@@ -440,6 +538,27 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
         counters::add_stat(&mut ps.stats[2], c[2]);
     }
     counters::add_stat(&mut ps.stats[STAT_EPISODE], duration);
+}
+
+/// A pure run-queue wait of `wait` ns (an episode with nothing else in it) of a thread of the
+/// process whose aggregate is `ps` (task `next`). It is its own run-queue component: counted
+/// once (ProcStats says how the whole-episode aggregate is put back together).
+#[inline(always)]
+fn add_runq_wait<const D: bool>(ps: &mut ProcStats, wait: u64, next: TaskPtr, streamed: bool) {
+    refresh_name::<D>(ps, next, streamed);
+    counters::add_stat(&mut ps.stats[Component::Runq as usize], wait);
+}
+
+/// Processes rename themselves (prctl; exec is handled by its own program) after their first
+/// episode; refreshing the aggregate's name on streamed episodes and on the 1st, 2nd, 4th, 8th…
+/// run-queue wait keeps it current without a read on every switch.
+#[inline(always)]
+fn refresh_name<const D: bool>(ps: &mut ProcStats, next: TaskPtr, streamed: bool) {
+    let n = ps.stats[Component::Runq as usize].count;
+    if streamed || n & n.wrapping_sub(1) == 0 {
+        // SAFETY: a field of our own map value, 8-byte aligned.
+        unsafe { words::put_name(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
+    }
 }
 
 /// The last thread of a process exits (`group_dead`, the tracepoint's second argument since

@@ -67,6 +67,12 @@ pub fn tid<const DIRECT: bool>(task: TaskPtr) -> Option<u32> {
     read::<DIRECT, u32>(task, config::task_pid_off())
 }
 
+/// `task->tgid`.
+#[inline(always)]
+pub fn tgid<const DIRECT: bool>(task: TaskPtr) -> Option<u32> {
+    read::<DIRECT, u32>(task, config::task_tgid_off())
+}
+
 /// `task->on_cpu`: non-zero while the task is running (or switching) on a CPU.
 #[inline(always)]
 pub fn on_cpu<const DIRECT: bool>(task: TaskPtr) -> bool {
@@ -140,6 +146,19 @@ pub fn rq_steal<const DIRECT: bool>(rq: TaskPtr) -> Option<u64> {
         return None;
     }
     read::<DIRECT, u64>(rq, config::rq_steal_off()).filter(|&t| t != 0)
+}
+
+/// The kernel's run-queue accounting of `task` (`task->sched_info`, kernel/sched/stats.h
+/// v6.18): `(last_queued, run_delay, pcount)`. `last_queued` is the run-queue clock when the
+/// task was last queued and has not run since (0: not waiting), `run_delay` the total it has
+/// waited, `pcount` how many times it got a CPU. tp_btf only (configured only there).
+#[inline(always)]
+pub fn sched_info(task: TaskPtr) -> (u64, u64, u64) {
+    (
+        read::<true, u64>(task, config::task_last_queued_off()).unwrap_or(0),
+        read::<true, u64>(task, config::task_run_delay_off()).unwrap_or(0),
+        read::<true, u64>(task, config::task_pcount_off()).unwrap_or(0),
+    )
 }
 
 /// `task->jobctl` (0 when not configured or unreadable).

@@ -1076,8 +1076,11 @@ pub async fn run(
             &st.clock,
             "info",
             "attached",
-            &format!("scheduler programs attached via {}", probes.sched_mechanism),
-            json!({ "mechanism": probes.sched_mechanism, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
+            &format!(
+                "scheduler programs attached via {}, run-queue waits from {}",
+                probes.sched_mechanism, probes.runq_source
+            ),
+            json!({ "mechanism": probes.sched_mechanism, "runq_source": probes.runq_source, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
         );
         if let Some(sock) = &lease_sock {
             w.notice(

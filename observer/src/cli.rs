@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     model::lease::Verb,
-    probe::{AttachMode, btf::VMLINUX_BTF, syscall_hooks::SyscallHooks},
+    probe::{AttachMode, RunqSource, btf::VMLINUX_BTF, syscall_hooks::SyscallHooks},
     source::lease_socket::DEFAULT_PATH,
 };
 
@@ -62,6 +62,13 @@ pub struct Watch {
     /// Tracepoint mechanism for the scheduler programs.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: AttachMode,
+
+    /// Where run-queue waits are measured. `sched-info` (what `auto` picks where it can): when
+    /// a thread gets the CPU, from the kernel's own accounting (the figures behind
+    /// /proc/<pid>/schedstat), with no program on wakeups; needs tp_btf and CONFIG_SCHED_INFO.
+    /// `wakeup`: from sched_wakeup, a program on every wakeup of every thread.
+    #[arg(long, value_enum, value_name = "SOURCE", default_value = "auto")]
+    pub runq_source: RunqSource,
 
     /// Kernel BTF to read struct offsets from.
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]

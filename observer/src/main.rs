@@ -200,6 +200,7 @@ fn run_in(
             probe::cost::StatsMode::Sampled
         },
         max_processes: cli.max_processes,
+        runq_source: cli.runq_source,
         syscall_hooks: if cli.no_syscall_tracepoints {
             probe::syscall_hooks::SyscallHooks::Never
         } else {

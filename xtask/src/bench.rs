@@ -839,8 +839,8 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
         "## Programs: cost per run\n\n\
          From one run of each workload above with `--bpf-stats` ({seconds:.0} s of workload in all). The \
          statistics time every run with sched_clock() around the program, which costs about one clock \
-         read; empty programs on sched_switch ({} in these runs), sched_wakeup and page_fault_user \
-         measure that floor on their hook in the same runs. `floor` is the one on the program's own \
+         read; empty programs on sched_switch ({} in these runs), page_fault_user and sched_wakeup \
+         (where a program of ours runs there) measure that floor on their hook in the same runs. `floor` is the one on the program's own \
          hook (else sched_switch's), `net` subtracts it and `× floor` is the mean over it.\n\n\
          | program | invocations | per second of workload | mean ns | floor ns | net ns | × floor |\n|---|---|---|---|---|---|---|\n",
         floor.map_or("not measured".to_string(), |f| format!("{f} ns"))

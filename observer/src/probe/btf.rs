@@ -309,6 +309,27 @@ impl RqClockOffsets {
     }
 }
 
+/// The kernel's run-queue accounting of a task (`task_struct.sched_info`, CONFIG_SCHED_INFO):
+/// what sched_switch reads to measure a thread's wait when it gets the CPU, with no program on
+/// sched_wakeup. Offsets relative to the `task_struct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedInfoOffsets {
+    pub last_queued: u32,
+    pub run_delay: u32,
+    pub pcount: u32,
+}
+
+impl SchedInfoOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let base = btf.member_offset("task_struct", "sched_info")?;
+        Ok(Self {
+            last_queued: base + btf.member_offset("sched_info", "last_queued")?,
+            run_delay: base + btf.member_offset("sched_info", "run_delay")?,
+            pcount: base + btf.member_offset("sched_info", "pcount")?,
+        })
+    }
+}
+
 /// Socket fields the TCP retransmit programs read, all relative to the `struct sock *` (which
 /// begins `inet_connection_sock` and `tcp_sock`), plus `sk_buff.cb`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,6 +516,13 @@ mod tests {
         assert!(rq.task_cfs_rq > 0 && rq.rq_clock > 0, "{rq:?}");
         // Our machines are built with CONFIG_PARAVIRT_TIME_ACCOUNTING (design notes).
         assert!(rq.rq_steal > 0, "{rq:?}");
+        // struct sched_info: pcount, run_delay, max_run_delay, min_run_delay, last_arrival,
+        // last_queued (include/linux/sched.h, v6.18), all 8 bytes.
+        let si = SchedInfoOffsets::from_btf(&btf).unwrap();
+        assert!(
+            si.run_delay == si.pcount + 8 && si.last_queued > si.run_delay,
+            "{si:?}"
+        );
     }
 }
 

@@ -32,6 +32,20 @@ pub enum AttachMode {
     Raw,
 }
 
+/// Where run-queue waits are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunqSource {
+    /// `sched-info` where the kernel allows it, `wakeup` otherwise.
+    Auto,
+    /// When a thread gets the CPU, from the kernel's own run-queue accounting
+    /// (`task->sched_info`, the figures behind /proc/<pid>/schedstat): no program runs on
+    /// wakeups. Needs tp_btf, the run-queue clock and CONFIG_SCHED_INFO.
+    SchedInfo,
+    /// From sched_wakeup to sched_switch, a program on every wakeup (any kernel, raw
+    /// tracepoints included).
+    Wakeup,
+}
+
 /// What the loader needs from the command line.
 pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
@@ -47,6 +61,7 @@ pub struct LoadOptions<'a> {
     /// The agent's table bound (`--max-processes`): the kernel has twice as many aggregate
     /// slots (`PROC_STATS`) and as many memory aggregates (`PROC_MEM`).
     pub max_processes: u32,
+    pub runq_source: RunqSource,
 }
 
 /// An empty calibration program, loaded at start when statistics may be on, attached only
@@ -67,6 +82,9 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// Tracepoint mechanism in use for the scheduler programs ("tp_btf" or "raw_tp").
     pub sched_mechanism: &'static str,
+    /// Where run-queue waits are measured: "sched_info" (at switch-in, from the kernel's own
+    /// accounting) or "sched_wakeup".
+    pub runq_source: &'static str,
     /// While the statistics are on: the fd that keeps them on (the kernel turns them off again,
     /// if nobody else holds them, when it closes) and since when.
     stats_on: Option<(OwnedFd, std::time::Instant)>,
@@ -257,6 +275,29 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             "steal per process not observed: the kernel has no rq.prev_steal_time_rq (built without CONFIG_PARAVIRT_TIME_ACCOUNTING); host steal is still sampled from /proc/stat".to_string(),
         );
     }
+    // Waits measured at switch-in need the run-queue clock (the kernel's own accounting is
+    // in it) and tp_btf; zeros make the programs time them from sched_wakeup.
+    let sched_info_offsets = match (opts.runq_source, opts.attach) {
+        (RunqSource::Wakeup, _) => None,
+        (RunqSource::SchedInfo, AttachMode::Raw) => bail!(
+            "--runq-source sched-info needs tp_btf programs, not --attach raw; use --runq-source wakeup"
+        ),
+        (_, AttachMode::Raw) => None,
+        (source, _) => match (btf::SchedInfoOffsets::from_btf(&kbtf), rq.rq_clock) {
+            (Ok(si), clock) if clock != 0 => Some(si),
+            (Err(e), _) if source == RunqSource::SchedInfo => bail!(
+                "--runq-source sched-info: the kernel's run-queue accounting is not in its BTF ({e}; built without CONFIG_SCHED_INFO?); use --runq-source wakeup"
+            ),
+            (_, _) if source == RunqSource::SchedInfo => bail!(
+                "--runq-source sched-info needs the run-queue clock, which is not reachable through BTF; use --runq-source wakeup"
+            ),
+            _ => None,
+        },
+    };
+    let sched_info = sched_info_offsets.is_some();
+    let [last_queued_off, run_delay_off, pcount_off] = sched_info_offsets.map_or([0u64; 3], |si| {
+        [si.last_queued, si.run_delay, si.pcount].map(u64::from)
+    });
     let (task_cfs_rq_off, cfs_rq_rq_off, rq_clock_off, rq_steal_off) = (
         u64::from(rq.task_cfs_rq),
         u64::from(rq.cfs_rq_rq),
@@ -387,6 +428,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
         .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
         .override_global("RQ_STEAL_OFF", &rq_steal_off, true)
+        .override_global("TASK_LAST_QUEUED_OFF", &last_queued_off, true)
+        .override_global("TASK_RUN_DELAY_OFF", &run_delay_off, true)
+        .override_global("TASK_PCOUNT_OFF", &pcount_off, true)
         .override_global("TASK_PARENT_OFF", &task_parent_off, true)
         .override_global("TASK_CRED_OFF", &task_cred_off, true)
         .override_global("CRED_UID_OFF", &cred_uid_off, true)
@@ -408,10 +452,14 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         }
     }
 
+    let follow = !opts.pids.is_empty();
     let (mechanism, attached) = match opts.attach {
-        AttachMode::Btf => ("tp_btf", attach_sched(&mut ebpf, Some(&aya_btf))?),
-        AttachMode::Raw => ("raw_tp", attach_sched(&mut ebpf, None)?),
-        AttachMode::Auto => match attach_sched(&mut ebpf, Some(&aya_btf)) {
+        AttachMode::Btf => (
+            "tp_btf",
+            attach_sched(&mut ebpf, Some(&aya_btf), sched_info, follow)?,
+        ),
+        AttachMode::Raw => ("raw_tp", attach_sched(&mut ebpf, None, false, follow)?),
+        AttachMode::Auto => match attach_sched(&mut ebpf, Some(&aya_btf), sched_info, follow) {
             Ok(a) => ("tp_btf", a),
             Err(e) => {
                 notices.push(format!(
@@ -423,13 +471,23 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
                         let _ = p.unload();
                     }
                 }
-                ("raw_tp", attach_sched(&mut ebpf, None)?)
+                ("raw_tp", attach_sched(&mut ebpf, None, false, follow)?)
             }
         },
     };
+    if opts.runq_source == RunqSource::SchedInfo && mechanism != "tp_btf" {
+        bail!(
+            "--runq-source sched-info needs tp_btf programs, which this kernel refused; use --runq-source wakeup"
+        );
+    }
     let mut probes = Probes {
         ebpf,
         sched_mechanism: mechanism,
+        runq_source: if sched_info && mechanism == "tp_btf" {
+            "sched_info"
+        } else {
+            "sched_wakeup"
+        },
         stats_on: None,
         stats_mode: opts.stats,
         stats_seen: false,
@@ -602,9 +660,25 @@ fn attach_all(
     Ok(())
 }
 
-fn attach_sched(ebpf: &mut Ebpf, btf: Option<&Btf>) -> anyhow::Result<Vec<&'static str>> {
+/// The scheduler programs. With waits measured at switch-in (`sched_info`, tp_btf only)
+/// sched_wakeup needs no program, and sched_wakeup_new only follows forks under `--pid`.
+fn attach_sched(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    sched_info: bool,
+    follow_forks: bool,
+) -> anyhow::Result<Vec<&'static str>> {
     let mut names = Vec::new();
-    attach_all(ebpf, btf, &SCHED, &mut names)?;
+    if btf.is_some() && sched_info {
+        let progs = if follow_forks {
+            &[SCHED[0], SCHED[2]][..]
+        } else {
+            &SCHED[..1]
+        };
+        attach_all(ebpf, btf, progs, &mut names)?;
+    } else {
+        attach_all(ebpf, btf, &SCHED, &mut names)?;
+    }
     Ok(names)
 }
 
@@ -756,9 +830,13 @@ impl Probes {
             btf: btf_mode,
         }];
         if btf_mode {
+            // Only next to programs that are attached (sched_wakeup's is not when waits are
+            // measured at switch-in).
+            let attached = &self.attached;
             floors.extend(
                 cost::HOOK_FLOORS
                     .iter()
+                    .filter(|f| attached.contains(&f.2))
                     .map(|&(prog, tracepoint, _)| Floor {
                         prog,
                         tracepoint,

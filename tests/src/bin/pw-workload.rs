@@ -2,8 +2,8 @@
 //! accounting of them, so tests compare pausewatch with ground truth, not with expectations.
 //!
 //!   pw-workload spin SECS CPU NAME THREADS [SLEEP_US]
-//!                                            spin THREADS threads pinned to CPU for SECS (with
-//!                                            SLEEP_US: alternate 500 µs of work with a sleep, so
+//!                                            spin THREADS threads pinned to CPU ("any": not
+//!                                            pinned) for SECS (with SLEEP_US: alternate 500 µs of work with a sleep, so
 //!                                            waits follow wakeups), then print {"pid", "threads":
 //!                                            [{tid, comm, run_delay_ns}]} from each thread's
 //!                                            /proc/thread-self/schedstat
@@ -128,8 +128,10 @@ fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-fn spin(secs: f64, cpu: usize, name: &str, threads: usize, sleep_us: u64) {
-    pin(cpu);
+fn spin(secs: f64, cpu: Option<usize>, name: &str, threads: usize, sleep_us: u64) {
+    if let Some(cpu) = cpu {
+        pin(cpu);
+    }
     set_name(name);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let stop = Arc::new(AtomicBool::new(false));
@@ -138,7 +140,9 @@ fn spin(secs: f64, cpu: usize, name: &str, threads: usize, sleep_us: u64) {
             let stop = stop.clone();
             let tname = format!("{name}-t{i}");
             std::thread::spawn(move || {
-                pin(cpu);
+                if let Some(cpu) = cpu {
+                    pin(cpu);
+                }
                 set_name(&tname);
                 spin_sleep_until(&stop, deadline, sleep_us);
                 // Last act of the thread: read the kernel's number, then exit.
@@ -197,7 +201,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("spin") => spin(
             arg(2).parse().unwrap(),
-            arg(3).parse().unwrap(),
+            (arg(3) != "any").then(|| arg(3).parse().unwrap()),
             arg(4),
             arg(5).parse().unwrap(),
             args.get(6).map_or(0, |s| s.parse().unwrap()),
