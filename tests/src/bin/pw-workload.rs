@@ -524,6 +524,23 @@ fn swap_anon(mib: usize) {
         sum += u64::from(unsafe { std::ptr::read_volatile(p.add(off)) });
     }
     let (minflt, majflt) = fault_counts();
+    // One more fault (a fresh page: minor), as any thread that goes on running takes: pausewatch
+    // tells a fault was major from the kernel's count at the thread's next fault (or exit), so
+    // without it the reads' last fault would be settled only when this process exits.
+    // SAFETY: a fresh private anonymous page, written once and unmapped.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        std::ptr::write_volatile(page.cast::<u8>(), 1);
+        libc::munmap(page, 4096);
+    }
     println!(
         "{}",
         serde_json::json!({"pid": pid, "tid": tid, "phase": "read", "minflt": minflt - minflt0, "majflt": majflt - majflt0, "sum": sum})
