@@ -298,6 +298,24 @@ fn program_names(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
+/// Runs pausewatch with `args` and checks which of its programs it held in the kernel
+/// (names cut to 15 characters): every one of `loaded`, none of `absent`. Returns its lines.
+fn programs_held(args: &[&str], loaded: &[&str], absent: &[&str]) -> Vec<Value> {
+    let pw = Pausewatch::start(args);
+    let names = program_names(pw.pid());
+    let lines = pw.stop();
+    for p in loaded {
+        assert!(
+            names.contains(*p),
+            "{p} not loaded with {args:?}: {names:?}"
+        );
+    }
+    for p in absent {
+        assert!(!names.contains(*p), "{p} loaded with {args:?}: {names:?}");
+    }
+    lines
+}
+
 const SYSCALL_PROGRAMS: [&str; 4] = [
     "fsync_enter",
     "sync_exit",
@@ -323,19 +341,9 @@ fn hooks_notice(lines: &[Value]) -> Value {
 fn syscall_tracepoints_are_used_only_where_needed() {
     require_root();
     let check = |args: &[&str], loaded: &[&str], absent: &[&str], mode: &str| {
-        let pw = Pausewatch::start(args);
-        let names = program_names(pw.pid());
-        let lines = pw.stop();
-        for p in loaded {
-            assert!(
-                names.contains(*p),
-                "{p} not loaded with {args:?}: {names:?}"
-            );
-        }
-        for p in absent {
-            assert!(!names.contains(*p), "{p} loaded with {args:?}: {names:?}");
-        }
-        assert!(names.contains("sched_switch_bt"), "{names:?}");
+        let mut loaded = loaded.to_vec();
+        loaded.push("sched_switch_bt");
+        let lines = programs_held(args, &loaded, absent);
         assert_eq!(hooks_notice(&lines)["mode"], mode, "{args:?}");
         lines
     };
@@ -373,26 +381,12 @@ fn syscall_tracepoints_are_used_only_where_needed() {
 #[test]
 fn wakeups_run_no_program_unless_needed() {
     require_root();
-    let check = |args: &[&str], loaded: &[&str], absent: &[&str]| {
-        let pw = Pausewatch::start(args);
-        let names = program_names(pw.pid());
-        drop(pw.stop());
-        for p in loaded {
-            assert!(
-                names.contains(*p),
-                "{p} not loaded with {args:?}: {names:?}"
-            );
-        }
-        for p in absent {
-            assert!(!names.contains(*p), "{p} loaded with {args:?}: {names:?}");
-        }
-    };
     // Names cut to 15 characters.
     let (switch, wakeup, wakeup_new) = ("sched_switch_bt", "sched_wakeup_bt", "sched_wakeup_ne");
-    check(&[], &[switch], &[wakeup, wakeup_new]);
+    programs_held(&[], &[switch], &[wakeup, wakeup_new]);
     let me = std::process::id().to_string();
-    check(&["--pid", &me], &[switch, wakeup_new], &[wakeup]);
-    check(
+    programs_held(&["--pid", &me], &[switch, wakeup_new], &[wakeup]);
+    programs_held(
         &["--runq-source", "wakeup"],
         &[switch, wakeup, wakeup_new],
         &[],

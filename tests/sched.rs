@@ -60,29 +60,9 @@ fn runq_matches_schedstat(source: Source, sleep_us: u64) {
     }
     let lines = pw.stop();
     let attach = check_attached(&lines, source);
-
+    let summary = runq_matches(&lines, &report, 300_000_000, attach);
     let pid = report["pid"].as_u64().unwrap();
     let threads = report["threads"].as_array().unwrap();
-    let truth: u64 = threads
-        .iter()
-        .map(|t| t["run_delay_ns"].as_u64().unwrap())
-        .sum();
-    let summary = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
-    let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
-    assert!(
-        truth > 300_000_000,
-        "the victim barely waited ({truth} ns): the test did not create contention"
-    );
-    let err = (measured as f64 - truth as f64).abs() / truth as f64;
-    eprintln!(
-        "{attach}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)",
-        err * 100.0
-    );
-    assert!(
-        err <= 0.05,
-        "pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart",
-        err * 100.0
-    );
     assert_eq!(summary["comm"], "pw-victim");
     let ep = &summary["episodes"];
     assert!(
@@ -158,6 +138,31 @@ fn runq_matches_schedstat(source: Source, sleep_us: u64) {
     }
 }
 
+/// The victim of `report` waited more than `min_wait` ns by the kernel's account (else the test
+/// made no contention), and pausewatch's run-queue total for it is within 5% of that; returns
+/// the victim's summary line.
+fn runq_matches<'a>(lines: &'a [Value], report: &Value, min_wait: u64, label: &str) -> &'a Value {
+    let pid = report["pid"].as_u64().unwrap();
+    let truth = spin_run_delay(report);
+    let summary = summary_of(lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
+    let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
+    assert!(
+        truth > min_wait,
+        "the victim barely waited ({truth} ns): the test did not create contention"
+    );
+    let err = (measured as f64 - truth as f64).abs() / truth as f64;
+    eprintln!(
+        "{label}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)",
+        err * 100.0
+    );
+    assert!(
+        err <= 0.05,
+        "{label}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart",
+        err * 100.0
+    );
+    summary
+}
+
 /// The mechanism and wait source the `attached` notice reports are the ones asked for; returns
 /// a label for messages.
 fn check_attached(lines: &[Value], source: Source) -> &'static str {
@@ -227,29 +232,8 @@ fn runq_with_migrations_matches_schedstat(source: Source) {
     }
     let lines = pw.stop();
     let label = check_attached(&lines, source);
+    runq_matches(&lines, &report, 100_000_000, &format!("{label}, unpinned"));
     let pid = report["pid"].as_u64().unwrap();
-    let truth: u64 = report["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["run_delay_ns"].as_u64().unwrap())
-        .sum();
-    let summary = summary_of(&lines, pid).unwrap_or_else(|| panic!("no summary for victim {pid}"));
-    let measured = summary["components"]["runq"]["total_ns"].as_u64().unwrap();
-    assert!(
-        truth > 100_000_000,
-        "the victim barely waited ({truth} ns): the test did not create contention"
-    );
-    let err = (measured as f64 - truth as f64).abs() / truth as f64;
-    eprintln!(
-        "{label}, unpinned: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns ({:.2}% apart)",
-        err * 100.0
-    );
-    assert!(
-        err <= 0.05,
-        "{label}: pausewatch runq {measured} ns vs schedstat run_delay {truth} ns: {:.2}% apart",
-        err * 100.0
-    );
     for p in of_type(&lines, "pause").filter(|v| v["pid"] == pid) {
         assert!(
             p["cpu"].as_u64().unwrap() < cpus as u64

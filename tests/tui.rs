@@ -339,12 +339,7 @@ fn run_investigates_a_command_and_returns_its_status() {
     assert!(out.status.success(), "{}: {stderr}", out.status);
     let report: Value = serde_json::from_slice(&out.stdout).expect("the workload's own output");
     let pid = report["pid"].as_u64().unwrap();
-    let truth: u64 = report["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["run_delay_ns"].as_u64().unwrap())
-        .sum();
+    let truth = spin_run_delay(&report);
     let lines = read_ndjson(&json);
     validate_lines(&lines);
     let attached = lines.iter().find(|v| v["event"] == "attached").unwrap();

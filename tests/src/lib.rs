@@ -358,6 +358,17 @@ pub fn warnings(lines: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The kernel's run-queue wait of a `pw-workload spin` victim: the sum of its threads'
+/// schedstat `run_delay`, as each read it last thing before exiting.
+pub fn spin_run_delay(report: &Value) -> u64 {
+    report["threads"]
+        .as_array()
+        .expect("the workload's threads")
+        .iter()
+        .map(|t| t["run_delay_ns"].as_u64().unwrap())
+        .sum()
+}
+
 /// The summary line of a process.
 pub fn summary_of(lines: &[Value], pid: u64) -> Option<&Value> {
     of_type(lines, "summary").find(|v| v["pid"] == pid)
