@@ -73,10 +73,10 @@ enum Timing {
     PrintedNs,
 }
 
-struct Workload {
-    name: &'static str,
+pub(crate) struct Workload {
+    pub name: &'static str,
     /// Which of the issue's workload kinds it stands for (the budget table's groups).
-    kind: &'static str,
+    pub kind: &'static str,
     program: &'static str,
     args: &'static [&'static str],
     timing: Timing,
@@ -197,12 +197,12 @@ fn children_cpu_s() -> f64 {
 /// programs cost it (they run in its context) and little of what the machine's neighbours
 /// do, so it varies less between rounds than the wall time.
 #[derive(Clone, Copy)]
-struct Timed {
-    value: f64,
-    cpu_s: f64,
+pub(crate) struct Timed {
+    pub value: f64,
+    pub cpu_s: f64,
 }
 
-fn time_workload(w: &Workload) -> anyhow::Result<Timed> {
+pub(crate) fn time_workload(w: &Workload) -> anyhow::Result<Timed> {
     let program = match w.program {
         "pw-workload" => root_dir().join("target/release/pw-workload"),
         p => p.into(),
@@ -766,6 +766,7 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
     let mut prog: BTreeMap<String, (u64, u64)> = Default::default();
     let (mut floor_n, mut floor_t, mut seconds) = (0u64, 0u64, 0f64);
     let mut shares = String::new();
+    let mut peer_rows = String::new();
     // Per program: (runs, Σ runs × the floor on its own hook), from `floor_ns`.
     let mut own_floor: BTreeMap<String, (u64, u64)> = Default::default();
     for w in &WORKLOADS {
@@ -806,6 +807,64 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
             net_ns as f64 / 1e6,
             net_ns as f64 / 1e9 / timed.cpu_s * 100.0
         );
+        // The same workload under the bpftrace peer, from the same statistics.
+        let floor_w = line["stats_floor_ns"].as_u64().unwrap_or(0);
+        let peer = crate::bench_peer::bpftrace_run(w)?;
+        let peer_net = peer.net_ns(floor_w);
+        let (pw_share, bt_share) = (
+            net_ns as f64 / 1e9 / timed.cpu_s,
+            peer_net as f64 / 1e9 / peer.timed.cpu_s,
+        );
+        let pw_sched = crate::bench_peer::sched_cost_per_switch(
+            line["programs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p["name"].as_str()?,
+                        p["run_count"].as_u64()?,
+                        p["run_time_ns"].as_u64()?,
+                    ))
+                }),
+            floor_w,
+        );
+        let bt_sched = crate::bench_peer::sched_cost_per_switch(
+            peer.programs
+                .iter()
+                .map(|p| (p.name.as_str(), p.run_count, p.run_time_ns)),
+            floor_w,
+        );
+        let per_switch = |c: Option<(u64, u64)>| {
+            c.map_or("-".to_string(), |(ns, n)| format!("{ns} ns ({n} switches)"))
+        };
+        peer_rows += &format!(
+            "| {} | {:.1} ms, {:.2}% | {:.1} ms, {:.2}% | {} | {} | {} |\n",
+            w.name,
+            net_ns as f64 / 1e6,
+            pw_share * 100.0,
+            peer_net as f64 / 1e6,
+            bt_share * 100.0,
+            if bt_share > 0.0 {
+                format!("{:.2}", pw_share / bt_share)
+            } else {
+                "-".into()
+            },
+            per_switch(pw_sched),
+            per_switch(bt_sched),
+        );
+        if matches!(w.kind, "context switch" | "fault") && bt_share > 0.0 {
+            s.check(
+                &format!("BPF run time against bpftrace's doing less, {}", w.name),
+                "≤ half of bpftrace's",
+                format!(
+                    "{:.2}% against {:.2}% of the workload's CPU",
+                    pw_share * 100.0,
+                    bt_share * 100.0
+                ),
+                pw_share <= bt_share / 2.0,
+            );
+        }
         if w.kind == "fault" {
             // Issue 3's budget for the page-fault path, from the kernel's own statistics: the
             // wall-time slowdown of this 0.6 s workload is at the mercy of the neighbours.
@@ -894,6 +953,16 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
          above, this does not move with the machine's neighbours; it leaves out the cost of entering \
          the programs (the trampoline) and of the agent.\n\n\
          | workload | workload CPU time | BPF time, net | share |\n|---|---|---|---|\n{shares}\n"
+    );
+    s.body += &format!(
+        "The same, pausewatch against bpftrace: one more run of each workload under the bpftrace peer \
+         with the kernel's statistics on, its programs' run time net of the same floor. bpftrace's \
+         classic tracepoints also fill a trace record before its programs run, which this leaves \
+         out: its figures are a lower bound. Scheduler cost per context switch: the run time of the \
+         programs on sched_switch, sched_wakeup and sched_wakeup_new, net, per sched_switch run (a \
+         runqlat-style script needs the wakeups; pausewatch measures waits at switch-in).\n\n\
+         | workload | pausewatch BPF time, share of CPU | bpftrace | ratio | pausewatch, scheduler per switch | bpftrace, scheduler per switch |\n\
+         |---|---|---|---|---|---|\n{peer_rows}\n"
     );
     Ok(())
 }

@@ -3,6 +3,7 @@ mod bench;
 mod bench_agent;
 mod bench_gc;
 mod bench_latency;
+mod bench_peer;
 mod fuzz;
 mod setup;
 mod soak;

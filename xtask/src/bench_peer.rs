@@ -1,0 +1,173 @@
+//! What bpftrace's programs cost, from the same kernel statistics as pausewatch's: one run of
+//! each workload under the bpftrace peer with `kernel.bpf_stats_enabled` on. The wall-clock
+//! slowdowns move with the machine's neighbours by more than either observer costs; the BPF
+//! run time of each, net of the statistics' own clock read, does not.
+//!
+//! bpftrace attaches classic tracepoints, whose kernel side fills a trace record before the
+//! program runs (tp_btf hands the program the arguments): that part of its cost is outside
+//! its programs' run time, so these figures understate bpftrace's cost, never pausewatch's.
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+
+use crate::bench::{Observer, Timed, Workload, time_workload};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// One BPF program's counters since it was loaded.
+pub(crate) struct ProgCost {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// A workload's run under bpftrace and what bpftrace's programs ran meanwhile.
+pub(crate) struct PeerRun {
+    pub timed: Timed,
+    pub programs: Vec<ProgCost>,
+}
+
+impl PeerRun {
+    /// BPF run time net of `floor_ns` per run, ns.
+    pub fn net_ns(&self, floor_ns: u64) -> u64 {
+        self.programs
+            .iter()
+            .map(|p| p.run_time_ns.saturating_sub(floor_ns * p.run_count))
+            .sum()
+    }
+}
+
+/// The kernel's BPF run-time statistics switched on for as long as this lives, then put back
+/// as they were.
+struct StatsOn {
+    before: String,
+}
+
+impl StatsOn {
+    fn new() -> anyhow::Result<Self> {
+        let before = std::fs::read_to_string(STATS_SYSCTL)
+            .with_context(|| format!("reading {STATS_SYSCTL}"))?;
+        std::fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing {STATS_SYSCTL}"))?;
+        Ok(Self {
+            before: before.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(STATS_SYSCTL, &self.before) {
+            eprintln!(
+                "bench: could not restore {STATS_SYSCTL} to {}: {e}",
+                self.before
+            );
+        }
+    }
+}
+
+fn program_ids() -> BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Runs `w` once under the bpftrace peer with the statistics on, and reads the counters of the
+/// programs bpftrace loaded (those that were not loaded before it started; the benchmark
+/// loads nothing else meanwhile) before it exits.
+pub(crate) fn bpftrace_run(w: &Workload) -> anyhow::Result<PeerRun> {
+    let before = program_ids();
+    let _stats = StatsOn::new()?;
+    let (run, _) = Observer::bpftrace()?.around(|| {
+        let timed = time_workload(w)?;
+        let programs = aya::programs::loaded_programs()
+            .flatten()
+            .filter(|p| !before.contains(&p.id()))
+            .map(|p| ProgCost {
+                name: p.name_as_str().unwrap_or("?").to_string(),
+                run_count: p.run_count(),
+                run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+            })
+            .collect::<Vec<_>>();
+        anyhow::ensure!(
+            !programs.is_empty(),
+            "found none of bpftrace's programs among the loaded ones"
+        );
+        Ok(PeerRun { timed, programs })
+    })?;
+    Ok(run)
+}
+
+/// Net run time of the scheduler programs (sched_switch, sched_wakeup, sched_wakeup_new:
+/// pausewatch's `sched_*_btf`/`_raw`, bpftrace's tracepoint names) per sched_switch run, and
+/// the number of those runs, from (name, runs, run time) triples. The empty calibration
+/// programs are not scheduler work.
+pub(crate) fn sched_cost_per_switch<'a>(
+    programs: impl Iterator<Item = (&'a str, u64, u64)>,
+    floor_ns: u64,
+) -> Option<(u64, u64)> {
+    let (mut switches, mut net) = (0u64, 0u64);
+    for (name, n, t) in programs {
+        if !name.starts_with("sched_switch") && !name.starts_with("sched_wakeup") {
+            continue;
+        }
+        if name.starts_with("sched_switch") {
+            switches += n;
+        }
+        net += t.saturating_sub(floor_ns * n);
+    }
+    net.checked_div(switches).map(|ns| (ns, switches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(progs: &[(&str, u64, u64)]) -> PeerRun {
+        PeerRun {
+            timed: Timed {
+                value: 1.0,
+                cpu_s: 1.0,
+            },
+            programs: progs
+                .iter()
+                .map(|&(name, run_count, run_time_ns)| ProgCost {
+                    name: name.into(),
+                    run_count,
+                    run_time_ns,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn net_time_takes_the_floor_off_every_run() {
+        let r = run(&[("sched_switch", 10, 3_000), ("page_fault_user", 5, 200)]);
+        // 3000 − 10×70, and 200 − 5×70 floored at zero.
+        assert_eq!(r.net_ns(70), 2_300);
+    }
+
+    #[test]
+    fn scheduler_cost_is_per_switch_and_counts_the_wakeups() {
+        let progs = [
+            ("sched_switch", 100, 20_000),
+            ("sched_wakeup", 50, 10_000),
+            ("sched_wakeup_new", 1, 500),
+            ("page_fault_user", 1_000, 90_000),
+            ("stats_floor_btf", 100, 7_000),
+        ];
+        // (20000 − 100×70) + (10000 − 50×70) + (500 − 70) over 100 switches.
+        assert_eq!(
+            sched_cost_per_switch(progs.into_iter(), 70),
+            Some((199, 100))
+        );
+        assert_eq!(
+            sched_cost_per_switch([("sched_switch_btf", 10, 1_000)].into_iter(), 70),
+            Some((30, 10))
+        );
+        assert_eq!(
+            sched_cost_per_switch([("page_fault_user", 1, 1)].into_iter(), 70),
+            None
+        );
+    }
+}
