@@ -373,10 +373,15 @@ pub struct DiskTable {
 impl DiskTable {
     /// A cumulative reading of a disk's latency at `now_ns`.
     pub fn apply(&mut self, dev: u32, name: Option<String>, a: Aggregate, now_ns: u64) {
+        // A disk enters the kernel's map with its first request, after the agent's previous
+        // reading: it had none before that, so an empty reading is its window's baseline. (Else
+        // requests made before its first reading would never be recent: a first reading and an
+        // identical second one, as when a fast disk's only requests end between two harvests
+        // and the call that waited on them, gave no recent latency at all.)
         let d = self.disks.entry(dev).or_insert_with(|| Disk {
             dev,
             name: None,
-            snapshots: Default::default(),
+            snapshots: [(now_ns, Aggregate::default())].into(),
         });
         if name.is_some() {
             d.name = name;
@@ -519,6 +524,27 @@ mod tests {
             t.for_dev(disk).unwrap().total().count,
             1 + DISK_WINDOW as u64
         );
+    }
+
+    /// A disk whose only requests ended before its first reading: the reading at the end of the
+    /// call that waited on them still shows their latency (the throttled-fsync test once found
+    /// none: a harvest had read the new loop device between its last request and the fsync's end).
+    #[test]
+    fn requests_before_a_disks_first_reading_are_recent() {
+        let mut t = DiskTable::default();
+        let disk = 7 << 20;
+        let mut a = Aggregate::default();
+        a.record(300_000);
+        a.record(400_000);
+        t.apply(disk, Some("loop0".into()), a.clone(), 5 * DISK_STEP_NS);
+        t.apply(disk, None, a.clone(), 5 * DISK_STEP_NS + 200_000_000);
+        let p99 = t.recent_p99(disk).expect("the requests are recent");
+        assert!((262_144..=524_288).contains(&p99), "{p99}");
+        // Nothing new for a whole window: no recent latency.
+        for i in 6..=6 + DISK_WINDOW as u64 * 2 {
+            t.apply(disk, None, a.clone(), i * DISK_STEP_NS);
+        }
+        assert_eq!(t.recent_p99(disk), None);
     }
 
     #[test]
