@@ -791,27 +791,18 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
             .next()
             .context("pausewatch wrote no self_cost line")?;
         add_program_costs(&mut prog, line, |_| true);
-        for p in line["programs"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(f), Some(n)) = (
-                p["name"].as_str(),
-                p["floor_ns"].as_u64(),
-                p["run_count"].as_u64(),
-            ) {
-                let e = own_floor.entry(name.to_string()).or_default();
-                e.0 += n;
-                e.1 += f * n;
+        let programs = crate::bench_peer::self_cost_programs(line);
+        for (p, floor) in &programs {
+            if let Some(f) = floor {
+                let e = own_floor.entry(p.name.clone()).or_default();
+                e.0 += p.run_count;
+                e.1 += f * p.run_count;
             }
         }
         // BPF time net of the statistics' floor, against the workload's CPU time.
-        let net_ns: u64 = line["programs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let n = p["run_count"].as_u64().unwrap_or(0);
-                let t = p["run_time_ns"].as_u64().unwrap_or(0);
-                t.saturating_sub(p["floor_ns"].as_u64().unwrap_or(0) * n)
-            })
+        let net_ns: u64 = programs
+            .iter()
+            .map(|(p, floor)| p.net_ns(floor.unwrap_or(0)))
             .sum();
         shares += &format!(
             "| {} | {:.3} s | {:.1} ms | {:.2}% |\n",
@@ -828,26 +819,9 @@ fn programs(bin: &Path, s: &mut Section) -> anyhow::Result<()> {
             net_ns as f64 / 1e9 / timed.cpu_s,
             peer_net as f64 / 1e9 / peer.timed.cpu_s,
         );
-        let pw_sched = crate::bench_peer::sched_cost_per_switch(
-            line["programs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| {
-                    Some((
-                        p["name"].as_str()?,
-                        p["run_count"].as_u64()?,
-                        p["run_time_ns"].as_u64()?,
-                    ))
-                }),
-            floor_w,
-        );
-        let bt_sched = crate::bench_peer::sched_cost_per_switch(
-            peer.programs
-                .iter()
-                .map(|p| (p.name.as_str(), p.run_count, p.run_time_ns)),
-            floor_w,
-        );
+        let pw_sched =
+            crate::bench_peer::sched_cost_per_switch(programs.iter().map(|(p, _)| p), floor_w);
+        let bt_sched = crate::bench_peer::sched_cost_per_switch(peer.programs.iter(), floor_w);
         let per_switch = |c: Option<(u64, u64)>| {
             c.map_or("-".to_string(), |(ns, n)| format!("{ns} ns ({n} switches)"))
         };

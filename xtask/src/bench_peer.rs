@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
+use serde_json::Value;
 
 use crate::bench::{Observer, Timed, Workload, time_workload};
 
@@ -21,6 +22,31 @@ pub(crate) struct ProgCost {
     pub run_time_ns: u64,
 }
 
+impl ProgCost {
+    /// Run time net of `floor_ns` per run, ns.
+    pub fn net_ns(&self, floor_ns: u64) -> u64 {
+        self.run_time_ns.saturating_sub(floor_ns * self.run_count)
+    }
+}
+
+/// The programs of a pausewatch `self_cost` line, each with the floor measured on its own
+/// hook (None where the line has none).
+pub(crate) fn self_cost_programs(line: &Value) -> Vec<(ProgCost, Option<u64>)> {
+    line["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let cost = ProgCost {
+                name: p["name"].as_str().unwrap_or("?").to_string(),
+                run_count: p["run_count"].as_u64().unwrap_or(0),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            };
+            (cost, p["floor_ns"].as_u64())
+        })
+        .collect()
+}
+
 /// A workload's run under bpftrace and what bpftrace's programs ran meanwhile.
 pub(crate) struct PeerRun {
     pub timed: Timed,
@@ -30,10 +56,7 @@ pub(crate) struct PeerRun {
 impl PeerRun {
     /// BPF run time net of `floor_ns` per run, ns.
     pub fn net_ns(&self, floor_ns: u64) -> u64 {
-        self.programs
-            .iter()
-            .map(|p| p.run_time_ns.saturating_sub(floor_ns * p.run_count))
-            .sum()
+        self.programs.iter().map(|p| p.net_ns(floor_ns)).sum()
     }
 }
 
@@ -100,21 +123,19 @@ pub(crate) fn bpftrace_run(w: &Workload) -> anyhow::Result<PeerRun> {
 
 /// Net run time of the scheduler programs (sched_switch, sched_wakeup, sched_wakeup_new:
 /// pausewatch's `sched_*_btf`/`_raw`, bpftrace's tracepoint names) per sched_switch run, and
-/// the number of those runs, from (name, runs, run time) triples. The empty calibration
-/// programs are not scheduler work.
+/// the number of those runs. The empty calibration programs are not scheduler work.
 pub(crate) fn sched_cost_per_switch<'a>(
-    programs: impl Iterator<Item = (&'a str, u64, u64)>,
+    programs: impl Iterator<Item = &'a ProgCost>,
     floor_ns: u64,
 ) -> Option<(u64, u64)> {
     let (mut switches, mut net) = (0u64, 0u64);
-    for (name, n, t) in programs {
-        if !name.starts_with("sched_switch") && !name.starts_with("sched_wakeup") {
+    for p in programs {
+        if p.name.starts_with("sched_switch") {
+            switches += p.run_count;
+        } else if !p.name.starts_with("sched_wakeup") {
             continue;
         }
-        if name.starts_with("sched_switch") {
-            switches += n;
-        }
-        net += t.saturating_sub(floor_ns * n);
+        net += p.net_ns(floor_ns);
     }
     net.checked_div(switches).map(|ns| (ns, switches))
 }
@@ -148,6 +169,21 @@ mod tests {
     }
 
     #[test]
+    fn a_self_cost_line_gives_each_program_its_own_floor() {
+        let line = serde_json::json!({"programs": [
+            {"name": "sched_switch_btf", "run_count": 10, "run_time_ns": 3_000, "floor_ns": 70},
+            {"name": "page_fault_user", "run_count": 4, "run_time_ns": 500, "floor_ns": null},
+        ]});
+        let p = self_cost_programs(&line);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].0.net_ns(p[0].1.unwrap()), p[1].1), (2_300, None));
+        assert_eq!(
+            (p[1].0.name.as_str(), p[1].0.run_count),
+            ("page_fault_user", 4)
+        );
+    }
+
+    #[test]
     fn scheduler_cost_is_per_switch_and_counts_the_wakeups() {
         let progs = [
             ("sched_switch", 100, 20_000),
@@ -158,15 +194,15 @@ mod tests {
         ];
         // (20000 − 100×70) + (10000 − 50×70) + (500 − 70) over 100 switches.
         assert_eq!(
-            sched_cost_per_switch(progs.into_iter(), 70),
+            sched_cost_per_switch(run(&progs).programs.iter(), 70),
             Some((199, 100))
         );
         assert_eq!(
-            sched_cost_per_switch([("sched_switch_btf", 10, 1_000)].into_iter(), 70),
+            sched_cost_per_switch(run(&[("sched_switch_btf", 10, 1_000)]).programs.iter(), 70),
             Some((30, 10))
         );
         assert_eq!(
-            sched_cost_per_switch([("page_fault_user", 1, 1)].into_iter(), 70),
+            sched_cost_per_switch(run(&[("page_fault_user", 1, 1)]).programs.iter(), 70),
             None
         );
     }
