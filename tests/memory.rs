@@ -1,6 +1,6 @@
 //! Memory and disk pauses measured by real eBPF against the kernel's own accounting:
 //! major faults against /proc/<pid>/stat majflt, a throttled fsync against the time the
-//! workload measured around the call, memcg reclaim against the cgroup's failcnt, swap-ins
+//! workload measured around the call, block requests against /sys/block/<dev>/stat, memcg reclaim against the cgroup's failcnt, swap-ins
 //! against majflt and the kernel's delay accounting (taskstats).
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -23,7 +23,17 @@ impl LoopFs {
     fn new() -> Self {
         let disk = LoopDevice::new("loop", "64M");
         let mnt = PathBuf::from(format!("/var/tmp/pw-loop-{}.mnt", std::process::id()));
-        run_cmd(&["mkfs.ext4", "-q", "-F", "-O", "^has_journal", &disk.dev]);
+        // Inode tables written now, not by ext4lazyinit in the background during a test.
+        run_cmd(&[
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=0",
+            &disk.dev,
+        ]);
         std::fs::create_dir_all(&mnt).unwrap();
         run_cmd(&["mount", &disk.dev, mnt.to_str().unwrap()]);
         Self { disk, mnt }
@@ -32,6 +42,23 @@ impl LoopFs {
     /// "major:minor" of the loop device.
     fn maj_min(&self) -> String {
         run_cmd(&["lsblk", "-dno", "MAJ:MIN", &self.disk.dev])
+    }
+
+    /// The kernel's I/O statistics of the loop device (Documentation/block/stat.rst):
+    /// requests completed (reads, writes and discards; flushes are not block requests
+    /// pausewatch times) and the milliseconds they took, each from its allocation.
+    fn diskstat(&self) -> (u64, u64) {
+        let name = Path::new(&self.disk.dev)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+        let f: Vec<u64> = stat
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (f[0] + f[4] + f[11], f[3] + f[7] + f[14])
     }
 }
 
@@ -104,6 +131,49 @@ fn finish(mut child: std::process::Child) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("workload output")
+}
+
+/// Every block request the disk completed is in its `disk` line, timed within the kernel's
+/// own total: /sys/block/<dev>/stat times a request from its allocation, pausewatch from its
+/// issue to the driver, which comes after.
+#[test]
+fn disk_requests_and_their_time_match_the_kernels_io_statistics() {
+    require_root();
+    let fs = LoopFs::new();
+    let pw = Pausewatch::start(&[]);
+    let (requests_before, ms_before) = fs.diskstat();
+    let file = fs.mnt.join("log");
+    run_cmd(&[
+        workload_bin().to_str().unwrap(),
+        "fsync-loop",
+        file.to_str().unwrap(),
+        "1000",
+    ]);
+    // The workload deletes its file: the file system's remaining write-back.
+    run_cmd(&["sync", "-f", fs.mnt.to_str().unwrap()]);
+    let (requests_after, ms_after) = fs.diskstat();
+    let lines = pw.stop();
+    let (requests, ms) = (requests_after - requests_before, ms_after - ms_before);
+    assert!(requests >= 2000, "the workload wrote {requests} requests");
+    let dev = fs.maj_min();
+    let disk = of_type(&lines, "disk")
+        .find(|d| d["dev"] == dev.as_str())
+        .unwrap_or_else(|| panic!("no disk line for {dev}"));
+    assert_eq!(disk["requests"], requests, "{disk}");
+    assert_eq!(
+        of_type(&lines, "drops").next().unwrap()["kernel"]["disk_sample"],
+        0
+    );
+    // The kernel's total is in whole milliseconds at each reading.
+    let total_ms = disk["total_ns"].as_u64().unwrap() as f64 / 1e6;
+    assert!(
+        total_ms <= (ms + 1) as f64 && total_ms >= 0.5 * ms as f64,
+        "pausewatch {total_ms:.1} ms, the kernel {ms} ms from allocation: {disk}"
+    );
+    assert!(
+        disk["max_ns"].as_u64() <= disk["total_ns"].as_u64(),
+        "{disk}"
+    );
 }
 
 #[test]

@@ -159,8 +159,12 @@ pub enum DropCause {
     /// An exit record did not fit in the ring buffer: the agent retires that process at its
     /// next once-a-second read instead.
     Exit = 14,
+    /// A block request's issue time was overwritten in the in-flight table by another
+    /// request's (two requests in flight in one slot): that request is missing from its
+    /// disk's latency histogram.
+    DiskSample = 15,
 }
-pub const NUM_DROP_CAUSES: usize = 15;
+pub const NUM_DROP_CAUSES: usize = 16;
 
 impl DropCause {
     pub const ALL: [DropCause; NUM_DROP_CAUSES] = [
@@ -179,6 +183,7 @@ impl DropCause {
         DropCause::MemAggregate,
         DropCause::PidReuse,
         DropCause::Exit,
+        DropCause::DiskSample,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -197,6 +202,7 @@ impl DropCause {
             DropCause::MemAggregate => "mem_aggregate",
             DropCause::PidReuse => "pid_reuse",
             DropCause::Exit => "exit",
+            DropCause::DiskSample => "disk_sample",
         }
     }
 }
