@@ -48,40 +48,16 @@ fn kernel_waits(lines: &[Value], pid: u64) -> Vec<&Value> {
 fn kernel_stacks_are_named_unless_the_kernel_hides_its_addresses() {
     require_root();
     let dir = Scratch::new("stacks");
-    // Root sees kernel addresses at kptr_restrict 0 and 1.
-    let (lines, pid) = {
-        let _shown = Sysctl::set("kernel.kptr_restrict", "1");
-        read_cold_file(Pausewatch::start(&["--min-pause", "20us"]), &dir.0)
-    };
-    let waits = kernel_waits(&lines, pid);
-    assert!(!waits.is_empty(), "reading a cold file never blocked");
-    let places: Vec<&str> = waits
-        .iter()
-        .filter_map(|v| v["blocked"]["kernel_place"].as_str())
-        .collect();
-    eprintln!(
-        "{} waits, places: {:?}",
-        waits.len(),
-        &places[..places.len().min(8)]
-    );
-    for w in waits
-        .iter()
-        .filter(|v| v["blocked"]["kernel_place"].is_null())
-    {
-        eprintln!("unnamed: {}", w["blocked"]);
+    // Root sees kernel addresses at kptr_restrict 0 and 1. Stacks are taken as the thread gets
+    // the CPU back (tp_btf), or as it leaves it (the raw-tracepoint fallback).
+    for attach in ["btf", "raw"] {
+        let (lines, pid) = {
+            let _shown = Sysctl::set("kernel.kptr_restrict", "1");
+            let pw = Pausewatch::start(&["--min-pause", "20us", "--attach", attach]);
+            read_cold_file(pw, &dir.0)
+        };
+        named_waits(&lines, pid, attach);
     }
-    // Every one: the same stack blocks again before the agent reads the first record (the
-    // kernel gives both one stack id), which once left all but the first unnamed.
-    assert_eq!(places.len(), waits.len(), "kernel waits left unnamed");
-    assert!(
-        places.iter().all(|p| !p.is_empty() && !p.starts_with("0x")),
-        "{places:?}"
-    );
-    assert!(
-        !warnings(&lines).iter().any(|w| w.contains("kallsyms")),
-        "{:?}",
-        warnings(&lines)
-    );
 
     // kptr_restrict=2 hides addresses even from root: said at start-up, and the waits are
     // still reported, as `kernel` without a place.
@@ -105,6 +81,46 @@ fn kernel_stacks_are_named_unless_the_kernel_hides_its_addresses() {
     );
     let drops = of_type(&lines, "drops").last().unwrap();
     assert!(drops["unnamed_stacks"].as_u64().unwrap() > 0, "{drops}");
+}
+
+/// Every blocked wait of `pid` outside a bracket is named after a kernel function.
+fn named_waits(lines: &[Value], pid: u64, attach: &str) {
+    let waits = kernel_waits(lines, pid);
+    assert!(
+        !waits.is_empty(),
+        "{attach}: reading a cold file never blocked"
+    );
+    let places: Vec<&str> = waits
+        .iter()
+        .filter_map(|v| v["blocked"]["kernel_place"].as_str())
+        .collect();
+    eprintln!(
+        "{attach}: {} waits, places: {:?}",
+        waits.len(),
+        &places[..places.len().min(8)]
+    );
+    for w in waits
+        .iter()
+        .filter(|v| v["blocked"]["kernel_place"].is_null())
+    {
+        eprintln!("unnamed: {}", w["blocked"]);
+    }
+    // Every one: the same stack blocks again before the agent reads the first record (the
+    // kernel gives both one stack id), which once left all but the first unnamed.
+    assert_eq!(
+        places.len(),
+        waits.len(),
+        "{attach}: kernel waits left unnamed"
+    );
+    assert!(
+        places.iter().all(|p| !p.is_empty() && !p.starts_with("0x")),
+        "{places:?}"
+    );
+    assert!(
+        !warnings(lines).iter().any(|w| w.contains("kallsyms")),
+        "{:?}",
+        warnings(lines)
+    );
 }
 
 /// Detaches every tracefs mount the namespace sees (none may be left: pausewatch looks at

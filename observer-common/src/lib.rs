@@ -865,7 +865,8 @@ pub struct PauseRecord {
     pub block_reason: u32,
     pub comm: [u8; TASK_COMM_LEN],
     pub preempted_by_comm: [u8; TASK_COMM_LEN],
-    /// `BlockReason::Stack`: the kernel stack in `STACKS` (negative: not captured).
+    /// `BlockReason::Stack`: the kernel stack, in `BLOCK_STACKS` (with `STACK_ID_RING`) or
+    /// `STACKS` (negative: not captured).
     pub stack_id: i32,
     /// Faults: the file's device (kernel dev_t: major << 20 | minor; 0 for anonymous memory).
     /// fsync family: the file's device.
@@ -968,6 +969,36 @@ impl ProcStats {
             *h += runq.hist[b].saturating_sub(mixed_runq.hist[b]);
         }
         all
+    }
+}
+
+/// Frames kept of a blocked thread's kernel stack, innermost first (`BlockStack`).
+pub const BLOCK_STACK_DEPTH: usize = 32;
+/// Captures each CPU keeps in `BLOCK_STACKS` (a power of two): capture `n` is entry
+/// `n % BLOCK_STACK_RING` of the CPU that wrote the record, until overwritten.
+pub const BLOCK_STACK_RING: u32 = 128;
+/// `PauseRecord::stack_id` bit marking a capture in `BLOCK_STACKS`, the bits below it its
+/// sequence number; without it, the id is one in the `STACKS` stack-trace map.
+pub const STACK_ID_RING: i32 = 1 << 30;
+
+/// One kernel stack in the `BLOCK_STACKS` per-CPU ring: the stack a blocked thread slept on,
+/// captured as it got the CPU back, for a streamed episode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStack {
+    /// The capture's sequence number on its CPU, below `STACK_ID_RING` (says which of the
+    /// captures that share this entry wrote it).
+    pub seq: u32,
+    /// Bytes of `ips` written.
+    pub len: u32,
+    pub ips: [u64; BLOCK_STACK_DEPTH],
+}
+const _: () = assert!(core::mem::size_of::<BlockStack>() == 8 + 8 * BLOCK_STACK_DEPTH);
+
+impl BlockStack {
+    /// The frames captured, innermost first.
+    pub fn frames(&self) -> &[u64] {
+        &self.ips[..(self.len as usize / 8).min(BLOCK_STACK_DEPTH)]
     }
 }
 

@@ -15,6 +15,8 @@ unsafe impl aya::Pod for crate::ThreadState {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::ComponentStats {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::BlockStack {}
+// SAFETY: as above.
 unsafe impl aya::Pod for StopRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SignalRecord {}
@@ -206,6 +208,23 @@ mod tests {
         assert_eq!(decode(&raw(&r)), Ok(Record::Pause(r)));
         assert_eq!(r.components_ns.iter().sum::<u64>(), r.duration_ns);
         assert_eq!(NUM_COMPONENTS, 3);
+    }
+
+    #[test]
+    fn a_block_stack_has_the_frames_the_helper_wrote() {
+        let mut s = crate::BlockStack {
+            seq: 7,
+            len: 3 * 8,
+            ips: [0; crate::BLOCK_STACK_DEPTH],
+        };
+        s.ips[..4].copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(s.frames(), &[1, 2, 3]);
+        // A length beyond the buffer (never written by the kernel) is cut to it.
+        s.len = u32::MAX;
+        assert_eq!(s.frames().len(), crate::BLOCK_STACK_DEPTH);
+        // Ring ids are positive i32s, above every stack-trace map id.
+        let id = crate::STACK_ID_RING | (crate::STACK_ID_RING - 1);
+        assert!(id > 0 && id & crate::STACK_ID_RING != 0);
     }
 
     #[test]

@@ -24,15 +24,15 @@ use aya_ebpf::{
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        generated::bpf_task_pt_regs,
+        generated::{bpf_get_task_stack, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, StackTrace},
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BlockReason, DropCause, MemStallRecord,
-    ProcMem, RecordKind, ThreadState,
+    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BLOCK_STACK_RING, BlockReason, BlockStack,
+    DropCause, MemStallRecord, ProcMem, RecordKind, STACK_ID_RING, ThreadState,
 };
 
 use crate::{
@@ -61,6 +61,17 @@ static PROC_MEM_INIT: PerCpuArray<ProcMem> = PerCpuArray::with_max_entries(1, 0)
 /// REUSE_STACKID lets a new stack replace an old one whose hash collides instead of failing.
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
+
+/// Kernel stacks of blocked threads whose episode is streamed, captured as they get the CPU
+/// back (tp_btf): a ring of `BLOCK_STACK_RING` per CPU, read by the agent when the record
+/// arrives. Capturing only these, rather than every D sleep outside a bracket at switch-out,
+/// keeps the stack walk (about a microsecond) off the common short sleeps.
+#[map]
+static BLOCK_STACKS: PerCpuArray<BlockStack> = PerCpuArray::with_max_entries(BLOCK_STACK_RING, 0);
+
+/// Per CPU: the sequence number of its next `BLOCK_STACKS` capture.
+#[map]
+static BLOCK_STACK_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn activity<const CREATE: bool>(task: TaskPtr) -> Option<&'static mut Activity> {
@@ -322,7 +333,43 @@ pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskP
         return;
     }
     st.block_reason = BlockReason::Stack as u32;
-    st.stack_id = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID as u64).map_or(-1, |id| id as i32);
+    // tp_btf: taken when the thread gets the CPU back, if its episode is streamed
+    // (`block_stack`); its stack is the one it sleeps on until then.
+    if !DIRECT {
+        st.stack_id = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID as u64).map_or(-1, |id| id as i32);
+    }
+}
+
+/// The kernel stack of `task`, which slept outside any bracket and is about to get the CPU
+/// back (it is still on the stack it slept on: the switch to it comes after sched_switch),
+/// kept in this CPU's `BLOCK_STACKS` ring; its `stack_id`, or -1 when the stack could not be
+/// read. Only for streamed episodes.
+#[inline(always)]
+pub fn block_stack(task: TaskPtr) -> i32 {
+    let Some(seq) = BLOCK_STACK_SEQ.get_ptr_mut(0) else { return -1 };
+    // SAFETY: this CPU's counter; sched_switch runs with preemption off.
+    let n = unsafe {
+        let n = *seq & (STACK_ID_RING as u32 - 1);
+        *seq = n.wrapping_add(1);
+        n
+    };
+    let Some(e) = BLOCK_STACKS.get_ptr_mut(n & (BLOCK_STACK_RING - 1)) else { return -1 };
+    // SAFETY: `task` is a BTF-typed task_struct pointer (sched_switch's `next`), `e` this
+    // CPU's entry, written whole before its sequence number says whose it is.
+    unsafe {
+        let len = bpf_get_task_stack(
+            task.cast_mut().cast(),
+            core::ptr::addr_of_mut!((*e).ips).cast(),
+            core::mem::size_of_val(&(*e).ips) as u32,
+            0,
+        );
+        if len <= 0 {
+            return -1;
+        }
+        (*e).len = len as u32;
+        (*e).seq = n;
+    }
+    STACK_ID_RING | n as i32
 }
 
 /// Charges an episode's blocked phase to its process, by reason.

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
+    BlockReason, Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
     StopKind, ThreadState,
 };
 
@@ -467,6 +467,9 @@ fn finish<const D: bool>(ts: u64, next: TaskPtr, tid: u32, stp: *mut ThreadState
     let duration = ts.saturating_sub(st.episode_start_ns);
     // Stops are streamed once per process (stops.rs), not once per stopped thread.
     let streamed = duration >= config::min_pause_ns() && st.components_ns[Component::Stopped as usize] == 0;
+    if D && streamed && st.block_reason == BlockReason::Stack as u32 && st.components_ns[Component::Blocked as usize] > 0 {
+        st.stack_id = memory::block_stack(next);
+    }
     // Read in place (a copy would not fit beside the record on the 512-byte BPF stack): nothing
     // below touches the episode maps, so the entry stays valid until `end`.
     let dropped = streamed && !emit::<D>(tid, next, st, duration);

@@ -17,11 +17,11 @@ pub type TaskPtr = *const u8;
 /// is historical, the same two ways apply to every struct).
 #[inline(always)]
 pub fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T> {
-    if task.is_null() {
-        return None;
-    }
     let p = task.wrapping_add(off).cast::<T>();
     if DIRECT {
+        if task.is_null() {
+            return None;
+        }
         // SAFETY: only used from tp_btf programs, where `task` is a BTF-typed pointer and the
         // verifier turns this load into a PROBE_MEM load (a bad address reads as zero instead
         // of faulting) after checking the access lies within a task_struct member.
@@ -31,7 +31,9 @@ pub fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T>
         // "none" to every caller (tid 0 is the idle task, null pointers and zero clocks are
         // filtered), so the result is not tested here. Testing it made LLVM compute on the
         // unloaded value on the failure path (a branchless `Some(v) if v != 0`), a read of a
-        // never-written register that the verifier rejects.
+        // never-written register that the verifier rejects. A null `task` is not tested
+        // either, for the same reason (a `None` whose undefined payload LLVM stored anyway):
+        // the helper refuses the low address and zero-fills.
         // SAFETY: a zeroed T is a valid value for the plain integers and pointers read here.
         let mut v: T = unsafe { core::mem::zeroed() };
         // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad

@@ -66,7 +66,7 @@ impl MemState {
             BlockReason::Stack => {
                 let place = b
                     .stack_id
-                    .and_then(|id| self.stacks.as_mut()?.place(id))
+                    .and_then(|id| self.stacks.as_mut()?.place(id, ep.cpu))
                     .map(|(place, _)| place);
                 if place.is_none() {
                     self.unnamed_stacks += 1;

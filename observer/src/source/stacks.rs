@@ -1,10 +1,14 @@
-//! Kernel stacks captured when a thread went into D outside any activity bracket.
-use aya::maps::{MapData, StackTraceMap};
+//! Kernel stacks of threads that slept in D outside any activity bracket: captured as they
+//! got the CPU back into a per-CPU ring (tp_btf), or as they left it into a stack-trace map
+//! (the raw-tracepoint fallback).
+use aya::maps::{MapData, PerCpuArray, StackTraceMap};
+use observer_common::{BLOCK_STACK_RING, BlockStack, STACK_ID_RING};
 
 use super::kallsyms::{self, KernelSymbols};
 
 pub struct Stacks {
     map: StackTraceMap<MapData>,
+    ring: PerCpuArray<MapData, BlockStack>,
     symbols: Symbols,
 }
 
@@ -33,6 +37,10 @@ impl Stacks {
     pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let map = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS missing")?)?;
+        let ring = PerCpuArray::try_from(
+            ebpf.take_map("BLOCK_STACKS")
+                .context("map BLOCK_STACKS missing")?,
+        )?;
         let file = std::fs::File::open("/proc/kallsyms")
             .map_err(|e| format!("/proc/kallsyms unreadable: {e}"));
         // Whether the kernel shows addresses is decided at open, so a second open now tells
@@ -42,6 +50,7 @@ impl Stacks {
                 .is_ok_and(|f| KernelSymbols::hidden(std::io::BufReader::new(f)));
         Ok(Self {
             map,
+            ring,
             symbols: if hidden {
                 Symbols::Read(Err(kallsyms::HIDDEN.into()))
             } else {
@@ -50,21 +59,34 @@ impl Stacks {
         })
     }
 
-    /// Where the thread of stack `id` slept ("jbd2 commit", "pipe_write"), and the frames.
-    /// The stack stays in the map: the kernel gives one id to every capture of the same stack
-    /// (a thread that blocks the same way again gets the same id before the agent has read
-    /// the first), so deleting it after one read would leave the next records unnamed. The
-    /// map never fills: a new stack whose hash collides replaces the old one
+    /// Where the thread of stack `id` slept ("jbd2 commit", "pipe_write"), and the frames;
+    /// `cpu` is the CPU that wrote the record (whose ring holds a `STACK_ID_RING` capture).
+    /// None when the capture was overwritten before it was read (counted by the caller).
+    ///
+    /// A stack-trace map's stack stays in the map: the kernel gives one id to every capture of
+    /// the same stack (a thread that blocks the same way again gets the same id before the
+    /// agent has read the first), so deleting it after one read would leave the next records
+    /// unnamed. The map never fills: a new stack whose hash collides replaces the old one
     /// (BPF_F_REUSE_STACKID).
-    pub fn place(&mut self, id: u32) -> Option<(String, Vec<String>)> {
-        let trace = self.map.get(&id, 0).ok()?;
+    pub fn place(&mut self, id: u32, cpu: u32) -> Option<(String, Vec<String>)> {
+        let ips: Vec<u64> = if id & STACK_ID_RING as u32 != 0 {
+            let seq = id & !(STACK_ID_RING as u32);
+            let entry = *self
+                .ring
+                .get(&(seq % BLOCK_STACK_RING), 0)
+                .ok()?
+                .get(cpu as usize)?;
+            (entry.seq == seq).then(|| entry.frames().to_vec())?
+        } else {
+            let trace = self.map.get(&id, 0).ok()?;
+            trace.frames().iter().map(|f| f.ip).collect()
+        };
         let syms = self.symbols.get()?;
-        let frames: Vec<String> = trace
-            .frames()
+        let frames: Vec<String> = ips
             .iter()
-            .map(|f| {
-                syms.name(f.ip)
-                    .map_or_else(|| format!("{:#x}", f.ip), str::to_string)
+            .map(|&ip| {
+                syms.name(ip)
+                    .map_or_else(|| format!("{ip:#x}"), str::to_string)
             })
             .collect();
         let place = kallsyms::place(frames.iter().map(String::as_str))?;
