@@ -69,17 +69,15 @@ impl Stacks {
     /// unnamed. The map never fills: a new stack whose hash collides replaces the old one
     /// (BPF_F_REUSE_STACKID).
     pub fn place(&mut self, id: u32, cpu: u32) -> Option<(String, Vec<String>)> {
-        let ips: Vec<u64> = if id & STACK_ID_RING as u32 != 0 {
-            let seq = id & !(STACK_ID_RING as u32);
-            let entry = *self
-                .ring
-                .get(&(seq % BLOCK_STACK_RING), 0)
-                .ok()?
-                .get(cpu as usize)?;
-            (entry.seq == seq).then(|| entry.frames().to_vec())?
-        } else {
-            let trace = self.map.get(&id, 0).ok()?;
-            trace.frames().iter().map(|f| f.ip).collect()
+        let ips: Vec<u64> = match StackRef::of(id) {
+            StackRef::Ring { seq, slot } => {
+                let entry = *self.ring.get(&slot, 0).ok()?.get(cpu as usize)?;
+                ring_frames(&entry, seq)?.to_vec()
+            }
+            StackRef::Map(id) => {
+                let trace = self.map.get(&id, 0).ok()?;
+                trace.frames().iter().map(|f| f.ip).collect()
+            }
         };
         let syms = self.symbols.get()?;
         let frames: Vec<String> = ips
@@ -99,5 +97,67 @@ impl Stacks {
             Symbols::Read(Err(e)) => Some(e),
             _ => None,
         }
+    }
+}
+
+/// Where a pause record's `stack_id` points.
+#[derive(Debug, PartialEq, Eq)]
+enum StackRef {
+    /// Capture `seq` in entry `slot` of the recording CPU's `BLOCK_STACKS` ring.
+    Ring { seq: u32, slot: u32 },
+    /// A stack in the `STACKS` stack-trace map.
+    Map(u32),
+}
+
+impl StackRef {
+    fn of(id: u32) -> Self {
+        if id & STACK_ID_RING as u32 != 0 {
+            let seq = id & !(STACK_ID_RING as u32);
+            Self::Ring {
+                seq,
+                slot: seq % BLOCK_STACK_RING,
+            }
+        } else {
+            Self::Map(id)
+        }
+    }
+}
+
+/// The frames of ring entry `entry` if it still holds capture `seq` (a later capture on that
+/// CPU overwrites it after `BLOCK_STACK_RING` more).
+fn ring_frames(entry: &BlockStack, seq: u32) -> Option<&[u64]> {
+    (entry.seq == seq).then(|| entry.frames())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::BLOCK_STACK_DEPTH;
+
+    #[test]
+    fn ring_ids_name_their_slot_and_map_ids_pass_through() {
+        let id = STACK_ID_RING as u32 | (BLOCK_STACK_RING * 3 + 5);
+        assert_eq!(
+            StackRef::of(id),
+            StackRef::Ring {
+                seq: BLOCK_STACK_RING * 3 + 5,
+                slot: 5
+            }
+        );
+        assert_eq!(StackRef::of(17), StackRef::Map(17));
+    }
+
+    #[test]
+    fn an_overwritten_ring_entry_names_nothing() {
+        let mut entry = BlockStack {
+            seq: 9,
+            len: 16,
+            ips: [0; BLOCK_STACK_DEPTH],
+        };
+        entry.ips[..2].copy_from_slice(&[0xffff_ffff_8100_0000, 0xffff_ffff_8100_1000]);
+        assert_eq!(ring_frames(&entry, 9).map(<[u64]>::len), Some(2));
+        // Capture 9 + BLOCK_STACK_RING took the entry before the agent read capture 9.
+        entry.seq = 9 + BLOCK_STACK_RING;
+        assert_eq!(ring_frames(&entry, 9), None);
     }
 }
