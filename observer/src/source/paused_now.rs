@@ -145,10 +145,30 @@ mod tests {
 
     #[test]
     fn a_running_process_is_not_paused_and_a_missing_one_is_not_either() {
-        let me = std::process::id();
-        assert_eq!(paused_now(me, None, &StopSenders::default()), None);
-        assert_eq!(paused_now(me, Some(me), &StopSenders::default()), None);
-        assert_eq!(paused_now(u32::MAX, None, &StopSenders::default()), None);
+        let none = StopSenders::default();
+        // This thread, reading its own state, is running. (Not the whole test process: a
+        // sibling test thread spawning a child sleeps in D in kernel_clone until the child
+        // has exec'd, which is a real pause.)
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        assert_eq!(paused_now(std::process::id(), Some(me), &none), None);
+        // A sleeping process (S) is not paused, once it is past its exec (which can read the
+        // binary in D): polled until it is seen not paused, then it must stay so.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let settled = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            paused_now(pid, None, &none).is_none()
+        });
+        let again = paused_now(pid, None, &none);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(settled, "sleep never seen not paused");
+        assert_eq!(again, None);
+        assert_eq!(paused_now(u32::MAX, None, &none), None);
     }
 
     #[test]
