@@ -19,7 +19,9 @@
 //! few stores; the per-process map is touched only for major faults.
 //!
 //! When a thread leaves the CPU in D, `explain_block` names the innermost bracket it is in
-//! (reclaim/compaction, then fault, then an fsync-family call), or captures its kernel stack.
+//! (reclaim/compaction, then fault, then an fsync-family call), or marks it for its kernel
+//! stack: taken by `block_stack` as it gets the CPU back if its pause is streamed (tp_btf), or
+//! at once with `bpf_get_stackid` (the raw-tracepoint fallback).
 use aya_ebpf::{
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
