@@ -614,17 +614,33 @@ pub struct Sysctl {
 }
 
 impl Sysctl {
+    /// Sets `name` (dotted, e.g. `kernel.kptr_restrict`) to `value` until dropped; panics
+    /// when it cannot (a test's set-up).
     pub fn set(name: &str, value: &str) -> Self {
+        Self::try_set(name, value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `set`, with the reason it could not as the error.
+    pub fn try_set(name: &str, value: &str) -> Result<Self, String> {
         let path = Path::new("/proc/sys").join(name.replace('.', "/"));
-        let old = std::fs::read_to_string(&path).unwrap().trim().to_string();
-        std::fs::write(&path, value).unwrap_or_else(|e| panic!("setting {name}={value}: {e}"));
-        Self { path, old }
+        let old = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .trim()
+            .to_string();
+        std::fs::write(&path, value).map_err(|e| format!("setting {name}={value}: {e}"))?;
+        Ok(Self { path, old })
     }
 }
 
 impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.path, &self.old);
+        if let Err(e) = std::fs::write(&self.path, &self.old) {
+            eprintln!(
+                "could not restore {} to {}: {e}",
+                self.path.display(),
+                self.old
+            );
+        }
     }
 }
 

@@ -8,12 +8,9 @@
 //! its programs' run time, so these figures understate bpftrace's cost, never pausewatch's.
 use std::collections::BTreeSet;
 
-use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::bench::{Observer, Timed, Workload, time_workload};
-
-const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// One BPF program's counters since it was loaded.
 pub(crate) struct ProgCost {
@@ -60,34 +57,6 @@ impl PeerRun {
     }
 }
 
-/// The kernel's BPF run-time statistics switched on for as long as this lives, then put back
-/// as they were.
-struct StatsOn {
-    before: String,
-}
-
-impl StatsOn {
-    fn new() -> anyhow::Result<Self> {
-        let before = std::fs::read_to_string(STATS_SYSCTL)
-            .with_context(|| format!("reading {STATS_SYSCTL}"))?;
-        std::fs::write(STATS_SYSCTL, "1").with_context(|| format!("writing {STATS_SYSCTL}"))?;
-        Ok(Self {
-            before: before.trim().to_string(),
-        })
-    }
-}
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(STATS_SYSCTL, &self.before) {
-            eprintln!(
-                "bench: could not restore {STATS_SYSCTL} to {}: {e}",
-                self.before
-            );
-        }
-    }
-}
-
 fn program_ids() -> BTreeSet<u32> {
     aya::programs::loaded_programs()
         .flatten()
@@ -100,7 +69,9 @@ fn program_ids() -> BTreeSet<u32> {
 /// loads nothing else meanwhile) before it exits.
 pub(crate) fn bpftrace_run(w: &Workload) -> anyhow::Result<PeerRun> {
     let before = program_ids();
-    let _stats = StatsOn::new()?;
+    // The kernel's BPF run-time statistics, on for as long as this lives, then put back.
+    let _stats = pausewatch_tests::Sysctl::try_set("kernel.bpf_stats_enabled", "1")
+        .map_err(anyhow::Error::msg)?;
     let (run, _) = Observer::bpftrace()?.around(|| {
         let timed = time_workload(w)?;
         let programs = aya::programs::loaded_programs()
