@@ -695,9 +695,19 @@ pub struct Activity {
     pub flags: u32,
     /// `BlockReason` of the reclaim or compaction in progress; 0 when none.
     pub mem_reason: u32,
-    pub _pad0: u32,
+    /// The fsync-family call in progress, timed from ext4's tracepoints: its `SyncSyscall`,
+    /// 0 when none. In the first cache line, with the other brackets a D sleep is checked
+    /// against; the call's details follow.
+    pub sync_call: u32,
+    /// CLOCK_MONOTONIC at the call's entry.
+    pub sync_start_ns: u64,
+    /// As `SyncRecord::arg`, `ino`, `dev` and `flags`.
+    pub sync_arg: u64,
+    pub sync_ino: u64,
+    pub sync_dev: u32,
+    pub sync_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Activity>() == 64);
+const _: () = assert!(core::mem::size_of::<Activity>() == 96);
 
 /// The fsync-family syscall behind a `SyncRecord`.
 #[repr(u32)]

@@ -76,14 +76,14 @@ static BLOCK_STACKS: PerCpuArray<BlockStack> = PerCpuArray::with_max_entries(BLO
 static BLOCK_STACK_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn activity<const CREATE: bool>(task: TaskPtr) -> Option<&'static mut Activity> {
+pub fn activity<const CREATE: bool>(task: TaskPtr) -> Option<&'static mut Activity> {
     // SAFETY: pointers from the map point to this task's entry, valid for the program's run; a
     // task's entry is only written by programs running as that task.
     ACTIVITY.get::<CREATE>(task).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
-fn current_task() -> TaskPtr {
+pub fn current_task() -> TaskPtr {
     // SAFETY: helper without preconditions; the result is BTF-typed (never NULL in process
     // context).
     unsafe { bpf_get_current_task_btf() as TaskPtr }
@@ -325,8 +325,16 @@ pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskP
                 st.block_dev = act.fault_dev;
                 return;
             }
+            if act.sync_call != 0 {
+                st.block_reason = BlockReason::Sync as u32;
+                st.block_addr = act.sync_arg;
+                st.block_ino = act.sync_ino;
+                st.block_dev = act.sync_dev;
+                return;
+            }
         }
     }
+    // Calls timed from the syscall tracepoints (any attach mechanism).
     if let Some(call) = sync::call_of(tid) {
         st.block_reason = BlockReason::Sync as u32;
         st.block_addr = call.arg;

@@ -5,7 +5,10 @@
 //! attaching any of them sets the kernel's syscall-tracepoint work on every thread).
 //!
 //! At entry the call is kept per thread with the file's inode and device, read from the fd
-//! (`task->files->fdt->fd[fd]->f_inode`): the agent resolves the path from /proc/<pid>/fd and
+//! (`task->files->fdt->fd[fd]->f_inode`), or from the file itself at ext4's tracepoint. ext4's
+//! tracepoints (tp_btf) keep it in the thread's task storage (`Activity`): no hash, no lock.
+//! The syscall tracepoints keep it in an LRU hash by tid, which the raw-tracepoint fallback of
+//! the scheduler programs can look up too. The agent resolves the path from /proc/<pid>/fd and
 //! checks it is still the same inode. At exit every call is aggregated, and calls at or above
 //! `--min-pause` are streamed. While a call is in progress it is the bracket that explains a
 //! D sleep of its thread (memory.rs).
@@ -22,7 +25,7 @@ use crate::{
     task::{self, TaskPtr},
 };
 
-/// Calls in progress, by thread. LRU: a thread killed inside a call leaves its entry behind.
+/// Calls in progress seen by the syscall tracepoints, by thread. LRU: a thread killed inside a call leaves its entry behind.
 #[map]
 static SYNC_CALLS: LruHashMap<u32, SyncRecord> = LruHashMap::with_max_entries(8192, 0);
 
@@ -187,7 +190,9 @@ pub fn sync_exit(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "ext4_sync_file_enter")]
 pub fn ext4_fsync_enter(ctx: BtfTracePointContext) -> i32 {
-    let Some(ids) = traced_caller() else { return 0 };
+    if traced_caller().is_none() {
+        return 0;
+    }
     let file: TaskPtr = ctx.arg(0);
     let datasync: i32 = ctx.arg(1);
     // Which call brought the thread here, from its saved registers: the file system only
@@ -205,12 +210,51 @@ pub fn ext4_fsync_enter(ctx: BtfTracePointContext) -> i32 {
         .filter(|p| !p.is_null())
         .map(task::inode_id::<true>)
         .unwrap_or((0, 0));
-    keep(ids, syscall, arg0, flags, ino, dev);
+    // Kept in the thread's task storage, next to the other brackets a D sleep is checked
+    // against: no hash, no lock, freed with the thread if it dies inside the call.
+    let Some(act) = memory::activity::<true>(memory::current_task()) else {
+        output::count_drop(DropCause::Sync);
+        return 0;
+    };
+    act.sync_start_ns = sched::now();
+    act.sync_arg = arg0;
+    act.sync_ino = ino;
+    act.sync_dev = dev;
+    act.sync_flags = flags as u32;
+    act.sync_call = syscall as u32;
     0
 }
 
 #[btf_tracepoint(function = "ext4_sync_file_exit")]
 pub fn ext4_fsync_exit(ctx: BtfTracePointContext) -> i32 {
-    exit(i64::from(ctx.arg::<i32>(1)));
+    let Some(act) = memory::activity::<false>(memory::current_task()) else { return 0 };
+    if act.sync_call == 0 {
+        return 0;
+    }
+    let syscall = core::mem::replace(&mut act.sync_call, 0);
+    let duration_ns = sched::now().saturating_sub(act.sync_start_ns);
+    let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let (tid, tgid) = (v as u32, (v >> 32) as u32);
+    if let Some(pm) = memory::proc_mem(tgid) {
+        counters::add_stat(&mut pm.sync, duration_ns);
+    }
+    // The record (and the thread's name) only for calls that are streamed.
+    if duration_ns >= config::min_pause_ns() {
+        let rec = SyncRecord {
+            kind: RecordKind::Sync as u32,
+            syscall,
+            tgid,
+            tid,
+            start_mono_ns: act.sync_start_ns,
+            duration_ns,
+            ret: i64::from(ctx.arg::<i32>(1)),
+            arg: act.sync_arg,
+            ino: act.sync_ino,
+            dev: act.sync_dev,
+            flags: act.sync_flags,
+            comm: crate::task::current_comm(),
+        };
+        output::emit(rec, DropCause::Sync);
+    }
     0
 }
