@@ -326,20 +326,14 @@ pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskP
                 return;
             }
             if act.sync_call != 0 {
-                st.block_reason = BlockReason::Sync as u32;
-                st.block_addr = act.sync_arg;
-                st.block_ino = act.sync_ino;
-                st.block_dev = act.sync_dev;
+                in_sync(st, act.sync_arg, act.sync_ino, act.sync_dev);
                 return;
             }
         }
     }
     // Calls timed from the syscall tracepoints (any attach mechanism).
     if let Some(call) = sync::call_of(tid) {
-        st.block_reason = BlockReason::Sync as u32;
-        st.block_addr = call.arg;
-        st.block_ino = call.ino;
-        st.block_dev = call.dev;
+        in_sync(st, call.arg, call.ino, call.dev);
         return;
     }
     st.block_reason = BlockReason::Stack as u32;
@@ -348,6 +342,16 @@ pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskP
     if !DIRECT {
         st.stack_id = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID as u64).map_or(-1, |id| id as i32);
     }
+}
+
+/// The blocked phase of `st` is inside an fsync-family call on `arg` (the fd, or msync's
+/// address), file `ino` on device `dev`.
+#[inline(always)]
+fn in_sync(st: &mut ThreadState, arg: u64, ino: u64, dev: u32) {
+    st.block_reason = BlockReason::Sync as u32;
+    st.block_addr = arg;
+    st.block_ino = ino;
+    st.block_dev = dev;
 }
 
 /// The kernel stack of `task`, which slept outside any bracket and is about to get the CPU

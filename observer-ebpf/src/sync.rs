@@ -145,11 +145,19 @@ fn exit(ret: i64) {
     let _ = SYNC_CALLS.remove(&tid);
     rec.duration_ns = sched::now().saturating_sub(rec.start_mono_ns);
     rec.ret = ret;
-    if let Some(pm) = memory::proc_mem(rec.tgid) {
-        counters::add_stat(&mut pm.sync, rec.duration_ns);
+    close(rec.tgid, rec.duration_ns, || rec);
+}
+
+/// A call of process `tgid` that took `duration_ns` has returned: every call goes into the
+/// process's aggregate, and calls at or above `--min-pause` are streamed (`record` is built
+/// only for those).
+#[inline(always)]
+fn close(tgid: u32, duration_ns: u64, record: impl FnOnce() -> SyncRecord) {
+    if let Some(pm) = memory::proc_mem(tgid) {
+        counters::add_stat(&mut pm.sync, duration_ns);
     }
-    if rec.duration_ns >= config::min_pause_ns() {
-        output::emit(rec, DropCause::Sync);
+    if duration_ns >= config::min_pause_ns() {
+        output::emit(record(), DropCause::Sync);
     }
 }
 
@@ -255,26 +263,20 @@ pub fn ext4_fsync_exit(ctx: BtfTracePointContext) -> i32 {
     let duration_ns = sched::now().saturating_sub(act.sync_start_ns);
     let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let (tid, tgid) = (v as u32, (v >> 32) as u32);
-    if let Some(pm) = memory::proc_mem(tgid) {
-        counters::add_stat(&mut pm.sync, duration_ns);
-    }
     // The record (and the thread's name) only for calls that are streamed.
-    if duration_ns >= config::min_pause_ns() {
-        let rec = SyncRecord {
-            kind: RecordKind::Sync as u32,
-            syscall,
-            tgid,
-            tid,
-            start_mono_ns: act.sync_start_ns,
-            duration_ns,
-            ret: i64::from(ctx.arg::<i32>(1)),
-            arg: act.sync_arg,
-            ino: act.sync_ino,
-            dev: act.sync_dev,
-            flags: act.sync_flags,
-            comm: crate::task::current_comm(),
-        };
-        output::emit(rec, DropCause::Sync);
-    }
+    close(tgid, duration_ns, || SyncRecord {
+        kind: RecordKind::Sync as u32,
+        syscall,
+        tgid,
+        tid,
+        start_mono_ns: act.sync_start_ns,
+        duration_ns,
+        ret: i64::from(ctx.arg::<i32>(1)),
+        arg: act.sync_arg,
+        ino: act.sync_ino,
+        dev: act.sync_dev,
+        flags: act.sync_flags,
+        comm: crate::task::current_comm(),
+    });
     0
 }
