@@ -939,10 +939,20 @@ pub struct ProcStats {
     pub stats: [ComponentStats; NUM_STATS],
     /// The run-queue components of the episodes in `stats[STAT_EPISODE]`.
     pub mixed_runq: ComponentStats,
+    /// To a whole number of cache lines: `PROC_STATS` is mmapable, so the kernel puts its
+    /// first value on a page boundary, and every slot then starts a cache line. The identity
+    /// fields and the run-queue counters a switch-in updates are then one line (and the
+    /// histogram bucket another) in every slot. Without both, a slot started at any multiple
+    /// of 8 bytes into a line (the array's values begin 56 bytes into one on Linux 6.18, and
+    /// the size was 24 bytes over 49 lines), and those 64 bytes straddled two lines in 7 slots
+    /// of 8.
+    pub _pad1: [u64; 5],
 }
 const _: () = assert!(
     core::mem::size_of::<ProcStats>()
-        == (NUM_STATS + 1) * core::mem::size_of::<ComponentStats>() + 40
+        == (NUM_STATS + 1) * core::mem::size_of::<ComponentStats>() + 80
+        && core::mem::size_of::<ProcStats>().is_multiple_of(64)
+        && core::mem::offset_of!(ProcStats, stats) + 3 * 8 == 64
 );
 
 impl ProcStats {
@@ -956,6 +966,7 @@ impl ProcStats {
         start_ns: 0,
         tgid: 0,
         _pad0: 0,
+        _pad1: [0; 5],
     };
 
     /// Every episode of the process: the pure run-queue waits (the run-queue component's

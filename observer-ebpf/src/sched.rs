@@ -22,7 +22,7 @@
 //! stopped episode at its wakeup: the queueing is the wakeup. `sched_wakeup` is then not
 //! attached, and `sched_wakeup_new` only to follow forks under `--pid`.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, Queue},
@@ -57,9 +57,11 @@ const TASK_FROZEN: u32 = 0x8000;
 const JOBCTL_TRAP_FREEZE: u64 = 1 << 23;
 
 /// Per-process aggregates, one slot per process (`ProcStats::tgid` says whose). Sized by the
-/// agent (`--max-processes`), which also frees the slots of exited processes.
+/// agent (`--max-processes`), which also frees the slots of exited processes. Mmapable only
+/// for where that puts the values: from a page boundary, so that every slot starts a cache
+/// line (`ProcStats::_pad1`). Nothing maps it.
 #[map]
-pub(crate) static PROC_STATS: Array<ProcStats> = Array::with_max_entries(4096, 0);
+pub(crate) static PROC_STATS: Array<ProcStats> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 
 /// tgid → its `PROC_STATS` slot. Looked up once per thread (the slot is then cached in the
 /// thread's task storage) and by the agent, which deletes entries when it frees their slots.

@@ -5,12 +5,16 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, Queue},
 };
 use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, STAT_EPISODE, comm_bytes};
 
+use super::slot_view::SlotView;
+
 pub struct Harvester {
-    /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose).
+    /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose): read in place,
+    /// emptied through the map.
+    view: SlotView,
     procs: Array<MapData, ProcStats>,
     /// tgid → slot.
     slots: BpfHashMap<MapData, u32, u32>,
@@ -57,10 +61,15 @@ pub struct Harvest {
 
 impl Harvester {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let procs = Array::try_from(
-            ebpf.take_map("PROC_STATS")
-                .context("map PROC_STATS missing")?,
-        )?;
+        let map = ebpf
+            .take_map("PROC_STATS")
+            .context("map PROC_STATS missing")?;
+        let Map::Array(data) = &map else {
+            anyhow::bail!("map PROC_STATS is not an array");
+        };
+        let slots = data.info()?.max_entries();
+        let view = SlotView::new(data, slots)?;
+        let procs = Array::try_from(map)?;
         let slots = BpfHashMap::try_from(
             ebpf.take_map("PROC_SLOTS")
                 .context("map PROC_SLOTS missing")?,
@@ -76,6 +85,7 @@ impl Harvester {
                 .context("map CPU_STEAL missing")?,
         )?;
         Ok(Self {
+            view,
             procs,
             slots,
             free,
@@ -88,7 +98,15 @@ impl Harvester {
 
     /// The aggregate in `slot` if it is still process `tgid`'s.
     fn read(&self, tgid: u32, slot: u32) -> Option<ProcStats> {
-        self.procs.get(&slot, 0).ok().filter(|s| s.tgid == tgid)
+        self.view.get(slot as usize).filter(|s| s.tgid == tgid)
+    }
+
+    /// Process → slot of every aggregate in use, from the slots themselves.
+    fn index(&self) -> HashMap<u32, u32> {
+        index_slots(
+            (0..self.view.slots() as u32).map(|slot| (slot, self.view.tgid(slot as usize))),
+            |tgid| self.slots.get(&tgid, 0).ok(),
+        )
     }
 
     /// Frees the slot of process `tgid` (read for the last time by the caller): the index entry
@@ -156,9 +174,7 @@ impl Harvester {
     /// table folds in as a reset).
     pub fn collect(&mut self, mut apply: impl FnMut(u32, &str, &ProcStats)) -> Harvest {
         let mut h = Harvest::default();
-        // Entries can be deleted by the programs (a stale one replaced) while we iterate: a
-        // failed lookup of one key is skipped, not fatal.
-        let index: HashMap<u32, u32> = self.slots.iter().flatten().collect();
+        let index = self.index();
         let mut live: Vec<(u32, u32, u32)> = Vec::with_capacity(index.len());
         for (&tgid, &slot) in &index {
             let Some(stats) = self.read(tgid, slot) else {
@@ -191,7 +207,7 @@ impl Harvester {
         seen.sort_unstable();
         seen.dedup();
         for tgid in seen {
-            if !std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+            if !exists(tgid) {
                 h.retired.push(tgid);
             }
         }
@@ -216,6 +232,43 @@ impl Harvester {
     }
 }
 
+/// Process → slot from each slot's (slot, tgid), 0 for a free one. A process seen in two
+/// slots (for an instant, while a program gives back one it took in a race) gets the one
+/// `indexed` names (`PROC_SLOTS`), or none.
+fn index_slots(
+    slots: impl Iterator<Item = (u32, u32)>,
+    indexed: impl Fn(u32) -> Option<u32>,
+) -> HashMap<u32, u32> {
+    let mut index = HashMap::new();
+    let mut twice = Vec::new();
+    for (slot, tgid) in slots {
+        if tgid != 0 && index.insert(tgid, slot).is_some() {
+            twice.push(tgid);
+        }
+    }
+    for tgid in twice {
+        match indexed(tgid) {
+            Some(slot) => index.insert(tgid, slot),
+            None => index.remove(&tgid),
+        };
+    }
+    index
+}
+
+/// Whether process `tgid` exists (a zombie still does). Asked of every process with an
+/// aggregate at every harvest: a signal 0 is a pid lookup, where a stat of /proc/<tgid> walked
+/// the path and was a quarter of the agent's CPU with 5,000 processes (perf record).
+fn exists(tgid: u32) -> bool {
+    // Not 0: a signal to pid 0 goes to the caller's process group.
+    let Ok(pid @ 1..) = i32::try_from(tgid) else {
+        return false;
+    };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let signalled = unsafe { libc::kill(pid, 0) } == 0;
+    // EPERM: it exists, owned by somebody the agent (privileges dropped) may not signal.
+    signalled || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Which of the `live` slots (tgid, slot, harvests without a new episode) to free when more
 /// than seven eighths of `capacity` are taken: the quietest first, down to three quarters,
 /// never one whose process paused since the last harvest.
@@ -234,7 +287,38 @@ fn slots_to_free(mut live: Vec<(u32, u32, u32)>, capacity: usize) -> Vec<(u32, u
 
 #[cfg(test)]
 mod tests {
-    use super::slots_to_free;
+    use super::{exists, index_slots, slots_to_free};
+
+    #[test]
+    fn slots_in_use_are_indexed_by_their_process() {
+        let slots = [
+            (0, 0),
+            (1, 300),
+            (2, 0),
+            (3, 301),
+            (4, 300),
+            (5, 302),
+            (6, 302),
+        ];
+        // 300 is in slots 1 and 4, PROC_SLOTS says 4; 302 in 5 and 6, PROC_SLOTS has none.
+        let index = index_slots(slots.into_iter(), |tgid| (tgid == 300).then_some(4));
+        let mut got: Vec<_> = index.into_iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, [(300, 4), (301, 3)]);
+    }
+
+    #[test]
+    fn a_process_exists_until_it_is_reaped() {
+        assert!(exists(std::process::id()));
+        assert!(!exists(0), "pid 0 would be the caller's process group");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not yet reaped: a zombie still exists, as its /proc entry does.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(exists(pid));
+        child.wait().unwrap();
+        assert!(!exists(pid) || std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
 
     #[test]
     fn slots_are_freed_only_when_short_and_quietest_first() {

@@ -11,4 +11,5 @@ pub mod lease_socket;
 pub mod paused_now;
 pub mod recording;
 pub mod ringbuf;
+pub mod slot_view;
 pub mod stacks;
