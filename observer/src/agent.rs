@@ -684,6 +684,7 @@ impl AgentState {
         let h = harvester.collect(|pid, comm, s| table.apply_snapshot(pid, comm, s));
         self.kernel_drops = h.drops;
         self.apply_harvest(h);
+        self.mem.refresh_disks();
     }
 
     /// Applies the rest of one read of kernel aggregates (the snapshots were applied as they

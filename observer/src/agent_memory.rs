@@ -99,8 +99,8 @@ impl MemState {
         s
     }
 
-    /// Applies one harvest's memory totals (with the processes' own fault counters) and disk
-    /// latencies.
+    /// Applies one harvest's memory totals (with the processes' own fault counters): the
+    /// periodic one's, or a single exited process's final read.
     pub fn on_harvest(&mut self, h: &Harvest, table: &mut ProcessTable) {
         for (pid, m) in &h.mem {
             let faults = (!h.retired.contains(pid))
@@ -115,11 +115,13 @@ impl MemState {
             };
             table.apply_mem(*pid, &MemTotals::from(m as &ProcMem), faults, threads);
         }
-        self.refresh_disks();
     }
 
-    /// Reads every disk's cumulative latency.
-    fn refresh_disks(&mut self) {
+    /// Reads every disk's cumulative latency: at every periodic harvest, and before naming a
+    /// slow fsync's disk. Not at each process's final read: a hash map's iteration is a
+    /// system call per key and scans its empty buckets, and under a fork storm doing it at
+    /// every exit was a fifth of the agent's CPU samples (perf record).
+    pub fn refresh_disks(&mut self) {
         let Some(map) = &self.disk_map else { return };
         let now = crate::source::clock::WallClock::mono_now();
         let readings: Vec<(u32, ComponentStats)> = map.iter().flatten().collect();
