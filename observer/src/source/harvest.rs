@@ -5,17 +5,15 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, Queue},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue},
 };
 use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, STAT_EPISODE, comm_bytes};
 
 use super::slot_view::SlotView;
 
 pub struct Harvester {
-    /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose): read in place,
-    /// emptied through the map.
-    view: SlotView,
-    procs: Array<MapData, ProcStats>,
+    /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose).
+    procs: SlotView,
     /// tgid → slot.
     slots: BpfHashMap<MapData, u32, u32>,
     /// Slots the kernel programs may take.
@@ -61,15 +59,10 @@ pub struct Harvest {
 
 impl Harvester {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map("PROC_STATS")
-            .context("map PROC_STATS missing")?;
-        let Map::Array(data) = &map else {
-            anyhow::bail!("map PROC_STATS is not an array");
-        };
-        let slots = data.info()?.max_entries();
-        let view = SlotView::new(data, slots)?;
-        let procs = Array::try_from(map)?;
+        let procs = SlotView::new(
+            ebpf.take_map("PROC_STATS")
+                .context("map PROC_STATS missing")?,
+        )?;
         let slots = BpfHashMap::try_from(
             ebpf.take_map("PROC_SLOTS")
                 .context("map PROC_SLOTS missing")?,
@@ -85,7 +78,6 @@ impl Harvester {
                 .context("map CPU_STEAL missing")?,
         )?;
         Ok(Self {
-            view,
             procs,
             slots,
             free,
@@ -98,15 +90,14 @@ impl Harvester {
 
     /// The aggregate in `slot` if it is still process `tgid`'s.
     fn read(&self, tgid: u32, slot: u32) -> Option<ProcStats> {
-        self.view.get(slot as usize).filter(|s| s.tgid == tgid)
+        self.procs.get(slot).filter(|s| s.tgid == tgid)
     }
 
     /// Process → slot of every aggregate in use, from the slots themselves.
     fn index(&self) -> HashMap<u32, u32> {
-        index_slots(
-            (0..self.view.slots() as u32).map(|slot| (slot, self.view.tgid(slot as usize))),
-            |tgid| self.slots.get(&tgid, 0).ok(),
-        )
+        index_slots(self.procs.tgids().into_iter(), |tgid| {
+            self.slots.get(&tgid, 0).ok()
+        })
     }
 
     /// Frees the slot of process `tgid` (read for the last time by the caller): the index entry
@@ -117,7 +108,7 @@ impl Harvester {
         if self.slots.get(&tgid, 0).ok() != Some(slot) || self.slots.remove(&tgid).is_err() {
             return;
         }
-        if self.procs.set(slot, ProcStats::ZERO, 0).is_ok() {
+        if self.procs.clear(slot) {
             let _ = self.free.push(slot, 0);
         }
     }
@@ -175,28 +166,28 @@ impl Harvester {
     pub fn collect(&mut self, mut apply: impl FnMut(u32, &str, &ProcStats)) -> Harvest {
         let mut h = Harvest::default();
         let index = self.index();
+        let mut wanted: Vec<(u32, u32)> = index.iter().map(|(&tgid, &slot)| (slot, tgid)).collect();
+        wanted.sort_unstable();
         let mut live: Vec<(u32, u32, u32)> = Vec::with_capacity(index.len());
-        for (&tgid, &slot) in &index {
-            let Some(stats) = self.read(tgid, slot) else {
-                continue;
-            };
+        let quiet = &mut self.quiet;
+        self.procs.read(&wanted, |tgid, slot, stats| {
             apply(
                 tgid,
                 &String::from_utf8_lossy(comm_bytes(&stats.comm)),
-                &stats,
+                stats,
             );
             h.procs.push(tgid);
             // Any episode moves one of these (see ProcStats: pure run-queue waits are counted
             // only in the run-queue component).
             let count = stats.stats[0].count + stats.stats[STAT_EPISODE].count;
-            let q = self.quiet.entry(tgid).or_insert((count, 0));
+            let q = quiet.entry(tgid).or_insert((count, 0));
             *q = if q.0 == count {
                 (count, q.1 + 1)
             } else {
                 (count, 0)
             };
             live.push((tgid, slot, q.1));
-        }
+        });
         h.mem.extend(self.mem.iter().flatten());
         let mut seen: Vec<u32> = h
             .procs
@@ -219,7 +210,7 @@ impl Harvester {
         }
         let retired: std::collections::HashSet<u32> = h.retired.iter().copied().collect();
         live.retain(|(tgid, _, _)| !retired.contains(tgid));
-        for (tgid, slot) in slots_to_free(live, self.procs.len() as usize) {
+        for (tgid, slot) in slots_to_free(live, self.procs.slots() as usize) {
             self.release(tgid, slot);
         }
         self.quiet.retain(|tgid, _| index.contains_key(tgid));

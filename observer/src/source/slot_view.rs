@@ -1,94 +1,208 @@
-//! The kernel's per-process aggregates (`PROC_STATS`, an mmapable array) mapped read-only into
-//! the agent: a harvest reads every slot in place, where a lookup was a system call and a
-//! 3 KiB copy per process, and finds the slots in use by their `tgid` instead of iterating
-//! `PROC_SLOTS` (two more calls per process).
+//! The kernel's per-process aggregates (`PROC_STATS`, an mmapable array), read a window at a
+//! time through a read-only mapping. A harvest finds the slots in use by their `tgid` and
+//! copies them in place, where it iterated `PROC_SLOTS` (two system calls per process) and
+//! looked each slot up (a third, and a 3 KiB copy through it).
+//!
+//! Windows, not the whole map: every page of a mapped BPF array is inserted when it is mapped,
+//! so a standing mapping of the default 8,192 slots put 26 MB of the kernel's memory in the
+//! agent's RSS. A 1 MB window is mapped, read and unmapped in turn, about 30 a harvest.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     ptr::NonNull,
 };
 
-use anyhow::bail;
-use aya::maps::MapData;
+use anyhow::Context as _;
+use aya::maps::{Array, Map, MapData};
 use observer_common::ProcStats;
 
 pub struct SlotView {
-    base: NonNull<ProcStats>,
-    slots: usize,
+    map: Array<MapData, ProcStats>,
+    /// The map's, for mapping windows of it.
+    fd: OwnedFd,
+    slots: u32,
+    /// Slots per window: a whole number of pages and of slots.
+    window: u32,
 }
 
-// SAFETY: the view owns its mapping (unmapped on drop) and only reads through it; the kernel
-// programs write the memory concurrently whichever thread reads it.
-unsafe impl Send for SlotView {}
+/// About this many bytes mapped at once.
+const WINDOW_BYTES: usize = 1 << 20;
 
 impl SlotView {
-    /// Maps the `slots` values of the array `map`, whose value is a `ProcStats` (a whole
-    /// number of cache lines, so the kernel's element stride is its size).
-    pub fn new(map: &MapData, slots: u32) -> anyhow::Result<Self> {
-        let slots = slots as usize;
-        let bytes = slots * size_of::<ProcStats>();
-        if bytes == 0 {
-            bail!("the kernel's per-process aggregate map has no slots");
+    pub fn new(map: Map) -> anyhow::Result<Self> {
+        let Map::Array(data) = &map else {
+            anyhow::bail!("map PROC_STATS is not an array");
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the PROC_STATS map's descriptor")?;
+        let map = Array::try_from(map)?;
+        let slots = map.len();
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let window = window_slots(page, size_of::<ProcStats>(), WINDOW_BYTES) as u32;
+        let view = Self {
+            map,
+            fd,
+            slots,
+            window,
+        };
+        // Once now, so that a kernel that cannot map it says so at start.
+        Window::map(&view.fd, 0, view.window.min(slots)).with_context(|| {
+            "mapping the kernel's per-process aggregates (PROC_STATS is created mmapable, \
+             which Linux supports since 5.5)"
+        })?;
+        Ok(view)
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// (slot, tgid) of every slot, 0 for a free one.
+    pub fn tgids(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::with_capacity(self.slots as usize);
+        for first in (0..self.slots).step_by(self.window as usize) {
+            let n = self.window.min(self.slots - first);
+            match Window::map(&self.fd, first, n) {
+                Ok(w) => out.extend((first..first + n).map(|slot| (slot, w.tgid(slot)))),
+                Err(_) => out.extend(
+                    (first..first + n).map(|slot| (slot, self.get(slot).map_or(0, |s| s.tgid))),
+                ),
+            }
         }
-        // SAFETY: a new shared read-only mapping of the map's values (an mmapable BPF array
-        // maps them from offset 0); nothing else is mapped at the address the kernel picks.
+        out
+    }
+
+    /// Hands `f` the aggregate of each (slot, tgid) of `wanted` (sorted by slot) that is still
+    /// that process's, copied from the mapping.
+    pub fn read(&self, wanted: &[(u32, u32)], mut f: impl FnMut(u32, u32, &ProcStats)) {
+        let mut rest = wanted;
+        while let Some(&(slot, _)) = rest.first() {
+            let first = slot - slot % self.window;
+            let n = self.window.min(self.slots - first);
+            let end = rest.partition_point(|&(s, _)| s < first + n);
+            let (these, later) = rest.split_at(end);
+            let w = Window::map(&self.fd, first, n).ok();
+            for &(slot, tgid) in these {
+                // Through a lookup when the window could not be mapped.
+                let s = match &w {
+                    Some(w) => Some(w.get(slot)),
+                    None => self.get(slot),
+                };
+                if let Some(s) = s.filter(|s| s.tgid == tgid) {
+                    f(tgid, slot, &s);
+                }
+            }
+            rest = later;
+        }
+    }
+
+    /// One slot, through a lookup.
+    pub fn get(&self, slot: u32) -> Option<ProcStats> {
+        self.map.get(&slot, 0).ok()
+    }
+
+    /// Empties `slot`.
+    pub fn clear(&mut self, slot: u32) -> bool {
+        self.map.set(slot, ProcStats::ZERO, 0).is_ok()
+    }
+}
+
+/// Slots per window of about `bytes`: a multiple of the slots that fill a whole number of
+/// pages (the mapping's offset is in pages), at least one such multiple.
+fn window_slots(page: usize, slot: usize, bytes: usize) -> usize {
+    let unit_bytes = page / gcd(page, slot) * slot;
+    (bytes / unit_bytes).max(1) * (unit_bytes / slot)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Slots `first..first + n` mapped read-only, unmapped on drop.
+struct Window {
+    base: NonNull<ProcStats>,
+    first: u32,
+    n: u32,
+}
+
+impl Window {
+    fn map(fd: &OwnedFd, first: u32, n: u32) -> io::Result<Self> {
+        let bytes = n as usize * size_of::<ProcStats>();
+        // SAFETY: a new shared read-only mapping of slots the map holds (an mmapable array
+        // maps its values from offset 0; `first` starts a page, as windows are whole pages);
+        // nothing else is mapped where the kernel puts it.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
+                fd.as_raw_fd(),
+                (first as usize * size_of::<ProcStats>()) as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
-            bail!(
-                "mapping the kernel's per-process aggregates ({bytes} bytes): {} (the map is \
-                 created mmapable, which Linux supports since 5.5)",
-                std::io::Error::last_os_error()
-            );
+            return Err(io::Error::last_os_error());
         }
         Ok(Self {
-            base: NonNull::new(p.cast()).expect("mmap returned NULL without MAP_FIXED"),
-            slots,
+            base: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap gave NULL"))?,
+            first,
+            n,
         })
     }
 
-    pub fn slots(&self) -> usize {
-        self.slots
+    fn at(&self, slot: u32) -> *const ProcStats {
+        assert!(
+            (self.first..self.first + self.n).contains(&slot),
+            "slot outside its window"
+        );
+        // SAFETY: within the mapping (checked above).
+        unsafe { self.base.as_ptr().add((slot - self.first) as usize) }
     }
 
-    fn slot(&self, slot: usize) -> Option<*const ProcStats> {
-        // SAFETY: within the mapping, which holds `slots` values.
-        (slot < self.slots).then(|| unsafe { self.base.as_ptr().add(slot) }.cast_const())
-    }
-
-    /// The process whose aggregate `slot` holds (0: free).
-    pub fn tgid(&self, slot: usize) -> u32 {
+    fn tgid(&self, slot: u32) -> u32 {
         // SAFETY: an aligned u32 of a mapped value; volatile, as the kernel writes it meanwhile.
-        self.slot(slot).map_or(0, |p| unsafe {
-            std::ptr::read_volatile(&raw const (*p).tgid)
-        })
+        unsafe { std::ptr::read_volatile(&raw const (*self.at(slot)).tgid) }
     }
 
     /// A copy of `slot`'s aggregate. Like a lookup's copy it is not atomic: counters the
     /// kernel updates meanwhile can be a count apart, which the next harvest settles.
-    pub fn get(&self, slot: usize) -> Option<ProcStats> {
+    fn get(&self, slot: u32) -> ProcStats {
         // SAFETY: an aligned, mapped value; every bit pattern is a valid ProcStats (integers
         // and bytes only); volatile, as the kernel writes it meanwhile.
-        self.slot(slot)
-            .map(|p| unsafe { std::ptr::read_volatile(p) })
+        unsafe { std::ptr::read_volatile(self.at(slot)) }
     }
 }
 
-impl Drop for SlotView {
+impl Drop for Window {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of this length, unmapped once.
+        // SAFETY: the mapping made in `map`, of this length, unmapped once.
         unsafe {
             libc::munmap(
                 self.base.as_ptr().cast(),
-                self.slots * size_of::<ProcStats>(),
+                self.n as usize * size_of::<ProcStats>(),
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_slots;
+
+    #[test]
+    fn windows_are_whole_pages_and_whole_slots() {
+        for (page, slot) in [(4096, 3200), (16384, 3200), (65536, 3200), (4096, 4096)] {
+            let n = window_slots(page, slot, 1 << 20);
+            assert!((n * slot).is_multiple_of(page), "page {page}, slot {slot}: {n}");
+            assert!(n > 0);
+        }
+        assert_eq!(window_slots(4096, 3200, 1 << 20), 320);
+        // Slots and pages that meet only past the window: one such multiple anyway.
+        assert_eq!(window_slots(65536, 3200, 1 << 20), 512);
     }
 }
