@@ -24,6 +24,8 @@ pub struct Harvester {
     /// Per process with a slot: its episode count at the last harvest and how many harvests in
     /// a row it has not moved, which picks the slots to free when they run short.
     quiet: HashMap<u32, (u64, u32)>,
+    /// Aggregates in use at the last harvest.
+    in_use: usize,
 }
 
 /// Puts every slot of `PROC_STATS` in `FREE_SLOTS`: before the programs attach, so none finds
@@ -85,6 +87,7 @@ impl Harvester {
             drops,
             cpu_steal,
             quiet: HashMap::new(),
+            in_use: 0,
         })
     }
 
@@ -93,11 +96,18 @@ impl Harvester {
         self.procs.get(slot).filter(|s| s.tgid == tgid)
     }
 
-    /// Process → slot of every aggregate in use, from the slots themselves.
+    /// Process → slot of every aggregate in use: from the slots themselves when the last
+    /// harvest found an eighth of them or more in use, else from `PROC_SLOTS` (two system
+    /// calls per process, cheaper than mapping every window of the map when few are used).
     fn index(&self) -> HashMap<u32, u32> {
-        index_slots(self.procs.tgids().into_iter(), |tgid| {
-            self.slots.get(&tgid, 0).ok()
-        })
+        if self.in_use * 8 >= self.procs.slots() as usize {
+            return index_slots(self.procs.tgids().into_iter(), |tgid| {
+                self.slots.get(&tgid, 0).ok()
+            });
+        }
+        // Entries can be deleted by the programs (a stale one replaced) while we iterate: a
+        // failed lookup of one key is skipped, not fatal.
+        self.slots.iter().flatten().collect()
     }
 
     /// Frees the slot of process `tgid` (read for the last time by the caller): the index entry
@@ -166,6 +176,7 @@ impl Harvester {
     pub fn collect(&mut self, mut apply: impl FnMut(u32, &str, &ProcStats)) -> Harvest {
         let mut h = Harvest::default();
         let index = self.index();
+        self.in_use = index.len();
         let mut wanted: Vec<(u32, u32)> = index.iter().map(|(&tgid, &slot)| (slot, tgid)).collect();
         wanted.sort_unstable();
         let mut live: Vec<(u32, u32, u32)> = Vec::with_capacity(index.len());

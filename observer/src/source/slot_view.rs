@@ -5,7 +5,10 @@
 //!
 //! Windows, not the whole map: every page of a mapped BPF array is inserted when it is mapped,
 //! so a standing mapping of the default 8,192 slots put 26 MB of the kernel's memory in the
-//! agent's RSS. A 1 MB window is mapped, read and unmapped in turn, about 30 a harvest.
+//! agent's RSS. A 1 MB window is mapped, read and unmapped in turn. Mapping one costs about as
+//! much as 30 lookups, so a window with fewer slots to read is read through lookups, and the
+//! scan of every slot's tgid is for hosts with many processes (the caller's choice): on an idle
+//! host, mapping all 26 windows each harvest cost more than the lookups it saved.
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
@@ -27,6 +30,10 @@ pub struct SlotView {
 
 /// About this many bytes mapped at once.
 const WINDOW_BYTES: usize = 1 << 20;
+
+/// Slots to read in a window for it to be mapped rather than looked up slot by slot: mapping
+/// and unmapping a 1 MB window costs about as much as 30 lookups.
+const MAP_AT_LEAST: usize = 32;
 
 impl SlotView {
     pub fn new(map: Map) -> anyhow::Result<Self> {
@@ -85,7 +92,9 @@ impl SlotView {
             let n = self.window.min(self.slots - first);
             let end = rest.partition_point(|&(s, _)| s < first + n);
             let (these, later) = rest.split_at(end);
-            let w = Window::map(&self.fd, first, n).ok();
+            let w = (these.len() >= MAP_AT_LEAST)
+                .then(|| Window::map(&self.fd, first, n).ok())
+                .flatten();
             for &(slot, tgid) in these {
                 // Through a lookup when the window could not be mapped.
                 let s = match &w {
@@ -198,7 +207,10 @@ mod tests {
     fn windows_are_whole_pages_and_whole_slots() {
         for (page, slot) in [(4096, 3200), (16384, 3200), (65536, 3200), (4096, 4096)] {
             let n = window_slots(page, slot, 1 << 20);
-            assert!((n * slot).is_multiple_of(page), "page {page}, slot {slot}: {n}");
+            assert!(
+                (n * slot).is_multiple_of(page),
+                "page {page}, slot {slot}: {n}"
+            );
             assert!(n > 0);
         }
         assert_eq!(window_slots(4096, 3200, 1 << 20), 320);
