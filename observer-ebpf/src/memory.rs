@@ -25,7 +25,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_current_task_btf,
         generated::{bpf_get_task_stack, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map},
@@ -87,12 +87,6 @@ pub fn current_task() -> TaskPtr {
     // SAFETY: helper without preconditions; the result is BTF-typed (never NULL in process
     // context).
     unsafe { bpf_get_current_task_btf() as TaskPtr }
-}
-
-#[inline(always)]
-fn current_ids() -> (u32, u32) {
-    let v = bpf_get_current_pid_tgid();
-    (v as u32, (v >> 32) as u32)
 }
 
 /// Whether process `tgid` has a memory aggregate.
@@ -171,7 +165,7 @@ fn settle_major(task: TaskPtr, act: &mut Activity) {
     }
     let n = maj.wrapping_sub(act.majflt_seen);
     act.majflt_seen = maj;
-    let (_, tgid) = current_ids();
+    let (_, tgid) = task::current_ids();
     if !sched::is_traced(tgid) {
         return;
     }
@@ -251,7 +245,7 @@ pub fn compaction_end(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn stall_begin(reason: BlockReason) {
-    let (_, tgid) = current_ids();
+    let (_, tgid) = task::current_ids();
     if !sched::is_traced(tgid) {
         return;
     }
@@ -268,7 +262,7 @@ fn stall_end(reason: BlockReason, result: u64) {
     }
     act.mem_reason = 0;
     let duration = sched::now().saturating_sub(act.mem_start_ns);
-    let (tid, tgid) = current_ids();
+    let (tid, tgid) = task::current_ids();
     if let Some(pm) = proc_mem(tgid) {
         let i = reason as usize - BlockReason::Reclaim as usize;
         if let Some(s) = pm.mem_stalls.get_mut(i) {

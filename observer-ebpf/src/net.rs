@@ -12,14 +12,18 @@
 //! the tp_btf argument is a `struct sock *`, and the fields live in the larger
 //! `inet_connection_sock` and `tcp_sock` around it, which direct loads may not reach.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{CA_STATE_UNKNOWN, DropCause, RecordKind, RetransmitRecord, SockOwner};
 
-use crate::{config, output, sched, storage::SkStorageDef, task::TaskPtr};
+use crate::{
+    config, output, sched,
+    storage::SkStorageDef,
+    task::{self, TaskPtr},
+};
 
 /// Socket owners, kept in the socket itself (tp_btf): a pointer walk instead of a hash lookup
 /// on every send, and freed with the socket, so nothing is left behind.
@@ -60,8 +64,7 @@ fn owner_of<const D: bool>(sk: u64) -> Option<SockOwner> {
 /// Remembers the current task as the socket's owner (when it is traced).
 #[inline(always)]
 fn own<const D: bool>(sk: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let (tid, tgid) = task::current_ids();
     if sk == 0 || !sched::is_traced(tgid) {
         return;
     }

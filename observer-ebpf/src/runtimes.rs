@@ -19,7 +19,7 @@
 //! entry ends it. Entry probes only: a uretprobe rewrites the return address on the stack, and
 //! Go moves goroutine stacks. Only one stop-the-world runs at a time per process (worldsema).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_task, bpf_probe_read_user_str_bytes},
     macros::{btf_tracepoint, map, raw_tracepoint, uprobe},
     maps::LruHashMap,
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
@@ -36,12 +36,6 @@ use crate::{output, sched, task};
 #[map]
 static GC_OPEN: LruHashMap<u32, GcState> = LruHashMap::with_max_entries(4096, 0);
 
-#[inline(always)]
-fn current_ids() -> (u32, u32) {
-    let v = bpf_get_current_pid_tgid();
-    (v as u32, (v >> 32) as u32)
-}
-
 /// Name of the current process (its thread group leader), not of the runtime thread.
 #[inline(always)]
 fn process_comm() -> [u8; TASK_COMM_LEN] {
@@ -52,7 +46,7 @@ fn process_comm() -> [u8; TASK_COMM_LEN] {
 
 #[inline(always)]
 fn open(runtime_reason: Option<u32>) {
-    let (tid, tgid) = current_ids();
+    let (tid, tgid) = task::current_ids();
     if !sched::is_traced(tgid) {
         return;
     }
@@ -67,7 +61,7 @@ fn open(runtime_reason: Option<u32>) {
 
 #[inline(always)]
 fn close(runtime: Runtime) {
-    let (_, tgid) = current_ids();
+    let (_, tgid) = task::current_ids();
     // SAFETY: the entry is only touched by this process's runtime thread that holds the
     // safepoint or worldsema; we copy it out before deleting.
     let Some(st) = (unsafe { GC_OPEN.get(&tgid) }).copied() else { return };
@@ -98,7 +92,7 @@ fn close(runtime: Runtime) {
 /// The open stop of the current process, to annotate.
 #[inline(always)]
 fn with_open(f: impl FnOnce(&mut GcState)) {
-    let (_, tgid) = current_ids();
+    let (_, tgid) = task::current_ids();
     if let Some(st) = GC_OPEN.get_ptr_mut(&tgid) {
         // SAFETY: valid map value pointer; only the VM thread holding the safepoint writes it.
         f(unsafe { &mut *st });
@@ -248,7 +242,7 @@ pub fn sched_process_exec_raw(_ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_exec() {
-    let (_, tgid) = current_ids();
+    let (_, tgid) = task::current_ids();
     if !sched::is_traced(tgid) {
         return;
     }

@@ -95,8 +95,7 @@ fn fd_inode(fd: u64) -> (u64, u32) {
 /// The current thread and its process, if the process is observed.
 #[inline(always)]
 fn traced_caller() -> Option<(u32, u32)> {
-    let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let (tid, tgid) = (v as u32, (v >> 32) as u32);
+    let (tid, tgid) = task::current_ids();
     sched::is_traced(tgid).then_some((tid, tgid))
 }
 
@@ -261,8 +260,7 @@ pub fn ext4_fsync_exit(ctx: BtfTracePointContext) -> i32 {
     }
     let syscall = core::mem::replace(&mut act.sync_call, 0);
     let duration_ns = sched::now().saturating_sub(act.sync_start_ns);
-    let v = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let (tid, tgid) = (v as u32, (v >> 32) as u32);
+    let (tid, tgid) = task::current_ids();
     // The record (and the thread's name) only for calls that are streamed.
     close(tgid, duration_ns, || SyncRecord {
         kind: RecordKind::Sync as u32,

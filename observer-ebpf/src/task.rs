@@ -202,6 +202,13 @@ pub fn current() -> TaskId {
     }
 }
 
+/// The current thread's (tid, tgid).
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let v = bpf_get_current_pid_tgid();
+    (v as u32, (v >> 32) as u32)
+}
+
 /// Writes the current thread's name straight into `dst`. Not through aya's helper wrapper: it
 /// zeroes its buffer first, and LLVM turns that zeroing into a call of a byte-wise memset (see
 /// `words`). The kernel's helper (`strscpy_pad`) writes all 16 bytes, so none is zeroed here.
