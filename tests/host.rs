@@ -160,6 +160,17 @@ fn thread_named(pid: u32, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no thread {name} in {pid}"))
 }
 
+/// CLOCK_MONOTONIC now, the clock of the agent's `*_mono_ns` fields.
+fn mono_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn run_delay(pid: u32, tid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
         .expect("schedstat")
@@ -190,8 +201,13 @@ fn a_run_queue_wait_of_the_control_sleeper_is_never_a_host_freeze() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let delay_before = run_delay(pw.pid(), tid);
+    let window_start = mono_ns();
+    // A late wake's run-queue part is counted from the sleeper's previous wake, one control
+    // period (10 ms) before it was due: the hog starts later than that after the window opens.
+    std::thread::sleep(Duration::from_millis(50));
     run_workload_quiet(&["rt-hog", "0.4", &cpu.to_string()]);
     std::thread::sleep(Duration::from_millis(300));
+    let window_end = mono_ns();
     let delay = run_delay(pw.pid(), tid) - delay_before;
     let lines = pw.stop();
     let late: Vec<&Value> = of_type(&lines, "host_pause").collect();
@@ -205,8 +221,20 @@ fn a_run_queue_wait_of_the_control_sleeper_is_never_a_host_freeze() {
         .max_by_key(|v| v["duration_ns"].as_u64().unwrap())
         .expect("the hog made the sleeper late");
     assert_eq!(worst["verdict"], "runq", "{worst}");
+    // The late wakes whose whole interval, from the previous wake, lies inside the window the
+    // kernel's run_delay was read over (a fresh CI run at 0f8f18e summed one from after it).
+    let in_window = |v: &Value| {
+        let start = v["start_mono_ns"].as_u64().unwrap();
+        start >= window_start + 20_000_000
+            && start + v["duration_ns"].as_u64().unwrap() <= window_end
+    };
+    assert!(
+        in_window(worst),
+        "the hog's wake is outside the window read: {worst}"
+    );
     let runq: u64 = late
         .iter()
+        .filter(|v| in_window(v))
         .map(|v| v["parts"]["runq_ns"].as_u64().unwrap())
         .sum();
     // What pausewatch calls run-queue wait is the sleeper's own schedstat run_delay: never more
