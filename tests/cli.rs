@@ -73,6 +73,18 @@ fn a_runq_source_that_cannot_be_served() {
     fails_with(pw().args(["--runq-source", "schedstat"]), "invalid value");
 }
 
+/// The switch-in table's size from the environment must be a power of two.
+#[test]
+fn a_switch_in_table_size_that_is_not_a_power_of_two() {
+    require_root();
+    for bad in ["3", "0", "many", "8388608"] {
+        fails_with(
+            pw().env("PAUSEWATCH_SWITCH_INS_ENTRIES", bad),
+            "is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max",
+        );
+    }
+}
+
 /// Without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN the message says which capabilities are needed.
 #[test]
 fn not_root_names_the_capabilities() {

@@ -41,11 +41,21 @@ impl Source {
 /// A two-thread victim pinned with two hogs to one CPU waits for it about 3/4 of the time; the
 /// run-queue wait pausewatch attributes to it must equal the kernel's run_delay within 5%.
 fn runq_matches_schedstat(source: Source, sleep_us: u64) {
+    runq_matches_schedstat_with(source, sleep_us, None);
+}
+
+/// As `runq_matches_schedstat`, with `PAUSEWATCH_SWITCH_INS_ENTRIES` set to `switch_ins`.
+fn runq_matches_schedstat_with(source: Source, sleep_us: u64, switch_ins: Option<u32>) {
     require_root();
     let cpu = test_cpu();
     let mut args = source.args().to_vec();
     args.extend(["--min-pause", "1ms"]);
-    let pw = Pausewatch::start(&args);
+    let mut cmd = Command::new(pausewatch_bin());
+    cmd.arg("--json").args(&args);
+    if let Some(n) = switch_ins {
+        cmd.env("PAUSEWATCH_SWITCH_INS_ENTRIES", n.to_string());
+    }
+    let pw = Pausewatch::start_cmd(cmd);
     let mut hogs = start_hogs(2, cpu, 3.5);
     let report = run_workload(&[
         "spin",
@@ -60,6 +70,24 @@ fn runq_matches_schedstat(source: Source, sleep_us: u64) {
     }
     let lines = pw.stop();
     let attach = check_attached(&lines, source);
+    let attached = lines.iter().find(|v| v["event"] == "attached").unwrap();
+    let entries = attached["switch_in_entries"].as_u64().unwrap();
+    match (switch_ins, source) {
+        (Some(n), _) => assert_eq!(entries, u64::from(n), "{attached}"),
+        // Sized from kernel.pid_max: a power of two covering it, up to 131,072.
+        (None, Source::SchedInfo) => {
+            let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(
+                entries.is_power_of_two() && (entries >= pid_max || entries == 131_072),
+                "{attached}"
+            );
+        }
+        (None, _) => assert_eq!(entries, 0, "{attached}"),
+    }
     let summary = runq_matches(&lines, &report, 300_000_000, attach);
     let pid = report["pid"].as_u64().unwrap();
     let threads = report["threads"].as_array().unwrap();
@@ -197,6 +225,21 @@ fn runq_matches_schedstat_raw_tracepoints() {
 
 /// The victim sleeps voluntarily every 500 µs, so most of its waits follow a wakeup (including
 /// wakeups of a thread still on its CPU), not a preemption.
+/// Every thread on the host in one switch-in entry (`SwitchIn`): each switch-in finds another
+/// thread's entry and its episode state in task storage. Pinned, the victim's waits are all on
+/// one run queue, which is what a thread whose entry was taken is still measured by, so its
+/// total must still equal the kernel's run_delay, preempted and woken alike, and its streamed
+/// episodes must still add up and name their preemptors.
+#[test]
+fn runq_matches_schedstat_with_every_thread_in_one_switch_in_entry() {
+    runq_matches_schedstat_with(Source::SchedInfo, 0, Some(1));
+}
+
+#[test]
+fn runq_after_wakeups_matches_schedstat_with_every_thread_in_one_switch_in_entry() {
+    runq_matches_schedstat_with(Source::SchedInfo, 200, Some(1));
+}
+
 #[test]
 fn runq_after_wakeups_matches_schedstat_tp_btf() {
     runq_matches_schedstat(Source::SchedInfo, 200);

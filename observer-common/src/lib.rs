@@ -1040,18 +1040,11 @@ const _: () = assert!(core::mem::size_of::<CpuSteal>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadState {
-    // What every switch-in of a traced thread reads and writes comes first: BPF task storage
-    // puts the value 8 bytes into a cache-line-aligned `bpf_local_storage_data`, so these 48
-    // bytes share one cache line with the `smap` pointer the lookup itself checks, where they
-    // were spread over three. (Alternating runs under `perf bench sched messaging` could not
-    // tell the two layouts apart: the machines' noise there is larger than one cache miss.)
+    // What the episode's end reads first comes first: BPF task storage puts the value 8 bytes
+    // into a cache-line-aligned `bpf_local_storage_data`, so these share one cache line with
+    // the `smap` pointer the lookup itself checks.
     /// Start of the episode in progress; 0: none.
     pub episode_start_ns: u64,
-    /// With waits measured at switch-in: the thread's `sched_info.run_delay` as it stood once
-    /// the kernel had accounted its last arrival on a CPU (valid when `last_cpu` is non-zero).
-    /// Any growth since is waiting in the current off-CPU interval, including waits on run
-    /// queues it was migrated away from.
-    pub run_delay_ns: u64,
     /// The `start_ns` of the `agg_slot` aggregate when it was found, which tells a slot since
     /// given to another process.
     pub agg_start_ns: u64,
@@ -1059,9 +1052,6 @@ pub struct ThreadState {
     /// The thread's process aggregate: its `PROC_STATS` slot + 1 (0: not yet known). Kept
     /// across episodes in task storage (tp_btf); the raw_tp path looks it up every time.
     pub agg_slot: u32,
-    /// With waits measured at switch-in (`sched_info`): the CPU the thread last got + 1 (0: not
-    /// seen getting a CPU yet), which is the CPU it last left when it next gets one.
-    pub last_cpu: u32,
     /// `Component` of the phase in progress.
     pub phase: u32,
     /// Start of the phase in progress (`phase`).
@@ -1082,9 +1072,67 @@ pub struct ThreadState {
     pub block_pgoff: u64,
 }
 const _: () = assert!(
-    core::mem::size_of::<ThreadState>() == 136
+    core::mem::size_of::<ThreadState>() == 128
         && core::mem::offset_of!(ThreadState, phase) + 4 <= 56
 );
+
+/// What a traced thread's switch-ins need from the one before, with waits measured at
+/// switch-in (`sched_info`): an entry of the `SWITCH_INS` array, indexed by tid modulo its
+/// size, 32 bytes so that two share a cache line (the array is mmapable, so its values start
+/// on a page). One cache miss per switch-in where task storage took three (the task's storage
+/// pointer, its cache of maps, the element). The episodes themselves (preempted, blocked,
+/// stopped) stay in task storage; `EPISODE` says to look there.
+///
+/// Threads whose tids are equal modulo the array's size share an entry: whichever got a CPU
+/// last holds it, and the other is then seen as if for the first time (its wait is the one on
+/// the run queue it gets the CPU from; waits on run queues it was migrated away from are not
+/// known), and looks in task storage for an episode. Kernel-private, kept here so its size is
+/// checked once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchIn {
+    /// The thread's `sched_info.run_delay` once the kernel had accounted its last arrival on a
+    /// CPU (valid when `last_cpu` is non-zero).
+    pub run_delay_ns: u64,
+    /// The `start_ns` of the `agg_slot` aggregate when it was found.
+    pub agg_start_ns: u64,
+    /// Whose entry this is.
+    pub tid: u32,
+    /// Its process's `PROC_STATS` slot + 1 (0: not yet known).
+    pub agg_slot: u32,
+    /// The CPU the thread last got + 1 (0: not known), which is the CPU it last left when it
+    /// next gets one.
+    pub last_cpu: u16,
+    /// `SWITCH_IN_EPISODE`: an episode of this thread is in its task storage.
+    pub flags: u16,
+    /// `SwitchIn::check_of(tid, run_delay_ns)`, written last: an entry two CPUs wrote at once
+    /// for two threads (whose fields may then be mixed) fails it and counts as unknown.
+    pub check: u32,
+}
+const _: () = assert!(core::mem::size_of::<SwitchIn>() == 32);
+
+/// `SwitchIn::flags`: an episode is in the thread's task storage.
+pub const SWITCH_IN_EPISODE: u16 = 1;
+
+impl SwitchIn {
+    /// The check word of an entry of thread `tid` with baseline `run_delay_ns`.
+    #[inline(always)]
+    pub const fn check_of(tid: u32, run_delay_ns: u64) -> u32 {
+        tid ^ (run_delay_ns as u32) ^ ((run_delay_ns >> 32) as u32) ^ 0x9e37_79b9
+    }
+}
+
+/// Bounds of the `SWITCH_INS` array's size: the pid space rounded up to a power of two (tids
+/// below it never share an entry), at most `SWITCH_INS_MAX` (4 MiB).
+pub const SWITCH_INS_MIN: u32 = 1 << 10;
+pub const SWITCH_INS_MAX: u32 = 1 << 17;
+
+/// Entries of the `SWITCH_INS` array for a host whose `kernel.pid_max` is `pid_max`.
+pub fn switch_ins_entries(pid_max: u32) -> u32 {
+    pid_max
+        .clamp(SWITCH_INS_MIN, SWITCH_INS_MAX)
+        .next_power_of_two()
+}
 
 /// Trims a NUL-padded `comm` to its bytes.
 pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {

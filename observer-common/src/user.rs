@@ -151,6 +151,35 @@ mod tests {
     }
 
     #[test]
+    fn switch_ins_cover_the_pid_space_up_to_their_bound() {
+        use crate::{SWITCH_INS_MAX, SWITCH_INS_MIN, switch_ins_entries};
+        // Default pid_max on small hosts: every tid has its own entry.
+        assert_eq!(switch_ins_entries(32_768), 32_768);
+        assert_eq!(switch_ins_entries(40_000), 65_536);
+        assert_eq!(switch_ins_entries(300), SWITCH_INS_MIN);
+        // systemd's 4M: tids share entries modulo the bound.
+        assert_eq!(switch_ins_entries(4_194_304), SWITCH_INS_MAX);
+        assert_eq!(switch_ins_entries(u32::MAX), SWITCH_INS_MAX);
+        for n in [300, 32_768, 40_000, 4_194_304] {
+            assert!(switch_ins_entries(n).is_power_of_two());
+        }
+    }
+
+    #[test]
+    fn a_switch_in_entry_mixed_by_two_writers_fails_its_check() {
+        use crate::SwitchIn;
+        let (a, b) = ((7u32, 1_000_000u64), (7 + 32_768u32, 2_500_000u64));
+        assert_eq!(SwitchIn::check_of(a.0, a.1), SwitchIn::check_of(a.0, a.1));
+        // One thread's tid with the other's baseline, or either check word: not valid.
+        assert_ne!(SwitchIn::check_of(a.0, b.1), SwitchIn::check_of(b.0, b.1));
+        assert_ne!(SwitchIn::check_of(b.0, a.1), SwitchIn::check_of(a.0, a.1));
+        assert_ne!(SwitchIn::check_of(a.0, b.1), SwitchIn::check_of(a.0, a.1));
+        // A zeroed entry is nobody's: tid 0 (the idle tasks) is never looked up, and the
+        // check of a zero tid and baseline is not zero.
+        assert_ne!(SwitchIn::check_of(0, 0), 0);
+    }
+
+    #[test]
     fn whole_episodes_are_put_back_together_exactly() {
         let episodes: [[u64; NUM_COMPONENTS]; 7] = [
             [5_000, 0, 0],

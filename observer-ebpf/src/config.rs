@@ -59,6 +59,9 @@ static FILTER_PIDS: u32 = 0;
 /// The agent's own tgid, never traced (its ring-buffer reads would otherwise feed themselves).
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
+/// `SWITCH_INS`'s size − 1 (a power of two − 1): a tid's entry is `tid & SWITCH_INS_MASK`.
+#[unsafe(no_mangle)]
+static SWITCH_INS_MASK: u32 = (1 << 15) - 1;
 
 #[inline(always)]
 fn get<T: Copy>(v: &T) -> T {
@@ -102,6 +105,10 @@ pub fn filter_pids() -> bool {
 #[inline(always)]
 pub fn self_tgid() -> u32 {
     get(&SELF_TGID)
+}
+#[inline(always)]
+pub fn switch_ins_mask() -> u32 {
+    get(&SWITCH_INS_MASK)
 }
 #[inline(always)]
 pub fn task_cfs_rq_off() -> usize {

@@ -21,6 +21,7 @@ mod runtimes;
 mod sched;
 mod stops;
 mod storage;
+mod switch_ins;
 mod sync;
 mod task;
 mod words;

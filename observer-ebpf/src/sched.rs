@@ -20,7 +20,9 @@
 //! away from (sched_info_switch runs after the tracepoint, in context_switch). Its wait since it
 //! last left a CPU is the growth of `run_delay` plus the current wait, which also splits a D or
 //! stopped episode at its wakeup: the queueing is the wakeup. `sched_wakeup` is then not
-//! attached, and `sched_wakeup_new` only to follow forks under `--pid`.
+//! attached, and `sched_wakeup_new` only to follow forks under `--pid`. What a thread carries
+//! from one switch-in to the next (its `run_delay` baseline) is in `switch_ins`; an episode
+//! begun at switch-out stays in its task storage.
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
@@ -30,11 +32,11 @@ use aya_ebpf::{
 };
 use observer_common::{
     BlockReason, Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
-    StopKind, ThreadState,
+    SWITCH_IN_EPISODE, StopKind, SwitchIn, ThreadState,
 };
 
 use crate::{
-    config, counters, episodes, memory, output, stops,
+    config, counters, episodes, memory, output, stops, switch_ins,
     task::{self, TaskPtr},
     words,
 };
@@ -271,6 +273,9 @@ fn switch_out<const D: bool, C: StackIdContext>(
         stops::thread_stopped(tgid, ts, kind, holder);
     }
     let Some(p) = episodes::place::<D>(None, prev, tid) else { return };
+    if switch_in_waits::<D>() {
+        switch_ins::mark_episode(tid);
+    }
     // SAFETY: this thread's episode; the run-queue lock serialises its updates.
     let st = unsafe {
         episodes::init(p, ts, tgid, phase, reason, cpu());
@@ -391,8 +396,9 @@ fn switch_in<const D: bool>(ts: u64, next: TaskPtr, tid: u32) {
 }
 
 /// `next` (thread `tid`) gets the CPU, its run-queue wait measured from the kernel's own
-/// accounting (`switch_in_waits`; tp_btf only). Every traced thread's task storage is touched
-/// here, to keep the `run_delay` it will have once the kernel has accounted this arrival.
+/// accounting (`switch_in_waits`; tp_btf only). Every traced thread's `SWITCH_INS` entry is
+/// touched here, to keep the `run_delay` it will have once the kernel has accounted this
+/// arrival; its task storage only when an episode may be waiting there.
 #[inline(always)]
 fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     if tid == 0 {
@@ -402,61 +408,96 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     if !is_traced(tgid) {
         return;
     }
-    let Some(stp) = episodes::place::<true>(None, next, tid) else { return };
-    // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
-    let st = unsafe { &mut *stp };
+    let Some((e, mine)) = switch_ins::entry(tid) else { return };
     let (last_queued, run_delay, pcount) = task::sched_info(next);
     // Queued on this run queue since `last_queued` (sched_info_arrive adds it to run_delay
     // right after this program, with the same clock reading).
     let current = if last_queued != 0 { ts.saturating_sub(last_queued) } else { 0 };
     let after = run_delay + current;
-    let queued = if st.last_cpu != 0 {
-        after.saturating_sub(st.run_delay_ns)
-    } else if pcount == 0 {
-        // A new task's first run: everything it ever waited is this wait.
+    let queued = if pcount == 0 {
+        // A new task's first run: everything it ever waited is this wait (and an entry left
+        // by an exited thread with the same tid is not its own).
         after
+    } else if mine && e.last_cpu != 0 {
+        after.saturating_sub(e.run_delay_ns)
     } else {
-        // First seen getting a CPU (started before pausewatch): waits on run queues it left
-        // before this one are not known.
+        // First seen getting a CPU (started before pausewatch, or its entry was taken by a
+        // thread sharing it): waits on run queues it left before this one are not known.
         current
     };
-    let left = st.last_cpu;
-    let here = cpu();
-    st.run_delay_ns = after;
-    st.last_cpu = here + 1;
-    if st.episode_start_ns != 0 {
-        // An episode begun when it left the CPU (preempted, D, stopped). A D or stopped phase
-        // ended when the thread was queued again: its wakeup.
-        if st.phase != Component::Runq as u32 {
-            let woken = ts - queued.min(ts.saturating_sub(st.phase_start_ns));
-            if st.phase == Component::Stopped as u32 {
-                stops::thread_resumed::<true>(next, tgid, woken);
-            }
-            add_phase(st, woken);
-            st.phase = Component::Runq as u32;
-            st.phase_start_ns = woken;
-        }
-    } else {
-        // Woken from a voluntary sleep (or new): the pause is the wait alone.
-        if last_queued == 0 && queued == 0 {
-            return;
-        }
-        if queued < config::min_pause_ns() {
-            // Not streamed, the common case: straight into the process's run-queue aggregate,
-            // with no episode written out first.
-            st.tgid = tgid;
-            if let Some(ps) = thread_proc_stats::<true>(st, next) {
-                add_runq_wait::<true>(ps, queued, next, false);
-            }
-            return;
-        }
-        let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
-        let prev_cpu = if left != 0 { left - 1 } else { here };
-        // SAFETY: as above.
-        unsafe { episodes::init(stp, ts.saturating_sub(queued), tgid, Component::Runq, reason, prev_cpu) };
+    let left = if mine && pcount != 0 { u32::from(e.last_cpu) } else { 0 };
+    // An episode begun when it left the CPU (preempted, D, stopped) is in its task storage:
+    // the entry says so, or cannot say (not its own).
+    let look = !mine || e.flags & SWITCH_IN_EPISODE != 0;
+    if !mine {
+        switch_ins::take(e, tid);
     }
+    let here = cpu();
+    e.flags = 0;
+    e.last_cpu = (here + 1) as u16;
+    e.run_delay_ns = after;
+    switch_ins::seal(e);
+    if look {
+        if let Some(stp) = episodes::get::<true>(next, tid) {
+            // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
+            let st = unsafe { &mut *stp };
+            // A D or stopped phase ended when the thread was queued again: its wakeup.
+            if st.phase != Component::Runq as u32 {
+                let woken = ts - queued.min(ts.saturating_sub(st.phase_start_ns));
+                if st.phase == Component::Stopped as u32 {
+                    stops::thread_resumed::<true>(next, tgid, woken);
+                }
+                add_phase(st, woken);
+                st.phase = Component::Runq as u32;
+                st.phase_start_ns = woken;
+            }
+            add_phase(st, ts);
+            finish::<true>(ts, next, tid, stp);
+            return;
+        }
+    }
+    // Woken from a voluntary sleep (or new): the pause is the wait alone.
+    if last_queued == 0 && queued == 0 {
+        return;
+    }
+    if queued < config::min_pause_ns() {
+        // Not streamed, the common case: straight into the process's run-queue aggregate,
+        // with no episode written out first.
+        if let Some(ps) = entry_proc_stats(e, tgid, next) {
+            add_runq_wait::<true>(ps, queued, next, false);
+        }
+        return;
+    }
+    let Some(stp) = episodes::place::<true>(None, next, tid) else { return };
+    let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
+    let prev_cpu = if left != 0 { left - 1 } else { here };
+    // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
+    let st = unsafe {
+        episodes::init(stp, ts.saturating_sub(queued), tgid, Component::Runq, reason, prev_cpu);
+        &mut *stp
+    };
     add_phase(st, ts);
     finish::<true>(ts, next, tid, stp);
+}
+
+/// The aggregate of process `tgid` for the switch-in entry `e` of one of its threads (task
+/// `task`): through the slot cached in the entry when it is still the process's, else looked
+/// up and cached.
+#[inline(always)]
+fn entry_proc_stats(e: &mut SwitchIn, tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+    if e.agg_slot != 0 {
+        if let Some(p) = PROC_STATS.get_ptr_mut(e.agg_slot - 1) {
+            // SAFETY: pointer into our own map value, valid for this program invocation.
+            let ps = unsafe { &mut *p };
+            if ps.tgid == tgid && ps.start_ns == e.agg_start_ns {
+                return Some(ps);
+            }
+        }
+    }
+    let (slot, ps) = proc_slot::<true>(tgid, task)?;
+    e.agg_slot = slot + 1;
+    e.agg_start_ns = ps.start_ns;
+    Some(ps)
 }
 
 /// Ends the episode at `stp` (thread `tid`, task `next`, which gets the CPU at `ts`, every

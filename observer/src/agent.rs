@@ -1081,7 +1081,7 @@ pub async fn run(
                 "scheduler programs attached via {}, run-queue waits from {}",
                 probes.sched_mechanism, probes.runq_source
             ),
-            json!({ "mechanism": probes.sched_mechanism, "runq_source": probes.runq_source, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
+            json!({ "mechanism": probes.sched_mechanism, "runq_source": probes.runq_source, "switch_in_entries": probes.switch_in_entries, "pids": pids, "min_pause_ns": settings.min_pause.as_nanos() as u64 }),
         );
         if let Some(sock) = &lease_sock {
             w.notice(

@@ -85,6 +85,9 @@ pub struct Probes {
     /// Where run-queue waits are measured: "sched_info" (at switch-in, from the kernel's own
     /// accounting) or "sched_wakeup".
     pub runq_source: &'static str,
+    /// Entries of the switch-in array (`observer_common::SwitchIn`) when `runq_source` is
+    /// "sched_info"; 0 otherwise (it is not used).
+    pub switch_in_entries: u32,
     /// While the statistics are on: the fd that keeps them on (the kernel turns them off again,
     /// if nobody else holds them, when it closes) and since when.
     stats_on: Option<(OwnedFd, std::time::Instant)>,
@@ -406,6 +409,10 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
     }
     loader.map_max_entries("PROC_MEM", opts.max_processes);
+    // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`).
+    let switch_ins = switch_ins_entries()?;
+    loader.map_max_entries("SWITCH_INS", switch_ins);
+    let switch_ins_mask = switch_ins - 1;
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
         loader.override_global(name, v, true);
     }
@@ -438,6 +445,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
         .override_global("FILTER_PIDS", &filter, true)
         .override_global("SELF_TGID", &self_tgid, true)
+        .override_global("SWITCH_INS_MASK", &switch_ins_mask, true)
         .load(OBJECT)
         .context("loading the eBPF object into the kernel")?;
     crate::source::harvest::fill_free_slots(&mut ebpf)?;
@@ -487,6 +495,11 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             "sched_info"
         } else {
             "sched_wakeup"
+        },
+        switch_in_entries: if sched_info && mechanism == "tp_btf" {
+            switch_ins
+        } else {
+            0
         },
         stats_on: None,
         stats_mode: opts.stats,
@@ -945,6 +958,29 @@ impl Probes {
 }
 
 /// The embedded object as built (not for a stub build, which has no programs).
+/// Entries of the `SWITCH_INS` array: from `kernel.pid_max`, or `PAUSEWATCH_SWITCH_INS_ENTRIES`
+/// (a power of two; the tests set 1 to make every thread share one entry).
+fn switch_ins_entries() -> anyhow::Result<u32> {
+    const VAR: &str = "PAUSEWATCH_SWITCH_INS_ENTRIES";
+    match std::env::var(VAR) {
+        Err(_) => Ok(observer_common::switch_ins_entries(pid_max())),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n.is_power_of_two() && n <= 1 << 22 => Ok(n),
+            _ => bail!(
+                "{VAR}={v:?} is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max"
+            ),
+        },
+    }
+}
+
+/// `kernel.pid_max`: tids stay below it. Unreadable, the largest the kernel allows (4M).
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 22)
+}
+
 #[cfg(all(test, not(pausewatch_stub_ebpf)))]
 mod object_tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
