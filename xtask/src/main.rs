@@ -57,6 +57,7 @@ enum Cmd {
     Bench {
         /// Which benchmark: `all` (every one below, one report: target/bench/report.md with
         /// the budget table first), `workloads` (slowdown against bpftrace, programs' cost),
+        /// `programs` (only the programs' cost and bpftrace's, without the wall-clock rounds),
         /// `agent` (idle, 5,000 processes, fork storm), `gc` (runtime probes) or `latency` (from
         /// a pause's end to its NDJSON line; at least 10 rounds).
         #[arg(default_value = "all")]
@@ -266,6 +267,7 @@ fn main() -> anyhow::Result<()> {
             match which.as_str() {
                 "all" => bench_all(rounds),
                 "workloads" | "sched" => bench::run(rounds),
+                "programs" => bench::run_programs(rounds),
                 "agent" => {
                     let bin = bench::prepare()?;
                     bench_agent::agent(&bin)?.write("agent", rounds)
@@ -273,7 +275,7 @@ fn main() -> anyhow::Result<()> {
                 "gc" => bench_gc::gc(rounds),
                 "latency" => bench_latency::latency(rounds.max(10)),
                 other => bail!(
-                    "unknown benchmark {other:?}: available: all (the default), workloads, agent, gc, latency"
+                    "unknown benchmark {other:?}: available: all (the default), workloads, programs, agent, gc, latency"
                 ),
             }
         }
