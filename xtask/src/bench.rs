@@ -774,6 +774,16 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
     Ok(s)
 }
 
+/// One observer's run of a workload with the kernel's statistics on.
+struct ObserverRound {
+    /// Its programs' BPF run time, net of the statistics' floor.
+    net_ns: u64,
+    /// The workload's CPU time.
+    cpu_s: f64,
+    /// Scheduler programs' net ns per context switch, and the switches.
+    per_switch: Option<(u64, u64)>,
+}
+
 /// BPF run time per program, and against the bpftrace peer's, from `rounds` runs of each
 /// workload under each observer with `--bpf-stats`, the two observers' order swapped every
 /// round (the second run of a pair finds the workload's memory warmer).
@@ -785,9 +795,8 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
     // Per program: (runs, Σ runs × the floor on its own hook), from `floor_ns`.
     let mut own_floor: BTreeMap<String, (u64, u64)> = Default::default();
     for w in &WORKLOADS {
-        // Per round: pausewatch's (net BPF ns, CPU s, scheduler per switch) and bpftrace's.
-        let mut pw_rounds: Vec<(u64, f64, Option<(u64, u64)>)> = Vec::new();
-        let mut bt_rounds: Vec<(u64, f64, Option<(u64, u64)>)> = Vec::new();
+        let mut pw_rounds: Vec<ObserverRound> = Vec::new();
+        let mut bt_rounds: Vec<ObserverRound> = Vec::new();
         // The statistics' floor pausewatch's last run measured: bpftrace has no empty program
         // of its own. Round 0 runs pausewatch first, so there always is one.
         let mut last_floor = 0u64;
@@ -798,11 +807,14 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                     // net of the floor pausewatch's nearest earlier run measured.
                     let floor_w = last_floor;
                     let peer = crate::bench_peer::bpftrace_run(w)?;
-                    bt_rounds.push((
-                        peer.net_ns(floor_w),
-                        peer.timed.cpu_s,
-                        crate::bench_peer::sched_cost_per_switch(peer.programs.iter(), floor_w),
-                    ));
+                    bt_rounds.push(ObserverRound {
+                        net_ns: peer.net_ns(floor_w),
+                        cpu_s: peer.timed.cpu_s,
+                        per_switch: crate::bench_peer::sched_cost_per_switch(
+                            peer.programs.iter(),
+                            floor_w,
+                        ),
+                    });
                     continue;
                 }
                 let t0 = Instant::now();
@@ -828,14 +840,14 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                     .sum();
                 let floor_w = line["stats_floor_ns"].as_u64().unwrap_or(0);
                 last_floor = floor_w;
-                pw_rounds.push((
+                pw_rounds.push(ObserverRound {
                     net_ns,
-                    timed.cpu_s,
-                    crate::bench_peer::sched_cost_per_switch(
+                    cpu_s: timed.cpu_s,
+                    per_switch: crate::bench_peer::sched_cost_per_switch(
                         programs.iter().map(|(p, _)| p),
                         floor_w,
                     ),
-                ));
+                });
                 if let Some(f) = line["stats_floor_ns"].as_u64() {
                     // Weighted like the programs: by sched_switch runs, which the floor program
                     // shares.
@@ -855,7 +867,7 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                 }
             }
         }
-        let share = |r: &(u64, f64, Option<(u64, u64)>)| r.0 as f64 / 1e9 / r.1;
+        let share = |r: &ObserverRound| r.net_ns as f64 / 1e9 / r.cpu_s;
         let pw_shares: Vec<f64> = pw_rounds.iter().map(share).collect();
         let bt_shares: Vec<f64> = bt_rounds.iter().map(share).collect();
         // Round by round: the two runs of a round are next to each other in time.
@@ -866,12 +878,10 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             .map(|(a, b)| a / b)
             .collect();
         let (pw_share, bt_share) = (median(&pw_shares), median(&bt_shares));
-        let ns_median = |v: &[(u64, f64, Option<(u64, u64)>)]| {
-            median(&v.iter().map(|r| r.0 as f64).collect::<Vec<_>>())
-        };
-        let cpu_median = |v: &[(u64, f64, Option<(u64, u64)>)]| {
-            median(&v.iter().map(|r| r.1).collect::<Vec<_>>())
-        };
+        let ns_median =
+            |v: &[ObserverRound]| median(&v.iter().map(|r| r.net_ns as f64).collect::<Vec<_>>());
+        let cpu_median =
+            |v: &[ObserverRound]| median(&v.iter().map(|r| r.cpu_s).collect::<Vec<_>>());
         shares += &format!(
             "| {} | {:.3} s | {:.1} ms | {:.2}% |\n",
             w.name,
@@ -879,15 +889,15 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             ns_median(&pw_rounds) / 1e6,
             pw_share * 100.0
         );
-        let per_switch = |v: &[(u64, f64, Option<(u64, u64)>)]| {
+        let per_switch = |v: &[ObserverRound]| {
             let ns: Vec<f64> = v
                 .iter()
-                .filter_map(|r| r.2)
+                .filter_map(|r| r.per_switch)
                 .map(|(ns, _)| ns as f64)
                 .collect();
             let n: Vec<f64> = v
                 .iter()
-                .filter_map(|r| r.2)
+                .filter_map(|r| r.per_switch)
                 .map(|(_, n)| n as f64)
                 .collect();
             if ns.is_empty() {
