@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     BlockReason, Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
-    SWITCH_IN_EPISODE, StopKind, SwitchIn, ThreadState,
+    SWITCH_IN_EPISODE, StopKind, ThreadState,
 };
 
 use crate::{
@@ -463,7 +463,7 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     if queued < config::min_pause_ns() {
         // Not streamed, the common case: straight into the process's run-queue aggregate,
         // with no episode written out first.
-        if let Some(ps) = entry_proc_stats(e, tgid, next) {
+        if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next) {
             add_runq_wait::<true>(ps, queued, next, false);
         }
         return;
@@ -478,26 +478,6 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     };
     add_phase(st, ts);
     finish::<true>(ts, next, tid, stp);
-}
-
-/// The aggregate of process `tgid` for the switch-in entry `e` of one of its threads (task
-/// `task`): through the slot cached in the entry when it is still the process's, else looked
-/// up and cached.
-#[inline(always)]
-fn entry_proc_stats(e: &mut SwitchIn, tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
-    if e.agg_slot != 0 {
-        if let Some(p) = PROC_STATS.get_ptr_mut(e.agg_slot - 1) {
-            // SAFETY: pointer into our own map value, valid for this program invocation.
-            let ps = unsafe { &mut *p };
-            if ps.tgid == tgid && ps.start_ns == e.agg_start_ns {
-                return Some(ps);
-            }
-        }
-    }
-    let (slot, ps) = proc_slot::<true>(tgid, task)?;
-    e.agg_slot = slot + 1;
-    e.agg_start_ns = ps.start_ns;
-    Some(ps)
 }
 
 /// Ends the episode at `stp` (thread `tid`, task `next`, which gets the CPU at `ts`, every
@@ -725,23 +705,33 @@ fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut Pr
     proc_slot::<D>(tgid, task).map(|(_, ps)| ps)
 }
 
-/// The aggregate of the process of the thread whose episode is `st` (task `task`): through the
-/// slot cached in its task storage when that slot is still its process's, else looked up and
-/// cached.
+/// The aggregate of the process of the thread whose episode is `st` (task `task`), through the
+/// slot cached in its task storage (`cached_proc_stats`).
 #[inline(always)]
 fn thread_proc_stats<const D: bool>(st: &mut ThreadState, task: TaskPtr) -> Option<&'static mut ProcStats> {
-    if D && st.agg_slot != 0 {
-        if let Some(p) = PROC_STATS.get_ptr_mut(st.agg_slot - 1) {
+    let tgid = st.tgid;
+    cached_proc_stats::<D>(&mut st.agg_slot, &mut st.agg_start_ns, tgid, task)
+}
+
+/// The aggregate of process `tgid` (named after `task`'s group leader) through a cached slot
+/// (`slot`: its index + 1, 0 for none; `start`: the aggregate's `start_ns` when it was cached)
+/// when that slot is still the process's, else looked up and cached. A thread's task storage
+/// (episodes) and its `SWITCH_INS` entry (pure run-queue waits) each keep one; the raw_tp path
+/// (`D` false) looks it up every time.
+#[inline(always)]
+fn cached_proc_stats<const D: bool>(slot: &mut u32, start: &mut u64, tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+    if D && *slot != 0 {
+        if let Some(p) = PROC_STATS.get_ptr_mut(*slot - 1) {
             // SAFETY: pointer into our own map value, valid for this program invocation.
             let ps = unsafe { &mut *p };
-            if ps.tgid == st.tgid && ps.start_ns == st.agg_start_ns {
+            if ps.tgid == tgid && ps.start_ns == *start {
                 return Some(ps);
             }
         }
     }
-    let (slot, ps) = proc_slot::<D>(st.tgid, task)?;
-    st.agg_slot = slot + 1;
-    st.agg_start_ns = ps.start_ns;
+    let (found, ps) = proc_slot::<D>(tgid, task)?;
+    *slot = found + 1;
+    *start = ps.start_ns;
     Some(ps)
 }
 

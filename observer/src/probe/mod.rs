@@ -409,8 +409,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
     }
     loader.map_max_entries("PROC_MEM", opts.max_processes);
-    // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`).
-    let switch_ins = switch_ins_entries()?;
+    // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`), where
+    // waits are measured at switch-in; one entry, never used, where they come from wakeups.
+    let switch_ins = if sched_info { switch_ins_entries()? } else { 1 };
     loader.map_max_entries("SWITCH_INS", switch_ins);
     let switch_ins_mask = switch_ins - 1;
     for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
@@ -957,7 +958,6 @@ impl Probes {
     }
 }
 
-/// The embedded object as built (not for a stub build, which has no programs).
 /// Entries of the `SWITCH_INS` array: from `kernel.pid_max`, or `PAUSEWATCH_SWITCH_INS_ENTRIES`
 /// (a power of two; the tests set 1 to make every thread share one entry).
 fn switch_ins_entries() -> anyhow::Result<u32> {
@@ -981,6 +981,7 @@ fn pid_max() -> u32 {
         .unwrap_or(1 << 22)
 }
 
+/// The embedded object as built (not for a stub build, which has no programs).
 #[cfg(all(test, not(pausewatch_stub_ebpf)))]
 mod object_tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
