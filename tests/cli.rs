@@ -136,4 +136,5 @@ fn an_explicit_lease_socket_in_use_is_an_error() {
         "is in use by another running pausewatch",
     );
     first.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -53,9 +53,12 @@ fn scenario(name: &str, extra: &[&str]) -> (Value, Vec<Value>) {
     let lines = read_ndjson(&dir.join("pausewatch.ndjson"));
     assert!(
         out.status.success(),
-        "scenario {name} failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        "scenario {name} failed ({}):\n{stdout}\n{stderr}\n(its recording is kept in {})",
+        out.status,
+        dir.display()
     );
+    // Kept only when the scenario failed, for its recording.
+    let _ = std::fs::remove_dir_all(&dir);
     (result, lines)
 }
 

@@ -17,6 +17,10 @@ enum Source {
     Wakeup,
     /// Raw tracepoints (from sched_wakeup: the only way there).
     Raw,
+    /// The defaults on a kernel that refuses the tp_btf scheduler programs
+    /// (`PAUSEWATCH_REFUSE_TP_BTF=1` makes ours do so after attaching them): raw tracepoints,
+    /// with the object loaded again.
+    Refused,
 }
 
 impl Source {
@@ -25,6 +29,7 @@ impl Source {
             Source::SchedInfo => ["--attach", "btf", "--runq-source", "auto"],
             Source::Wakeup => ["--attach", "btf", "--runq-source", "wakeup"],
             Source::Raw => ["--attach", "raw", "--runq-source", "auto"],
+            Source::Refused => ["--attach", "auto", "--runq-source", "auto"],
         }
     }
 
@@ -33,7 +38,7 @@ impl Source {
         match self {
             Source::SchedInfo => ("tp_btf", "sched_info"),
             Source::Wakeup => ("tp_btf", "sched_wakeup"),
-            Source::Raw => ("raw_tp", "sched_wakeup"),
+            Source::Raw | Source::Refused => ("raw_tp", "sched_wakeup"),
         }
     }
 }
@@ -54,6 +59,9 @@ fn runq_matches_schedstat_with(source: Source, sleep_us: u64, switch_ins: Option
     cmd.arg("--json").args(&args);
     if let Some(n) = switch_ins {
         cmd.env("PAUSEWATCH_SWITCH_INS_ENTRIES", n.to_string());
+    }
+    if let Source::Refused = source {
+        cmd.env("PAUSEWATCH_REFUSE_TP_BTF", "1");
     }
     let pw = Pausewatch::start_cmd(cmd);
     let mut hogs = start_hogs(2, cpu, 3.5);
@@ -201,10 +209,20 @@ fn check_attached(lines: &[Value], source: Source) -> &'static str {
     let (mechanism, runq_source) = source.attached();
     assert_eq!(attached["mechanism"], mechanism, "{attached}");
     assert_eq!(attached["runq_source"], runq_source, "{attached}");
+    if let Source::Refused = source {
+        let fell_back = lines.iter().any(|v| {
+            v["type"] == "notice"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("tp_btf unavailable"))
+        });
+        assert!(fell_back, "no notice of the fallback to raw tracepoints");
+    }
     match source {
         Source::SchedInfo => "tp_btf, waits from sched_info",
         Source::Wakeup => "tp_btf, waits from sched_wakeup",
         Source::Raw => "raw_tp",
+        Source::Refused => "raw_tp after tp_btf was refused",
     }
 }
 
@@ -223,8 +241,6 @@ fn runq_matches_schedstat_raw_tracepoints() {
     runq_matches_schedstat(Source::Raw, 0);
 }
 
-/// The victim sleeps voluntarily every 500 µs, so most of its waits follow a wakeup (including
-/// wakeups of a thread still on its CPU), not a preemption.
 /// Every thread on the host in one switch-in entry (`SwitchIn`): each switch-in finds another
 /// thread's entry and its episode state in task storage. Pinned, the victim's waits are all on
 /// one run queue, which is what a thread whose entry was taken is still measured by, so its
@@ -240,6 +256,8 @@ fn runq_after_wakeups_matches_schedstat_with_every_thread_in_one_switch_in_entry
     runq_matches_schedstat_with(Source::SchedInfo, 200, Some(1));
 }
 
+/// The victim sleeps voluntarily for 200 µs after every 500 µs of work, so most of its waits
+/// follow a wakeup (including wakeups of a thread still on its CPU), not a preemption.
 #[test]
 fn runq_after_wakeups_matches_schedstat_tp_btf() {
     runq_matches_schedstat(Source::SchedInfo, 200);
@@ -253,6 +271,13 @@ fn runq_after_wakeups_matches_schedstat_tp_btf_from_wakeups() {
 #[test]
 fn runq_after_wakeups_matches_schedstat_raw_tracepoints() {
     runq_matches_schedstat(Source::Raw, 200);
+}
+
+/// The fallback a kernel that refuses tp_btf takes: the first object's programs detached, the
+/// object loaded again with the maps sized for raw tracepoints, and the waits still right.
+#[test]
+fn runq_matches_schedstat_after_tp_btf_is_refused() {
+    runq_matches_schedstat(Source::Refused, 0);
 }
 
 /// Nothing pinned: four sleeping-and-spinning victim threads and two hogs per CPU, so the

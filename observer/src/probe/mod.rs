@@ -401,85 +401,96 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     drop(kbtf);
     let aya_btf = Btf::parse_file(opts.btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", opts.btf_path.display()))?;
-    let mut loader = EbpfLoader::new();
-    // Twice the table's bound in aggregate slots: a slot is held by every process that pauses,
-    // from its first pause until the agent retires it, so more live processes than the table
-    // keeps (it lets the least-paused go) still have their pauses counted.
-    for map in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS"] {
-        loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
-    }
-    loader.map_max_entries("PROC_MEM", opts.max_processes);
-    // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`), where
-    // waits are measured at switch-in; one entry, never used, where they come from wakeups.
+    // Sizes of the maps only one scheduler attachment uses go by the attachment planned, and
+    // the object is loaded again if tp_btf is refused (below).
     let switch_ins = if sched_info { switch_ins_entries()? } else { 1 };
-    loader.map_max_entries("SWITCH_INS", switch_ins);
-    let switch_ins_mask = switch_ins - 1;
-    for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
-        loader.override_global(name, v, true);
-    }
-    for (name, v) in &mem.values {
-        loader.override_global(name, v, true);
-    }
-    let mut ebpf = loader
-        .btf(Some(&aya_btf))
-        .override_global("RETRANSMIT_HAS_ERR", &retransmit_has_err, true)
-        // TASK_EPISODES (task-local storage) has no userspace API in aya 0.14; only the kernel
-        // programs use it.
-        .allow_unsupported_maps()
-        .override_global("TASK_PID_OFF", &pid_off, true)
-        .override_global("TASK_TGID_OFF", &tgid_off, true)
-        .override_global("TASK_COMM_OFF", &comm_off, true)
-        .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
-        .override_global("TASK_ON_CPU_OFF", &on_cpu_off, true)
-        .override_global("TASK_START_TIME_OFF", &start_time_off, true)
-        .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
-        .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
-        .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
-        .override_global("RQ_STEAL_OFF", &rq_steal_off, true)
-        .override_global("TASK_LAST_QUEUED_OFF", &last_queued_off, true)
-        .override_global("TASK_RUN_DELAY_OFF", &run_delay_off, true)
-        .override_global("TASK_PCOUNT_OFF", &pcount_off, true)
-        .override_global("TASK_PARENT_OFF", &task_parent_off, true)
-        .override_global("TASK_CRED_OFF", &task_cred_off, true)
-        .override_global("CRED_UID_OFF", &cred_uid_off, true)
-        .override_global("TASK_JOBCTL_OFF", &task_jobctl_off, true)
-        .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
-        .override_global("FILTER_PIDS", &filter, true)
-        .override_global("SELF_TGID", &self_tgid, true)
-        .override_global("SWITCH_INS_MASK", &switch_ins_mask, true)
-        .load(OBJECT)
-        .context("loading the eBPF object into the kernel")?;
-    crate::source::harvest::fill_free_slots(&mut ebpf)?;
-
-    if !opts.pids.is_empty() {
-        let mut watched: BpfHashMap<&mut MapData, u32, u8> =
-            BpfHashMap::try_from(ebpf.map_mut("WATCHED").context("map WATCHED missing")?)?;
-        for &pid in opts.pids {
-            watched
-                .insert(pid, 1, 0)
-                .with_context(|| format!("watching pid {pid}"))?;
+    let load_object = |tp_btf: bool| -> anyhow::Result<Ebpf> {
+        let mut loader = EbpfLoader::new();
+        // Twice the table's bound in aggregate slots: a slot is held by every process that
+        // pauses, from its first pause until the agent retires it, so more live processes than
+        // the table keeps (it lets the least-paused go) still have their pauses counted.
+        for map in ["PROC_STATS", "PROC_SLOTS", "FREE_SLOTS"] {
+            loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
         }
-    }
+        loader.map_max_entries("PROC_MEM", opts.max_processes);
+        // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`),
+        // where waits are measured at switch-in; one entry, never used, where they come from
+        // wakeups.
+        let switch_ins = if tp_btf { switch_ins } else { 1 };
+        loader.map_max_entries("SWITCH_INS", switch_ins);
+        // Stacks taken at switch-out are the raw tracepoints' (tp_btf programs take them as the
+        // thread gets the CPU back, into BLOCK_STACKS): about 2 MiB of kernel memory they
+        // alone need.
+        if tp_btf {
+            loader.map_max_entries("STACKS", 1);
+        }
+        for (name, v) in NET_GLOBALS.iter().zip(net_vals.iter()) {
+            loader.override_global(name, v, true);
+        }
+        for (name, v) in &mem.values {
+            loader.override_global(name, v, true);
+        }
+        let switch_ins_mask = switch_ins - 1;
+        let mut ebpf = loader
+            .btf(Some(&aya_btf))
+            .override_global("RETRANSMIT_HAS_ERR", &retransmit_has_err, true)
+            // TASK_EPISODES (task-local storage) has no userspace API in aya 0.14; only the
+            // kernel programs use it.
+            .allow_unsupported_maps()
+            .override_global("TASK_PID_OFF", &pid_off, true)
+            .override_global("TASK_TGID_OFF", &tgid_off, true)
+            .override_global("TASK_COMM_OFF", &comm_off, true)
+            .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
+            .override_global("TASK_ON_CPU_OFF", &on_cpu_off, true)
+            .override_global("TASK_START_TIME_OFF", &start_time_off, true)
+            .override_global("TASK_CFS_RQ_OFF", &task_cfs_rq_off, true)
+            .override_global("CFS_RQ_RQ_OFF", &cfs_rq_rq_off, true)
+            .override_global("RQ_CLOCK_OFF", &rq_clock_off, true)
+            .override_global("RQ_STEAL_OFF", &rq_steal_off, true)
+            .override_global("TASK_LAST_QUEUED_OFF", &last_queued_off, true)
+            .override_global("TASK_RUN_DELAY_OFF", &run_delay_off, true)
+            .override_global("TASK_PCOUNT_OFF", &pcount_off, true)
+            .override_global("TASK_PARENT_OFF", &task_parent_off, true)
+            .override_global("TASK_CRED_OFF", &task_cred_off, true)
+            .override_global("CRED_UID_OFF", &cred_uid_off, true)
+            .override_global("TASK_JOBCTL_OFF", &task_jobctl_off, true)
+            .override_global("MIN_PAUSE_NS", &opts.min_pause_ns, true)
+            .override_global("FILTER_PIDS", &filter, true)
+            .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("SWITCH_INS_MASK", &switch_ins_mask, true)
+            .load(OBJECT)
+            .context("loading the eBPF object into the kernel")?;
+        crate::source::harvest::fill_free_slots(&mut ebpf)?;
+        if !opts.pids.is_empty() {
+            let mut watched: BpfHashMap<&mut MapData, u32, u8> =
+                BpfHashMap::try_from(ebpf.map_mut("WATCHED").context("map WATCHED missing")?)?;
+            for &pid in opts.pids {
+                watched
+                    .insert(pid, 1, 0)
+                    .with_context(|| format!("watching pid {pid}"))?;
+            }
+        }
+        Ok(ebpf)
+    };
+    let mut ebpf = load_object(opts.attach != AttachMode::Raw)?;
 
     let follow = !opts.pids.is_empty();
     let (mechanism, attached) = match opts.attach {
         AttachMode::Btf => (
             "tp_btf",
-            attach_sched(&mut ebpf, Some(&aya_btf), sched_info, follow)?,
+            attach_sched_btf(&mut ebpf, &aya_btf, sched_info, follow)?,
         ),
         AttachMode::Raw => ("raw_tp", attach_sched(&mut ebpf, None, false, follow)?),
-        AttachMode::Auto => match attach_sched(&mut ebpf, Some(&aya_btf), sched_info, follow) {
+        AttachMode::Auto => match attach_sched_btf(&mut ebpf, &aya_btf, sched_info, follow) {
             Ok(a) => ("tp_btf", a),
             Err(e) => {
                 notices.push(format!(
                     "tp_btf unavailable ({e:#}); using raw tracepoints for the scheduler"
                 ));
-                // Programs attached before the failure are detached when their links drop.
-                for (_, btf_name, _) in SCHED {
-                    if let Some(Program::BtfTracePoint(p)) = ebpf.program_mut(btf_name) {
-                        let _ = p.unload();
-                    }
-                }
+                // Again, with the maps sized for raw tracepoints; the programs attached before
+                // the failure are detached as the first object is dropped.
+                drop(ebpf);
+                ebpf = load_object(false)?;
                 ("raw_tp", attach_sched(&mut ebpf, None, false, follow)?)
             }
         },
@@ -676,6 +687,22 @@ fn attach_all(
 
 /// The scheduler programs. With waits measured at switch-in (`sched_info`, tp_btf only)
 /// sched_wakeup needs no program, and sched_wakeup_new only follows forks under `--pid`.
+/// `attach_sched` with tp_btf programs. `PAUSEWATCH_REFUSE_TP_BTF=1` fails it after they are
+/// attached, as a kernel that refuses one of them would: the tests' way to the raw-tracepoint
+/// fallback, which our kernels never take.
+fn attach_sched_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    sched_info: bool,
+    follow_forks: bool,
+) -> anyhow::Result<Vec<&'static str>> {
+    let names = attach_sched(ebpf, Some(btf), sched_info, follow_forks)?;
+    if std::env::var_os("PAUSEWATCH_REFUSE_TP_BTF").is_some_and(|v| v == "1") {
+        bail!("refused on request (PAUSEWATCH_REFUSE_TP_BTF=1)");
+    }
+    Ok(names)
+}
+
 fn attach_sched(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
