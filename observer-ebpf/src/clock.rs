@@ -20,10 +20,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use observer_common::{
-    CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall,
-    DropCause,
-};
+use observer_common::{CLOCK_FLAG_TIME, CLOCK_FLAG_TIMEX, CLOCK_FLAG_UNREADABLE, ClockAdjRecord, ClockSyscall, DropCause};
 
 use crate::{output, sched, task};
 
@@ -240,11 +237,8 @@ pub fn clock_capable(ctx: BtfTracePointContext) -> i32 {
             rec
         }
         task::nr::ADJTIMEX | task::nr::CLOCK_ADJTIME => {
-            let (syscall, clockid, ptr) = if nr == task::nr::ADJTIMEX {
-                (ClockSyscall::Adjtimex, -1, a0)
-            } else {
-                (ClockSyscall::ClockAdjtime, a0 as i32, a1)
-            };
+            let (syscall, clockid, ptr) =
+                if nr == task::nr::ADJTIMEX { (ClockSyscall::Adjtimex, -1, a0) } else { (ClockSyscall::ClockAdjtime, a0 as i32, a1) };
             let Some(rec) = timex_record(syscall, clockid, ptr) else { return 0 };
             if rec.modes & ADJ_SETOFFSET != 0 && verdict == 0 {
                 let tid = rec.by.tid;

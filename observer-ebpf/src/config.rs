@@ -297,11 +297,7 @@ pub struct SyscallRegs {
 pub fn syscall_regs() -> SyscallRegs {
     SyscallRegs {
         nr: get(&PT_REGS_ORIG_AX_OFF) as usize,
-        args: [
-            get(&PT_REGS_DI_OFF) as usize,
-            get(&PT_REGS_SI_OFF) as usize,
-            get(&PT_REGS_DX_OFF) as usize,
-        ],
+        args: [get(&PT_REGS_DI_OFF) as usize, get(&PT_REGS_SI_OFF) as usize, get(&PT_REGS_DX_OFF) as usize],
     }
 }
 

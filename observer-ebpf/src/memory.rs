@@ -33,14 +33,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BLOCK_STACK_RING, BlockReason, BlockStack,
-    DropCause, MemStallRecord, ProcMem, RecordKind, STACK_ID_RING, ThreadState,
+    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BLOCK_STACK_RING, BlockReason, BlockStack, DropCause, MemStallRecord, ProcMem,
+    RecordKind, STACK_ID_RING, ThreadState,
 };
 
 use crate::{
-    config, counters,
+    config, counters, output, sched,
     storage::TaskStorageDef,
-    output, sched, sync,
+    sync,
     task::{self, TaskPtr},
 };
 
@@ -308,11 +308,7 @@ pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskP
                 return;
             }
             if act.flags & ACT_FAULT_USER != 0 && user_ip(prev) == Some(act.fault_ip) {
-                st.block_reason = if act.flags & ACT_FAULT_FILE != 0 {
-                    BlockReason::MajorFault as u32
-                } else {
-                    BlockReason::Swapin as u32
-                };
+                st.block_reason = if act.flags & ACT_FAULT_FILE != 0 { BlockReason::MajorFault as u32 } else { BlockReason::Swapin as u32 };
                 st.block_addr = act.fault_addr;
                 st.block_ino = act.fault_ino;
                 st.block_pgoff = act.fault_pgoff;

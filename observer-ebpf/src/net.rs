@@ -154,13 +154,7 @@ pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
 /// Fills a record from a `sock_common` at `common` (a socket, or a request socket for
 /// SYN-ACKs) and the owner of `owner_sk`.
 #[inline(always)]
-fn record<const D: bool>(
-    off: &config::SockOffsets,
-    owner_sk: u64,
-    common: u64,
-    err: i32,
-    synack: bool,
-) -> Option<RetransmitRecord> {
+fn record<const D: bool>(off: &config::SockOffsets, owner_sk: u64, common: u64, err: i32, synack: bool) -> Option<RetransmitRecord> {
     let owner = owner_of::<D>(owner_sk);
     match owner {
         Some(o) if !sched::is_traced(o.tgid) => return None,

@@ -67,10 +67,6 @@ pub fn emit<T: 'static>(rec: T, cause: DropCause) -> bool {
 /// Submits a reserved record, waking the agent only when enough is waiting (`WAKEUP_BYTES`).
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(flags as u64);
 }

@@ -25,8 +25,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
 };
 use observer_common::{
-    DropCause, ExecRecord, GC_FLAG_COLLECTION, GC_FLAG_FULL, GC_FLAG_REASON, GcRecord, GcState,
-    RecordKind, Runtime, TASK_COMM_LEN,
+    DropCause, ExecRecord, GC_FLAG_COLLECTION, GC_FLAG_FULL, GC_FLAG_REASON, GcRecord, GcState, RecordKind, Runtime, TASK_COMM_LEN,
 };
 
 use crate::{output, sched, task};
@@ -252,8 +251,5 @@ fn on_exec() {
     if let Some(ps) = sched::existing_proc_stats(tgid) {
         ps.comm = comm;
     }
-    output::emit(
-        ExecRecord { kind: RecordKind::Exec as u32, tgid, ts_mono_ns: sched::now(), comm },
-        DropCause::Exec,
-    );
+    output::emit(ExecRecord { kind: RecordKind::Exec as u32, tgid, ts_mono_ns: sched::now(), comm }, DropCause::Exec);
 }

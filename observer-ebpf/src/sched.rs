@@ -609,9 +609,7 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
         // The name the process ends with (it may have renamed itself after the episodes that
         // refreshed the aggregate's name), for its summary.
         // SAFETY: pointer into our own map value, valid for this invocation.
-        Some(ps) if unsafe { (*ps).tgid == tgid && (*ps).start_ns == start_ns } => unsafe {
-            (*ps).comm = task::leader_comm::<true>(task)
-        },
+        Some(ps) if unsafe { (*ps).tgid == tgid && (*ps).start_ns == start_ns } => unsafe { (*ps).comm = task::leader_comm::<true>(task) },
         Some(_) => {}
         None if memory::has_aggregate(tgid) => {}
         None => return 0,

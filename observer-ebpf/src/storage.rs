@@ -32,12 +32,7 @@ unsafe impl<V, const MAP_TYPE: usize> Sync for StorageDef<V, MAP_TYPE> {}
 
 impl<V, const MAP_TYPE: usize> StorageDef<V, MAP_TYPE> {
     pub const fn new() -> Self {
-        Self {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            map_flags: core::ptr::null(),
-        }
+        Self { r#type: core::ptr::null(), key: core::ptr::null(), value: core::ptr::null(), map_flags: core::ptr::null() }
     }
 
     fn map(&'static self) -> *mut core::ffi::c_void {

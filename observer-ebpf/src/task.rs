@@ -38,13 +38,7 @@ pub fn read<const DIRECT: bool, T: Copy>(task: TaskPtr, off: usize) -> Option<T>
         let mut v: T = unsafe { core::mem::zeroed() };
         // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
         // address yields an error, never a fault. The offset comes from the running kernel's BTF.
-        unsafe {
-            generated::bpf_probe_read_kernel(
-                core::ptr::from_mut(&mut v).cast(),
-                core::mem::size_of::<T>() as u32,
-                p.cast(),
-            )
-        };
+        unsafe { generated::bpf_probe_read_kernel(core::ptr::from_mut(&mut v).cast(), core::mem::size_of::<T>() as u32, p.cast()) };
         Some(v)
     }
 }
@@ -193,13 +187,7 @@ pub fn identity<const DIRECT: bool>(task: TaskPtr) -> TaskId {
 #[inline(always)]
 pub fn current() -> TaskId {
     let (pid_tgid, uid_gid) = (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid());
-    TaskId {
-        tid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        _pad0: 0,
-        comm: current_comm(),
-    }
+    TaskId { tid: pid_tgid as u32, tgid: (pid_tgid >> 32) as u32, uid: uid_gid as u32, _pad0: 0, comm: current_comm() }
 }
 
 /// The current thread's (tid, tgid).
@@ -244,10 +232,7 @@ pub fn maj_flt(task: TaskPtr) -> Option<u64> {
 pub fn inode_id<const DIRECT: bool>(inode: TaskPtr) -> (u64, u32) {
     let o = config::inode_offsets();
     let ino = read::<DIRECT, u64>(inode, o.ino).unwrap_or(0);
-    let dev = read::<DIRECT, TaskPtr>(inode, o.sb)
-        .filter(|p| !p.is_null())
-        .and_then(|sb| read::<DIRECT, u32>(sb, o.sb_dev))
-        .unwrap_or(0);
+    let dev = read::<DIRECT, TaskPtr>(inode, o.sb).filter(|p| !p.is_null()).and_then(|sb| read::<DIRECT, u32>(sb, o.sb_dev)).unwrap_or(0);
     (ino, dev)
 }
 
