@@ -348,6 +348,7 @@ fn the_lease_socket_refuses_bad_and_unauthorised_requests() {
     let summary = of_type(&lines, "lease_summary").next().unwrap();
     assert_eq!(summary["lease_errors"], 7, "{summary}");
     assert!(!sock.exists(), "the socket is removed at exit");
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 /// Timeout advice rests on the pauses the kernel saw: two stops the test held, both longer than
