@@ -186,8 +186,8 @@ pub fn identity<const DIRECT: bool>(task: TaskPtr) -> TaskId {
 /// The current task: a signal's sender, a stop's resumer, a clock syscall's caller.
 #[inline(always)]
 pub fn current() -> TaskId {
-    let (pid_tgid, uid_gid) = (bpf_get_current_pid_tgid(), bpf_get_current_uid_gid());
-    TaskId { tid: pid_tgid as u32, tgid: (pid_tgid >> 32) as u32, uid: uid_gid as u32, _pad0: 0, comm: current_comm() }
+    let (tid, tgid) = current_ids();
+    TaskId { tid, tgid, uid: bpf_get_current_uid_gid() as u32, _pad0: 0, comm: current_comm() }
 }
 
 /// The current thread's (tid, tgid).

@@ -685,8 +685,6 @@ fn attach_all(
     Ok(())
 }
 
-/// The scheduler programs. With waits measured at switch-in (`sched_info`, tp_btf only)
-/// sched_wakeup needs no program, and sched_wakeup_new only follows forks under `--pid`.
 /// `attach_sched` with tp_btf programs. `PAUSEWATCH_REFUSE_TP_BTF=1` fails it after they are
 /// attached, as a kernel that refuses one of them would: the tests' way to the raw-tracepoint
 /// fallback, which our kernels never take.
@@ -703,6 +701,8 @@ fn attach_sched_btf(
     Ok(names)
 }
 
+/// The scheduler programs. With waits measured at switch-in (`sched_info`, tp_btf only)
+/// sched_wakeup needs no program, and sched_wakeup_new only follows forks under `--pid`.
 fn attach_sched(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
