@@ -249,6 +249,7 @@ fn check_against_jvm_log(lines: &[Value], pid: u32, log: &str) {
             gc_ns <= ns(g, "duration_ns"),
             "the collection lies inside its safepoint: {g}"
         );
+        most_after = most_after.max(after);
         worst = worst.max(
             gc_ns
                 .saturating_sub(p.ns + after)
