@@ -82,12 +82,23 @@ pub(crate) struct Workload {
     timing: Timing,
 }
 
-const WORKLOADS: [Workload; 7] = [
+const WORKLOADS: [Workload; 8] = [
     Workload {
         name: "perf bench sched pipe (100k round trips)",
         kind: "context switch",
         program: "perf",
         args: &["bench", "sched", "pipe", "-l", "100000"],
+        timing: Timing::Wall,
+    },
+    // Both ends on one CPU: every round trip is two task-to-task switches and nothing else.
+    // Unpinned, the two ends sit on the two vCPUs and about 90% of pipe's time is the
+    // hypervisor waking a halted vCPU (pinned: 1.0 s for 200k round trips; unpinned: 4-6 s for
+    // 100k), which moves with anything else that wakes on the host.
+    Workload {
+        name: "perf bench sched pipe on one CPU (taskset -c 0, 200k round trips)",
+        kind: "context switch",
+        program: "taskset",
+        args: &["-c", "0", "perf", "bench", "sched", "pipe", "-l", "200000"],
         timing: Timing::Wall,
     },
     Workload {
