@@ -264,6 +264,14 @@ fn settled(w: &Workload) -> anyhow::Result<Timed> {
     time_workload(w)
 }
 
+/// The smallest and largest of `v` (∞ and −∞ when it is empty).
+pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
 pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -310,10 +318,11 @@ pub(crate) struct Slowdown {
 impl Slowdown {
     pub fn of(base: &[f64], with: &[f64]) -> Self {
         let ratios: Vec<f64> = base.iter().zip(with).map(|(a, b)| b / a - 1.0).collect();
+        let (min, max) = min_max(&ratios);
         Self {
             median: median(with) / median(base) - 1.0,
-            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            min,
+            max,
         }
     }
 
@@ -849,7 +858,8 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                     .iter()
                     .map(|(p, floor)| p.net_ns(floor.unwrap_or(0)))
                     .sum();
-                let floor_w = line["stats_floor_ns"].as_u64().unwrap_or(0);
+                let stats_floor = line["stats_floor_ns"].as_u64();
+                let floor_w = stats_floor.unwrap_or(0);
                 last_floor = floor_w;
                 pw_rounds.push(ObserverRound {
                     net_ns,
@@ -859,7 +869,7 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                         floor_w,
                     ),
                 });
-                if let Some(f) = line["stats_floor_ns"].as_u64() {
+                if let Some(f) = stats_floor {
                     // Weighted like the programs: by sched_switch runs, which the floor program
                     // shares.
                     let n = line["programs"]
@@ -901,16 +911,11 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             pw_share * 100.0
         );
         let per_switch = |v: &[ObserverRound]| {
-            let ns: Vec<f64> = v
+            let (ns, n): (Vec<f64>, Vec<f64>) = v
                 .iter()
                 .filter_map(|r| r.per_switch)
-                .map(|(ns, _)| ns as f64)
-                .collect();
-            let n: Vec<f64> = v
-                .iter()
-                .filter_map(|r| r.per_switch)
-                .map(|(_, n)| n as f64)
-                .collect();
+                .map(|(ns, n)| (ns as f64, n as f64))
+                .unzip();
             if ns.is_empty() {
                 "-".to_string()
             } else {
@@ -920,12 +925,8 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
         let ratio_cell = if ratios.is_empty() {
             "-".to_string()
         } else {
-            format!(
-                "{:.2} ({:.2} … {:.2})",
-                median(&ratios),
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-            )
+            let (min, max) = min_max(&ratios);
+            format!("{:.2} ({min:.2} … {max:.2})", median(&ratios))
         };
         peer_rows += &format!(
             "| {} | {:.1} ms, {:.2}% | {:.1} ms, {:.2}% | {} | {} | {} |\n",
