@@ -149,8 +149,7 @@ fn vm_thread_wait_at_begin(lines: &[Value], g: &Value) -> u64 {
     const AT_BEGIN_NS: u64 = 50_000;
     let start = ns(g, "start_mono_ns");
     let reached = start + ns(g, "time_to_safepoint_ns");
-    of_type(lines, "pause")
-        .filter(|p| p["pid"] == g["pid"] && p["tid"] == g["tid"])
+    vm_thread_pauses(lines, g)
         .filter(|p| p["start_reason"] == "preempted")
         .filter(|p| {
             let s = ns(p, "start_mono_ns");
