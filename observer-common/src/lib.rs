@@ -890,24 +890,33 @@ pub struct PauseRecord {
 }
 const _: () = assert!(core::mem::size_of::<PauseRecord>() == 136);
 
-/// Count, total, max and a log-linear histogram (see `hist`) of one component for one process.
+/// Total, max and a log-linear histogram (see `hist`) of one component for one process.
+///
+/// No count is kept: every value lands in exactly one bucket (values above the last bucket's
+/// edge are clamped into it), so the count is the histogram's sum (`count`). Keeping it
+/// beside the histogram cost the kernel one more locked add per value, on every context
+/// switch that ends a wait.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ComponentStats {
-    pub count: u64,
     pub total_ns: u64,
     pub max_ns: u64,
     pub hist: [u64; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<ComponentStats>() == 8 * (3 + hist::BUCKETS));
+const _: () = assert!(core::mem::size_of::<ComponentStats>() == 8 * (2 + hist::BUCKETS));
 
 impl ComponentStats {
     pub const ZERO: Self = Self {
-        count: 0,
         total_ns: 0,
         max_ns: 0,
         hist: [0; hist::BUCKETS],
     };
+
+    /// How many values were added: the histogram's sum. A read that races the kernel's
+    /// updates can see a value in the total but not yet in its bucket, or the reverse.
+    pub fn count(&self) -> u64 {
+        self.hist.iter().sum()
+    }
 }
 
 /// In-kernel per-process aggregate: a slot of the `PROC_STATS` array, found through the
@@ -934,25 +943,25 @@ pub struct ProcStats {
     /// An episode that is a pure run-queue wait (the common case on a busy host) is counted
     /// once, in `stats[Runq]`: it *is* its run-queue component. Any other episode is counted
     /// per component, in `stats[STAT_EPISODE]` whole, and its run-queue part again in
-    /// `mixed_runq`. That spares the hot path two cache lines and three atomic adds per
+    /// `mixed_runq`. That spares the hot path two cache lines and two atomic adds per
     /// episode; `episodes()` puts the whole-episode aggregate back together exactly.
     pub stats: [ComponentStats; NUM_STATS],
     /// The run-queue components of the episodes in `stats[STAT_EPISODE]`.
     pub mixed_runq: ComponentStats,
     /// To a whole number of cache lines: `PROC_STATS` is mmapable, so the kernel puts its
     /// first value on a page boundary, and every slot then starts a cache line. The identity
-    /// fields and the run-queue counters a switch-in updates are then one line (and the
-    /// histogram bucket another) in every slot. Without both, a slot started at any multiple
-    /// of 8 bytes into a line (the array's values begin 56 bytes into one on Linux 6.18, and
-    /// the size was 24 bytes over 49 lines), and those 64 bytes straddled two lines in 7 slots
-    /// of 8.
-    pub _pad1: [u64; 5],
+    /// fields and the run-queue total and maximum a switch-in updates are then one line (and
+    /// the histogram bucket another, or the same for bucket 0) in every slot. Without both, a
+    /// slot started at any multiple of 8 bytes into a line (the array's values begin 56 bytes
+    /// into one on Linux 6.18, and the size was 24 bytes over 49 lines), and those bytes
+    /// straddled two lines in 7 slots of 8.
+    pub _pad1: [u64; 3],
 }
 const _: () = assert!(
     core::mem::size_of::<ProcStats>()
-        == (NUM_STATS + 1) * core::mem::size_of::<ComponentStats>() + 80
+        == (NUM_STATS + 1) * core::mem::size_of::<ComponentStats>() + 64
         && core::mem::size_of::<ProcStats>().is_multiple_of(64)
-        && core::mem::offset_of!(ProcStats, stats) + 3 * 8 == 64
+        && core::mem::offset_of!(ProcStats, stats) + 2 * 8 <= 64
 );
 
 impl ProcStats {
@@ -966,7 +975,7 @@ impl ProcStats {
         start_ns: 0,
         tgid: 0,
         _pad0: 0,
-        _pad1: [0; 5],
+        _pad1: [0; 3],
     };
 
     /// Every episode of the process: the pure run-queue waits (the run-queue component's
@@ -981,7 +990,6 @@ impl ProcStats {
             &self.mixed_runq,
         );
         let mut all = ComponentStats {
-            count: mixed.count + runq.count.saturating_sub(mixed_runq.count),
             total_ns: mixed.total_ns + runq.total_ns.saturating_sub(mixed_runq.total_ns),
             max_ns: mixed.max_ns.max(runq.max_ns),
             hist: mixed.hist,

@@ -12,11 +12,11 @@ pub fn atomic_add(p: &mut u64, v: u64) {
     unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) };
 }
 
-/// Count, total, max and histogram bucket of one value. `max` is a racy read-compare-write,
+/// Total, max and histogram bucket of one value (the count is the histogram's sum: one locked
+/// add fewer on every context switch that ends a wait). `max` is a racy read-compare-write,
 /// which can lose a concurrent larger value but never produce an invalid one.
 #[inline(always)]
 pub fn add_stat(s: &mut ComponentStats, v: u64) {
-    atomic_add(&mut s.count, 1);
     atomic_add(&mut s.total_ns, v);
     if v > s.max_ns {
         s.max_ns = v;

@@ -552,7 +552,7 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
         add_runq_wait::<D>(ps, c[0], next, streamed);
         return;
     }
-    refresh_name::<D>(ps, next, streamed);
+    refresh_name::<D>(ps, STAT_EPISODE, duration, next, streamed);
     if c[0] > 0 {
         counters::add_stat(&mut ps.stats[0], c[0]);
         counters::add_stat(&mut ps.mixed_runq, c[0]);
@@ -571,17 +571,20 @@ fn aggregate<const D: bool>(st: &mut ThreadState, duration: u64, next: TaskPtr, 
 /// once (ProcStats says how the whole-episode aggregate is put back together).
 #[inline(always)]
 fn add_runq_wait<const D: bool>(ps: &mut ProcStats, wait: u64, next: TaskPtr, streamed: bool) {
-    refresh_name::<D>(ps, next, streamed);
+    refresh_name::<D>(ps, Component::Runq as usize, wait, next, streamed);
     counters::add_stat(&mut ps.stats[Component::Runq as usize], wait);
 }
 
 /// Processes rename themselves (prctl; exec is handled by its own program) after their first
-/// episode; refreshing the aggregate's name on streamed episodes and on the 1st, 2nd, 4th, 8th…
-/// run-queue wait keeps it current without a read on every switch.
+/// episode. The aggregate's name is refreshed on streamed episodes and on every value `v`
+/// about to be added to `ps.stats[stat]` that is a new maximum there (the first one always
+/// is): among n waits of similar sizes about ln n are, so that keeps the name current early in
+/// a process's life without a read on every switch, and reads only the cache line the add
+/// writes anyway. Exit (`process_exit`) sets the name the process ends with.
 #[inline(always)]
-fn refresh_name<const D: bool>(ps: &mut ProcStats, next: TaskPtr, streamed: bool) {
-    let n = ps.stats[Component::Runq as usize].count;
-    if streamed || n & n.wrapping_sub(1) == 0 {
+fn refresh_name<const D: bool>(ps: &mut ProcStats, stat: usize, v: u64, next: TaskPtr, streamed: bool) {
+    let record = ps.stats.get(stat).is_some_and(|s| v > s.max_ns);
+    if streamed || record {
         // SAFETY: a field of our own map value, 8-byte aligned.
         unsafe { words::put_name(&raw mut ps.comm, task::leader_comm_words::<D>(next)) };
     }

@@ -379,7 +379,6 @@ mod tests {
     fn snap(episodes: u64, total: u64) -> ProcStats {
         // Pure run-queue waits, which the kernel counts only in the run-queue component.
         let mut s = ProcStats::ZERO;
-        s.stats[0].count = episodes;
         s.stats[0].total_ns = total;
         s.stats[0].hist[hist::bucket(total / episodes.max(1))] = episodes;
         s
@@ -407,12 +406,12 @@ mod tests {
     fn a_recreated_entry_with_only_steal_is_noticed() {
         let mut t = ProcessTable::new(10);
         let mut a = snap(3, 300);
-        a.stats[STAT_STEAL].count = 4;
+        a.stats[STAT_STEAL].hist[hist::bucket(10)] = 4;
         a.stats[STAT_STEAL].total_ns = 40;
         t.apply_snapshot(1, "busy", &a);
         // Evicted and recreated: same episode count, fewer steal samples.
         let mut b = snap(3, 300);
-        b.stats[STAT_STEAL].count = 1;
+        b.stats[STAT_STEAL].hist[hist::bucket(7)] = 1;
         b.stats[STAT_STEAL].total_ns = 7;
         t.apply_snapshot(1, "busy", &b);
         let p = t.get(1).unwrap();

@@ -23,7 +23,7 @@ impl Default for Aggregate {
 impl From<&ComponentStats> for Aggregate {
     fn from(s: &ComponentStats) -> Self {
         Self {
-            count: s.count,
+            count: s.count(),
             total_ns: s.total_ns,
             max_ns: s.max_ns,
             hist: s.hist,

@@ -190,7 +190,7 @@ impl Harvester {
             h.procs.push(tgid);
             // Any episode moves one of these (see ProcStats: pure run-queue waits are counted
             // only in the run-queue component).
-            let count = stats.stats[0].count + stats.stats[STAT_EPISODE].count;
+            let count = stats.stats[0].count() + stats.stats[STAT_EPISODE].count();
             let q = quiet.entry(tgid).or_insert((count, 0));
             *q = if q.0 == count {
                 (count, q.1 + 1)

@@ -351,7 +351,6 @@ pub(crate) mod tests {
         let mut table = ProcessTable::new(100);
         let mut s = ProcStats::ZERO;
         s.stats[0] = ComponentStats {
-            count: 3,
             total_ns: 30_000_000,
             max_ns: 20_000_000,
             hist: [0; hist::BUCKETS],
