@@ -73,15 +73,20 @@ fn a_runq_source_that_cannot_be_served() {
     fails_with(pw().args(["--runq-source", "schedstat"]), "invalid value");
 }
 
-/// The switch-in table's size from the environment must be a power of two.
+/// The sizes of the tables indexed by tid (switch-ins, faults) from the environment must be
+/// powers of two, and the message names the variable.
 #[test]
-fn a_switch_in_table_size_that_is_not_a_power_of_two() {
+fn a_tid_table_size_that_is_not_a_power_of_two() {
     require_root();
-    for bad in ["3", "0", "many", "8388608"] {
-        fails_with(
-            pw().env("PAUSEWATCH_SWITCH_INS_ENTRIES", bad),
-            "is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max",
-        );
+    for var in ["PAUSEWATCH_SWITCH_INS_ENTRIES", "PAUSEWATCH_FAULTS_ENTRIES"] {
+        for bad in ["3", "0", "many", "8388608"] {
+            fails_with(
+                pw().env(var, bad),
+                &format!(
+                    "{var}={bad:?} is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max"
+                ),
+            );
+        }
     }
 }
 

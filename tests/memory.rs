@@ -178,13 +178,37 @@ fn disk_requests_and_their_time_match_the_kernels_io_statistics() {
 
 #[test]
 fn major_faults_match_proc_stat_and_name_the_file() {
+    major_faults_with(None);
+}
+
+/// Every thread on the host in one `FAULTS` entry (`PAUSEWATCH_FAULTS_ENTRIES=1`): a thread
+/// whose entry another took meanwhile starts afresh and its previous fault is not counted, but
+/// no thread's baseline ever counts another's faults, so the count never exceeds the kernel's,
+/// and faults are still named.
+#[test]
+fn major_faults_never_overcount_when_every_thread_shares_one_fault_entry() {
+    major_faults_with(Some(1));
+}
+
+/// The workload faults every page of a cold 16 MiB file; `fault_entries` sets the `FAULTS`
+/// array's size (None: from kernel.pid_max, where no two tids share an entry).
+fn major_faults_with(fault_entries: Option<u32>) {
     require_root();
-    let path = PathBuf::from(format!("/var/tmp/pw-faults-{}", std::process::id()));
+    let path = PathBuf::from(format!(
+        "/var/tmp/pw-faults-{}-{}",
+        std::process::id(),
+        fault_entries.unwrap_or(0)
+    ));
     cold_file(&path, 16);
     // Low enough that a page read from disk is streamed: these VMs' disks sit on the host's
     // page cache, where a 4 KiB read has taken under the 200 µs this test once used (a fresh
     // CI run at 1ff21fc streamed none of 4,096).
-    let pw = Pausewatch::start(&["--min-pause", "50us"]);
+    let mut cmd = Command::new(pausewatch_bin());
+    cmd.args(["--json", "--min-pause", "50us"]);
+    if let Some(n) = fault_entries {
+        cmd.env("PAUSEWATCH_FAULTS_ENTRIES", n.to_string());
+    }
+    let pw = Pausewatch::start_cmd(cmd);
     // Ground truth for the workload's whole life, as pausewatch counts it: its own reading of
     // /proc/self/stat misses the faults of its exit path (code paged back in after reclaim),
     // its rusage as a waited-for child does not. Only the workload is waited for in between.
@@ -210,12 +234,23 @@ fn major_faults_match_proc_stat_and_name_the_file() {
     let m = &s["memory"];
     // Counted by pausewatch from the kernel's maj_flt at each next fault and at exit, split by
     // what the fault was on; the child's rusage is the kernel's own total over its life.
-    assert_eq!(
-        m["major_faults_file"].as_u64().unwrap() + m["major_faults_swapin"].as_u64().unwrap(),
-        lifetime_majflt,
-        "{m} (the workload itself read {majflt} before exiting)"
-    );
-    assert!(m["major_faults_file"].as_u64().unwrap() >= 4096, "{m}");
+    let counted =
+        m["major_faults_file"].as_u64().unwrap() + m["major_faults_swapin"].as_u64().unwrap();
+    if fault_entries.is_none() {
+        assert_eq!(
+            counted, lifetime_majflt,
+            "{m} (the workload itself read {majflt} before exiting)"
+        );
+        assert!(m["major_faults_file"].as_u64().unwrap() >= 4096, "{m}");
+    } else {
+        // Shared: faults of other threads between two of the workload's lose the earlier
+        // one's count (a few on a quiet host, never more than the kernel's).
+        assert!(
+            counted <= lifetime_majflt && counted >= majflt / 2,
+            "{m}: {counted} counted, the kernel's {lifetime_majflt} (the workload read {majflt})"
+        );
+        eprintln!("one shared fault entry: {counted} of {lifetime_majflt} major faults counted");
+    }
     let stalls = &m["blocked_by_reason"]["major_fault"];
     assert!(
         stalls["count"].as_u64().unwrap() > 0 && stalls["total_ns"].as_u64().unwrap() > 0,

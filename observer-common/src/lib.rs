@@ -668,31 +668,66 @@ impl BlockReason {
     }
 }
 
-/// `Activity::flags`: the entry has been initialised (`majflt_seen` holds a real reading).
-pub const ACT_INIT: u32 = 1;
-/// `Activity::flags`: the latest fault was on a file mapping (mm_filemap_fault fired in it).
-pub const ACT_FAULT_FILE: u32 = 2;
-/// `Activity::flags`: the latest fault came from user mode (its ip is the user ip, which the
+/// `FaultState::flags`: the entry has been initialised (`majflt_seen` holds a real reading).
+pub const FAULT_INIT: u32 = 1;
+/// `FaultState::flags`: the latest fault was on a file mapping (mm_filemap_fault fired in it).
+pub const FAULT_FILE: u32 = 2;
+/// `FaultState::flags`: the latest fault came from user mode (its ip is the user ip, which the
 /// task's saved user registers still show while the fault is being handled).
-pub const ACT_FAULT_USER: u32 = 4;
+pub const FAULT_USER: u32 = 4;
 
-/// Kernel-private per-thread activity brackets, in BPF task storage (`ACTIVITY`).
+/// A thread's latest page fault and its major-fault baseline: an entry of the `FAULTS` array,
+/// indexed by tid (`tid & mask`, sized like `SWITCH_INS` by `switch_ins_entries`). Every
+/// fault on the host writes one, so it is found by an inlined array lookup rather than by
+/// task storage's two helper calls, which were nearly all of `page_fault_user`'s cost.
+///
+/// Only programs running as the thread write its entry (its faults, its exit); its switch-out
+/// in D reads it on the same CPU. Threads whose tids are equal modulo the array's size share an
+/// entry (on hosts whose `pid_max` is above `SWITCH_INS_MAX`): the one that last faulted holds
+/// it, and the other starts again from its next fault, its previous fault not counted as major
+/// even if it was. Kernel-private, kept here so its size is checked once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultState {
+    /// Whose entry this is (0: nobody's; a thread's exit clears it).
+    pub tid: u32,
+    /// `FAULT_*`.
+    pub flags: u32,
+    /// Instruction pointer and address of the latest fault.
+    pub ip: u64,
+    pub addr: u64,
+    /// File faults: inode number, page offset and device (mm_filemap_fault).
+    pub ino: u64,
+    pub pgoff: u64,
+    /// `task->maj_flt` at the latest fault: a change at the next one (or at exit) means that
+    /// fault was major.
+    pub majflt_seen: u64,
+    pub dev: u32,
+    /// `FaultState::check_of(tid, majflt_seen)`, written last: an entry two CPUs wrote at once
+    /// for two threads sharing it (whose fields may then be mixed) fails it and is taken
+    /// afresh, so one thread's baseline never counts another's faults.
+    pub check: u32,
+    /// To 64 bytes: with the array mmapable (values from a page boundary), one cache line.
+    pub _pad: u64,
+}
+const _: () = assert!(core::mem::size_of::<FaultState>() == 64);
+
+impl FaultState {
+    /// The check word of an entry of thread `tid` with baseline `majflt_seen`.
+    #[inline(always)]
+    pub const fn check_of(tid: u32, majflt_seen: u64) -> u32 {
+        tid ^ (majflt_seen as u32) ^ ((majflt_seen >> 32) as u32) ^ 0x85eb_ca6b
+    }
+}
+
+/// Kernel-private per-thread brackets, in BPF task storage (`ACTIVITY`): the reclaim or
+/// compaction and the fsync-family call in progress. Looked up only by those hooks and by a
+/// switch-out in D, never on every fault.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Activity {
-    /// The thread's latest page fault: instruction pointer and address.
-    pub fault_ip: u64,
-    pub fault_addr: u64,
-    /// File faults: inode number and page offset (mm_filemap_fault).
-    pub fault_ino: u64,
-    pub fault_pgoff: u64,
-    /// `task->maj_flt` when last looked at: a change means the previous fault was major.
-    pub majflt_seen: u64,
     /// Start of the reclaim or compaction in progress (episode clock: bpf_ktime_get_ns).
     pub mem_start_ns: u64,
-    pub fault_dev: u32,
-    /// `ACT_*`.
-    pub flags: u32,
     /// `BlockReason` of the reclaim or compaction in progress; 0 when none.
     pub mem_reason: u32,
     /// The fsync-family call in progress, timed from ext4's tracepoints: its `SyncSyscall`,
@@ -707,7 +742,7 @@ pub struct Activity {
     pub sync_dev: u32,
     pub sync_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Activity>() == 96);
+const _: () = assert!(core::mem::size_of::<Activity>() == 48);
 
 /// The fsync-family syscall behind a `SyncRecord`.
 #[repr(u32)]

@@ -165,6 +165,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_entry_mixed_by_two_writers_fails_its_check() {
+        use crate::FaultState;
+        // Two threads sharing an entry (tids equal modulo its size), each with its own
+        // major-fault baseline.
+        let (a, b) = ((9u32, 12u64), (9 + 131_072u32, 4_000u64));
+        // One's tid with the other's baseline is not valid under either check word, so a
+        // baseline is never taken for another thread's.
+        for check in [
+            FaultState::check_of(a.0, a.1),
+            FaultState::check_of(b.0, b.1),
+        ] {
+            assert_ne!(FaultState::check_of(a.0, b.1), check);
+            assert_ne!(FaultState::check_of(b.0, a.1), check);
+        }
+        // A zeroed entry, or one cleared at exit (tid 0), is nobody's.
+        assert_ne!(FaultState::check_of(0, 0), 0);
+    }
+
+    #[test]
     fn a_switch_in_entry_mixed_by_two_writers_fails_its_check() {
         use crate::SwitchIn;
         let (a, b) = ((7u32, 1_000_000u64), (7 + 32_768u32, 2_500_000u64));

@@ -62,6 +62,9 @@ static SELF_TGID: u32 = 0;
 /// `SWITCH_INS`'s size − 1 (a power of two − 1): a tid's entry is `tid & SWITCH_INS_MASK`.
 #[unsafe(no_mangle)]
 static SWITCH_INS_MASK: u32 = (1 << 15) - 1;
+/// `FAULTS`'s size − 1 (a power of two − 1): a tid's entry is `tid & FAULTS_MASK`.
+#[unsafe(no_mangle)]
+static FAULTS_MASK: u32 = (1 << 15) - 1;
 
 #[inline(always)]
 fn get<T: Copy>(v: &T) -> T {
@@ -109,6 +112,10 @@ pub fn self_tgid() -> u32 {
 #[inline(always)]
 pub fn switch_ins_mask() -> u32 {
     get(&SWITCH_INS_MASK)
+}
+#[inline(always)]
+pub fn faults_mask() -> u32 {
+    get(&FAULTS_MASK)
 }
 #[inline(always)]
 pub fn task_cfs_rq_off() -> usize {

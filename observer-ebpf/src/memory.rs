@@ -5,7 +5,8 @@
 //! (tp_btf only: task storage needs a BTF-typed task pointer):
 //!
 //! - **Fault**: exceptions page_fault_user / page_fault_kernel record the latest fault's ip and
-//!   address; filemap mm_filemap_fault marks it file-backed (with inode, device, page offset).
+//!   address in the thread's `FAULTS` entry (an array indexed by tid, `FaultState` says why);
+//!   filemap mm_filemap_fault marks it file-backed (with inode, device, page offset).
 //!   There is no fault-exit tracepoint, so a fault counts as in progress while the thread's
 //!   saved user registers still show the faulting ip: a return to user space and any later
 //!   kernel entry (syscall, another fault) change them.
@@ -15,7 +16,7 @@
 //! Major faults are counted from the kernel's own accounting (`task->maj_flt`, which is what
 //! /proc/<pid>/stat sums): a change seen at the thread's next fault, or at its exit, means its
 //! previous fault was major, and the bracket says whether that fault was on a file or on
-//! anonymous memory (a swap-in). The hot path (every fault) is one task-storage lookup and a
+//! anonymous memory (a swap-in). The hot path (every fault) is one inlined array lookup and a
 //! few stores; the per-process map is touched only for major faults.
 //!
 //! When a thread leaves the CPU in D, `explain_block` names the innermost bracket it is in
@@ -23,18 +24,18 @@
 //! stack: taken by `block_stack` as it gets the CPU back if its pause is streamed (tp_btf), or
 //! at once with `bpf_get_stackid` (the raw-tracepoint fallback).
 use aya_ebpf::{
-    bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
         bpf_get_current_task_btf,
         generated::{bpf_get_task_stack, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, StackTrace},
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    ACT_FAULT_FILE, ACT_FAULT_USER, ACT_INIT, Activity, BLOCK_STACK_RING, BlockReason, BlockStack, DropCause, MemStallRecord, ProcMem,
-    RecordKind, STACK_ID_RING, ThreadState,
+    Activity, BLOCK_STACK_RING, BlockReason, BlockStack, DropCause, FAULT_FILE, FAULT_INIT, FAULT_USER, FaultState, MemStallRecord,
+    ProcMem, RecordKind, STACK_ID_RING, ThreadState,
 };
 
 use crate::{
@@ -44,7 +45,15 @@ use crate::{
     task::{self, TaskPtr},
 };
 
-/// Activity brackets per thread (a BTF-defined task-storage map, see `storage`).
+/// Each thread's latest fault, indexed by tid (`FaultState`). Sized by the agent like
+/// `SWITCH_INS`, which sets `FAULTS_MASK` to its size − 1. Mmapable only for where that puts
+/// the values: from a page boundary, so that every 64-byte entry is one cache line. Nothing
+/// maps it.
+#[map]
+static FAULTS: Array<FaultState> = Array::with_max_entries(1 << 15, BPF_F_MMAPABLE);
+
+/// Reclaim, compaction and fsync brackets per thread (a BTF-defined task-storage map, see
+/// `storage`).
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "ACTIVITY")]
 static ACTIVITY: TaskStorageDef<Activity> = TaskStorageDef::new();
@@ -124,7 +133,7 @@ pub fn proc_mem(tgid: u32) -> Option<&'static mut ProcMem> {
 
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn page_fault_user(ctx: BtfTracePointContext) -> i32 {
-    on_fault(ctx.arg(0), ctx.arg(1), ACT_FAULT_USER);
+    on_fault(ctx.arg(0), ctx.arg(1), FAULT_USER);
     0
 }
 
@@ -137,40 +146,57 @@ pub fn page_fault_kernel(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_fault(addr: u64, regs: TaskPtr, user: u32) {
     let task = current_task();
-    let Some(act) = activity::<true>(task) else { return };
-    settle_major(task, act);
-    act.fault_ip = task::read::<true, u64>(regs, config::pt_regs_ip_off()).unwrap_or(0);
-    act.fault_addr = addr;
-    // Volatile: LLVM merges adjacent zero stores into a call of a byte-wise memset (`words`).
-    // SAFETY: fields of this thread's own activity record.
-    unsafe {
-        core::ptr::write_volatile(&raw mut act.fault_ino, 0);
-        core::ptr::write_volatile(&raw mut act.fault_pgoff, 0);
+    let Some(tid) = task::tid::<true>(task) else { return };
+    let Some((e, mine)) = fault_entry(tid) else { return };
+    let Some(maj) = task::maj_flt(task) else { return };
+    if mine {
+        settle_major(e, maj);
+    } else {
+        // First sight of this thread (or the entry was another's): its earlier faults are not
+        // ours to count.
+        e.tid = tid;
     }
-    act.fault_dev = 0;
-    act.flags = ACT_INIT | user;
+    e.majflt_seen = maj;
+    e.ip = task::read::<true, u64>(regs, config::pt_regs_ip_off()).unwrap_or(0);
+    e.addr = addr;
+    // Volatile: LLVM merges adjacent zero stores into a call of a byte-wise memset (`words`).
+    // SAFETY: fields of our own map value.
+    unsafe {
+        core::ptr::write_volatile(&raw mut e.ino, 0);
+        core::ptr::write_volatile(&raw mut e.pgoff, 0);
+    }
+    e.dev = 0;
+    e.flags = FAULT_INIT | user;
+    // SAFETY: a field of our own map value; volatile so that it stays the last store.
+    unsafe { core::ptr::write_volatile(&raw mut e.check, FaultState::check_of(tid, maj)) };
 }
 
-/// Counts the thread's previous fault as major if the kernel's `maj_flt` moved since.
+/// Thread `tid`'s `FAULTS` entry, and whether it holds the thread's own state (its tid, and
+/// a check word that agrees: not mixed by two threads sharing the entry).
 #[inline(always)]
-fn settle_major(task: TaskPtr, act: &mut Activity) {
-    let Some(maj) = task::maj_flt(task) else { return };
-    if act.flags & ACT_INIT == 0 {
-        // First sight of this thread: its earlier faults are not ours to count.
-        act.majflt_seen = maj;
+fn fault_entry(tid: u32) -> Option<(&'static mut FaultState, bool)> {
+    let p = FAULTS.get_ptr_mut(tid & config::faults_mask())?;
+    // SAFETY: pointer into our own map value, valid for this program run. Two CPUs write one
+    // entry at once only for two threads sharing it; the check word detects the mix.
+    let e = unsafe { &mut *p };
+    let mine = e.tid == tid && e.check == FaultState::check_of(tid, e.majflt_seen);
+    Some((e, mine))
+}
+
+/// Counts the thread's previous fault (its entry `e`, its own) as major if the kernel's
+/// `maj_flt` moved to `maj` since.
+#[inline(always)]
+fn settle_major(e: &FaultState, maj: u64) {
+    if e.flags & FAULT_INIT == 0 || maj <= e.majflt_seen {
         return;
     }
-    if maj == act.majflt_seen {
-        return;
-    }
-    let n = maj.wrapping_sub(act.majflt_seen);
-    act.majflt_seen = maj;
+    let n = maj - e.majflt_seen;
     let (_, tgid) = task::current_ids();
     if !sched::is_traced(tgid) {
         return;
     }
     let Some(pm) = proc_mem(tgid) else { return };
-    if act.flags & ACT_FAULT_FILE != 0 {
+    if e.flags & FAULT_FILE != 0 {
         counters::atomic_add(&mut pm.major_file, n);
     } else {
         counters::atomic_add(&mut pm.major_swap, n);
@@ -179,23 +205,30 @@ fn settle_major(task: TaskPtr, act: &mut Activity) {
 
 #[btf_tracepoint(function = "mm_filemap_fault")]
 pub fn mm_filemap_fault(ctx: BtfTracePointContext) -> i32 {
-    let Some(act) = activity::<false>(current_task()) else { return 0 };
+    let (tid, _) = task::current_ids();
+    // Inside the fault page_fault_user/kernel has just recorded in the entry.
+    let Some((e, true)) = fault_entry(tid) else { return 0 };
     let mapping: TaskPtr = ctx.arg(0);
     let o = config::inode_offsets();
-    act.flags |= ACT_FAULT_FILE;
-    act.fault_pgoff = ctx.arg::<u64>(1);
+    e.flags |= FAULT_FILE;
+    e.pgoff = ctx.arg::<u64>(1);
     if let Some(inode) = task::read::<true, TaskPtr>(mapping, o.mapping_host).filter(|p| !p.is_null()) {
-        (act.fault_ino, act.fault_dev) = task::inode_id::<true>(inode);
+        (e.ino, e.dev) = task::inode_id::<true>(inode);
     }
     0
 }
 
-/// A thread exits: its last fault is settled (nothing after it would do so).
+/// A thread exits: its last fault is settled (nothing after it would do so), and its entry is
+/// left to nobody, so that a later thread given the same tid starts afresh.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn mem_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let task = current_task();
-    if let Some(act) = activity::<false>(task) {
-        settle_major(task, act);
+    let Some(tid) = task::tid::<true>(task) else { return 0 };
+    if let Some((e, true)) = fault_entry(tid) {
+        if let Some(maj) = task::maj_flt(task) {
+            settle_major(e, maj);
+        }
+        e.tid = 0;
     }
     0
 }
@@ -302,23 +335,26 @@ fn user_ip(task: TaskPtr) -> Option<u64> {
 #[inline(always)]
 pub fn explain_block<const DIRECT: bool, C: StackIdContext>(ctx: &C, prev: TaskPtr, tid: u32, st: &mut ThreadState) {
     if DIRECT {
-        if let Some(act) = activity::<false>(prev) {
-            if act.mem_reason != 0 {
-                st.block_reason = act.mem_reason;
+        // Innermost first: a reclaim or compaction (possibly inside a fault), then the fault,
+        // then the fsync-family call around it.
+        let act = activity::<false>(prev);
+        if let Some(act) = act.as_ref().filter(|a| a.mem_reason != 0) {
+            st.block_reason = act.mem_reason;
+            return;
+        }
+        if let Some((e, true)) = fault_entry(tid) {
+            if e.flags & FAULT_USER != 0 && user_ip(prev) == Some(e.ip) {
+                st.block_reason = if e.flags & FAULT_FILE != 0 { BlockReason::MajorFault as u32 } else { BlockReason::Swapin as u32 };
+                st.block_addr = e.addr;
+                st.block_ino = e.ino;
+                st.block_pgoff = e.pgoff;
+                st.block_dev = e.dev;
                 return;
             }
-            if act.flags & ACT_FAULT_USER != 0 && user_ip(prev) == Some(act.fault_ip) {
-                st.block_reason = if act.flags & ACT_FAULT_FILE != 0 { BlockReason::MajorFault as u32 } else { BlockReason::Swapin as u32 };
-                st.block_addr = act.fault_addr;
-                st.block_ino = act.fault_ino;
-                st.block_pgoff = act.fault_pgoff;
-                st.block_dev = act.fault_dev;
-                return;
-            }
-            if act.sync_call != 0 {
-                in_sync(st, act.sync_arg, act.sync_ino, act.sync_dev);
-                return;
-            }
+        }
+        if let Some(act) = act.filter(|a| a.sync_call != 0) {
+            in_sync(st, act.sync_arg, act.sync_ino, act.sync_dev);
+            return;
         }
     }
     // Calls timed from the syscall tracepoints (any attach mechanism).

@@ -173,7 +173,8 @@ const CLOCK_SYSCALLS: [(&str, &str, &str); 4] = [
 ];
 
 /// Memory brackets and major-fault accounting: (tracepoint, tp_btf program). tp_btf only:
-/// they keep their state in task storage, which needs BTF-typed task pointers.
+/// they read the task's `maj_flt` and saved registers through BTF-typed pointers, and a D
+/// sleep's brackets are in task storage, which needs them too.
 const FAULTS: [(&str, &str); 4] = [
     ("page_fault_user", "page_fault_user"),
     ("page_fault_kernel", "page_fault_kernel"),
@@ -404,6 +405,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
     // Sizes of the maps only one scheduler attachment uses go by the attachment planned, and
     // the object is loaded again if tp_btf is refused (below).
     let switch_ins = if sched_info { switch_ins_entries()? } else { 1 };
+    let faults = faults_entries()?;
     let load_object = |tp_btf: bool| -> anyhow::Result<Ebpf> {
         let mut loader = EbpfLoader::new();
         // Twice the table's bound in aggregate slots: a slot is held by every process that
@@ -418,6 +420,9 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
         // wakeups.
         let switch_ins = if tp_btf { switch_ins } else { 1 };
         loader.map_max_entries("SWITCH_INS", switch_ins);
+        // Every thread's latest fault: 64 bytes per possible tid, up to 8 MiB
+        // (`observer_common::FaultState`).
+        loader.map_max_entries("FAULTS", faults);
         // Stacks taken at switch-out are the raw tracepoints' (tp_btf programs take them as the
         // thread gets the CPU back, into BLOCK_STACKS): about 2 MiB of kernel memory they
         // alone need.
@@ -431,6 +436,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             loader.override_global(name, v, true);
         }
         let switch_ins_mask = switch_ins - 1;
+        let faults_mask = faults - 1;
         let mut ebpf = loader
             .btf(Some(&aya_btf))
             .override_global("RETRANSMIT_HAS_ERR", &retransmit_has_err, true)
@@ -458,6 +464,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             .override_global("FILTER_PIDS", &filter, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("SWITCH_INS_MASK", &switch_ins_mask, true)
+            .override_global("FAULTS_MASK", &faults_mask, true)
             .load(OBJECT)
             .context("loading the eBPF object into the kernel")?;
         crate::source::harvest::fill_free_slots(&mut ebpf)?;
@@ -988,13 +995,23 @@ impl Probes {
 /// Entries of the `SWITCH_INS` array: from `kernel.pid_max`, or `PAUSEWATCH_SWITCH_INS_ENTRIES`
 /// (a power of two; the tests set 1 to make every thread share one entry).
 fn switch_ins_entries() -> anyhow::Result<u32> {
-    const VAR: &str = "PAUSEWATCH_SWITCH_INS_ENTRIES";
-    match std::env::var(VAR) {
+    tid_array_entries("PAUSEWATCH_SWITCH_INS_ENTRIES")
+}
+
+/// Entries of the `FAULTS` array: as `SWITCH_INS`, or `PAUSEWATCH_FAULTS_ENTRIES`.
+fn faults_entries() -> anyhow::Result<u32> {
+    tid_array_entries("PAUSEWATCH_FAULTS_ENTRIES")
+}
+
+/// Entries of an array indexed by tid: `kernel.pid_max` rounded up to a power of two, within
+/// `observer_common::switch_ins_entries`'s bounds, unless the variable `var` sets it.
+fn tid_array_entries(var: &'static str) -> anyhow::Result<u32> {
+    match std::env::var(var) {
         Err(_) => Ok(observer_common::switch_ins_entries(pid_max())),
         Ok(v) => match v.trim().parse::<u32>() {
             Ok(n) if n.is_power_of_two() && n <= 1 << 22 => Ok(n),
             _ => bail!(
-                "{VAR}={v:?} is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max"
+                "{var}={v:?} is not a power of two from 1 to 4194304; unset it to size the table from kernel.pid_max"
             ),
         },
     }
