@@ -211,8 +211,23 @@ fn a_run_queue_wait_of_the_control_sleeper_is_never_a_host_freeze() {
     let delay = run_delay(pw.pid(), tid) - delay_before;
     let lines = pw.stop();
     let late: Vec<&Value> = of_type(&lines, "host_pause").collect();
+    // The late wakes whose whole interval, from the previous wake, lies inside the window the
+    // kernel's run_delay was read over (a fresh CI run at 0f8f18e summed one from after it).
+    let in_window = |v: &Value| {
+        let start = v["start_mono_ns"].as_u64().unwrap();
+        start >= window_start + 20_000_000
+            && start + v["duration_ns"].as_u64().unwrap() <= window_end
+    };
+    // Outside the window the sleeper is not held by the hog, and a late wake there is whatever
+    // the VM did: a fresh CI run at 3290193 saw it 8.1 ms late, unexplained by run-queue wait
+    // or steal, 210 ms before the window (right after the sleeper was pinned), and pausewatch
+    // rightly called that a host freeze. Only the window's wakes are this test's.
+    for v in late.iter().filter(|v| !in_window(v)) {
+        eprintln!("late wake outside the window: {}", v["description"]);
+    }
     assert!(
         late.iter()
+            .filter(|v| in_window(v))
             .all(|v| v["verdict"] != "host_freeze" && v["host_wide"] == false),
         "run-queue wait called a host-wide pause: {late:#?}"
     );
@@ -221,13 +236,6 @@ fn a_run_queue_wait_of_the_control_sleeper_is_never_a_host_freeze() {
         .max_by_key(|v| v["duration_ns"].as_u64().unwrap())
         .expect("the hog made the sleeper late");
     assert_eq!(worst["verdict"], "runq", "{worst}");
-    // The late wakes whose whole interval, from the previous wake, lies inside the window the
-    // kernel's run_delay was read over (a fresh CI run at 0f8f18e summed one from after it).
-    let in_window = |v: &Value| {
-        let start = v["start_mono_ns"].as_u64().unwrap();
-        start >= window_start + 20_000_000
-            && start + v["duration_ns"].as_u64().unwrap() <= window_end
-    };
     assert!(
         in_window(worst),
         "the hog's wake is outside the window read: {worst}"
