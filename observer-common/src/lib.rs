@@ -716,8 +716,16 @@ impl FaultState {
     /// The check word of an entry of thread `tid` with baseline `majflt_seen`.
     #[inline(always)]
     pub const fn check_of(tid: u32, majflt_seen: u64) -> u32 {
-        tid ^ (majflt_seen as u32) ^ ((majflt_seen >> 32) as u32) ^ 0x85eb_ca6b
+        tid_entry_check(tid, majflt_seen)
     }
+}
+
+/// The check word of an entry of an array indexed by tid (`SwitchIn`, `FaultState`) that
+/// belongs to thread `tid` and holds `value`, the field two threads sharing the entry would
+/// mix with the tid. Not zero for a zeroed entry, so a fresh array holds nobody's entries.
+#[inline(always)]
+pub const fn tid_entry_check(tid: u32, value: u64) -> u32 {
+    tid ^ (value as u32) ^ ((value >> 32) as u32) ^ 0x9e37_79b9
 }
 
 /// Kernel-private per-thread brackets, in BPF task storage (`ACTIVITY`): the reclaim or
@@ -1161,7 +1169,7 @@ impl SwitchIn {
     /// The check word of an entry of thread `tid` with baseline `run_delay_ns`.
     #[inline(always)]
     pub const fn check_of(tid: u32, run_delay_ns: u64) -> u32 {
-        tid ^ (run_delay_ns as u32) ^ ((run_delay_ns >> 32) as u32) ^ 0x9e37_79b9
+        tid_entry_check(tid, run_delay_ns)
     }
 }
 
