@@ -232,6 +232,83 @@ fn bpf_stats_measure_hot_programs(extra: &[&str], hot: &[&str]) {
     );
 }
 
+/// The benchmark's baseline, `pw-empty-hooks`: it holds exactly the two empty programs, one on
+/// sched_switch and one on page_fault_user, and they run on every context switch and every
+/// fault the kernel counts (the statistics on meanwhile through their own fd); on SIGTERM it
+/// exits cleanly and leaves nothing loaded.
+#[test]
+fn the_empty_hooks_baseline_runs_on_every_switch_and_fault_and_leaves_nothing() {
+    require_root();
+    let bin = pausewatch_bin().with_file_name("pw-empty-hooks");
+    let mut child = std::process::Command::new(&bin)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("attached: "), "{line:?}");
+    let pid = child.id();
+    let ids = bpf_ids(pid).0;
+    // Names cut to 15 characters by the kernel.
+    let expected: BTreeSet<String> = ["stats_floor_btf", "stats_floor_fau"]
+        .map(String::from)
+        .into();
+    assert_eq!(program_names(pid), expected);
+    let runs = || -> (u64, u64) {
+        let mut r = (0, 0);
+        for p in aya::programs::loaded_programs().flatten() {
+            if ids.contains(&p.id()) {
+                match p.name_as_str() {
+                    Some("stats_floor_btf") => r.0 = p.run_count(),
+                    Some("stats_floor_fau") => r.1 = p.run_count(),
+                    _ => {}
+                }
+            }
+        }
+        r
+    };
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let (switches0, faults0) = runs();
+    let ctxt0 = context_switches();
+    let touched = run_workload(&["touch-anon", "64"]);
+    run_workload(&["pingpong", "1", &test_cpu().to_string()]);
+    let ctxt1 = context_switches();
+    let (switches1, faults1) = runs();
+    drop(stats);
+    let minflt = touched["minflt"].as_u64().expect("minflt");
+    assert!(minflt >= 16384, "64 MiB of 4 KiB pages: {touched}");
+    assert!(
+        faults1 - faults0 >= minflt,
+        "the empty fault program ran {} times; the workload alone faulted {minflt} times",
+        faults1 - faults0
+    );
+    // Every switch the kernel counted between the two readings, give or take the few just
+    // around them.
+    let (ran, switched) = (switches1 - switches0, ctxt1 - ctxt0);
+    assert!(
+        ran >= switched * 95 / 100 && ran <= switched * 105 / 100 + 100,
+        "the empty sched_switch program ran {ran} times; the kernel switched {switched} times"
+    );
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "pw-empty-hooks exited with {status}");
+    // The kernel frees a tracing program after an RCU grace period of its own, once the last
+    // fd and link are closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ids.is_disjoint(&loaded().0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs {ids:?} still loaded 10 s after pw-empty-hooks exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Host-wide context switches since boot (/proc/stat `ctxt`).
 fn context_switches() -> u64 {
     std::fs::read_to_string("/proc/stat")

@@ -189,6 +189,12 @@ END
 }
 "#;
 
+/// Whether `w` also runs under the empty programs alone (`Observer::empty_hooks`): the
+/// workloads with a ≤ 2% slowdown budget, whose hooks those programs are.
+fn with_empty_hooks(w: &Workload) -> bool {
+    matches!(w.kind, "context switch" | "fault")
+}
+
 fn bench_dir() -> PathBuf {
     root_dir().join("target/bench")
 }
@@ -447,11 +453,22 @@ pub(crate) fn hwm_kib(pid: u32) -> Option<u64> {
     pausewatch_tests::status_kib(pid, "VmHWM")
 }
 
-/// An observer running while workloads run: pausewatch (as deployed) or bpftrace.
+/// What runs beside a workload.
+#[derive(Clone, Copy, PartialEq)]
+enum ObserverKind {
+    Pausewatch,
+    Bpftrace,
+    /// `pw-empty-hooks`: empty programs on pausewatch's hottest hooks, the baseline any
+    /// observer of those hooks pays.
+    EmptyHooks,
+}
+
+/// An observer running while workloads run: pausewatch (as deployed), bpftrace, or the empty
+/// programs alone.
 pub(crate) struct Observer {
     child: Child,
     out: PathBuf,
-    bpftrace: bool,
+    kind: ObserverKind,
 }
 
 /// What an observer cost while a workload ran, and what it lost.
@@ -470,7 +487,23 @@ impl Observer {
     pub fn pausewatch(bin: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.arg("--json").args(args);
-        Self::start(cmd, "pausewatch.ndjson", false, "\"event\":\"attached\"")
+        Self::start(
+            cmd,
+            "pausewatch.ndjson",
+            ObserverKind::Pausewatch,
+            "\"event\":\"attached\"",
+        )
+    }
+
+    /// `pw-empty-hooks`, built beside `bin`.
+    pub fn empty_hooks(bin: &Path) -> anyhow::Result<Self> {
+        let cmd = Command::new(bin.with_file_name("pw-empty-hooks"));
+        Self::start(
+            cmd,
+            "empty-hooks.out",
+            ObserverKind::EmptyHooks,
+            "attached:",
+        )
     }
 
     pub fn bpftrace() -> anyhow::Result<Self> {
@@ -479,14 +512,14 @@ impl Observer {
         std::fs::write(&script, BPFTRACE_PEER)?;
         let mut cmd = Command::new("bpftrace");
         cmd.arg(&script).stderr(Stdio::null());
-        let o = Self::start(cmd, "bpftrace.out", true, "Attaching")?;
+        let o = Self::start(cmd, "bpftrace.out", ObserverKind::Bpftrace, "Attaching")?;
         // bpftrace prints "Attaching N probes..." before attaching them.
         std::thread::sleep(Duration::from_millis(500));
         Ok(o)
     }
 
     /// Starts `cmd` with its stdout in target/bench/`out` and waits until that shows `ready`.
-    fn start(mut cmd: Command, out: &str, bpftrace: bool, ready: &str) -> anyhow::Result<Self> {
+    fn start(mut cmd: Command, out: &str, kind: ObserverKind, ready: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(bench_dir())?;
         let out = bench_dir().join(out);
         let child = cmd
@@ -494,20 +527,16 @@ impl Observer {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", cmd.get_program().display()))?;
-        let o = Self {
-            child,
-            out,
-            bpftrace,
-        };
+        let o = Self { child, out, kind };
         o.wait_for(ready)?;
         Ok(o)
     }
 
     fn name(&self) -> &'static str {
-        if self.bpftrace {
-            "bpftrace"
-        } else {
-            "pausewatch"
+        match self.kind {
+            ObserverKind::Pausewatch => "pausewatch",
+            ObserverKind::Bpftrace => "bpftrace",
+            ObserverKind::EmptyHooks => "pw-empty-hooks",
         }
     }
 
@@ -536,7 +565,8 @@ impl Observer {
         let got = work();
         let cpu_pct = (cpu_ns(pid) - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
         let hwm_kib = hwm_kib(pid).unwrap_or(0);
-        let sig = if self.bpftrace {
+        let bpftrace = self.kind == ObserverKind::Bpftrace;
+        let sig = if bpftrace {
             libc::SIGINT
         } else {
             libc::SIGTERM
@@ -548,7 +578,7 @@ impl Observer {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut signalled = false;
         let status = loop {
-            if !signalled || self.bpftrace {
+            if !signalled || bpftrace {
                 // SAFETY: signalling our own child, which has not been reaped yet.
                 unsafe { libc::kill(pid as i32, sig) };
                 signalled = true;
@@ -570,7 +600,7 @@ impl Observer {
             hwm_kib,
             ..Default::default()
         };
-        if !self.bpftrace {
+        if self.kind == ObserverKind::Pausewatch {
             cost.lines = std::fs::read_to_string(&self.out)?
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
@@ -638,16 +668,25 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         observer, started before it): an agent that runs all the time pays its start-up once, and \
         that start-up churns these VMs' memory and CPUs just before the workload. Slowdown: ratio of medians (per-round min … max). CPU: the observer's own, all \
         its threads, while the workload ran, median of rounds. Peak RSS: VmHWM, largest of rounds.\n\n\
-        | workload | median, nothing attached | pausewatch | bpftrace | pausewatch CPU | bpftrace CPU | pausewatch peak RSS | pausewatch drops |\n\
-        |---|---|---|---|---|---|---|---|\n";
-    let mut by_kind: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        On the context-switch and fault-heavy workloads a fourth variant runs in the rotation: \
+        `pw-empty-hooks`, pausewatch's empty calibration programs on sched_switch and \
+        page_fault_user (tp_btf, as pausewatch attaches its own) and nothing else. Its slowdown is \
+        what entering a program on those hooks costs, whatever the program does: the least any \
+        observer of every context switch and page fault pays on this machine.\n\n\
+        | workload | median, nothing attached | pausewatch | bpftrace | empty programs on the hooks | pausewatch CPU | bpftrace CPU | pausewatch peak RSS | pausewatch drops |\n\
+        |---|---|---|---|---|---|---|---|---|\n";
+    // Per kind: (workload, pausewatch's slowdown, bpftrace's).
+    let mut by_kind: BTreeMap<&str, Vec<(&str, f64, f64)>> = BTreeMap::new();
+    // Per workload with the empty-hooks variant: (name, its slowdown, pausewatch's over it).
+    let mut hooks: Vec<(&str, Slowdown, Slowdown)> = Vec::new();
     let mut cpu_rows = String::new();
     let (mut max_hwm, mut max_cs_cpu, mut drops_total) = (0u64, 0f64, 0u64);
     for w in &WORKLOADS {
         let mut pw_cost: Vec<ObserverCost> = Vec::new();
         let mut bt_cpu: Vec<f64> = Vec::new();
-        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
-        let r = rotate(w.name, rounds, 3, |v| {
+        let variants = if with_empty_hooks(w) { 4 } else { 3 };
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants];
+        let r = rotate(w.name, rounds, variants, |v| {
             let t = match v {
                 0 => settled(w)?,
                 1 => {
@@ -655,16 +694,26 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
                     pw_cost.push(c);
                     t
                 }
-                _ => {
+                2 => {
                     let (t, c) = Observer::bpftrace()?.around(|| settled(w))?;
                     bt_cpu.push(c.cpu_pct);
                     t
                 }
+                _ => Observer::empty_hooks(bin)?.around(|| settled(w))?.0,
             };
             cpu[v].push(t.cpu_s);
             Ok(t.value)
         })?;
         let (pw, bt) = (Slowdown::of(&r[0], &r[1]), Slowdown::of(&r[0], &r[2]));
+        let hooks_cell = match r.get(3) {
+            Some(empty) => {
+                let alone = Slowdown::of(&r[0], empty);
+                let cell = alone.cell();
+                hooks.push((w.name, alone, Slowdown::of(empty, &r[1])));
+                cell
+            }
+            None => "-".to_string(),
+        };
         let (pw_cpu_time, bt_cpu_time) = (
             Slowdown::of(&cpu[0], &cpu[1]),
             Slowdown::of(&cpu[0], &cpu[2]),
@@ -687,9 +736,9 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         by_kind
             .entry(w.kind)
             .or_default()
-            .push((pw.median, bt.median));
+            .push((w.name, pw.median, bt.median));
         s.body += &format!(
-            "| {} | {:.3} s | {} | {} | {:.1}% | {:.1}% | {} | {drops} |\n",
+            "| {} | {:.3} s | {} | {} | {hooks_cell} | {:.1}% | {:.1}% | {} | {drops} |\n",
             w.name,
             median(&r[0]),
             pw.cell(),
@@ -700,12 +749,29 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         );
     }
     for (kind, v) in &by_kind {
-        let worst = v.iter().map(|x| x.0).fold(f64::NEG_INFINITY, f64::max);
+        let (worst_name, worst) =
+            v.iter()
+                .map(|x| (x.0, x.1))
+                .fold(
+                    ("", f64::NEG_INFINITY),
+                    |a, b| if b.1 > a.1 { b } else { a },
+                );
         if matches!(*kind, "context switch" | "fault") {
+            // The worst workload's slowdown under the empty programs alone: the part of it no
+            // change to pausewatch's programs can remove.
+            let alone = hooks
+                .iter()
+                .find(|h| h.0 == worst_name)
+                .map_or(String::new(), |h| {
+                    format!(
+                        "; empty programs on its hooks alone: {:+.2}%",
+                        h.1.median * 100.0
+                    )
+                });
             s.check(
                 &format!("slowdown, {kind}-heavy workloads"),
                 "≤ 2%",
-                format!("{:+.2}% (worst median)", worst * 100.0),
+                format!("{:+.2}% (worst median: {worst_name}{alone})", worst * 100.0),
                 worst <= 0.02,
             );
         }
@@ -720,7 +786,7 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
             );
             continue; // bpftrace's peer script traces no syscall: nothing to compare
         }
-        for (pw, bt) in v {
+        for (_, pw, bt) in v {
             if *bt > 0.0 {
                 s.check(
                     &format!("slowdown against bpftrace's, {kind}"),
@@ -765,6 +831,14 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
             alt.slowdown.cell(),
             cpu_slowdown.cell()
         );
+    }
+    if !hooks.is_empty() {
+        s.body += "\nWhat pausewatch adds over the empty programs on the same hooks (its slowdown \
+            with `pw-empty-hooks` as the baseline, from the same rounds; ratio of medians, per-round \
+            min … max):\n\n| workload | empty programs alone | pausewatch over them |\n|---|---|---|\n";
+        for (name, alone, over) in &hooks {
+            s.body += &format!("| {name} | {} | {} |\n", alone.cell(), over.cell());
+        }
     }
     s.check(
         "agent CPU, context-switch benchmark",
