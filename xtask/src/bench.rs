@@ -189,10 +189,11 @@ END
 }
 "#;
 
-/// Whether `w` also runs under the empty programs alone (`Observer::empty_hooks`): the
-/// workloads with a ≤ 2% slowdown budget, whose hooks those programs are.
-fn with_empty_hooks(w: &Workload) -> bool {
-    matches!(w.kind, "context switch" | "fault")
+/// Whether workloads of `kind` have the ≤ 2% slowdown budget and the BPF-time budget against
+/// bpftrace's. They also run under the empty programs alone (`Observer::empty_hooks`), whose
+/// hooks are theirs.
+fn two_percent_budget(kind: &str) -> bool {
+    matches!(kind, "context switch" | "fault")
 }
 
 fn bench_dir() -> PathBuf {
@@ -684,7 +685,7 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
     for w in &WORKLOADS {
         let mut pw_cost: Vec<ObserverCost> = Vec::new();
         let mut bt_cpu: Vec<f64> = Vec::new();
-        let variants = if with_empty_hooks(w) { 4 } else { 3 };
+        let variants = if two_percent_budget(w.kind) { 4 } else { 3 };
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants];
         let r = rotate(w.name, rounds, variants, |v| {
             let t = match v {
@@ -749,14 +750,11 @@ pub(crate) fn workloads(bin: &Path, rounds: usize) -> anyhow::Result<Section> {
         );
     }
     for (kind, v) in &by_kind {
-        let (worst_name, worst) =
-            v.iter()
-                .map(|x| (x.0, x.1))
-                .fold(
-                    ("", f64::NEG_INFINITY),
-                    |a, b| if b.1 > a.1 { b } else { a },
-                );
-        if matches!(*kind, "context switch" | "fault") {
+        let (worst_name, worst) = v
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(("", f64::NEG_INFINITY), |x| (x.0, x.1));
+        if two_percent_budget(kind) {
             // The worst workload's slowdown under the empty programs alone: the part of it no
             // change to pausewatch's programs can remove.
             let alone = hooks
@@ -1013,7 +1011,7 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             per_switch(&pw_rounds),
             per_switch(&bt_rounds),
         );
-        if matches!(w.kind, "context switch" | "fault") && !ratios.is_empty() {
+        if two_percent_budget(w.kind) && !ratios.is_empty() {
             s.check(
                 &format!("BPF run time against bpftrace's doing less, {}", w.name),
                 "≤ half of bpftrace's",

@@ -259,12 +259,18 @@ pub fn has_object() -> bool {
     !OBJECT.is_empty()
 }
 
-pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
+/// Fails, saying how to get them, when this binary carries no kernel programs.
+fn require_object() -> anyhow::Result<()> {
     if !has_object() {
         bail!(
             "this pausewatch was built with PAUSEWATCH_SKIP_EBPF=1 and has no eBPF programs; rebuild it after `cargo xtask setup`"
         );
     }
+    Ok(())
+}
+
+pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
+    require_object()?;
     let kbtf = btf::Btf::from_file(opts.btf_path)?;
     let off = btf::TaskOffsets::from_btf(&kbtf)?;
 
@@ -657,11 +663,7 @@ fn attach_one(
 /// those hooks costs on this machine, whatever the program does. The programs stay attached
 /// while the returned object lives; the names of those attached come with it.
 pub fn attach_empty_hooks(btf_path: &Path) -> anyhow::Result<(Ebpf, Vec<String>)> {
-    if !has_object() {
-        bail!(
-            "this build has no eBPF programs (PAUSEWATCH_SKIP_EBPF=1); rebuild it after `cargo xtask setup`"
-        );
-    }
+    require_object()?;
     let btf = Btf::parse_file(btf_path, Endianness::default())
         .with_context(|| format!("parsing kernel BTF at {}", btf_path.display()))?;
     let mut loader = EbpfLoader::new();
