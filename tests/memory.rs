@@ -543,14 +543,22 @@ fn swap_ins_are_counted_and_timed_as_the_kernels_delay_accounting_sees_them() {
     let m =
         &summary_of(&lines, pid as u64).unwrap_or_else(|| panic!("no summary for {pid}"))["memory"];
     // The reads' faults, and at most the few the workload took around them (its own stack and
-    // heap were swapped out too) while pausewatch was attached.
+    // heap were swapped out too) while pausewatch was attached. A few of them can be file
+    // faults: pages of the workload's own binary and libraries that reclaim evicted under the
+    // 32 MiB limit and the reads bring back (one was seen in a CI run at 6cbfdf7: 2,072 swap-ins
+    // and 1 file fault against majflt 2,073). Swap-ins taken for file faults would show there.
     let ours = m["major_faults_swapin"].as_u64().unwrap();
+    let file = m["major_faults_file"].as_u64().unwrap();
     assert!(
-        (majflt..=majflt_attached).contains(&ours),
-        "swap-in faults: ours {ours}, /proc/{pid}/stat majflt {majflt} over the reads and \
-         {majflt_attached} while attached: {m}"
+        (majflt..=majflt_attached).contains(&(ours + file)),
+        "major faults: ours {ours} swap-ins + {file} file, /proc/{pid}/stat majflt {majflt} over \
+         the reads and {majflt_attached} while attached: {m}"
     );
-    assert_eq!(m["major_faults_file"].as_u64().unwrap(), 0, "{m}");
+    assert!(
+        file * 100 <= majflt,
+        "{file} of {majflt} major faults taken for file faults, where all but the workload's own \
+         evicted text are swap-ins: {m}"
+    );
     // Per thread, from the kernel's own counters: the workload's one thread, with its faults.
     let tid = read["tid"].as_u64().unwrap();
     let thread = m["threads"]
