@@ -309,6 +309,95 @@ fn the_empty_hooks_baseline_runs_on_every_switch_and_fault_and_leaves_nothing() 
     }
 }
 
+/// The benchmark's least-wait baseline, `pw-empty-hooks --least-wait`: it holds exactly the
+/// empty program and `stats_least_wait` on sched_switch, and the waits that program adds up are
+/// the kernel's own: over a window in which three threads share one CPU, its total is the
+/// growth of every thread's `run_delay` (/proc/<tid>/schedstat) on the host, the spinning
+/// threads' taken from what each read of itself just before it exited.
+#[test]
+fn the_least_wait_baseline_times_the_waits_the_kernel_accounts() {
+    require_root();
+    let bin = pausewatch_bin().with_file_name("pw-empty-hooks");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--least-wait")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("attached: "), "{line:?}");
+    let pid = child.id();
+    let expected: BTreeSet<String> = ["stats_floor_btf", "stats_least_wai"]
+        .map(String::from)
+        .into();
+    assert_eq!(program_names(pid), expected);
+    let before = host_run_delays();
+    let spun = run_workload(&["spin", "2", &test_cpu().to_string(), "pw-least-wait", "3"]);
+    let after = host_run_delays();
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut totals = String::new();
+    std::io::BufRead::read_line(&mut out, &mut totals).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "pw-empty-hooks exited with {status}");
+    let totals: Value = serde_json::from_str(&totals).expect("the least-wait totals line");
+    let (waits, counted) = (
+        totals["least_waits"].as_u64().expect("least_waits"),
+        totals["least_wait_total_ns"]
+            .as_u64()
+            .expect("least_wait_total_ns"),
+    );
+    // Threads alive at both readings: their growth. The spinning threads were born and died
+    // between them: what each read of itself last.
+    let grown: u64 = after
+        .iter()
+        .filter_map(|(tid, a)| before.get(tid).map(|b| a.saturating_sub(*b)))
+        .sum();
+    let spun_ns: u64 = spun["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t["run_delay_ns"].as_u64().expect("run_delay_ns"))
+        .sum();
+    let kernel = grown + spun_ns;
+    // Three threads on one CPU for 2 s wait about 4 s in all: the window's edges (the program
+    // counts from its attach to its exit, the readings take milliseconds) and waits cut short
+    // by a migration (the kernel adds them at dequeue, where this program never runs) are far
+    // below the 5% either way (a quiet run here: 4,003.4 ms counted, 4,004.7 ms in the kernel).
+    assert!(
+        spun_ns >= 2_000_000_000,
+        "three threads sharing one CPU for 2 s waited only {spun_ns} ns: {spun}"
+    );
+    assert!(
+        counted >= kernel / 100 * 95 && counted <= kernel / 100 * 105,
+        "stats_least_wait counted {waits} waits, {counted} ns; the kernel's run_delay grew {kernel} ns ({grown} ns of threads alive throughout, {spun_ns} ns of the spinning ones)"
+    );
+    println!("least-wait: {waits} waits, {counted} ns; kernel {kernel} ns");
+}
+
+/// Every thread's `run_delay` on the host now, by tid (field 2 of /proc/<pid>/task/<tid>/schedstat).
+fn host_run_delays() -> std::collections::BTreeMap<u32, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let delay = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse().ok());
+            if let Some(d) = delay {
+                out.insert(tid, d);
+            }
+        }
+    }
+    out
+}
+
 /// Host-wide context switches since boot (/proc/stat `ctxt`).
 fn context_switches() -> u64 {
     std::fs::read_to_string("/proc/stat")

@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    BlockReason, Component, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL,
-    SWITCH_IN_EPISODE, StopKind, ThreadState,
+    BlockReason, Component, ComponentStats, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind,
+    STAT_EPISODE, STAT_STEAL, SWITCH_IN_EPISODE, StopKind, ThreadState, hist,
 };
 
 use crate::{
@@ -775,6 +775,43 @@ pub fn stats_floor_btf(_ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn stats_floor_raw(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// What `stats_least_wait` adds up, per CPU (`pw-empty-hooks --least-wait` reads it at exit).
+#[map]
+static LEAST_WAITS: PerCpuArray<ComponentStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The least a program on sched_switch does to put every run-queue wait into a histogram: the
+/// next thread's process (its `tgid`, in the line beside `pid`), when it was queued
+/// (`sched_info.last_queued`) and the run-queue clock, and one add to a per-CPU histogram,
+/// without atomics, per-thread state, per-process aggregates, waits before a migration or
+/// anything about the thread leaving. Never attached by pausewatch: `cargo xtask bench` runs it
+/// (through `pw-empty-hooks --least-wait`, beside `stats_floor_btf`) to measure what any
+/// observer that times each wait pays on each workload, next to what pausewatch's
+/// `sched_switch_btf` pays doing all of its work.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn stats_least_wait(ctx: BtfTracePointContext) -> i32 {
+    let next: TaskPtr = ctx.arg(2);
+    // The idle tasks (pid and tgid 0) are never queued.
+    match task::tgid::<true>(next) {
+        Some(tgid) if tgid != 0 => {}
+        _ => return 0,
+    }
+    let last_queued = task::sched_info_last_queued(next);
+    if last_queued == 0 {
+        return 0;
+    }
+    let Some(now) = task::rq::<true>(next).and_then(task::rq_clock::<true>) else { return 0 };
+    let Some(s) = LEAST_WAITS.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot; sched_switch runs with preemption off, so nothing else on this
+    // CPU touches it meanwhile, and no other CPU touches this slot.
+    let s = unsafe { &mut *s };
+    let wait = now.saturating_sub(last_queued);
+    s.total_ns += wait;
+    if let Some(slot) = s.hist.get_mut(hist::bucket(wait)) {
+        *slot += 1;
+    }
     0
 }
 

@@ -157,6 +157,12 @@ pub fn sched_info(task: TaskPtr) -> (u64, u64, u64) {
     )
 }
 
+/// `task->sched_info.last_queued` alone (see `sched_info`).
+#[inline(always)]
+pub fn sched_info_last_queued(task: TaskPtr) -> u64 {
+    read::<true, u64>(task, config::task_last_queued_off()).unwrap_or(0)
+}
+
 /// `task->jobctl` (0 when not configured or unreadable).
 #[inline(always)]
 pub fn jobctl<const DIRECT: bool>(task: TaskPtr) -> u64 {

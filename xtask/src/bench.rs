@@ -462,6 +462,9 @@ enum ObserverKind {
     /// `pw-empty-hooks`: empty programs on pausewatch's hottest hooks, the baseline any
     /// observer of those hooks pays.
     EmptyHooks,
+    /// `pw-empty-hooks --least-wait`: the least a program on sched_switch does to time every
+    /// run-queue wait, beside the empty program there.
+    LeastWait,
 }
 
 /// An observer running while workloads run: pausewatch (as deployed), bpftrace, or the empty
@@ -507,6 +510,13 @@ impl Observer {
         )
     }
 
+    /// `pw-empty-hooks --least-wait`, built beside `bin`.
+    pub fn least_wait(bin: &Path) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin.with_file_name("pw-empty-hooks"));
+        cmd.arg("--least-wait");
+        Self::start(cmd, "least-wait.out", ObserverKind::LeastWait, "attached:")
+    }
+
     pub fn bpftrace() -> anyhow::Result<Self> {
         let script = bench_dir().join("peer.bt");
         std::fs::create_dir_all(bench_dir())?;
@@ -538,6 +548,7 @@ impl Observer {
             ObserverKind::Pausewatch => "pausewatch",
             ObserverKind::Bpftrace => "bpftrace",
             ObserverKind::EmptyHooks => "pw-empty-hooks",
+            ObserverKind::LeastWait => "pw-empty-hooks --least-wait",
         }
     }
 
@@ -886,15 +897,40 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
     let mut peer_rows = String::new();
     // Per program: (runs, Σ runs × the floor on its own hook), from `floor_ns`.
     let mut own_floor: BTreeMap<String, (u64, u64)> = Default::default();
+    // `stats_least_wait` over all the workloads, and the empty program beside it: (runs, ns).
+    let (mut least_all, mut least_floor_all) = ((0u64, 0u64), (0u64, 0u64));
     for w in &WORKLOADS {
         let mut pw_rounds: Vec<ObserverRound> = Vec::new();
         let mut bt_rounds: Vec<ObserverRound> = Vec::new();
+        let mut lw_rounds: Vec<ObserverRound> = Vec::new();
         // The statistics' floor pausewatch's last run measured: bpftrace has no empty program
         // of its own. Round 0 runs pausewatch first, so there always is one.
         let mut last_floor = 0u64;
         for round in 0..rounds.max(1) {
-            for peer_turn in [round % 2 == 1, round % 2 == 0] {
-                if peer_turn {
+            // pausewatch, bpftrace and the least-wait program, in rotating order.
+            for turn in 0..3 {
+                let which = (round + turn) % 3;
+                if which == 2 {
+                    // The least a program does to time each wait, with its own floor.
+                    let run = crate::bench_peer::least_wait_run(w, bin)?;
+                    let (least, floor) = crate::bench_peer::least_wait_programs(&run)
+                        .context("pw-empty-hooks --least-wait: its two programs were not found")?;
+                    let f = floor.run_time_ns.checked_div(floor.run_count).unwrap_or(0);
+                    least_all.0 += least.run_count;
+                    least_all.1 += least.run_time_ns;
+                    least_floor_all.0 += floor.run_count;
+                    least_floor_all.1 += floor.run_time_ns;
+                    lw_rounds.push(ObserverRound {
+                        net_ns: least.net_ns(f),
+                        cpu_s: run.timed.cpu_s,
+                        per_switch: least
+                            .net_ns(f)
+                            .checked_div(least.run_count)
+                            .map(|ns| (ns, least.run_count)),
+                    });
+                    continue;
+                }
+                if which == 1 {
                     // The same workload under the bpftrace peer, from the same statistics,
                     // net of the floor pausewatch's nearest earlier run measured.
                     let floor_w = last_floor;
@@ -963,13 +999,18 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
         let share = |r: &ObserverRound| r.net_ns as f64 / 1e9 / r.cpu_s;
         let pw_shares: Vec<f64> = pw_rounds.iter().map(share).collect();
         let bt_shares: Vec<f64> = bt_rounds.iter().map(share).collect();
-        // Round by round: the two runs of a round are next to each other in time.
-        let ratios: Vec<f64> = pw_shares
-            .iter()
-            .zip(&bt_shares)
-            .filter(|(_, b)| **b > 0.0)
-            .map(|(a, b)| a / b)
-            .collect();
+        let lw_shares: Vec<f64> = lw_rounds.iter().map(share).collect();
+        // Round by round: the runs of a round are next to each other in time.
+        let against_bpftrace = |shares: &[f64]| -> Vec<f64> {
+            shares
+                .iter()
+                .zip(&bt_shares)
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect()
+        };
+        let ratios = against_bpftrace(&pw_shares);
+        let lw_ratios = against_bpftrace(&lw_shares);
         let (pw_share, bt_share) = (median(&pw_shares), median(&bt_shares));
         let ns_median =
             |v: &[ObserverRound]| median(&v.iter().map(|r| r.net_ns as f64).collect::<Vec<_>>());
@@ -994,14 +1035,18 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                 format!("{:.0} ns ({:.0} switches)", median(&ns), median(&n))
             }
         };
-        let ratio_cell = if ratios.is_empty() {
-            "-".to_string()
-        } else {
-            let (min, max) = min_max(&ratios);
-            format!("{:.2} ({min:.2} … {max:.2})", median(&ratios))
+        let ratio_cell_of = |ratios: &[f64]| {
+            if ratios.is_empty() {
+                "-".to_string()
+            } else {
+                let (min, max) = min_max(ratios);
+                format!("{:.2} ({min:.2} … {max:.2})", median(ratios))
+            }
         };
+        let ratio_cell = ratio_cell_of(&ratios);
+        let lw_ratio_cell = ratio_cell_of(&lw_ratios);
         peer_rows += &format!(
-            "| {} | {:.1} ms, {:.2}% | {:.1} ms, {:.2}% | {} | {} | {} |\n",
+            "| {} | {:.1} ms, {:.2}% | {:.1} ms, {:.2}% | {} | {} | {} | {:.2}%, {} | {} |\n",
             w.name,
             ns_median(&pw_rounds) / 1e6,
             pw_share * 100.0,
@@ -1010,13 +1055,16 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             ratio_cell,
             per_switch(&pw_rounds),
             per_switch(&bt_rounds),
+            median(&lw_shares) * 100.0,
+            per_switch(&lw_rounds),
+            lw_ratio_cell,
         );
         if two_percent_budget(w.kind) && !ratios.is_empty() {
             s.check(
                 &format!("BPF run time against bpftrace's doing less, {}", w.name),
                 "≤ half of bpftrace's",
                 format!(
-                    "{:.2}% against {:.2}% of the workload's CPU; per round {ratio_cell}",
+                    "{:.2}% against {:.2}% of the workload's CPU; per round {ratio_cell}; the least per-wait program alone (`stats_least_wait`): {lw_ratio_cell}",
                     pw_share * 100.0,
                     bt_share * 100.0
                 ),
@@ -1082,11 +1130,35 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                 s.check(
                     "sched_switch against an empty program on sched_switch",
                     "≤ 1.5×",
-                    format!("{:.2}× ({mean} ns against {f} ns)", mean as f64 / f as f64),
+                    format!(
+                        "{:.2}× ({mean} ns against {f} ns); {}",
+                        mean as f64 / f as f64,
+                        least_cell(least_all, least_floor_all)
+                    ),
                     mean as f64 <= 1.5 * f as f64,
                 );
             }
         }
+    }
+    if let (Some(m), Some(f)) = (
+        least_all.1.checked_div(least_all.0),
+        least_floor_all.1.checked_div(least_floor_all.0),
+    ) {
+        s.body += &format!(
+            "| stats_least_wait (calibration, its own runs) | {} | {:.0} | {m} | {f} | {} | {:.2} |\n",
+            least_all.0,
+            least_all.0 as f64 / seconds,
+            m.saturating_sub(f),
+            m as f64 / f.max(1) as f64,
+        );
+        s.body += "\n`stats_least_wait` is the least a program on sched_switch does to put every \
+            run-queue wait into a histogram: the next thread's process id, its `sched_info.last_queued` \
+            and the run-queue clock, and one add to a per-CPU histogram; no atomics, no per-thread or \
+            per-process state, nothing about the thread leaving, no wait before a migration. It runs \
+            alone (`pw-empty-hooks --least-wait`, after the empty program on the same hook, whose mean \
+            is its floor), in the same rounds as the two observers, its turn rotated with theirs. \
+            Every program that times each wait of each process does at least this much; where it is \
+            above 1.5× its floor, none is under that limit on these workloads.\n";
     }
     s.body += &format!(
         "\nWhat the programs cost each workload, from the same runs: BPF run time net of the floor \
@@ -1104,10 +1176,31 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
          out: its figures are a lower bound. Scheduler cost per context switch: the run time of the \
          programs on sched_switch, sched_wakeup and sched_wakeup_new, net, per sched_switch run (a \
          runqlat-style script needs the wakeups; pausewatch measures waits at switch-in).\n\n\
-         | workload | pausewatch BPF time, share of CPU | bpftrace | ratio | pausewatch, scheduler per switch | bpftrace, scheduler per switch |\n\
-         |---|---|---|---|---|---|\n{peer_rows}\n"
+         The last three columns are `stats_least_wait`'s runs (above): the least a program does to \
+         time each wait, its share of the workload's CPU, its cost per switch and its ratio to \
+         bpftrace's share, per round.\n\n\
+         | workload | pausewatch BPF time, share of CPU | bpftrace | ratio | pausewatch, scheduler per switch | bpftrace, scheduler per switch | least per-wait program, share | its cost per switch | its ratio |\n\
+         |---|---|---|---|---|---|---|---|---|\n{peer_rows}\n"
     );
     Ok(())
+}
+
+/// The least-wait program's mean per run against its floor, for the ×-floor budget's cell.
+fn least_cell(least: (u64, u64), floor: (u64, u64)) -> String {
+    match (least.1.checked_div(least.0), floor.1.checked_div(floor.0)) {
+        (Some(m), Some(f)) if f > 0 => {
+            let x = m as f64 / f as f64;
+            format!(
+                "the least per-wait program (`stats_least_wait`) {x:.2}× ({m} ns against {f} ns){}",
+                if x > 1.5 {
+                    ": no program that times each wait of each process is within the limit here"
+                } else {
+                    ""
+                }
+            )
+        }
+        _ => "the least per-wait program was not measured".to_string(),
+    }
 }
 
 /// `cargo xtask bench workloads` on its own.

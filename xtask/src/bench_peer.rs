@@ -6,7 +6,7 @@
 //! bpftrace attaches classic tracepoints, whose kernel side fills a trace record before the
 //! program runs (tp_btf hands the program the arguments): that part of its cost is outside
 //! its programs' run time, so these figures understate bpftrace's cost, never pausewatch's.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, path::Path};
 
 use serde_json::Value;
 
@@ -65,14 +65,33 @@ fn program_ids() -> BTreeSet<u32> {
 }
 
 /// Runs `w` once under the bpftrace peer with the statistics on, and reads the counters of the
-/// programs bpftrace loaded (those that were not loaded before it started; the benchmark
-/// loads nothing else meanwhile) before it exits.
+/// programs bpftrace loaded.
 pub(crate) fn bpftrace_run(w: &Workload) -> anyhow::Result<PeerRun> {
+    run_with_stats(w, "bpftrace", Observer::bpftrace)
+}
+
+/// Runs `w` once beside `pw-empty-hooks --least-wait` (the empty program and
+/// `stats_least_wait` on sched_switch) with the statistics on, and reads both programs'
+/// counters.
+pub(crate) fn least_wait_run(w: &Workload, bin: &Path) -> anyhow::Result<PeerRun> {
+    run_with_stats(w, "pw-empty-hooks --least-wait", || {
+        Observer::least_wait(bin)
+    })
+}
+
+/// Runs `w` once under the observer `start` starts, with the kernel's BPF run-time statistics
+/// on, and reads the counters of the programs it loaded (those that were not loaded before it
+/// started; the benchmark loads nothing else meanwhile) before it exits.
+fn run_with_stats(
+    w: &Workload,
+    who: &str,
+    start: impl FnOnce() -> anyhow::Result<Observer>,
+) -> anyhow::Result<PeerRun> {
     let before = program_ids();
     // The kernel's BPF run-time statistics, on for as long as this lives, then put back.
     let _stats = pausewatch_tests::Sysctl::try_set("kernel.bpf_stats_enabled", "1")
         .map_err(anyhow::Error::msg)?;
-    let (run, _) = Observer::bpftrace()?.around(|| {
+    let (run, _) = start()?.around(|| {
         let timed = time_workload(w)?;
         let programs = aya::programs::loaded_programs()
             .flatten()
@@ -85,11 +104,22 @@ pub(crate) fn bpftrace_run(w: &Workload) -> anyhow::Result<PeerRun> {
             .collect::<Vec<_>>();
         anyhow::ensure!(
             !programs.is_empty(),
-            "found none of bpftrace's programs among the loaded ones"
+            "found none of {who}'s programs among the loaded ones"
         );
         Ok(PeerRun { timed, programs })
     })?;
     Ok(run)
+}
+
+/// The least-wait run's two programs: (`stats_least_wait`'s, the empty one's beside it), by
+/// their names as the kernel keeps them (15 characters).
+pub(crate) fn least_wait_programs(run: &PeerRun) -> Option<(&ProgCost, &ProgCost)> {
+    // The kernel keeps a program's name to 15 characters.
+    let find = |name: &str| {
+        let kept = &name[..name.len().min(15)];
+        run.programs.iter().find(|p| p.name == kept)
+    };
+    Some((find("stats_least_wait")?, find("stats_floor_btf")?))
 }
 
 /// Net run time of the scheduler programs (sched_switch, sched_wakeup, sched_wakeup_new:

@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, feature probing, privileges.
 pub mod btf;
+pub mod calibration;
 pub mod cost;
 pub mod privileges;
 pub mod syscall_hooks;
@@ -19,7 +20,8 @@ use aya::{
 };
 
 /// The kernel object built by build.rs (empty when built with PAUSEWATCH_SKIP_EBPF=1).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pausewatch"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pausewatch"));
 
 /// How tracepoint programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -260,7 +262,7 @@ pub fn has_object() -> bool {
 }
 
 /// Fails, saying how to get them, when this binary carries no kernel programs.
-fn require_object() -> anyhow::Result<()> {
+pub(crate) fn require_object() -> anyhow::Result<()> {
     if !has_object() {
         bail!(
             "this pausewatch was built with PAUSEWATCH_SKIP_EBPF=1 and has no eBPF programs; rebuild it after `cargo xtask setup`"
@@ -632,11 +634,11 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
 }
 
 /// A tracepoint and its program in the tp_btf and raw_tp builds.
-type TracepointProgs = (&'static str, &'static str, &'static str);
+pub(crate) type TracepointProgs = (&'static str, &'static str, &'static str);
 
 /// Loads and attaches one tracepoint's program: the tp_btf build when given the kernel's BTF,
 /// the raw_tp build otherwise. Returns the program's name.
-fn attach_one(
+pub(crate) fn attach_one(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
     (tp, btf_prog, raw_prog): TracepointProgs,
@@ -656,60 +658,8 @@ fn attach_one(
     }
 }
 
-/// The benchmark's baseline (`pw-empty-hooks`): pausewatch's empty calibration programs on the
-/// two hooks its hottest programs use, sched_switch and page_fault_user, attached as pausewatch
-/// attaches its own (tp_btf), and nothing else; raw_tp on sched_switch alone where tp_btf is
-/// refused. What a workload loses while these are attached is what entering any program on
-/// those hooks costs on this machine, whatever the program does. The programs stay attached
-/// while the returned object lives; the names of those attached come with it.
-pub fn attach_empty_hooks(btf_path: &Path) -> anyhow::Result<(Ebpf, Vec<String>)> {
-    require_object()?;
-    let btf = Btf::parse_file(btf_path, Endianness::default())
-        .with_context(|| format!("parsing kernel BTF at {}", btf_path.display()))?;
-    let mut loader = EbpfLoader::new();
-    // Only two empty programs run: every map at its smallest.
-    for map in [
-        "PROC_STATS",
-        "PROC_SLOTS",
-        "FREE_SLOTS",
-        "PROC_MEM",
-        "SWITCH_INS",
-        "FAULTS",
-        "STACKS",
-    ] {
-        loader.map_max_entries(map, 1);
-    }
-    let mut ebpf = loader
-        .btf(Some(&btf))
-        .allow_unsupported_maps()
-        .load(OBJECT)
-        .context("loading the eBPF object into the kernel")?;
-    let mut attached = Vec::new();
-    match attach_btf(&mut ebpf, &btf, "sched_switch", STATS_FLOOR.0) {
-        Ok(()) => attached.push(format!("tp_btf/sched_switch ({})", STATS_FLOOR.0)),
-        Err(e) => {
-            attach_one(
-                &mut ebpf,
-                None,
-                ("sched_switch", STATS_FLOOR.0, STATS_FLOOR.1),
-            )
-            .with_context(|| format!("tp_btf refused ({e:#}), and raw_tp too"))?;
-            attached.push(format!("raw_tp/sched_switch ({})", STATS_FLOOR.1));
-            return Ok((ebpf, attached));
-        }
-    }
-    let (prog, tp, _) = cost::HOOK_FLOORS
-        .iter()
-        .copied()
-        .find(|f| f.1 == "page_fault_user")
-        .context("no empty program on page_fault_user in this build")?;
-    attach_btf(&mut ebpf, &btf, tp, prog)?;
-    attached.push(format!("tp_btf/{tp} ({prog})"));
-    Ok((ebpf, attached))
-}
-
 /// Loads and attaches the tp_btf program `prog` on tracepoint `tp`.
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, prog: &str) -> anyhow::Result<()> {
+pub(crate) fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, prog: &str) -> anyhow::Result<()> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing"))?
