@@ -380,3 +380,63 @@ fn pid_filter_follows_children_and_excludes_others() {
         "lines for processes outside --pid (other = {other_pid}): {foreign:?}"
     );
 }
+
+/// A thread's latest short waits stay in the kernel's per-thread entry until a dozen gather
+/// (`observer_common::SwitchIn`); the agent reads them there, so a process whose thread waited
+/// a few times and then went to sleep has them all in its summary while it still lives. Both
+/// sides time the same arrivals with the same run-queue clock reading: the count is the
+/// kernel's `pcount` growth and the total its `run_delay` growth (/proc/<pid>/schedstat), read
+/// while the thread sleeps before and after.
+#[test]
+fn waits_not_yet_added_to_the_aggregate_are_in_the_summary() {
+    require_root();
+    let mut child = Command::new(workload_bin())
+        .args(["sleep-on-stdin", &test_cpu().to_string(), "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning the sleeper");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&out.next().unwrap().unwrap()).unwrap() };
+    let pid = next()["pid"].as_u64().unwrap() as u32;
+    let schedstat = || -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+        let f: Vec<u64> = s.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        (f[1], f[2])
+    };
+    let pw = Pausewatch::start(&["--pid", &pid.to_string()]);
+    let before = schedstat();
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(next()["slept"], 5);
+    // Asleep in its read of stdin again: nothing more arrives until the next line.
+    wait_until(
+        "the sleeper to block on stdin",
+        std::time::Duration::from_secs(5),
+        || proc_state(pid) == 'S',
+    );
+    let after = schedstat();
+    // A harvest while it sleeps, then the summary of the living process.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let lines = pw.stop();
+    writeln!(stdin, "exit").unwrap();
+    assert!(child.wait().unwrap().success());
+    let (waits, waited) = (after.1 - before.1, after.0 - before.0);
+    // The wakeup by "go" and the five after each sleep: fewer than the entry holds.
+    assert!(
+        (6..observer_common::PENDING_WAITS as u64).contains(&waits),
+        "the sleeper got a CPU {waits} times, not 6: the test's premise is off"
+    );
+    let summary = summary_of(&lines, pid as u64).unwrap_or_else(|| panic!("no summary for {pid}"));
+    let runq = &summary["components"]["runq"];
+    assert_eq!(
+        runq["count"].as_u64(),
+        Some(waits),
+        "run-queue waits in the summary against the kernel's pcount growth {waits}: {summary}"
+    );
+    let total = runq["total_ns"].as_u64().unwrap();
+    assert!(
+        total.abs_diff(waited) * 100 <= waited,
+        "run-queue total {total} ns against the kernel's run_delay growth {waited} ns: {summary}"
+    );
+}

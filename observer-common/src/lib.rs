@@ -1129,16 +1129,25 @@ const _: () = assert!(
 
 /// What a traced thread's switch-ins need from the one before, with waits measured at
 /// switch-in (`sched_info`): an entry of the `SWITCH_INS` array, indexed by tid modulo its
-/// size, 32 bytes so that two share a cache line (the array is mmapable, so its values start
-/// on a page). One cache miss per switch-in where task storage took three (the task's storage
-/// pointer, its cache of maps, the element). The episodes themselves (preempted, blocked,
-/// stopped) stay in task storage; `EPISODE` says to look there.
+/// size, one cache line (the array is mmapable, so its values start on a page). One cache miss
+/// per switch-in where task storage took three (the task's storage pointer, its cache of maps,
+/// the element). The episodes themselves (preempted, blocked, stopped) stay in task storage;
+/// `EPISODE` says to look there.
+///
+/// It also holds the thread's latest pure run-queue waits below `--min-pause` that are not yet
+/// in its process's aggregate (`pending*`, up to `PENDING_WAITS`): they are added there all at
+/// once, when the list is full, when the entry is taken by another thread and when the thread
+/// exits, so that most switch-ins touch no line of the aggregate (three misses each under
+/// `perf bench sched messaging`: its slot's header, the total, the bucket). The agent adds the
+/// pending waits of every entry to what it reads of the aggregates (`source::pending_waits`),
+/// so its totals never lag behind the kernel's.
 ///
 /// Threads whose tids are equal modulo the array's size share an entry: whichever got a CPU
-/// last holds it, and the other is then seen as if for the first time (its wait is the one on
-/// the run queue it gets the CPU from; waits on run queues it was migrated away from are not
-/// known), and looks in task storage for an episode. Kernel-private, kept here so its size is
-/// checked once.
+/// last holds it (the other's pending waits are added to its aggregate first), and the other is
+/// then seen as if for the first time (its wait is the one on the run queue it gets the CPU
+/// from; waits on run queues it was migrated away from are not known), and looks in task
+/// storage for an episode. Kernel-private but for the agent's read of the pending waits, kept
+/// here so its size is checked once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitchIn {
@@ -1149,32 +1158,59 @@ pub struct SwitchIn {
     pub agg_start_ns: u64,
     /// Whose entry this is.
     pub tid: u32,
-    /// Its process's `PROC_STATS` slot + 1 (0: not yet known).
+    /// Its process's `PROC_STATS` slot + 1 (0: not yet known; known whenever `pending` > 0).
     pub agg_slot: u32,
     /// The CPU the thread last got + 1 (0: not known), which is the CPU it last left when it
     /// next gets one.
     pub last_cpu: u16,
     /// `SWITCH_IN_EPISODE`: an episode of this thread is in its task storage.
     pub flags: u16,
-    /// `SwitchIn::check_of(tid, run_delay_ns)`, written last: an entry two CPUs wrote at once
-    /// for two threads (whose fields may then be mixed) fails it and counts as unknown.
+    /// `SwitchIn::check_of(tid, run_delay_ns, pending_ns, pending)`, written last: an entry two
+    /// CPUs wrote at once for two threads (whose fields may then be mixed), or that the agent
+    /// read while the kernel wrote it, fails it and counts as unknown.
     pub check: u32,
+    /// The pending waits (not yet in the aggregate): their sum,
+    pub pending_ns: u64,
+    /// the largest of them,
+    pub pending_max_ns: u64,
+    /// how many (at most `PENDING_WAITS`),
+    pub pending: u32,
+    /// and each one's histogram bucket (`hist::bucket`), in order.
+    pub pending_buckets: [u8; PENDING_WAITS],
 }
-const _: () = assert!(core::mem::size_of::<SwitchIn>() == 32);
+const _: () = assert!(core::mem::size_of::<SwitchIn>() == 64);
+
+/// Pure run-queue waits a `SwitchIn` entry holds before adding them to the aggregate: what
+/// fills its cache line.
+pub const PENDING_WAITS: usize = 12;
+const _: () = assert!(hist::BUCKETS <= u8::MAX as usize);
 
 /// `SwitchIn::flags`: an episode is in the thread's task storage.
 pub const SWITCH_IN_EPISODE: u16 = 1;
 
 impl SwitchIn {
-    /// The check word of an entry of thread `tid` with baseline `run_delay_ns`.
+    /// The check word of an entry of thread `tid` with baseline `run_delay_ns` and `pending`
+    /// waits of `pending_ns` in all.
     #[inline(always)]
-    pub const fn check_of(tid: u32, run_delay_ns: u64) -> u32 {
-        tid_entry_check(tid, run_delay_ns)
+    pub const fn check_of(tid: u32, run_delay_ns: u64, pending_ns: u64, pending: u32) -> u32 {
+        tid_entry_check(
+            tid,
+            run_delay_ns
+                ^ pending_ns.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ ((pending as u64) << 40),
+        )
+    }
+
+    /// Whether the entry's check word matches its fields: it holds one thread's state, written
+    /// whole.
+    #[inline(always)]
+    pub const fn is_whole(&self) -> bool {
+        self.check == Self::check_of(self.tid, self.run_delay_ns, self.pending_ns, self.pending)
     }
 }
 
 /// Bounds of the `SWITCH_INS` array's size: the pid space rounded up to a power of two (tids
-/// below it never share an entry), at most `SWITCH_INS_MAX` (4 MiB).
+/// below it never share an entry), at most `SWITCH_INS_MAX` (8 MiB).
 pub const SWITCH_INS_MIN: u32 = 1 << 10;
 pub const SWITCH_INS_MAX: u32 = 1 << 17;
 

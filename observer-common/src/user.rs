@@ -42,6 +42,8 @@ unsafe impl aya::Pod for crate::ProcMem {}
 unsafe impl aya::Pod for crate::Activity {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::CpuSteal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::SwitchIn {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,14 +189,42 @@ mod tests {
     fn a_switch_in_entry_mixed_by_two_writers_fails_its_check() {
         use crate::SwitchIn;
         let (a, b) = ((7u32, 1_000_000u64), (7 + 32_768u32, 2_500_000u64));
-        assert_eq!(SwitchIn::check_of(a.0, a.1), SwitchIn::check_of(a.0, a.1));
+        let check = |tid, rd| SwitchIn::check_of(tid, rd, 0, 0);
+        assert_eq!(check(a.0, a.1), check(a.0, a.1));
         // One thread's tid with the other's baseline, or either check word: not valid.
-        assert_ne!(SwitchIn::check_of(a.0, b.1), SwitchIn::check_of(b.0, b.1));
-        assert_ne!(SwitchIn::check_of(b.0, a.1), SwitchIn::check_of(a.0, a.1));
-        assert_ne!(SwitchIn::check_of(a.0, b.1), SwitchIn::check_of(a.0, a.1));
+        assert_ne!(check(a.0, b.1), check(b.0, b.1));
+        assert_ne!(check(b.0, a.1), check(a.0, a.1));
+        assert_ne!(check(a.0, b.1), check(a.0, a.1));
         // A zeroed entry is nobody's: tid 0 (the idle tasks) is never looked up, and the
         // check of a zero tid and baseline is not zero.
-        assert_ne!(SwitchIn::check_of(0, 0), 0);
+        assert_ne!(check(0, 0), 0);
+        assert!(!SwitchIn::default().is_whole());
+        // The pending waits are covered: another sum or count of them, and the entry is not
+        // whole (a read that raced the kernel's write of them).
+        let mut e = SwitchIn {
+            tid: a.0,
+            run_delay_ns: a.1,
+            pending_ns: 40_000,
+            pending: 3,
+            ..Default::default()
+        };
+        e.check = SwitchIn::check_of(e.tid, e.run_delay_ns, e.pending_ns, e.pending);
+        assert!(e.is_whole());
+        assert!(!SwitchIn { pending: 4, ..e }.is_whole());
+        assert!(
+            !SwitchIn {
+                pending_ns: 41_000,
+                ..e
+            }
+            .is_whole()
+        );
+        assert!(
+            !SwitchIn {
+                run_delay_ns: b.1,
+                ..e
+            }
+            .is_whole()
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    BlockReason, Component, ComponentStats, CpuSteal, DropCause, EpisodeStart, ExitRecord, PauseRecord, ProcStats, RecordKind,
-    STAT_EPISODE, STAT_STEAL, SWITCH_IN_EPISODE, StopKind, ThreadState, hist,
+    BlockReason, Component, ComponentStats, CpuSteal, DropCause, EpisodeStart, ExitRecord, PENDING_WAITS, PauseRecord, ProcStats,
+    RecordKind, STAT_EPISODE, STAT_STEAL, SWITCH_IN_EPISODE, StopKind, SwitchIn, ThreadState, hist,
 };
 
 use crate::{
@@ -274,7 +274,7 @@ fn switch_out<const D: bool, C: StackIdContext>(
     }
     let Some(p) = episodes::place::<D>(None, prev, tid) else { return };
     if switch_in_waits::<D>() {
-        switch_ins::mark_episode(tid);
+        mark_episode(tid);
     }
     // SAFETY: this thread's episode; the run-queue lock serialises its updates.
     let st = unsafe {
@@ -430,7 +430,7 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     // the entry says so, or cannot say (not its own).
     let look = !mine || e.flags & SWITCH_IN_EPISODE != 0;
     if !mine {
-        switch_ins::take(e, tid);
+        take_entry(e, tid);
     }
     let here = cpu();
     e.flags = 0;
@@ -460,24 +460,60 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     if last_queued == 0 && queued == 0 {
         return;
     }
-    if queued < config::min_pause_ns() {
-        // Not streamed, the common case: straight into the process's run-queue aggregate,
-        // with no episode written out first.
-        if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next) {
-            add_runq_wait::<true>(ps, queued, next, false);
+    if queued >= config::min_pause_ns() {
+        // Streamed, straight from here: a wait alone needs no episode in task storage.
+        let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
+        let prev_cpu = if left != 0 { left - 1 } else { here };
+        if !emit_wait(tid, tgid, next, queued, reason, prev_cpu) {
+            if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next) {
+                counters::atomic_add(&mut ps.dropped_records, 1);
+            }
         }
+    }
+    // Kept in the entry with the thread's other pending waits, which go to the process's
+    // run-queue aggregate together (`SwitchIn`). The slot is found at the thread's first
+    // wait, so that the agent can tell whose they are.
+    if e.agg_slot == 0 && cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next).is_none() {
+        // No slot (counted as a drop): the wait cannot be aggregated.
         return;
     }
-    let Some(stp) = episodes::place::<true>(None, next, tid) else { return };
-    let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
-    let prev_cpu = if left != 0 { left - 1 } else { here };
-    // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
-    let st = unsafe {
-        episodes::init(stp, ts.saturating_sub(queued), tgid, Component::Runq, reason, prev_cpu);
-        &mut *stp
-    };
-    add_phase(st, ts);
-    finish::<true>(ts, next, tid, stp);
+    if switch_ins::push_pending(e, queued) {
+        flush_pending(e, tgid, next);
+    }
+    switch_ins::seal(e);
+}
+
+/// Streams a wait of `wait` ns, ending now, of thread `tid` of process `tgid` (task `next`)
+/// that is a whole episode (`emit` for one kept in task storage); false (the drop counted)
+/// when the ring buffer is full.
+#[inline(always)]
+fn emit_wait(tid: u32, tgid: u32, next: TaskPtr, wait: u64, reason: EpisodeStart, prev_cpu: u32) -> bool {
+    let Some(mut entry) = output::reserve::<PauseRecord>(DropCause::Sched) else { return false };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` points to a reserved, writable PauseRecord in the ring buffer; every field
+    // is written before submit.
+    unsafe {
+        (*r).kind = RecordKind::Pause as u32;
+        (*r).cpu = cpu();
+        (*r).tid = tid;
+        (*r).tgid = tgid;
+        (*r).start_mono_ns = now().saturating_sub(wait);
+        (*r).duration_ns = wait;
+        (*r).components_ns = [wait, 0, 0];
+        (*r).prev_cpu = prev_cpu;
+        (*r).start_reason = reason as u32;
+        (*r).preempted_by_tid = 0;
+        (*r).block_reason = 0;
+        words::put_name(&raw mut (*r).comm, task::comm_words::<true>(next));
+        words::put_name(&raw mut (*r).preempted_by_comm, [0; 2]);
+        (*r).stack_id = -1;
+        (*r).block_dev = 0;
+        (*r).block_addr = 0;
+        (*r).block_ino = 0;
+        (*r).block_pgoff = 0;
+    }
+    output::submit(entry);
+    true
 }
 
 /// Ends the episode at `stp` (thread `tid`, task `next`, which gets the CPU at `ts`, every
@@ -575,6 +611,98 @@ fn add_runq_wait<const D: bool>(ps: &mut ProcStats, wait: u64, next: TaskPtr, st
     counters::add_stat(&mut ps.stats[Component::Runq as usize], wait);
 }
 
+/// Records that thread `tid`, leaving its CPU, starts an episode kept in its task storage:
+/// its next switch-in must look there.
+#[inline(always)]
+fn mark_episode(tid: u32) {
+    if let Some((e, mine)) = switch_ins::entry(tid) {
+        if !mine {
+            take_entry(e, tid);
+        }
+        e.flags = SWITCH_IN_EPISODE;
+        switch_ins::seal(e);
+    }
+}
+
+/// Makes `e` thread `tid`'s. The pending waits it holds for the thread that had it go to that
+/// thread's aggregate first, when the entry is whole and the slot it names is still the one
+/// they were counted for; otherwise they are lost, and counted as a `SchedAggregate` drop.
+#[inline(always)]
+fn take_entry(e: &mut SwitchIn, tid: u32) {
+    if e.pending != 0 {
+        let ps = match e.is_whole() && e.agg_slot != 0 {
+            true => PROC_STATS.get_ptr_mut(e.agg_slot - 1),
+            false => None,
+        };
+        match ps {
+            // SAFETY: pointer into our own map value, valid for this program run.
+            Some(ps) if unsafe { (*ps).tgid != 0 && (*ps).start_ns == e.agg_start_ns } => {
+                // SAFETY: as above.
+                add_pending(unsafe { &mut *ps }, e)
+            }
+            _ => output::count_drop(DropCause::SchedAggregate),
+        }
+    }
+    switch_ins::take(e, tid);
+}
+
+/// Adds `e`'s pending waits (of thread `task` of process `tgid`) to the process's run-queue
+/// aggregate, and empties them.
+#[inline(always)]
+fn flush_pending(e: &mut SwitchIn, tgid: u32, task: TaskPtr) {
+    if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, task) {
+        refresh_name::<true>(ps, Component::Runq as usize, e.pending_max_ns, task, false);
+        add_pending(ps, e);
+    }
+    switch_ins::clear_pending(e);
+}
+
+/// `e`'s pending waits into `ps`'s run-queue component (each is its own: see `ProcStats`).
+#[inline(always)]
+fn add_pending(ps: &mut ProcStats, e: &SwitchIn) {
+    let s = &mut ps.stats[Component::Runq as usize];
+    counters::atomic_add(&mut s.total_ns, e.pending_ns);
+    if e.pending_max_ns > s.max_ns {
+        s.max_ns = e.pending_max_ns;
+    }
+    for i in 0..PENDING_WAITS {
+        if i as u32 >= e.pending {
+            break;
+        }
+        if let Some(&b) = e.pending_buckets.get(i) {
+            if let Some(slot) = s.hist.get_mut(b as usize) {
+                counters::atomic_add(slot, 1);
+            }
+        }
+    }
+}
+
+/// A thread exits: its pending waits go to its process's aggregate (nothing after this would
+/// add them), and its entry is left to nobody, so that a later thread given the same tid
+/// starts afresh. Attached with waits measured at switch-in; the process's exit record
+/// (`process_exit`, after this on the same tracepoint) then finds its aggregate whole.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_thread_exit(_ctx: BtfTracePointContext) -> i32 {
+    settle_exiting_thread();
+    0
+}
+
+/// `sched_thread_exit`'s work, for the current (exiting) thread.
+#[inline(always)]
+fn settle_exiting_thread() {
+    let (tid, tgid) = task::current_ids();
+    if tid == 0 {
+        return;
+    }
+    if let Some((e, true)) = switch_ins::entry(tid) {
+        if e.pending != 0 {
+            flush_pending(e, tgid, memory::current_task());
+        }
+        // Nobody's: the check word no longer matches.
+        e.tid = 0;
+    }
+}
+
 /// Processes rename themselves (prctl; exec is handled by its own program) after their first
 /// episode. The aggregate's name is refreshed on streamed episodes and on every value `v`
 /// about to be added to `ps.stats[stat]` that is a new maximum there (the first one always
@@ -604,6 +732,10 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
     let Some((_, tgid)) = task::ids::<true>(task) else { return 0 };
     if !is_traced(tgid) {
         return 0;
+    }
+    // Where `sched_thread_exit` ran first (attached before this), nothing is left to do.
+    if switch_in_waits::<true>() {
+        settle_exiting_thread();
     }
     let start_ns = task::leader_start::<true>(task);
     // SAFETY: read-only lookup of a u32.

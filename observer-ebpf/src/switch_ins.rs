@@ -1,19 +1,20 @@
 //! What a traced thread's switch-ins carry from one to the next, with waits measured at
 //! switch-in (`sched::switch_in_waits`): its `run_delay` baseline, the CPU it left, its
-//! process's aggregate slot, and whether an episode waits in its task storage.
+//! process's aggregate slot, whether an episode waits in its task storage, and its latest pure
+//! run-queue waits not yet added to the aggregate (`SwitchIn` says why).
 //!
-//! An array indexed by tid (`SwitchIn` says why, and what threads sharing an entry lose).
-//! Under `perf bench sched messaging`, where every switch-in finds the next thread's state
-//! cold, task storage cost three dependent cache misses per switch-in (`task->bpf_storage`,
-//! the storage's cache of maps, the element) where an inlined array lookup costs one.
+//! An array indexed by tid (`SwitchIn` says what threads sharing an entry lose). Under
+//! `perf bench sched messaging`, where every switch-in finds the next thread's state cold,
+//! task storage cost three dependent cache misses per switch-in (`task->bpf_storage`, the
+//! storage's cache of maps, the element) where an inlined array lookup costs one.
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use observer_common::{SWITCH_IN_EPISODE, SwitchIn};
+use observer_common::{PENDING_WAITS, SwitchIn, hist};
 
 use crate::config;
 
 /// Sized by the agent (`observer_common::switch_ins_entries`), which sets `SWITCH_INS_MASK` to
-/// its size − 1. Mmapable only for where that puts the values: from a page boundary, so that
-/// no 32-byte entry straddles two cache lines. Nothing maps it.
+/// its size − 1. Mmapable: its values then start on a page, so every 64-byte entry is one
+/// cache line, and the agent reads the pending waits through a mapping of it.
 #[map]
 static SWITCH_INS: Array<SwitchIn> = Array::with_max_entries(1 << 15, BPF_F_MMAPABLE);
 
@@ -26,35 +27,47 @@ pub fn entry(tid: u32) -> Option<(&'static mut SwitchIn, bool)> {
     // SAFETY: pointer into our own map value, valid for this program run. Two CPUs can write
     // one entry at once only for two threads sharing it; the check word detects the mix.
     let e = unsafe { &mut *p };
-    let mine = e.tid == tid && e.check == SwitchIn::check_of(tid, e.run_delay_ns);
+    let mine = e.tid == tid && e.is_whole();
     Some((e, mine))
 }
 
-/// Makes `e` thread `tid`'s, with nothing known of it yet.
+/// Makes `e` thread `tid`'s, with nothing known of it yet. What it held for another thread is
+/// gone: the caller adds that thread's pending waits to its aggregate first.
 #[inline(always)]
 pub fn take(e: &mut SwitchIn, tid: u32) {
     e.tid = tid;
     e.last_cpu = 0;
     e.agg_slot = 0;
     e.flags = 0;
+    clear_pending(e);
 }
 
-/// Records that thread `tid`, leaving its CPU, starts an episode kept in its task storage:
-/// its next switch-in must look there.
+/// Adds a pure run-queue wait of `wait` ns to `e`'s pending waits; true when the list is then
+/// full (the caller adds them to the aggregate).
 #[inline(always)]
-pub fn mark_episode(tid: u32) {
-    if let Some((e, mine)) = entry(tid) {
-        if !mine {
-            take(e, tid);
-            seal(e);
-        }
-        e.flags = SWITCH_IN_EPISODE;
+pub fn push_pending(e: &mut SwitchIn, wait: u64) -> bool {
+    let n = e.pending;
+    let Some(b) = e.pending_buckets.get_mut(n as usize) else { return true };
+    *b = hist::bucket(wait) as u8;
+    e.pending = n + 1;
+    e.pending_ns += wait;
+    if wait > e.pending_max_ns {
+        e.pending_max_ns = wait;
     }
+    e.pending as usize >= PENDING_WAITS
+}
+
+/// Empties `e`'s pending waits (added to the aggregate, or lost).
+#[inline(always)]
+pub fn clear_pending(e: &mut SwitchIn) {
+    e.pending = 0;
+    e.pending_ns = 0;
+    e.pending_max_ns = 0;
 }
 
 /// Writes `e`'s check word, last.
 #[inline(always)]
 pub fn seal(e: &mut SwitchIn) {
     // SAFETY: a field of our own map value; volatile so that it stays the last store.
-    unsafe { core::ptr::write_volatile(&raw mut e.check, SwitchIn::check_of(e.tid, e.run_delay_ns)) };
+    unsafe { core::ptr::write_volatile(&raw mut e.check, SwitchIn::check_of(e.tid, e.run_delay_ns, e.pending_ns, e.pending)) };
 }

@@ -112,6 +112,13 @@ pub struct Probes {
     pub syscall_hooks: Option<(&'static str, String)>,
 }
 
+/// With waits measured at switch-in: a thread's exit (tp_btf only, as that measurement).
+const THREAD_EXIT: TracepointProgs = (
+    "sched_process_exit",
+    "sched_thread_exit",
+    "sched_thread_exit",
+);
+
 const SCHED: [TracepointProgs; 3] = [
     ("sched_switch", "sched_switch_btf", "sched_switch_raw"),
     ("sched_wakeup", "sched_wakeup_btf", "sched_wakeup_raw"),
@@ -423,7 +430,7 @@ pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Probes> {
             loader.map_max_entries(map, opts.max_processes.saturating_mul(2));
         }
         loader.map_max_entries("PROC_MEM", opts.max_processes);
-        // One switch-in entry per possible tid, up to 4 MiB (`observer_common::SwitchIn`),
+        // One switch-in entry per possible tid, up to 8 MiB (`observer_common::SwitchIn`),
         // where waits are measured at switch-in; one entry, never used, where they come from
         // wakeups.
         let switch_ins = if tp_btf { switch_ins } else { 1 };
@@ -726,10 +733,12 @@ fn attach_sched(
 ) -> anyhow::Result<Vec<&'static str>> {
     let mut names = Vec::new();
     if btf.is_some() && sched_info {
+        // sched_switch, and a thread's exit to add its pending waits to its aggregate
+        // (`observer_common::SwitchIn`).
         let progs = if follow_forks {
-            &[SCHED[0], SCHED[2]][..]
+            &[SCHED[0], THREAD_EXIT, SCHED[2]][..]
         } else {
-            &SCHED[..1]
+            &[SCHED[0], THREAD_EXIT][..]
         };
         attach_all(ebpf, btf, progs, &mut names)?;
     } else {

@@ -7,9 +7,14 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Queue},
 };
-use observer_common::{CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, STAT_EPISODE, comm_bytes};
+use observer_common::{
+    Component, CpuSteal, NUM_DROP_CAUSES, ProcMem, ProcStats, STAT_EPISODE, comm_bytes,
+};
 
-use super::slot_view::SlotView;
+use super::{
+    pending_waits::{Guard, Mapped, Pending, PendingWaits},
+    slot_view::SlotView,
+};
 
 pub struct Harvester {
     /// Per-process aggregates, one slot each (`ProcStats::tgid` says whose).
@@ -26,6 +31,9 @@ pub struct Harvester {
     quiet: HashMap<u32, (u64, u32)>,
     /// Aggregates in use at the last harvest.
     in_use: usize,
+    /// The threads' run-queue waits not yet in their aggregates, added to what is read of them.
+    pending: PendingWaits,
+    guard: Guard,
 }
 
 /// Puts every slot of `PROC_STATS` in `FREE_SLOTS`: before the programs attach, so none finds
@@ -79,6 +87,7 @@ impl Harvester {
             ebpf.take_map("CPU_STEAL")
                 .context("map CPU_STEAL missing")?,
         )?;
+        let pending = PendingWaits::new(ebpf.map("SWITCH_INS").context("map SWITCH_INS missing")?)?;
         Ok(Self {
             procs,
             slots,
@@ -88,6 +97,8 @@ impl Harvester {
             cpu_steal,
             quiet: HashMap::new(),
             in_use: 0,
+            pending,
+            guard: Guard::default(),
         })
     }
 
@@ -118,6 +129,7 @@ impl Harvester {
         if self.slots.get(&tgid, 0).ok() != Some(slot) || self.slots.remove(&tgid).is_err() {
             return;
         }
+        self.guard.forget(slot);
         if self.procs.clear(slot) {
             let _ = self.free.push(slot, 0);
         }
@@ -153,6 +165,11 @@ impl Harvester {
             return h;
         }
         if let (Some(stats), Some(slot)) = (stats, slot) {
+            // Every thread of an exited process added its pending waits as it exited
+            // (`sched_thread_exit`): none is left to read (and mapping the array at every exit
+            // of a fork storm would cost far more than the read).
+            let settled = settle(&stats, slot, None, &HashMap::new(), &mut self.guard);
+            let stats = settled.unwrap_or(stats);
             apply(
                 tgid,
                 &String::from_utf8_lossy(comm_bytes(&stats.comm)),
@@ -181,7 +198,14 @@ impl Harvester {
         wanted.sort_unstable();
         let mut live: Vec<(u32, u32, u32)> = Vec::with_capacity(index.len());
         let quiet = &mut self.quiet;
+        // Unmapped at the end of the harvest. Unmappable (never seen: it was mapped at start),
+        // the aggregates are read as the kernel holds them.
+        let mapped = self.pending.map().ok();
+        let by_slot = mapped.as_ref().map(Mapped::by_slot).unwrap_or_default();
+        let guard = &mut self.guard;
         self.procs.read(&wanted, |tgid, slot, stats| {
+            let settled = settle(stats, slot, mapped.as_ref(), &by_slot, guard);
+            let stats = settled.as_ref().unwrap_or(stats);
             apply(
                 tgid,
                 &String::from_utf8_lossy(comm_bytes(&stats.comm)),
@@ -232,6 +256,31 @@ impl Harvester {
         }
         h
     }
+}
+
+/// Aggregate `stats` (in `slot`) with the pending waits of its threads added, as
+/// `pending_waits` describes; None when that changes nothing.
+fn settle(
+    stats: &ProcStats,
+    slot: u32,
+    mapped: Option<&Mapped>,
+    by_slot: &HashMap<u32, Vec<u32>>,
+    guard: &mut Guard,
+) -> Option<ProcStats> {
+    // The entries are read again now, after the aggregate was copied.
+    let pending = match (mapped, by_slot.get(&slot)) {
+        (Some(m), Some(entries)) => m.pending_of(slot, stats.start_ns, entries),
+        _ => Pending::default(),
+    };
+    let runq = &stats.stats[Component::Runq as usize];
+    let mut settled = *runq;
+    pending.add_to(&mut settled);
+    guard.hold(slot, stats.start_ns, &mut settled, !pending.is_empty());
+    (settled != *runq).then(|| {
+        let mut s = *stats;
+        s.stats[Component::Runq as usize] = settled;
+        s
+    })
 }
 
 /// Process → slot from each slot's (slot, tgid), 0 for a free one. A process seen in two

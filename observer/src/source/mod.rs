@@ -9,6 +9,7 @@ pub mod kernel_hz;
 pub mod lease_protocol;
 pub mod lease_socket;
 pub mod paused_now;
+pub mod pending_waits;
 pub mod recording;
 pub mod ringbuf;
 pub mod slot_view;

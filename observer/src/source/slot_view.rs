@@ -57,7 +57,7 @@ impl SlotView {
             window,
         };
         // Once now, so that a kernel that cannot map it says so at start.
-        Window::map(&view.fd, 0, view.window.min(slots)).with_context(|| {
+        Window::<ProcStats>::map(&view.fd, 0, view.window.min(slots)).with_context(|| {
             "mapping the kernel's per-process aggregates (PROC_STATS is created mmapable, \
              which Linux supports since 5.5)"
         })?;
@@ -73,7 +73,7 @@ impl SlotView {
         let mut out = Vec::with_capacity(self.slots as usize);
         for first in (0..self.slots).step_by(self.window as usize) {
             let n = self.window.min(self.slots - first);
-            match Window::map(&self.fd, first, n) {
+            match Window::<ProcStats>::map(&self.fd, first, n) {
                 Ok(w) => out.extend((first..first + n).map(|slot| (slot, w.tgid(slot)))),
                 Err(_) => out.extend(
                     (first..first + n).map(|slot| (slot, self.get(slot).map_or(0, |s| s.tgid))),
@@ -93,7 +93,7 @@ impl SlotView {
             let end = rest.partition_point(|&(s, _)| s < first + n);
             let (these, later) = rest.split_at(end);
             let w = (these.len() >= MAP_AT_LEAST)
-                .then(|| Window::map(&self.fd, first, n).ok())
+                .then(|| Window::<ProcStats>::map(&self.fd, first, n).ok())
                 .flatten();
             for &(slot, tgid) in these {
                 // Through a lookup when the window could not be mapped.
@@ -131,17 +131,19 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Slots `first..first + n` mapped read-only, unmapped on drop.
-struct Window {
-    base: NonNull<ProcStats>,
+/// Values `first..first + n` of an mmapable BPF array of `T` mapped read-only, unmapped on
+/// drop.
+pub(super) struct Window<T> {
+    base: NonNull<T>,
     first: u32,
     n: u32,
 }
 
-impl Window {
-    fn map(fd: &OwnedFd, first: u32, n: u32) -> io::Result<Self> {
-        let bytes = n as usize * size_of::<ProcStats>();
-        // SAFETY: a new shared read-only mapping of slots the map holds (an mmapable array
+impl<T: Copy> Window<T> {
+    /// `first` must start a page (windows are whole pages) or be 0.
+    pub(super) fn map(fd: &OwnedFd, first: u32, n: u32) -> io::Result<Self> {
+        let bytes = n as usize * size_of::<T>();
+        // SAFETY: a new shared read-only mapping of values the map holds (an mmapable array
         // maps its values from offset 0; `first` starts a page, as windows are whole pages);
         // nothing else is mapped where the kernel puts it.
         let p = unsafe {
@@ -151,7 +153,7 @@ impl Window {
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                (first as usize * size_of::<ProcStats>()) as libc::off_t,
+                (first as usize * size_of::<T>()) as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
@@ -164,38 +166,35 @@ impl Window {
         })
     }
 
-    fn at(&self, slot: u32) -> *const ProcStats {
+    fn at(&self, i: u32) -> *const T {
         assert!(
-            (self.first..self.first + self.n).contains(&slot),
-            "slot outside its window"
+            (self.first..self.first + self.n).contains(&i),
+            "index outside its window"
         );
         // SAFETY: within the mapping (checked above).
-        unsafe { self.base.as_ptr().add((slot - self.first) as usize) }
+        unsafe { self.base.as_ptr().add((i - self.first) as usize) }
     }
 
+    /// A copy of value `i`. Like a lookup's copy it is not atomic: counters the kernel updates
+    /// meanwhile can be a count apart, which the next harvest settles.
+    pub(super) fn get(&self, i: u32) -> T {
+        // SAFETY: an aligned, mapped value; every bit pattern is a valid T for the plain
+        // integer structs mapped here; volatile, as the kernel writes it meanwhile.
+        unsafe { std::ptr::read_volatile(self.at(i)) }
+    }
+}
+
+impl Window<ProcStats> {
     fn tgid(&self, slot: u32) -> u32 {
         // SAFETY: an aligned u32 of a mapped value; volatile, as the kernel writes it meanwhile.
         unsafe { std::ptr::read_volatile(&raw const (*self.at(slot)).tgid) }
     }
-
-    /// A copy of `slot`'s aggregate. Like a lookup's copy it is not atomic: counters the
-    /// kernel updates meanwhile can be a count apart, which the next harvest settles.
-    fn get(&self, slot: u32) -> ProcStats {
-        // SAFETY: an aligned, mapped value; every bit pattern is a valid ProcStats (integers
-        // and bytes only); volatile, as the kernel writes it meanwhile.
-        unsafe { std::ptr::read_volatile(self.at(slot)) }
-    }
 }
 
-impl Drop for Window {
+impl<T> Drop for Window<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, of this length, unmapped once.
-        unsafe {
-            libc::munmap(
-                self.base.as_ptr().cast(),
-                self.n as usize * size_of::<ProcStats>(),
-            )
-        };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.n as usize * size_of::<T>()) };
     }
 }
 

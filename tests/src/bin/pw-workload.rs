@@ -9,6 +9,11 @@
 //!                                            /proc/thread-self/schedstat
 //!   pw-workload fork-on-stdin SECS CPU       wait for a line on stdin, fork a child that spins
 //!                                            pinned for SECS, spin too, print {"pid","child"}
+//!   pw-workload sleep-on-stdin CPU N         pinned to CPU, print {"pid"}; then for every line
+//!                                            "go" on stdin sleep 1 ms N times and print
+//!                                            {"slept": N}, until "exit" or EOF (a thread with a
+//!                                            few waits that then sleeps for as long as the test
+//!                                            likes)
 //!   pw-workload tcp-serve ADDR:PORT          accept one connection, read it to EOF, close,
 //!                                            print {"pid","bytes"}
 //!   pw-workload tcp-send ADDR:PORT SECS      connect, write for SECS, shut down and wait for
@@ -192,6 +197,23 @@ fn fork_on_stdin(secs: f64, cpu: usize) {
     unsafe { libc::waitpid(child, &mut status, 0) };
 }
 
+fn sleep_on_stdin(cpu: usize, n: u32) {
+    pin(cpu);
+    set_name("pw-sleeper");
+    println!("{}", serde_json::json!({"pid": std::process::id()}));
+    for line in std::io::stdin().lock().lines() {
+        match line.expect("stdin").trim() {
+            "go" => {
+                for _ in 0..n {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                println!("{}", serde_json::json!({"slept": n}));
+            }
+            _ => return,
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| {
@@ -207,6 +229,7 @@ fn main() {
             args.get(6).map_or(0, |s| s.parse().unwrap()),
         ),
         Some("fork-on-stdin") => fork_on_stdin(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        Some("sleep-on-stdin") => sleep_on_stdin(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("tcp-serve") => tcp_serve(arg(2)),
         Some("tcp-send") => tcp_send(arg(2), arg(3).parse().unwrap()),
         Some("rt-hog") => rt_hog(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
