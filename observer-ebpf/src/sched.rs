@@ -436,7 +436,26 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     e.flags = 0;
     e.last_cpu = (here + 1) as u16;
     e.run_delay_ns = after;
+    end_wait(ts, next, tid, tgid, e, look, (last_queued, queued, pcount), (left, here));
+    // Last, once: whatever ending the wait changed in the entry.
     switch_ins::seal(e);
+}
+
+/// The rest of `switch_in_measured` for thread `tid` of process `tgid` (task `next`), whose
+/// entry `e` is its own and holds its new baseline: the episode in task storage (when `look`)
+/// ends, or the wait alone (`queued` ns) is streamed when long enough and kept pending.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn end_wait(
+    ts: u64,
+    next: TaskPtr,
+    tid: u32,
+    tgid: u32,
+    e: &mut SwitchIn,
+    look: bool,
+    (last_queued, queued, pcount): (u64, u64, u64),
+    (left, here): (u32, u32),
+) {
     if look {
         if let Some(stp) = episodes::get::<true>(next, tid) {
             // SAFETY: this thread's own task storage; the run-queue lock serialises its updates.
@@ -478,9 +497,8 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
         return;
     }
     if switch_ins::push_pending(e, queued) {
-        flush_pending(e, tgid, next);
+        flush_pending(e, tgid, next, true);
     }
-    switch_ins::seal(e);
 }
 
 /// Streams a wait of `wait` ns, ending now, of thread `tid` of process `tgid` (task `next`)
@@ -647,11 +665,15 @@ fn take_entry(e: &mut SwitchIn, tid: u32) {
 }
 
 /// Adds `e`'s pending waits (of thread `task` of process `tgid`) to the process's run-queue
-/// aggregate, and empties them.
+/// aggregate, and empties them. With `rename`, the aggregate takes the process's name when
+/// they hold its longest wait yet (`refresh_name`); an exiting thread's need not (the exit
+/// of the process sets the name it ends with).
 #[inline(always)]
-fn flush_pending(e: &mut SwitchIn, tgid: u32, task: TaskPtr) {
+fn flush_pending(e: &mut SwitchIn, tgid: u32, task: TaskPtr, rename: bool) {
     if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, task) {
-        refresh_name::<true>(ps, Component::Runq as usize, e.pending_max_ns, task, false);
+        if rename {
+            refresh_name::<true>(ps, Component::Runq as usize, e.pending_max_ns, task, false);
+        }
         add_pending(ps, e);
     }
     switch_ins::clear_pending(e);
@@ -696,7 +718,7 @@ fn settle_exiting_thread() {
     }
     if let Some((e, true)) = switch_ins::entry(tid) {
         if e.pending != 0 {
-            flush_pending(e, tgid, memory::current_task());
+            flush_pending(e, tgid, memory::current_task(), false);
         }
         // Nobody's: the check word no longer matches.
         e.tid = 0;
