@@ -1155,7 +1155,7 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
             run-queue wait into a histogram: the next thread's process id, its `sched_info.last_queued` \
             and the run-queue clock, and one add to a per-CPU histogram; no atomics, no per-thread or \
             per-process state, nothing about the thread leaving, no wait before a migration. It runs \
-            alone (`pw-empty-hooks --least-wait`, after the empty program on the same hook, whose mean \
+            alone (`pw-empty-hooks --least-wait`, before the empty program on the same hook, as pausewatch's programs run before their floor: the empty program's mean \
             is its floor), in the same rounds as the two observers, its turn rotated with theirs. \
             Every program that times each wait of each process does at least this much; where it is \
             above 1.5× its floor, none is under that limit on these workloads.\n";

@@ -6,7 +6,7 @@
 //!   hooks costs on this machine: the least that any observer of every context switch and page
 //!   fault pays, and the part of pausewatch's slowdown that no change to its programs can
 //!   remove.
-//! - `--least-wait`: the empty program on sched_switch and `stats_least_wait` after it, the
+//! - `--least-wait`: `stats_least_wait` on sched_switch and the empty program after it, the
 //!   least a program does to time every run-queue wait. At exit it prints one JSON line with
 //!   the waits it counted and their total (`{"least_waits":N,"least_wait_total_ns":T}`), which
 //!   the tests hold against the kernel's own run-queue accounting.

@@ -5,8 +5,8 @@
 //!   programs use, sched_switch and page_fault_user, and nothing else. What a workload loses
 //!   while they are attached is what entering any program on those hooks costs on this machine,
 //!   whatever the program does.
-//! - `Calibration::LeastWait`: the empty program on sched_switch, then `stats_least_wait`, the
-//!   least a program there does to put every run-queue wait into a histogram (the kernel
+//! - `Calibration::LeastWait`: `stats_least_wait` on sched_switch, then the empty program, the
+//!   first being the least a program there does to put every run-queue wait into a histogram (the kernel
 //!   program's doc comment says what it leaves out). With the kernel's run-time statistics on,
 //!   its mean per run next to the empty program's is what timing each wait costs any observer,
 //!   on the workload that ran meanwhile.
@@ -26,12 +26,11 @@ pub enum Calibration {
     /// Empty programs on sched_switch and page_fault_user (raw_tp on sched_switch alone where
     /// tp_btf is refused).
     Empty,
-    /// The empty program on sched_switch, then `stats_least_wait` (tp_btf only).
+    /// `stats_least_wait` on sched_switch, then the empty program there (tp_btf only).
     LeastWait,
 }
 
-/// The least-work program, attached after the empty one on the same hook: an empty program
-/// touches no memory, so it warms nothing for the one that runs after it.
+/// The least-work program, attached before the empty one on the same hook.
 pub const LEAST_WAIT: TracepointProgs = ("sched_switch", "stats_least_wait", "stats_least_wait");
 
 /// Attaches `which` (tp_btf, as pausewatch attaches its own programs). The programs stay
@@ -66,6 +65,13 @@ pub fn attach(btf_path: &Path, which: Calibration) -> anyhow::Result<(Ebpf, Vec<
         .load(OBJECT)
         .context("loading the eBPF object into the kernel")?;
     let mut attached = Vec::new();
+    if which == Calibration::LeastWait {
+        // Before its floor, as pausewatch's programs run before theirs (the statistics' floor
+        // programs are attached when the statistics are turned on).
+        attach_btf(&mut ebpf, &aya_btf, LEAST_WAIT.0, LEAST_WAIT.1)
+            .context("the least-wait program needs tp_btf")?;
+        attached.push(format!("tp_btf/{} ({})", LEAST_WAIT.0, LEAST_WAIT.1));
+    }
     match attach_btf(&mut ebpf, &aya_btf, "sched_switch", STATS_FLOOR.0) {
         Ok(()) => attached.push(format!("tp_btf/sched_switch ({})", STATS_FLOOR.0)),
         Err(e) if which == Calibration::Empty => {
@@ -78,21 +84,17 @@ pub fn attach(btf_path: &Path, which: Calibration) -> anyhow::Result<(Ebpf, Vec<
             attached.push(format!("raw_tp/sched_switch ({})", STATS_FLOOR.1));
             return Ok((ebpf, attached));
         }
-        Err(e) => return Err(e.context("the least-wait program needs tp_btf")),
+        Err(e) => return Err(e),
     }
-    let (tp, prog) = match which {
-        Calibration::Empty => {
-            let (prog, tp, _) = cost::HOOK_FLOORS
-                .iter()
-                .copied()
-                .find(|f| f.1 == "page_fault_user")
-                .context("no empty program on page_fault_user in this build")?;
-            (tp, prog)
-        }
-        Calibration::LeastWait => (LEAST_WAIT.0, LEAST_WAIT.1),
-    };
-    attach_btf(&mut ebpf, &aya_btf, tp, prog)?;
-    attached.push(format!("tp_btf/{tp} ({prog})"));
+    if which == Calibration::Empty {
+        let (prog, tp, _) = cost::HOOK_FLOORS
+            .iter()
+            .copied()
+            .find(|f| f.1 == "page_fault_user")
+            .context("no empty program on page_fault_user in this build")?;
+        attach_btf(&mut ebpf, &aya_btf, tp, prog)?;
+        attached.push(format!("tp_btf/{tp} ({prog})"));
+    }
     Ok((ebpf, attached))
 }
 
