@@ -8,16 +8,13 @@
 //! in both. A wait left out that way is counted at the next harvest; meanwhile `Guard` keeps
 //! what is reported for the slot from going down, which the process table would take for a new
 //! aggregate (and count what it had twice).
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd as _, OwnedFd},
-};
+use std::{collections::HashMap, os::fd::OwnedFd};
 
 use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData};
 use observer_common::{ComponentStats, SwitchIn, hist};
 
-use super::slot_view::Window;
+use super::slot_view::{Window, array_fd};
 
 /// `SWITCH_INS`, to be mapped whole for one harvest.
 pub struct PendingWaits {
@@ -27,14 +24,7 @@ pub struct PendingWaits {
 
 impl PendingWaits {
     pub fn new(map: &Map) -> anyhow::Result<Self> {
-        let Map::Array(data) = map else {
-            anyhow::bail!("map SWITCH_INS is not an array");
-        };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the SWITCH_INS map's descriptor")?;
+        let fd = array_fd(map, "SWITCH_INS")?;
         let entries = Array::<&MapData, SwitchIn>::try_from(map)?.len();
         let view = Self { fd, entries };
         // Once now, so that a kernel that cannot map it says so at start.

@@ -37,14 +37,7 @@ const MAP_AT_LEAST: usize = 32;
 
 impl SlotView {
     pub fn new(map: Map) -> anyhow::Result<Self> {
-        let Map::Array(data) = &map else {
-            anyhow::bail!("map PROC_STATS is not an array");
-        };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the PROC_STATS map's descriptor")?;
+        let fd = array_fd(&map, "PROC_STATS")?;
         let map = Array::try_from(map)?;
         let slots = map.len();
         // SAFETY: sysconf has no preconditions.
@@ -118,6 +111,17 @@ impl SlotView {
     pub fn clear(&mut self, slot: u32) -> bool {
         self.map.set(slot, ProcStats::ZERO, 0).is_ok()
     }
+}
+
+/// A descriptor of its own for array `map` (named `name` in errors), to map windows of it.
+pub(super) fn array_fd(map: &Map, name: &str) -> anyhow::Result<OwnedFd> {
+    let Map::Array(data) = map else {
+        anyhow::bail!("map {name} is not an array");
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("duplicating the {name} map's descriptor"))
 }
 
 /// Slots per window of about `bytes`: a multiple of the slots that fill a whole number of
