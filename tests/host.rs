@@ -82,7 +82,7 @@ fn host_steal_equals_the_proc_stat_delta() {
 /// pinned to every CPU from before pausewatch starts until after it stops, the hogs hold the
 /// CPUs nearly all the time it watches, so most steal is theirs. (With the hogs started after
 /// pausewatch and ended before it, the CPUs were idle or ran pausewatch at either end, and
-/// steal is bursty on these VMs: a CI run at 1499c8c saw half of its 20 ms of steal there.)
+/// steal is bursty on these VMs: a CI run at 9a944c9 saw half of its 20 ms of steal there.)
 #[test]
 fn steal_is_charged_to_the_threads_that_held_the_cpu() {
     require_root();
