@@ -920,11 +920,11 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                     least_all.1 += least.run_time_ns;
                     least_floor_all.0 += floor.run_count;
                     least_floor_all.1 += floor.run_time_ns;
+                    let net_ns = least.net_ns(f);
                     lw_rounds.push(ObserverRound {
-                        net_ns: least.net_ns(f),
+                        net_ns,
                         cpu_s: run.timed.cpu_s,
-                        per_switch: least
-                            .net_ns(f)
+                        per_switch: net_ns
                             .checked_div(least.run_count)
                             .map(|ns| (ns, least.run_count)),
                     });
@@ -1093,6 +1093,11 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
          | program | invocations | per second of workload | mean ns | floor ns | net ns | × floor |\n|---|---|---|---|---|---|---|\n",
         floor.map_or("not measured".to_string(), |f| format!("{f} ns"))
     );
+    // `stats_least_wait`'s mean per run and its floor's, over all the workloads.
+    let least_means = least_all
+        .1
+        .checked_div(least_all.0)
+        .zip(least_floor_all.1.checked_div(least_floor_all.0));
     // Hot: run at least a thousand times per second of these workloads.
     let hot = |runs: u64| runs as f64 / seconds >= 1000.0;
     for (name, (n, t)) in &prog {
@@ -1133,17 +1138,14 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
                     format!(
                         "{:.2}× ({mean} ns against {f} ns); {}",
                         mean as f64 / f as f64,
-                        least_cell(least_all, least_floor_all)
+                        least_cell(least_means)
                     ),
                     mean as f64 <= 1.5 * f as f64,
                 );
             }
         }
     }
-    if let (Some(m), Some(f)) = (
-        least_all.1.checked_div(least_all.0),
-        least_floor_all.1.checked_div(least_floor_all.0),
-    ) {
+    if let Some((m, f)) = least_means {
         s.body += &format!(
             "| stats_least_wait (calibration, its own runs) | {} | {:.0} | {m} | {f} | {} | {:.2} |\n",
             least_all.0,
@@ -1185,10 +1187,11 @@ fn programs(bin: &Path, rounds: usize, s: &mut Section) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The least-wait program's mean per run against its floor, for the ×-floor budget's cell.
-fn least_cell(least: (u64, u64), floor: (u64, u64)) -> String {
-    match (least.1.checked_div(least.0), floor.1.checked_div(floor.0)) {
-        (Some(m), Some(f)) if f > 0 => {
+/// The least-wait program's mean per run against its floor's (`means`), for the ×-floor
+/// budget's cell.
+fn least_cell(means: Option<(u64, u64)>) -> String {
+    match means {
+        Some((m, f)) if f > 0 => {
             let x = m as f64 / f as f64;
             format!(
                 "the least per-wait program (`stats_least_wait`) {x:.2}× ({m} ns against {f} ns){}",
