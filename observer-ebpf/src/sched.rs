@@ -701,20 +701,14 @@ fn add_pending(ps: &mut ProcStats, e: &SwitchIn) {
 
 /// A thread exits: its pending waits go to its process's aggregate (nothing after this would
 /// add them), and its entry is left to nobody, so that a later thread given the same tid
-/// starts afresh. Attached with waits measured at switch-in; the process's exit record
-/// (`process_exit`, after this on the same tracepoint) then finds its aggregate whole.
+/// starts afresh. Attached with waits measured at switch-in, with the scheduler's programs and
+/// so before `process_exit` on the same tracepoint, whose exit record then finds the aggregate
+/// whole.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_thread_exit(_ctx: BtfTracePointContext) -> i32 {
-    settle_exiting_thread();
-    0
-}
-
-/// `sched_thread_exit`'s work, for the current (exiting) thread.
-#[inline(always)]
-fn settle_exiting_thread() {
     let (tid, tgid) = task::current_ids();
     if tid == 0 {
-        return;
+        return 0;
     }
     if let Some((e, true)) = switch_ins::entry(tid) {
         if e.pending != 0 {
@@ -723,6 +717,7 @@ fn settle_exiting_thread() {
         // Nobody's: the check word no longer matches.
         e.tid = 0;
     }
+    0
 }
 
 /// Processes rename themselves (prctl; exec is handled by its own program) after their first
@@ -754,10 +749,6 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
     let Some((_, tgid)) = task::ids::<true>(task) else { return 0 };
     if !is_traced(tgid) {
         return 0;
-    }
-    // Where `sched_thread_exit` ran first (attached before this), nothing is left to do.
-    if switch_in_waits::<true>() {
-        settle_exiting_thread();
     }
     let start_ns = task::leader_start::<true>(task);
     // SAFETY: read-only lookup of a u32.
