@@ -167,10 +167,39 @@ fn runq_matches_schedstat_with(source: Source, sleep_us: u64, switch_ins: Option
         "no {reason} episode streamed"
     );
     if sleep_us == 0 {
+        // Named, and named right: the hogs, or the victim's other thread under its own tid
+        // (anything else runs on the CPU only now and then: kworkers, ksoftirqd).
+        let named: Vec<&Value> = pauses
+            .iter()
+            .map(|p| &p["preempted_by"])
+            .filter(|b| b["comm"].is_string())
+            .collect();
+        let hog = |b: &&Value| b["comm"].as_str().unwrap().starts_with("pw-hog");
+        let sibling = |b: &&Value| {
+            threads.iter().any(|t| {
+                t["tid"] == b["tid"] && (t["comm"] == b["comm"] || b["comm"] == "pw-victim")
+            })
+        };
         assert!(
-            pauses.iter().any(|p| p["preempted_by"]["comm"].is_string()),
-            "no preemptor named"
+            named.iter().any(hog),
+            "no hog named as a preemptor: {named:?}"
         );
+        let known = named.iter().filter(|b| hog(b) || sibling(b)).count();
+        assert!(
+            known * 10 >= named.len() * 9,
+            "of {} preemptors named, only {known} are the hogs or the victim's own threads: {named:?}",
+            named.len()
+        );
+        // A victim's thread named as a preemptor carries its own name.
+        for b in &named {
+            if threads.iter().any(|t| t["tid"] == b["tid"]) {
+                // (or its first name, before it renamed itself: see above).
+                assert!(
+                    sibling(b),
+                    "preemptor {b} is a thread of the victim under another name"
+                );
+            }
+        }
     }
 }
 

@@ -21,8 +21,8 @@
 //! last left a CPU is the growth of `run_delay` plus the current wait, which also splits a D or
 //! stopped episode at its wakeup: the queueing is the wakeup. `sched_wakeup` is then not
 //! attached, and `sched_wakeup_new` only to follow forks under `--pid`. What a thread carries
-//! from one switch-in to the next (its `run_delay` baseline) is in `switch_ins`; an episode
-//! begun at switch-out stays in its task storage.
+//! from one switch-in to the next (its `run_delay` baseline, who preempted it) is in
+//! `switch_ins`; a D or stopped episode begun at switch-out stays in its task storage.
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
@@ -31,8 +31,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use observer_common::{
-    BlockReason, Component, ComponentStats, CpuSteal, DropCause, EpisodeStart, ExitRecord, PENDING_WAITS, PauseRecord, ProcStats,
-    RecordKind, STAT_EPISODE, STAT_STEAL, SWITCH_IN_EPISODE, StopKind, SwitchIn, ThreadState, hist,
+    BlockReason, Component, ComponentStats, CpuSteal, DropCause, EpisodeStart, ExitRecord, PENDING_WAIT_MAX_NS, PENDING_WAITS, PauseRecord,
+    ProcStats, RecordKind, STAT_EPISODE, STAT_STEAL, SWITCH_IN_EPISODE, SWITCH_IN_PREEMPTED, StopKind, SwitchIn, ThreadState,
+    agg_start_tag, hist,
 };
 
 use crate::{
@@ -272,6 +273,13 @@ fn switch_out<const D: bool, C: StackIdContext>(
         let holder = if kind == StopKind::Ptrace { task::parent::<D>(prev).map(task::identity::<D>) } else { None };
         stops::thread_stopped(tgid, ts, kind, holder);
     }
+    if phase == Component::Runq && switch_in_waits::<D>() {
+        // The kernel starts timing this wait right after this program (sched_info_depart
+        // queues a still-runnable task again): it is measured at the switch-in like any other,
+        // and needs no episode. Its entry keeps who took the CPU.
+        mark_preempted(tid, next_tid.unwrap_or(0), next);
+        return;
+    }
     let Some(p) = episodes::place::<D>(None, prev, tid) else { return };
     if switch_in_waits::<D>() {
         mark_episode(tid);
@@ -426,9 +434,11 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
         current
     };
     let left = if mine && pcount != 0 { u32::from(e.last_cpu) } else { 0 };
-    // An episode begun when it left the CPU (preempted, D, stopped) is in its task storage:
-    // the entry says so, or cannot say (not its own).
+    // An episode begun when it left the CPU (D, stopped) is in its task storage: the entry
+    // says so, or cannot say (not its own).
     let look = !mine || e.flags & SWITCH_IN_EPISODE != 0;
+    // Preempted: who by is in the entry (only if its own).
+    let preempted = mine && e.flags & SWITCH_IN_PREEMPTED != 0;
     if !mine {
         take_entry(e, tid);
     }
@@ -436,14 +446,15 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     e.flags = 0;
     e.last_cpu = (here + 1) as u16;
     e.run_delay_ns = after;
-    end_wait(ts, next, tid, tgid, e, look, (last_queued, queued, pcount), (left, here));
+    end_wait(ts, next, tid, tgid, e, look, (last_queued, queued, pcount), (left, here, preempted));
     // Last, once: whatever ending the wait changed in the entry.
     switch_ins::seal(e);
 }
 
 /// The rest of `switch_in_measured` for thread `tid` of process `tgid` (task `next`), whose
 /// entry `e` is its own and holds its new baseline: the episode in task storage (when `look`)
-/// ends, or the wait alone (`queued` ns) is streamed when long enough and kept pending.
+/// ends, or the wait alone (`queued` ns; since a preemption by the thread `e` names when
+/// `preempted`) is streamed when long enough and kept pending.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn end_wait(
@@ -454,7 +465,7 @@ fn end_wait(
     e: &mut SwitchIn,
     look: bool,
     (last_queued, queued, pcount): (u64, u64, u64),
-    (left, here): (u32, u32),
+    (left, here, preempted): (u32, u32, bool),
 ) {
     if look {
         if let Some(stp) = episodes::get::<true>(next, tid) {
@@ -475,24 +486,36 @@ fn end_wait(
             return;
         }
     }
-    // Woken from a voluntary sleep (or new): the pause is the wait alone.
+    // Preempted, woken from a voluntary sleep, or new: the pause is the wait alone.
     if last_queued == 0 && queued == 0 {
         return;
     }
-    if queued >= config::min_pause_ns() {
+    let streamed = queued >= config::min_pause_ns();
+    if streamed {
         // Streamed, straight from here: a wait alone needs no episode in task storage.
-        let reason = if pcount == 0 { EpisodeStart::New } else { EpisodeStart::Wakeup };
+        let (reason, by) = match (preempted, pcount) {
+            (true, _) => (EpisodeStart::Preempted, preemptor(e)),
+            (false, 0) => (EpisodeStart::New, (0, [0; 2])),
+            (false, _) => (EpisodeStart::Wakeup, (0, [0; 2])),
+        };
         let prev_cpu = if left != 0 { left - 1 } else { here };
-        if !emit_wait(tid, tgid, next, queued, reason, prev_cpu) {
-            if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next) {
+        if !emit_wait(tid, tgid, next, queued, reason, prev_cpu, by) {
+            if let Some(ps) = cached_proc_stats::<true, _>(&mut e.agg_slot, &mut e.agg_start, tgid, next) {
                 counters::atomic_add(&mut ps.dropped_records, 1);
             }
         }
     }
+    if queued > PENDING_WAIT_MAX_NS {
+        // Longer than an entry keeps (only with a --min-pause above it): aggregated now.
+        if let Some(ps) = cached_proc_stats::<true, _>(&mut e.agg_slot, &mut e.agg_start, tgid, next) {
+            add_runq_wait::<true>(ps, queued, next, streamed);
+        }
+        return;
+    }
     // Kept in the entry with the thread's other pending waits, which go to the process's
     // run-queue aggregate together (`SwitchIn`). The slot is found at the thread's first
     // wait, so that the agent can tell whose they are.
-    if e.agg_slot == 0 && cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, next).is_none() {
+    if e.agg_slot == 0 && cached_proc_stats::<true, _>(&mut e.agg_slot, &mut e.agg_start, tgid, next).is_none() {
         // No slot (counted as a drop): the wait cannot be aggregated.
         return;
     }
@@ -501,11 +524,26 @@ fn end_wait(
     }
 }
 
-/// Streams a wait of `wait` ns, ending now, of thread `tid` of process `tgid` (task `next`)
-/// that is a whole episode (`emit` for one kept in task storage); false (the drop counted)
-/// when the ring buffer is full.
+/// Who preempted the thread whose entry is `e` (`SWITCH_IN_PREEMPTED`): the tid, and the
+/// name its task has now. The task may have exited since, so it is read through the kernel's
+/// fault-tolerant copy, and only while it still has that tid (its memory may since hold
+/// another task); otherwise the name is unknown (zero).
 #[inline(always)]
-fn emit_wait(tid: u32, tgid: u32, next: TaskPtr, wait: u64, reason: EpisodeStart, prev_cpu: u32) -> bool {
+fn preemptor(e: &SwitchIn) -> (u32, [u64; 2]) {
+    let by = e.preempted_by_tid;
+    let task = e.preempted_by_task as TaskPtr;
+    if by == 0 || task.is_null() || task::tid::<false>(task) != Some(by) {
+        return (by, [0; 2]);
+    }
+    (by, task::comm_words::<false>(task))
+}
+
+/// Streams a wait of `wait` ns, ending now, of thread `tid` of process `tgid` (task `next`)
+/// that is a whole episode (`emit` for one kept in task storage), since a preemption by
+/// `preempted_by` (tid and name; 0 when not preempted); false (the drop counted) when the ring
+/// buffer is full.
+#[inline(always)]
+fn emit_wait(tid: u32, tgid: u32, next: TaskPtr, wait: u64, reason: EpisodeStart, prev_cpu: u32, preempted_by: (u32, [u64; 2])) -> bool {
     let Some(mut entry) = output::reserve::<PauseRecord>(DropCause::Sched) else { return false };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` points to a reserved, writable PauseRecord in the ring buffer; every field
@@ -520,10 +558,10 @@ fn emit_wait(tid: u32, tgid: u32, next: TaskPtr, wait: u64, reason: EpisodeStart
         (*r).components_ns = [wait, 0, 0];
         (*r).prev_cpu = prev_cpu;
         (*r).start_reason = reason as u32;
-        (*r).preempted_by_tid = 0;
+        (*r).preempted_by_tid = preempted_by.0;
         (*r).block_reason = 0;
         words::put_name(&raw mut (*r).comm, task::comm_words::<true>(next));
-        words::put_name(&raw mut (*r).preempted_by_comm, [0; 2]);
+        words::put_name(&raw mut (*r).preempted_by_comm, preempted_by.1);
         (*r).stack_id = -1;
         (*r).block_dev = 0;
         (*r).block_addr = 0;
@@ -629,6 +667,21 @@ fn add_runq_wait<const D: bool>(ps: &mut ProcStats, wait: u64, next: TaskPtr, st
     counters::add_stat(&mut ps.stats[Component::Runq as usize], wait);
 }
 
+/// Records that thread `tid`, leaving its CPU still runnable, was preempted by thread `by`
+/// (task `by_task`): its next switch-in streams its wait under that name if long enough.
+#[inline(always)]
+fn mark_preempted(tid: u32, by: u32, by_task: TaskPtr) {
+    if let Some((e, mine)) = switch_ins::entry(tid) {
+        if !mine {
+            take_entry(e, tid);
+        }
+        e.flags = SWITCH_IN_PREEMPTED;
+        e.preempted_by_tid = by;
+        e.preempted_by_task = by_task as u64;
+        switch_ins::seal(e);
+    }
+}
+
 /// Records that thread `tid`, leaving its CPU, starts an episode kept in its task storage:
 /// its next switch-in must look there.
 #[inline(always)]
@@ -654,7 +707,7 @@ fn take_entry(e: &mut SwitchIn, tid: u32) {
         };
         match ps {
             // SAFETY: pointer into our own map value, valid for this program run.
-            Some(ps) if unsafe { (*ps).tgid != 0 && (*ps).start_ns == e.agg_start_ns } => {
+            Some(ps) if unsafe { (*ps).tgid != 0 && agg_start_tag((*ps).start_ns) == e.agg_start } => {
                 // SAFETY: as above.
                 add_pending(unsafe { &mut *ps }, e)
             }
@@ -670,9 +723,9 @@ fn take_entry(e: &mut SwitchIn, tid: u32) {
 /// of the process sets the name it ends with).
 #[inline(always)]
 fn flush_pending(e: &mut SwitchIn, tgid: u32, task: TaskPtr, rename: bool) {
-    if let Some(ps) = cached_proc_stats::<true>(&mut e.agg_slot, &mut e.agg_start_ns, tgid, task) {
+    if let Some(ps) = cached_proc_stats::<true, _>(&mut e.agg_slot, &mut e.agg_start, tgid, task) {
         if rename {
-            refresh_name::<true>(ps, Component::Runq as usize, e.pending_max_ns, task, false);
+            refresh_name::<true>(ps, Component::Runq as usize, u64::from(e.pending_max_ns), task, false);
         }
         add_pending(ps, e);
     }
@@ -684,11 +737,11 @@ fn flush_pending(e: &mut SwitchIn, tgid: u32, task: TaskPtr, rename: bool) {
 fn add_pending(ps: &mut ProcStats, e: &SwitchIn) {
     let s = &mut ps.stats[Component::Runq as usize];
     counters::atomic_add(&mut s.total_ns, e.pending_ns);
-    if e.pending_max_ns > s.max_ns {
-        s.max_ns = e.pending_max_ns;
+    if u64::from(e.pending_max_ns) > s.max_ns {
+        s.max_ns = u64::from(e.pending_max_ns);
     }
     for i in 0..PENDING_WAITS {
-        if i as u32 >= e.pending {
+        if i >= e.pending as usize {
             break;
         }
         if let Some(&b) = e.pending_buckets.get(i) {
@@ -856,28 +909,53 @@ fn proc_stats<const D: bool>(tgid: u32, task: TaskPtr) -> Option<&'static mut Pr
 #[inline(always)]
 fn thread_proc_stats<const D: bool>(st: &mut ThreadState, task: TaskPtr) -> Option<&'static mut ProcStats> {
     let tgid = st.tgid;
-    cached_proc_stats::<D>(&mut st.agg_slot, &mut st.agg_start_ns, tgid, task)
+    cached_proc_stats::<D, _>(&mut st.agg_slot, &mut st.agg_start_ns, tgid, task)
+}
+
+/// What a cached aggregate slot keeps of the aggregate's `start_ns`: all of it (an episode in
+/// task storage) or its tag (a `SwitchIn` entry, which has no room for more).
+trait AggStart: Copy + PartialEq {
+    fn of(start_ns: u64) -> Self;
+}
+
+impl AggStart for u64 {
+    #[inline(always)]
+    fn of(start_ns: u64) -> Self {
+        start_ns
+    }
+}
+
+impl AggStart for u32 {
+    #[inline(always)]
+    fn of(start_ns: u64) -> Self {
+        agg_start_tag(start_ns)
+    }
 }
 
 /// The aggregate of process `tgid` (named after `task`'s group leader) through a cached slot
-/// (`slot`: its index + 1, 0 for none; `start`: the aggregate's `start_ns` when it was cached)
-/// when that slot is still the process's, else looked up and cached. A thread's task storage
-/// (episodes) and its `SWITCH_INS` entry (pure run-queue waits) each keep one; the raw_tp path
-/// (`D` false) looks it up every time.
+/// (`slot`: its index + 1, 0 for none; `start`: what it kept of the aggregate's `start_ns`
+/// when it was cached) when that slot is still the process's, else looked up and cached. A
+/// thread's task storage (episodes) and its `SWITCH_INS` entry (pure run-queue waits) each keep
+/// one; the raw_tp path (`D` false) looks it up every time.
 #[inline(always)]
-fn cached_proc_stats<const D: bool>(slot: &mut u32, start: &mut u64, tgid: u32, task: TaskPtr) -> Option<&'static mut ProcStats> {
+fn cached_proc_stats<const D: bool, S: AggStart>(
+    slot: &mut u32,
+    start: &mut S,
+    tgid: u32,
+    task: TaskPtr,
+) -> Option<&'static mut ProcStats> {
     if D && *slot != 0 {
         if let Some(p) = PROC_STATS.get_ptr_mut(*slot - 1) {
             // SAFETY: pointer into our own map value, valid for this program invocation.
             let ps = unsafe { &mut *p };
-            if ps.tgid == tgid && ps.start_ns == *start {
+            if ps.tgid == tgid && S::of(ps.start_ns) == *start {
                 return Some(ps);
             }
         }
     }
     let (found, ps) = proc_slot::<D>(tgid, task)?;
     *slot = found + 1;
-    *start = ps.start_ns;
+    *start = S::of(ps.start_ns);
     Some(ps)
 }
 

@@ -1,14 +1,14 @@
 //! What a traced thread's switch-ins carry from one to the next, with waits measured at
 //! switch-in (`sched::switch_in_waits`): its `run_delay` baseline, the CPU it left, its
-//! process's aggregate slot, whether an episode waits in its task storage, and its latest pure
-//! run-queue waits not yet added to the aggregate (`SwitchIn` says why).
+//! process's aggregate slot, whether an episode waits in its task storage or who preempted it,
+//! and its latest pure run-queue waits not yet added to the aggregate (`SwitchIn` says why).
 //!
 //! An array indexed by tid (`SwitchIn` says what threads sharing an entry lose). Under
 //! `perf bench sched messaging`, where every switch-in finds the next thread's state cold,
 //! task storage cost three dependent cache misses per switch-in (`task->bpf_storage`, the
 //! storage's cache of maps, the element) where an inlined array lookup costs one.
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use observer_common::{PENDING_WAITS, SwitchIn, hist};
+use observer_common::{PENDING_WAIT_MAX_NS, PENDING_WAITS, SwitchIn, hist};
 
 use crate::config;
 
@@ -42,8 +42,8 @@ pub fn take(e: &mut SwitchIn, tid: u32) {
     clear_pending(e);
 }
 
-/// Adds a pure run-queue wait of `wait` ns to `e`'s pending waits; true when the list is then
-/// full (the caller adds them to the aggregate).
+/// Adds a pure run-queue wait of `wait` ns (at most `PENDING_WAIT_MAX_NS`) to `e`'s pending
+/// waits; true when the list is then full (the caller adds them to the aggregate).
 #[inline(always)]
 pub fn push_pending(e: &mut SwitchIn, wait: u64) -> bool {
     let n = e.pending;
@@ -51,6 +51,7 @@ pub fn push_pending(e: &mut SwitchIn, wait: u64) -> bool {
     *b = hist::bucket(wait) as u8;
     e.pending = n + 1;
     e.pending_ns += wait;
+    let wait = wait.min(PENDING_WAIT_MAX_NS) as u32;
     if wait > e.pending_max_ns {
         e.pending_max_ns = wait;
     }

@@ -12,7 +12,7 @@ use std::{collections::HashMap, os::fd::OwnedFd};
 
 use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData};
-use observer_common::{ComponentStats, SwitchIn, hist};
+use observer_common::{ComponentStats, SwitchIn, agg_start_tag, hist};
 
 use super::slot_view::{Window, array_fd};
 
@@ -100,13 +100,13 @@ impl Pending {
     /// Adds entry `e`'s pending waits if they are counted for aggregate `slot` (started at
     /// `start_ns`).
     pub fn add(&mut self, e: &SwitchIn, slot: u32, start_ns: u64) {
-        if e.agg_slot != slot + 1 || e.agg_start_ns != start_ns {
+        if e.agg_slot != slot + 1 || e.agg_start != agg_start_tag(start_ns) {
             return;
         }
         let n = (e.pending as usize).min(e.pending_buckets.len());
         self.waits += n as u64;
         self.total_ns += e.pending_ns;
-        self.max_ns = self.max_ns.max(e.pending_max_ns);
+        self.max_ns = self.max_ns.max(u64::from(e.pending_max_ns));
         for &b in &e.pending_buckets[..n] {
             let b = usize::from(b).min(hist::BUCKETS - 1);
             match self.hist.iter_mut().find(|(bucket, _)| *bucket == b) {
@@ -188,16 +188,16 @@ mod tests {
         let mut e = SwitchIn {
             tid,
             agg_slot: slot + 1,
-            agg_start_ns: start,
+            agg_start: agg_start_tag(start),
             run_delay_ns: 5_000,
             ..Default::default()
         };
         for (i, &w) in waits.iter().enumerate() {
             e.pending_buckets[i] = hist::bucket(w) as u8;
             e.pending_ns += w;
-            e.pending_max_ns = e.pending_max_ns.max(w);
+            e.pending_max_ns = e.pending_max_ns.max(w as u32);
         }
-        e.pending = waits.len() as u32;
+        e.pending = waits.len() as u8;
         e.check = SwitchIn::check_of(e.tid, e.run_delay_ns, e.pending_ns, e.pending);
         e
     }
