@@ -83,15 +83,10 @@ pub fn comm<const DIRECT: bool>(task: TaskPtr) -> [u8; TASK_COMM_LEN] {
 }
 
 /// `task->comm` as two 8-byte words: two loads where reading a `[u8; 16]` takes sixteen (its
-/// alignment is 1, and the BPF target has no unaligned loads), or one copy through the
-/// helper. Zero where unreadable.
+/// alignment is 1, and the BPF target has no unaligned loads). Zero where unreadable.
 #[inline(always)]
 pub fn comm_words<const DIRECT: bool>(task: TaskPtr) -> [u64; 2] {
     let off = config::task_comm_off();
-    if !DIRECT {
-        // Both words in one helper call.
-        return read::<DIRECT, [u64; 2]>(task, off).unwrap_or([0; 2]);
-    }
     match (read::<DIRECT, u64>(task, off), read::<DIRECT, u64>(task, off + 8)) {
         (Some(a), Some(b)) => [a, b],
         _ => [0; 2],
