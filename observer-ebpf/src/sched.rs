@@ -437,8 +437,13 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
     // An episode begun when it left the CPU (D, stopped) is in its task storage: the entry
     // says so, or cannot say (not its own).
     let look = !mine || e.flags & SWITCH_IN_EPISODE != 0;
-    // Preempted: who by is in the entry (only if its own).
-    let preempted = mine && e.flags & SWITCH_IN_PREEMPTED != 0;
+    // Preempted: who by is in the entry, or was, if another thread took it meanwhile (a new
+    // thread's first run cannot follow a preemption).
+    let preempted = match (mine, pcount) {
+        (true, _) => switch_ins::preemption(e),
+        (false, 0) => None,
+        (false, _) => switch_ins::take_displaced(tid),
+    };
     if !mine {
         take_entry(e, tid);
     }
@@ -453,8 +458,8 @@ fn switch_in_measured(ts: u64, next: TaskPtr, tid: u32) {
 
 /// The rest of `switch_in_measured` for thread `tid` of process `tgid` (task `next`), whose
 /// entry `e` is its own and holds its new baseline: the episode in task storage (when `look`)
-/// ends, or the wait alone (`queued` ns; since a preemption by the thread `e` names when
-/// `preempted`) is streamed when long enough and kept pending.
+/// ends, or the wait alone (`queued` ns; since a preemption when `preempted` says by whom) is
+/// streamed when long enough and kept pending.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn end_wait(
@@ -465,7 +470,7 @@ fn end_wait(
     e: &mut SwitchIn,
     look: bool,
     (last_queued, queued, pcount): (u64, u64, u64),
-    (left, here, preempted): (u32, u32, bool),
+    (left, here, preempted): (u32, u32, Option<switch_ins::Preemption>),
 ) {
     if look {
         if let Some(stp) = episodes::get::<true>(next, tid) {
@@ -494,9 +499,9 @@ fn end_wait(
     if streamed {
         // Streamed, straight from here: a wait alone needs no episode in task storage.
         let (reason, by) = match (preempted, pcount) {
-            (true, _) => (EpisodeStart::Preempted, preemptor(e)),
-            (false, 0) => (EpisodeStart::New, (0, [0; 2])),
-            (false, _) => (EpisodeStart::Wakeup, (0, [0; 2])),
+            (Some(p), _) => (EpisodeStart::Preempted, preemptor(p)),
+            (None, 0) => (EpisodeStart::New, (0, [0; 2])),
+            (None, _) => (EpisodeStart::Wakeup, (0, [0; 2])),
         };
         let prev_cpu = if left != 0 { left - 1 } else { here };
         if !emit_wait(tid, tgid, next, queued, reason, prev_cpu, by) {
@@ -524,14 +529,14 @@ fn end_wait(
     }
 }
 
-/// Who preempted the thread whose entry is `e` (`SWITCH_IN_PREEMPTED`): the tid, and the
-/// name its task has now. The task may have exited since, so it is read through the kernel's
-/// fault-tolerant copy, and only while it still has that tid (its memory may since hold
-/// another task); otherwise the name is unknown (zero).
+/// The thread of preemption `p`: its tid, and the name its task has now. The task may have
+/// exited since, so it is read through the kernel's fault-tolerant copy, and only while it
+/// still has that tid (its memory may since hold another task); otherwise the name is unknown
+/// (zero).
 #[inline(always)]
-fn preemptor(e: &SwitchIn) -> (u32, [u64; 2]) {
-    let by = e.preempted_by_tid;
-    let task = e.preempted_by_task as TaskPtr;
+fn preemptor(p: switch_ins::Preemption) -> (u32, [u64; 2]) {
+    let by = p.by_tid;
+    let task = p.by_task as TaskPtr;
     if by == 0 || task.is_null() || task::tid::<false>(task) != Some(by) {
         return (by, [0; 2]);
     }

@@ -7,8 +7,12 @@
 //! `perf bench sched messaging`, where every switch-in finds the next thread's state cold,
 //! task storage cost three dependent cache misses per switch-in (`task->bpf_storage`, the
 //! storage's cache of maps, the element) where an inlined array lookup costs one.
-use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use observer_common::{PENDING_WAIT_MAX_NS, PENDING_WAITS, SwitchIn, hist};
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+use observer_common::{PENDING_WAIT_MAX_NS, PENDING_WAITS, SWITCH_IN_PREEMPTED, SwitchIn, hist};
 
 use crate::config;
 
@@ -17,6 +21,37 @@ use crate::config;
 /// cache line, and the agent reads the pending waits through a mapping of it.
 #[map]
 static SWITCH_INS: Array<SwitchIn> = Array::with_max_entries(1 << 15, BPF_F_MMAPABLE);
+
+/// Who preempted a thread (`preempted_by_tid`, `preempted_by_task` of its entry).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Preemption {
+    pub by_task: u64,
+    pub by_tid: u32,
+    _pad: u32,
+}
+
+/// Who preempted the threads, still waiting, whose entries other threads took meanwhile (only
+/// where threads share entries: tids equal modulo the array's size), until their switch-in.
+/// LRU: a record left by a thread that never got a CPU again is pushed out by later ones.
+#[map]
+static DISPLACED: LruHashMap<u32, Preemption> = LruHashMap::with_max_entries(4096, 0);
+
+/// Who preempted the thread whose entry `e` is, if it was preempted: `e` must be its own.
+#[inline(always)]
+pub fn preemption(e: &SwitchIn) -> Option<Preemption> {
+    (e.flags & SWITCH_IN_PREEMPTED != 0).then_some(Preemption { by_task: e.preempted_by_task, by_tid: e.preempted_by_tid, _pad: 0 })
+}
+
+/// Who preempted thread `tid`, whose entry another thread took while it waited (`take`), and
+/// forgets it: read once, at its switch-in.
+#[inline(always)]
+pub fn take_displaced(tid: u32) -> Option<Preemption> {
+    // SAFETY: a copy of the value is taken before the entry is removed.
+    let p = unsafe { DISPLACED.get(&tid) }.copied()?;
+    let _ = DISPLACED.remove(&tid);
+    Some(p)
+}
 
 /// Thread `tid`'s entry, and whether it holds the thread's own state: `Some((entry, true))`
 /// when it does, `(entry, false)` when another thread (or nobody) holds it, or its fields were
@@ -32,9 +67,17 @@ pub fn entry(tid: u32) -> Option<(&'static mut SwitchIn, bool)> {
 }
 
 /// Makes `e` thread `tid`'s, with nothing known of it yet. What it held for another thread is
-/// gone: the caller adds that thread's pending waits to its aggregate first.
+/// gone, but for who preempted it if it is waiting (`DISPLACED`): the caller adds that
+/// thread's pending waits to its aggregate first.
 #[inline(always)]
 pub fn take(e: &mut SwitchIn, tid: u32) {
+    if e.tid != 0 && e.tid != tid && e.is_whole() {
+        if let Some(p) = preemption(e) {
+            // Full (only under thousands of threads preempted at once while sharing entries):
+            // the LRU pushes out the oldest record.
+            let _ = DISPLACED.insert(&e.tid, &p, 0);
+        }
+    }
     e.tid = tid;
     e.last_cpu = 0;
     e.agg_slot = 0;
