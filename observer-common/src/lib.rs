@@ -1149,8 +1149,9 @@ const _: () = assert!(
 /// last holds it (the other's pending waits are added to its aggregate first), and the other is
 /// then seen as if for the first time (its wait is the one on the run queue it gets the CPU
 /// from; waits on run queues it was migrated away from are not known), and looks in task
-/// storage for an episode. Kernel-private but for the agent's read of the pending waits, kept
-/// here so its size is checked once.
+/// storage for an episode, and in a small hash for who preempted it (put there by the thread
+/// that took its entry while it waited). Kernel-private but for the agent's read of the pending
+/// waits, kept here so its size is checked once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitchIn {
