@@ -676,10 +676,7 @@ fn add_runq_wait<const D: bool>(ps: &mut ProcStats, wait: u64, next: TaskPtr, st
 /// (task `by_task`): its next switch-in streams its wait under that name if long enough.
 #[inline(always)]
 fn mark_preempted(tid: u32, by: u32, by_task: TaskPtr) {
-    if let Some((e, mine)) = switch_ins::entry(tid) {
-        if !mine {
-            take_entry(e, tid);
-        }
+    if let Some(e) = leaving_entry(tid) {
         e.flags = SWITCH_IN_PREEMPTED;
         e.preempted_by_tid = by;
         e.preempted_by_task = by_task as u64;
@@ -691,13 +688,21 @@ fn mark_preempted(tid: u32, by: u32, by_task: TaskPtr) {
 /// its next switch-in must look there.
 #[inline(always)]
 fn mark_episode(tid: u32) {
-    if let Some((e, mine)) = switch_ins::entry(tid) {
-        if !mine {
-            take_entry(e, tid);
-        }
+    if let Some(e) = leaving_entry(tid) {
         e.flags = SWITCH_IN_EPISODE;
         switch_ins::seal(e);
     }
+}
+
+/// Thread `tid`'s entry as it leaves its CPU, made its own: the caller records how it left and
+/// seals it.
+#[inline(always)]
+fn leaving_entry(tid: u32) -> Option<&'static mut SwitchIn> {
+    let (e, mine) = switch_ins::entry(tid)?;
+    if !mine {
+        take_entry(e, tid);
+    }
+    Some(e)
 }
 
 /// Makes `e` thread `tid`'s. The pending waits it holds for the thread that had it go to that
