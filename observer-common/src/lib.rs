@@ -160,8 +160,8 @@ pub enum DropCause {
     /// next once-a-second read instead.
     Exit = 14,
     /// A block request's issue time was overwritten in the in-flight table by another
-    /// request's (two requests in flight in one slot): that request is missing from its
-    /// disk's latency histogram.
+    /// request's (five requests in flight in one four-way set: the one issued longest ago
+    /// gave way): that request is missing from its disk's latency histogram.
     DiskSample = 15,
 }
 pub const NUM_DROP_CAUSES: usize = 16;
@@ -959,6 +959,196 @@ impl ComponentStats {
     /// updates can see a value in the total but not yet in its bucket, or the reverse.
     pub fn count(&self) -> u64 {
         self.hist.iter().sum()
+    }
+}
+
+/// What a block request did, as the kernel's I/O statistics group it
+/// (`/sys/block/<dev>/stat`, Documentation/block/stat.rst), with cache flushes apart: the
+/// kernel counts the flush requests a device executes (`flush_rq`, issued for one or more
+/// waiting flushes) in its own flush fields, not as the writes that asked for them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DiskOp {
+    Read = 0,
+    Write = 1,
+    Flush = 2,
+    Discard = 3,
+}
+
+impl DiskOp {
+    pub const ALL: [DiskOp; 4] = [DiskOp::Read, DiskOp::Write, DiskOp::Flush, DiskOp::Discard];
+
+    /// The group of a request whose `cmd_flags` are `flags` (include/linux/blk_types.h,
+    /// v6.18: the operation is the low `REQ_OP_BITS` (8) bits; `REQ_OP_FLUSH` 2,
+    /// `REQ_OP_DISCARD` 3; an odd operation writes, as `op_is_write` says, and
+    /// `op_stat_group` counts every other as a read).
+    pub const fn of_cmd_flags(flags: u32) -> Self {
+        match flags & 0xff {
+            2 => Self::Flush,
+            3 => Self::Discard,
+            op if op & 1 != 0 => Self::Write,
+            _ => Self::Read,
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Read,
+            1 => Self::Write,
+            2 => Self::Flush,
+            3 => Self::Discard,
+            _ => return None,
+        })
+    }
+
+    /// Stable snake_case name used in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+            Self::Discard => "discard",
+        }
+    }
+}
+
+/// Key of the kernel's per-disk latency map: the whole disk's dev_t (major << 20 |
+/// first_minor) and the `DiskOp`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DiskKey {
+    pub dev: u32,
+    pub op: u32,
+}
+const _: () = assert!(core::mem::size_of::<DiskKey>() == 8);
+
+/// Latency of one disk's requests of one `DiskOp`, from issue to the driver to completion, and
+/// the bytes they carried (each request's size at its first completion).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskStats {
+    pub latency: ComponentStats,
+    pub bytes: u64,
+}
+const _: () =
+    assert!(core::mem::size_of::<DiskStats>() == core::mem::size_of::<ComponentStats>() + 8);
+
+impl DiskStats {
+    pub const ZERO: Self = Self {
+        latency: ComponentStats::ZERO,
+        bytes: 0,
+    };
+}
+
+/// A block request in flight: its key (nonzero; 0: a free way) and issue time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub rq: u64,
+    pub issued_ns: u64,
+}
+
+/// Ways of an in-flight set: four 16-byte entries, one cache line.
+pub const IN_FLIGHT_WAYS: usize = 4;
+
+/// A set of the kernel's in-flight request table (observer-ebpf's disk.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlightSet {
+    pub ways: [InFlight; IN_FLIGHT_WAYS],
+}
+const _: () = assert!(core::mem::size_of::<InFlightSet>() == 64);
+
+impl InFlightSet {
+    /// The way request `key` takes: its own (a request issued again after a requeue), else
+    /// the first free one, else the one issued longest ago, whose request is then lost
+    /// (`true`).
+    #[inline(always)]
+    pub fn way_for(&self, key: u64) -> (usize, bool) {
+        let (mut free, mut oldest, mut oldest_ns) = (IN_FLIGHT_WAYS, 0, u64::MAX);
+        for (i, w) in self.ways.iter().enumerate() {
+            if w.rq == key {
+                return (i, false);
+            }
+            if w.rq == 0 {
+                if free == IN_FLIGHT_WAYS {
+                    free = i;
+                }
+            } else if w.issued_ns < oldest_ns {
+                (oldest, oldest_ns) = (i, w.issued_ns);
+            }
+        }
+        if free < IN_FLIGHT_WAYS {
+            (free, false)
+        } else {
+            (oldest, true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::{InFlight, InFlightSet};
+
+    #[test]
+    fn a_request_takes_its_own_way_then_a_free_one_then_the_oldest() {
+        let mut set = InFlightSet::default();
+        assert_eq!(set.way_for(7), (0, false));
+        set.ways[0] = InFlight {
+            rq: 7,
+            issued_ns: 50,
+        };
+        set.ways[2] = InFlight {
+            rq: 9,
+            issued_ns: 10,
+        };
+        // Issued again after a requeue: the same way.
+        assert_eq!(set.way_for(7), (0, false));
+        assert_eq!(set.way_for(9), (2, false));
+        // A new request: the first free way.
+        assert_eq!(set.way_for(11), (1, false));
+        set.ways[1] = InFlight {
+            rq: 11,
+            issued_ns: 30,
+        };
+        set.ways[3] = InFlight {
+            rq: 12,
+            issued_ns: 40,
+        };
+        // Full: the way issued longest ago, and its request is lost.
+        assert_eq!(set.way_for(13), (2, true));
+        assert_eq!(set.way_for(12), (3, false));
+    }
+}
+
+#[cfg(test)]
+mod disk_op_tests {
+    use super::DiskOp;
+
+    /// Grouped as the kernel's `op_stat_group` groups them (block/blk.h, v6.18), with
+    /// `REQ_OP_FLUSH` apart; the request flags above the operation's 8 bits do not matter.
+    #[test]
+    fn operations_group_as_the_kernels_io_statistics() {
+        // Request flags (`enum req_flag_bits`) start at bit 8, above the operation.
+        let (low, mid, top) = (1 << 8, 1 << 17, 1 << 31);
+        for (flags, op) in [
+            (0, DiskOp::Read),              // REQ_OP_READ
+            (1 | low | top, DiskOp::Write), // REQ_OP_WRITE
+            (2 | mid, DiskOp::Flush), // REQ_OP_FLUSH, with REQ_PREFLUSH as blk_kick_flush sets it
+            (3, DiskOp::Discard),     // REQ_OP_DISCARD
+            (5, DiskOp::Write),       // REQ_OP_SECURE_ERASE
+            (7, DiskOp::Write),       // REQ_OP_ZONE_APPEND
+            (9, DiskOp::Write),       // REQ_OP_WRITE_ZEROES
+            (10, DiskOp::Read),       // REQ_OP_ZONE_OPEN
+            (34, DiskOp::Read),       // REQ_OP_DRV_IN
+            (35, DiskOp::Write),      // REQ_OP_DRV_OUT
+        ] {
+            assert_eq!(DiskOp::of_cmd_flags(flags), op, "{flags:#x}");
+        }
+        for op in DiskOp::ALL {
+            assert_eq!(DiskOp::from_u32(op as u32), Some(op));
+        }
+        assert_eq!(DiskOp::from_u32(4), None);
     }
 }
 

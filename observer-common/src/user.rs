@@ -44,6 +44,10 @@ unsafe impl aya::Pod for crate::Activity {}
 unsafe impl aya::Pod for crate::CpuSteal {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::SwitchIn {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::DiskKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::DiskStats {}
 
 /// A decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -281,6 +281,10 @@ static Q_DISK_OFF: u64 = 0;
 static DISK_MAJOR_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 static DISK_FIRST_MINOR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_CMD_FLAGS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_DATA_LEN_OFF: u64 = 0;
 
 /// `pt_regs.orig_ax`, `.di`, `.si` and `.dx` (x86-64): the syscall a task is in and its first
 /// three arguments, read by the hooks that replace the syscall tracepoints (0: not loaded).
@@ -357,13 +361,15 @@ pub fn fd_offsets() -> FdOffsets {
     }
 }
 
-/// From a block request to its disk's device number.
+/// From a block request to its disk's device number, its operation and its size.
 #[derive(Clone, Copy)]
 pub struct DiskOffsets {
     pub rq_q: usize,
     pub q_disk: usize,
     pub major: usize,
     pub first_minor: usize,
+    pub cmd_flags: usize,
+    pub data_len: usize,
 }
 
 #[inline(always)]
@@ -373,5 +379,7 @@ pub fn disk_offsets() -> DiskOffsets {
         q_disk: get(&Q_DISK_OFF) as usize,
         major: get(&DISK_MAJOR_OFF) as usize,
         first_minor: get(&DISK_FIRST_MINOR_OFF) as usize,
+        cmd_flags: get(&RQ_CMD_FLAGS_OFF) as usize,
+        data_len: get(&RQ_DATA_LEN_OFF) as usize,
     }
 }

@@ -4,15 +4,16 @@ use std::collections::VecDeque;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use observer_common::{
-    BlockReason, ComponentStats, MemStallRecord, ProcMem, SyncRecord, SyncSyscall,
+    BlockReason, DiskKey, DiskStats, MemStallRecord, ProcMem, SyncRecord, SyncSyscall,
 };
 
 use crate::{
     model::{
         episode::Episode,
-        memory::{DiskTable, FaultCounts, MemStall, MemTotals, SyncCall, ThreadFaults},
+        memory::{
+            DiskTable, FaultCounts, MemStall, MemTotals, SyncCall, ThreadFaults, disk_readings,
+        },
         process::ProcessTable,
-        stats::Aggregate,
     },
     source::{files::FileNames, harvest::Harvest, stacks::Stacks},
 };
@@ -25,9 +26,9 @@ const MAX_FD: u64 = 1 << 24;
 
 pub struct MemState {
     pub files: FileNames,
-    /// The kernel's per-disk latency (read at every harvest and before naming a slow fsync's
-    /// disk); None when the map could not be opened.
-    disk_map: Option<BpfHashMap<MapData, u32, ComponentStats>>,
+    /// The kernel's latency per disk and operation (read at every harvest and before naming a
+    /// slow fsync's disk); None when the map could not be opened.
+    disk_map: Option<BpfHashMap<MapData, DiskKey, DiskStats>>,
     /// None when the stack map could not be opened (stacks are then not named).
     pub stacks: Option<Stacks>,
     pub disks: DiskTable,
@@ -41,7 +42,7 @@ pub struct MemState {
 impl MemState {
     pub fn new(
         stacks: Option<Stacks>,
-        disk_map: Option<BpfHashMap<MapData, u32, ComponentStats>>,
+        disk_map: Option<BpfHashMap<MapData, DiskKey, DiskStats>>,
     ) -> Self {
         Self {
             files: FileNames::default(),
@@ -124,10 +125,9 @@ impl MemState {
     pub fn refresh_disks(&mut self) {
         let Some(map) = &self.disk_map else { return };
         let now = crate::source::clock::WallClock::mono_now();
-        let readings: Vec<(u32, ComponentStats)> = map.iter().flatten().collect();
-        for (dev, s) in readings {
+        for (dev, ops) in disk_readings(map.iter().flatten()) {
             let name = self.files.device(dev);
-            self.disks.apply(dev, name, Aggregate::from(&s), now);
+            self.disks.apply(dev, name, ops, now);
         }
     }
 }

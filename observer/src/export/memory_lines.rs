@@ -116,18 +116,40 @@ impl<W: Write> NdjsonWriter<W> {
         self.line("mem_stall", s.start_mono_ns, clock, body);
     }
 
-    /// Block request latency per disk over the run.
+    /// Block request latency per disk over the run: every request, and each operation's
+    /// (read, write, flush, discard) that had any.
     pub fn disk_summary(&mut self, clock: &WallClock, disks: &DiskTable) {
         for d in disks.iter() {
             let t = d.total();
+            let ops: serde_json::Map<String, serde_json::Value> = d
+                .ops
+                .iter()
+                .filter(|(_, o)| o.latency.count > 0)
+                .map(|(op, o)| {
+                    let l = &o.latency;
+                    (
+                        op.name().to_string(),
+                        json!({
+                            "requests": l.count,
+                            "bytes": o.bytes,
+                            "total_ns": l.total_ns,
+                            "max_ns": l.max_ns,
+                            "p50_ns": l.percentile(0.5),
+                            "p99_ns": l.percentile(0.99),
+                        }),
+                    )
+                })
+                .collect();
             let body = json!({
                 "dev": dev_name(d.dev),
                 "device": d.name,
                 "requests": t.count,
+                "bytes": d.bytes(),
                 "total_ns": t.total_ns,
                 "max_ns": t.max_ns,
                 "p50_ns": t.percentile(0.5),
                 "p99_ns": t.percentile(0.99),
+                "ops": ops,
             });
             self.line("disk", WallClock::mono_now(), clock, body);
         }
@@ -137,6 +159,68 @@ impl<W: Write> NdjsonWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        memory::{DiskOpTotals, DiskReading},
+        stats::Aggregate,
+    };
+    use observer_common::DiskOp;
+
+    /// A disk line gives every request together and each operation that had any, with bytes.
+    #[test]
+    fn a_disk_line_breaks_requests_down_by_operation() {
+        let agg = |values: &[u64]| {
+            let mut a = Aggregate::default();
+            values.iter().for_each(|&v| a.record(v));
+            a
+        };
+        let reading: DiskReading = [
+            (
+                DiskOp::Write,
+                DiskOpTotals {
+                    latency: agg(&[1_000_000, 3_000_000]),
+                    bytes: 8192,
+                },
+            ),
+            (
+                DiskOp::Flush,
+                DiskOpTotals {
+                    latency: agg(&[20_000_000]),
+                    bytes: 0,
+                },
+            ),
+            (DiskOp::Read, DiskOpTotals::default()),
+        ]
+        .into();
+        let mut disks = DiskTable::default();
+        disks.apply(7 << 20, Some("loop0".into()), reading, 1);
+        let mut w = NdjsonWriter::new(Vec::new(), "h1".into());
+        let clock = WallClock {
+            offset_ns: 0,
+            err_ns: 0,
+            unsynced: false,
+            sync: Default::default(),
+        };
+        w.disk_summary(&clock, &disks);
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["type"], "disk");
+        assert_eq!(v["dev"], "7:0");
+        assert_eq!(v["device"], "loop0");
+        assert_eq!(
+            (v["requests"].as_u64(), v["bytes"].as_u64()),
+            (Some(3), Some(8192))
+        );
+        assert_eq!(v["total_ns"], 24_000_000);
+        assert_eq!(v["max_ns"], 20_000_000);
+        let ops = v["ops"].as_object().unwrap();
+        assert_eq!(ops.keys().collect::<Vec<_>>(), ["flush", "write"], "{v}");
+        assert_eq!(ops["write"]["requests"], 2);
+        assert_eq!(ops["write"]["bytes"], 8192);
+        assert_eq!(ops["write"]["max_ns"], 3_000_000);
+        assert_eq!(ops["flush"]["requests"], 1);
+        assert_eq!(ops["flush"]["bytes"], 0);
+        assert_eq!(ops["flush"]["total_ns"], 20_000_000);
+    }
 
     #[test]
     fn blocked_phases_name_their_file_or_kernel_place() {

@@ -1,8 +1,10 @@
 //! Memory and disk pauses in the agent: why a thread was blocked, fsync-family calls, reclaim
 //! and compaction stalls, per-process totals, and disk latency for context.
+use std::collections::BTreeMap;
+
 use observer_common::{
-    BlockReason, MemStallRecord, NUM_BLOCK_REASONS, PauseRecord, ProcMem, StallStats, SyncRecord,
-    SyncSyscall,
+    BlockReason, DiskKey, DiskOp, DiskStats, MemStallRecord, NUM_BLOCK_REASONS, PauseRecord,
+    ProcMem, StallStats, SyncRecord, SyncSyscall,
 };
 
 use super::{episode::comm_string, stats::Aggregate, units::fmt_ns};
@@ -333,13 +335,48 @@ pub fn merge_thread_faults(kept: &mut Vec<ThreadFaults>, fresh: Vec<ThreadFaults
 /// Snapshots of a disk's latency kept for its recent p99 (one per harvest, about a second).
 const DISK_WINDOW: usize = 10;
 
-/// Block request latency of one disk: cumulative, and over the last few seconds.
+/// One disk's cumulative latency and bytes for one operation, as last read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskOpTotals {
+    pub latency: Aggregate,
+    pub bytes: u64,
+}
+
+/// A reading of one disk: its operations' cumulative totals.
+pub type DiskReading = BTreeMap<DiskOp, DiskOpTotals>;
+
+/// The kernel's per-(disk, operation) entries grouped into one reading per disk (keyed by
+/// dev_t). An operation this agent does not know (none today) is left out.
+pub fn disk_readings(
+    entries: impl IntoIterator<Item = (DiskKey, DiskStats)>,
+) -> BTreeMap<u32, DiskReading> {
+    let mut disks: BTreeMap<u32, DiskReading> = BTreeMap::new();
+    for (k, s) in entries {
+        let Some(op) = DiskOp::from_u32(k.op) else {
+            continue;
+        };
+        disks.entry(k.dev).or_default().insert(
+            op,
+            DiskOpTotals {
+                latency: Aggregate::from(&s.latency),
+                bytes: s.bytes,
+            },
+        );
+    }
+    disks
+}
+
+/// Block request latency of one disk: cumulative per operation, and over the last few seconds
+/// for all of them.
 #[derive(Debug, Clone)]
 pub struct Disk {
     pub dev: u32,
     pub name: Option<String>,
-    /// (CLOCK_MONOTONIC of the reading, cumulative latency), at least `DISK_STEP_NS` apart
-    /// except for the newest, which later readings within the step replace.
+    /// Cumulative, per operation, at the latest reading.
+    pub ops: DiskReading,
+    /// (CLOCK_MONOTONIC of the reading, cumulative latency of every operation), at least
+    /// `DISK_STEP_NS` apart except for the newest, which later readings within the step
+    /// replace.
     snapshots: std::collections::VecDeque<(u64, Aggregate)>,
 }
 
@@ -347,11 +384,17 @@ pub struct Disk {
 const DISK_STEP_NS: u64 = 1_000_000_000;
 
 impl Disk {
+    /// Every operation's requests together.
     pub fn total(&self) -> Aggregate {
         self.snapshots
             .back()
             .map(|s| s.1.clone())
             .unwrap_or_default()
+    }
+
+    /// Bytes every operation carried.
+    pub fn bytes(&self) -> u64 {
+        self.ops.values().map(|o| o.bytes).sum()
     }
 
     /// Latency over the last `DISK_WINDOW` snapshots.
@@ -367,12 +410,16 @@ impl Disk {
 /// Every disk's latency, keyed by kernel dev_t.
 #[derive(Debug, Default)]
 pub struct DiskTable {
-    disks: std::collections::BTreeMap<u32, Disk>,
+    disks: BTreeMap<u32, Disk>,
 }
 
 impl DiskTable {
-    /// A cumulative reading of a disk's latency at `now_ns`.
-    pub fn apply(&mut self, dev: u32, name: Option<String>, a: Aggregate, now_ns: u64) {
+    /// A cumulative reading of a disk's operations at `now_ns`.
+    pub fn apply(&mut self, dev: u32, name: Option<String>, ops: DiskReading, now_ns: u64) {
+        let mut a = Aggregate::default();
+        for o in ops.values() {
+            a.merge(&o.latency);
+        }
         // A disk enters the kernel's map with its first request, after the agent's previous
         // reading: it had none before that, so an empty reading is its window's baseline. (Else
         // requests made before its first reading would never be recent: a first reading and an
@@ -381,11 +428,13 @@ impl DiskTable {
         let d = self.disks.entry(dev).or_insert_with(|| Disk {
             dev,
             name: None,
+            ops: BTreeMap::new(),
             snapshots: [(now_ns, Aggregate::default())].into(),
         });
         if name.is_some() {
             d.name = name;
         }
+        d.ops = ops;
         let n = d.snapshots.len();
         if n >= 2 && now_ns.saturating_sub(d.snapshots[n - 2].0) < DISK_STEP_NS {
             d.snapshots.pop_back();
@@ -508,12 +557,12 @@ mod tests {
         let disk = 254 << 20;
         let mut a = Aggregate::default();
         a.record(900_000_000);
-        t.apply(disk, Some("vda".into()), a.clone(), 0);
+        t.apply(disk, Some("vda".into()), writes(&a), 0);
         for i in 1..=DISK_WINDOW as u64 {
             a.record(1_000_000);
             // A reading between steps replaces the newest instead of shortening the window.
-            t.apply(disk, None, a.clone(), i * DISK_STEP_NS - 1);
-            t.apply(disk, None, a.clone(), i * DISK_STEP_NS);
+            t.apply(disk, None, writes(&a), i * DISK_STEP_NS - 1);
+            t.apply(disk, None, writes(&a), i * DISK_STEP_NS);
         }
         assert_eq!(t.for_dev(disk + 1).unwrap().name.as_deref(), Some("vda"));
         assert!(t.for_dev(253 << 20).is_none());
@@ -536,15 +585,88 @@ mod tests {
         let mut a = Aggregate::default();
         a.record(300_000);
         a.record(400_000);
-        t.apply(disk, Some("loop0".into()), a.clone(), 5 * DISK_STEP_NS);
-        t.apply(disk, None, a.clone(), 5 * DISK_STEP_NS + 200_000_000);
+        t.apply(disk, Some("loop0".into()), writes(&a), 5 * DISK_STEP_NS);
+        t.apply(disk, None, writes(&a), 5 * DISK_STEP_NS + 200_000_000);
         let p99 = t.recent_p99(disk).expect("the requests are recent");
         assert!((262_144..=524_288).contains(&p99), "{p99}");
         // Nothing new for a whole window: no recent latency.
         for i in 6..=6 + DISK_WINDOW as u64 * 2 {
-            t.apply(disk, None, a.clone(), i * DISK_STEP_NS);
+            t.apply(disk, None, writes(&a), i * DISK_STEP_NS);
         }
         assert_eq!(t.recent_p99(disk), None);
+    }
+
+    /// A reading of writes alone, of 4 KiB each.
+    fn writes(a: &Aggregate) -> DiskReading {
+        [(
+            DiskOp::Write,
+            DiskOpTotals {
+                latency: a.clone(),
+                bytes: 4096 * a.count,
+            },
+        )]
+        .into()
+    }
+
+    /// The kernel keeps one entry per disk and operation: a disk's reading holds each, its
+    /// total and recent latency all of them together.
+    #[test]
+    fn a_disks_operations_are_read_apart_and_summed() {
+        let stats = |values: &[u64], bytes: u64| {
+            let mut s = DiskStats::ZERO;
+            for &v in values {
+                s.latency.total_ns += v;
+                s.latency.max_ns = s.latency.max_ns.max(v);
+                s.latency.hist[observer_common::hist::bucket(v)] += 1;
+            }
+            s.bytes = bytes;
+            s
+        };
+        let (vda, loop0) = (254 << 20, 7 << 20);
+        let entries = [
+            (
+                DiskKey {
+                    dev: vda,
+                    op: DiskOp::Write as u32,
+                },
+                stats(&[1_000_000, 2_000_000], 8192),
+            ),
+            (
+                DiskKey {
+                    dev: vda,
+                    op: DiskOp::Flush as u32,
+                },
+                stats(&[30_000_000], 0),
+            ),
+            (
+                DiskKey {
+                    dev: loop0,
+                    op: DiskOp::Read as u32,
+                },
+                stats(&[100_000], 512),
+            ),
+            (DiskKey { dev: vda, op: 9 }, stats(&[5], 5)),
+        ];
+        let readings = disk_readings(entries);
+        assert_eq!(readings.len(), 2);
+        let mut t = DiskTable::default();
+        for (dev, r) in readings {
+            t.apply(dev, None, r, DISK_STEP_NS);
+        }
+        let d = t.for_dev(vda).unwrap();
+        assert_eq!(
+            d.ops.keys().copied().collect::<Vec<_>>(),
+            [DiskOp::Write, DiskOp::Flush]
+        );
+        assert_eq!(d.ops[&DiskOp::Write].latency.count, 2);
+        assert_eq!(d.ops[&DiskOp::Flush].latency.max_ns, 30_000_000);
+        assert_eq!(
+            (d.total().count, d.total().total_ns, d.total().max_ns),
+            (3, 33_000_000, 30_000_000)
+        );
+        assert_eq!(d.bytes(), 8192);
+        assert_eq!(d.recent().count, 3);
+        assert_eq!(t.for_dev(loop0).unwrap().bytes(), 512);
     }
 
     #[test]

@@ -541,7 +541,7 @@ pub enum MemGroup {
 }
 
 /// Offsets the memory and disk programs read: (loader global, struct, member, group).
-pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 19] = [
+pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 21] = [
     (
         "TASK_MAJ_FLT_OFF",
         "task_struct",
@@ -577,6 +577,8 @@ pub const MEM_OFFSETS: [(&str, &str, &str, MemGroup); 19] = [
         "first_minor",
         MemGroup::Disk,
     ),
+    ("RQ_CMD_FLAGS_OFF", "request", "cmd_flags", MemGroup::Disk),
+    ("RQ_DATA_LEN_OFF", "request", "__data_len", MemGroup::Disk),
     (
         "PT_REGS_ORIG_AX_OFF",
         "pt_regs",
