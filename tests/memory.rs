@@ -447,8 +447,18 @@ fn throttled_fsync(hooks: &str) {
         .as_u64()
         .expect("the loop device's latency is known");
     assert!(p99 * 10 < d, "disk p99 {p99} ns vs fsync {d} ns: {call}");
+    // Its writes and its cache flushes apart (a loop device caches writes: an fsync flushes).
+    let write_p99 = call["disk_write_p99_ns"].as_u64().expect("writes' latency");
+    let flush_p99 = call["disk_flush_p99_ns"].as_u64().expect("flushes' latency");
     assert!(
-        call["description"].as_str().unwrap().contains("throttling"),
+        (write_p99 + flush_p99) * 10 < d,
+        "writes {write_p99} ns, flushes {flush_p99} ns vs fsync {d} ns: {call}"
+    );
+    let description = call["description"].as_str().unwrap();
+    assert!(
+        description.contains("throttling")
+            && description.contains("for writes")
+            && description.contains("for cache flushes"),
         "{call}"
     );
     // The thread's D sleeps inside the call are labelled fsync.

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use observer_common::{
-    BlockReason, DiskKey, DiskStats, MemStallRecord, ProcMem, SyncRecord, SyncSyscall,
+    BlockReason, DiskKey, DiskOp, DiskStats, MemStallRecord, ProcMem, SyncRecord, SyncSyscall,
 };
 
 use crate::{
@@ -90,6 +90,8 @@ impl MemState {
         c.device = self.files.device(c.dev);
         self.refresh_disks();
         c.disk_p99_ns = self.disks.recent_p99(c.dev);
+        c.disk_write_p99_ns = self.disks.recent_op_p99(c.dev, DiskOp::Write);
+        c.disk_flush_p99_ns = self.disks.recent_op_p99(c.dev, DiskOp::Flush);
         push(&mut self.recent_sync, c.clone());
         c
     }

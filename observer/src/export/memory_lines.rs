@@ -97,6 +97,8 @@ impl<W: Write> NdjsonWriter<W> {
             "dev": (c.dev != 0).then(|| dev_name(c.dev)),
             "inode": (c.ino != 0).then_some(c.ino),
             "disk_p99_ns": c.disk_p99_ns,
+            "disk_write_p99_ns": c.disk_write_p99_ns,
+            "disk_flush_p99_ns": c.disk_flush_p99_ns,
             "description": c.describe(),
         });
         self.line("fsync", c.start_mono_ns, clock, body);
@@ -122,7 +124,7 @@ impl<W: Write> NdjsonWriter<W> {
         for d in disks.iter() {
             let t = d.total();
             let ops: serde_json::Map<String, serde_json::Value> = d
-                .ops
+                .ops()
                 .iter()
                 .filter(|(_, o)| o.latency.count > 0)
                 .map(|(op, o)| {

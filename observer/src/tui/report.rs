@@ -465,6 +465,8 @@ pub(crate) mod tests {
             path: Some("/data/wal".into()),
             device: Some("loop0".into()),
             disk_p99_ns: None,
+            disk_write_p99_ns: None,
+            disk_flush_p99_ns: None,
         });
         st.mem.recent_stalls.push_back(MemStall {
             pid: 78,
