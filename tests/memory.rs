@@ -137,7 +137,8 @@ fn finish(mut child: std::process::Child) -> Value {
 fn disk_requests_and_their_time_match_the_kernels_io_statistics() {
     require_root();
     let fs = LoopFs::new();
-    let pw = Pausewatch::start(&[]);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let pw = Pausewatch::start(&["--prometheus", &metrics_addr]);
     let before = fs.diskstat();
     // Two writers at once: their cache flushes overlap, and the kernel serves two callers'
     // flushes with one flush request now and then.
@@ -161,8 +162,49 @@ fn disk_requests_and_their_time_match_the_kernels_io_statistics() {
     // The workloads delete their files: the file system's remaining write-back.
     run_cmd(&["sync", "-f", fs.mnt.to_str().unwrap()]);
     let after = fs.diskstat();
-    let lines = pw.stop();
     let k: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // The metrics: the same counts once the agent has read the kernel's map again (every
+    // second). The device was new at the first reading, so its counters are this test's.
+    let dev = fs.maj_min();
+    let metric = |text: &str, name: &str, op: &str| -> f64 {
+        let series = format!(r#"{name}{{dev="{dev}","#);
+        text.lines()
+            .find(|l| l.starts_with(&series) && l.contains(&format!(r#"op="{op}"}}"#)))
+            .and_then(|l| l.rsplit_once(' '))
+            .map_or(0.0, |(_, v)| v.parse().unwrap())
+    };
+    let expected = [
+        (
+            "pausewatch_disk_request_seconds_count",
+            "flush",
+            k[15] as f64,
+        ),
+        ("pausewatch_disk_request_seconds_count", "read", k[0] as f64),
+        ("pausewatch_disk_bytes_total", "write", (k[6] * 512) as f64),
+        ("pausewatch_disk_bytes_total", "read", (k[2] * 512) as f64),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = http_get(&metrics_addr, "/metrics").expect("scraping pausewatch");
+        assert_eq!(status, 200);
+        let got: Vec<f64> = expected
+            .iter()
+            .map(|(n, op, _)| metric(&text, n, op))
+            .collect();
+        if got.iter().zip(&expected).all(|(g, e)| *g == e.2) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics {got:?}, the kernel's {expected:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        metric(&text, "pausewatch_disk_request_seconds_count", "write") >= 2000.0,
+        "{text}"
+    );
+    let lines = pw.stop();
     // Fields: reads 0-3, writes 4-7, discards 11-14, flushes 15-16 (requests, merges,
     // sectors, ms; flushes: requests, ms).
     let (reads, writes, discards, flushes) = (k[0], k[4], k[11], k[15]);
@@ -174,7 +216,6 @@ fn disk_requests_and_their_time_match_the_kernels_io_statistics() {
         of_type(&lines, "drops").next().unwrap()["kernel"]["disk_sample"],
         0
     );
-    let dev = fs.maj_min();
     let disk = of_type(&lines, "disk")
         .find(|d| d["dev"] == dev.as_str())
         .unwrap_or_else(|| panic!("no disk line for {dev}"));
@@ -449,7 +490,9 @@ fn throttled_fsync(hooks: &str) {
     assert!(p99 * 10 < d, "disk p99 {p99} ns vs fsync {d} ns: {call}");
     // Its writes and its cache flushes apart (a loop device caches writes: an fsync flushes).
     let write_p99 = call["disk_write_p99_ns"].as_u64().expect("writes' latency");
-    let flush_p99 = call["disk_flush_p99_ns"].as_u64().expect("flushes' latency");
+    let flush_p99 = call["disk_flush_p99_ns"]
+        .as_u64()
+        .expect("flushes' latency");
     assert!(
         (write_p99 + flush_p99) * 10 < d,
         "writes {write_p99} ns, flushes {flush_p99} ns vs fsync {d} ns: {call}"

@@ -791,6 +791,22 @@ impl AgentState {
                 .syscall_hooks
                 .as_ref()
                 .map_or("none", |(mode, _)| *mode),
+            disks: self
+                .mem
+                .disks
+                .iter()
+                .flat_map(|d| {
+                    d.ops()
+                        .iter()
+                        .map(|(op, o)| crate::model::metrics::DiskSeries {
+                            dev: crate::model::memory::dev_name(d.dev),
+                            device: d.name.clone().unwrap_or_default(),
+                            op: op.name(),
+                            latency: o.latency.clone(),
+                            bytes: o.bytes,
+                        })
+                })
+                .collect(),
         };
     }
 }

@@ -52,6 +52,8 @@ pub const FAMILIES: &[(&str, MetricType)] = &[
     ("pausewatch_folded_processes", MetricType::Counter),
     ("pausewatch_bpf_run_seconds", MetricType::Counter),
     ("pausewatch_bpf_runs", MetricType::Counter),
+    ("pausewatch_disk_request_seconds", MetricType::Histogram),
+    ("pausewatch_disk_bytes", MetricType::Counter),
     ("pausewatch_agent_cpu_seconds", MetricType::Counter),
     ("pausewatch_agent_resident_bytes", MetricType::Gauge),
     ("pausewatch_syscall_hooks", MetricType::Gauge),
@@ -384,6 +386,35 @@ pub fn encode(m: &Metrics, mut enc: DescriptorEncoder) -> std::fmt::Result {
         "Resident memory of the pausewatch agent",
         |e| gauge(e, &NO_LABELS, h.agent_rss_bytes as f64),
     )?;
+    let disk_labels = |d: &crate::model::metrics::DiskSeries| -> Labels {
+        vec![
+            ("dev", d.dev.clone()),
+            ("device", d.device.clone()),
+            ("op", d.op.to_string()),
+        ]
+    };
+    family(
+        &mut enc,
+        "pausewatch_disk_request_seconds",
+        "Block requests from issue to the driver to completion, per disk and operation (read, write, flush: the cache flushes the device executed, discard)",
+        |e| {
+            for d in h.disks.iter().filter(|d| d.latency.count > 0) {
+                histogram(e, &disk_labels(d), &d.latency)?;
+            }
+            Ok(())
+        },
+    )?;
+    family(
+        &mut enc,
+        "pausewatch_disk_bytes",
+        "Bytes the disk's requests carried, per disk and operation",
+        |e| {
+            for d in h.disks.iter().filter(|d| d.latency.count > 0) {
+                counter(e, &disk_labels(d), d.bytes as f64)?;
+            }
+            Ok(())
+        },
+    )?;
     family(
         &mut enc,
         "pausewatch_syscall_hooks",
@@ -545,6 +576,43 @@ mod tests {
         assert!(
             text.contains(r#"pausewatch_syscall_hooks{mode="off_syscall_path"} 1"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn disks_are_histograms_per_device_and_operation() {
+        let mut m = Metrics::new(8, false);
+        let mut latency = Aggregate::default();
+        latency.record(3_000_000);
+        latency.record(5_000);
+        m.host.disks = vec![
+            crate::model::metrics::DiskSeries {
+                dev: "7:0".into(),
+                device: "loop0".into(),
+                op: "flush",
+                latency,
+                bytes: 0,
+            },
+            crate::model::metrics::DiskSeries {
+                dev: "254:0".into(),
+                device: "vda".into(),
+                op: "read",
+                latency: Aggregate::default(),
+                bytes: 0,
+            },
+        ];
+        let text = render(&Arc::new(Mutex::new(m)));
+        for sample in [
+            r#"pausewatch_disk_request_seconds_count{dev="7:0",device="loop0",op="flush"} 2"#,
+            r#"pausewatch_disk_request_seconds_bucket{le="0.000016384",dev="7:0",device="loop0",op="flush"} 1"#,
+            r#"pausewatch_disk_request_seconds_bucket{le="0.004194304",dev="7:0",device="loop0",op="flush"} 2"#,
+            r#"pausewatch_disk_bytes_total{dev="7:0",device="loop0",op="flush"} 0.0"#,
+        ] {
+            assert!(text.contains(sample), "{sample} missing in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"op="read""#),
+            "an operation without requests: {text}"
         );
     }
 

@@ -92,6 +92,22 @@ pub struct HostGauges {
     /// How fsync-family calls and clock changes are seen (`Probes::syscall_hooks`' mode, or
     /// "none"); empty before the first tick.
     pub syscall_hooks: &'static str,
+    /// Every disk's requests per operation, cumulative (bounded by the kernel's map: 256
+    /// disks of four operations).
+    pub disks: Vec<DiskSeries>,
+}
+
+/// One disk's requests of one operation, cumulative.
+#[derive(Debug, Clone, Default)]
+pub struct DiskSeries {
+    /// "major:minor".
+    pub dev: String,
+    /// The device's name ("vda"), empty when unknown.
+    pub device: String,
+    /// `DiskOp::name`.
+    pub op: &'static str,
+    pub latency: Aggregate,
+    pub bytes: u64,
 }
 
 #[derive(Debug)]
