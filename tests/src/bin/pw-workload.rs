@@ -37,6 +37,7 @@
 //!                                            and keep the file open a second longer (as a
 //!                                            database keeps its log open)
 //!   pw-workload touch-anon MIB               map MIB MiB of anonymous memory without huge pages
+//!   pw-workload refault-anon MIB TIMES       fault MIB MiB of anonymous memory TIMES times over
 //!                                            and write one byte per 4 KiB page (one minor fault
 //!                                            each); print {"pid","minflt"}
 //!   pw-workload swap-anon MIB                map MIB MiB of anonymous memory without huge pages,
@@ -243,6 +244,7 @@ fn main() {
         Some("fsync-file") => fsync_file(arg(2), arg(3).parse().unwrap()),
         Some("read-file") => read_file(arg(2)),
         Some("touch-anon") => touch_anon(arg(2).parse().unwrap()),
+        Some("refault-anon") => refault_anon(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("swap-anon") => swap_anon(arg(2).parse().unwrap()),
         Some("pingpong") => pingpong(arg(2).parse().unwrap(), arg(3).parse().unwrap()),
         Some("fork-storm") => fork_storm(arg(2).parse().unwrap()),
@@ -514,6 +516,29 @@ fn touch_anon(mib: usize) {
     unsafe {
         for off in (0..len).step_by(4096) {
             std::ptr::write_volatile(p.add(off), 1);
+        }
+        libc::munmap(p.cast(), len);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"pid": std::process::id(), "minflt": fault_counts().0})
+    );
+}
+
+/// Faults every page of `mib` MiB of anonymous memory `times` times, giving the pages back
+/// (MADV_DONTNEED) in between: each fault takes a page the guest freed a moment before, which
+/// the hypervisor already backs, so the time is the kernel's fault path and nothing of the
+/// host's.
+fn refault_anon(mib: usize, times: usize) {
+    let len = mib << 20;
+    let p = anon_mapping(len);
+    // SAFETY: written only inside the mapping, then unmapped.
+    unsafe {
+        for _ in 0..times {
+            for off in (0..len).step_by(4096) {
+                std::ptr::write_volatile(p.add(off), 1);
+            }
+            assert_eq!(libc::madvise(p.cast(), len, libc::MADV_DONTNEED), 0);
         }
         libc::munmap(p.cast(), len);
     }
