@@ -1092,29 +1092,18 @@ mod in_flight_tests {
 
     #[test]
     fn a_request_takes_its_own_way_then_a_free_one_then_the_oldest() {
+        let held = |rq, issued_ns| InFlight { rq, issued_ns };
         let mut set = InFlightSet::default();
         assert_eq!(set.way_for(7), (0, false));
-        set.ways[0] = InFlight {
-            rq: 7,
-            issued_ns: 50,
-        };
-        set.ways[2] = InFlight {
-            rq: 9,
-            issued_ns: 10,
-        };
+        set.ways[0] = held(7, 50);
+        set.ways[2] = held(9, 10);
         // Issued again after a requeue: the same way.
         assert_eq!(set.way_for(7), (0, false));
         assert_eq!(set.way_for(9), (2, false));
         // A new request: the first free way.
         assert_eq!(set.way_for(11), (1, false));
-        set.ways[1] = InFlight {
-            rq: 11,
-            issued_ns: 30,
-        };
-        set.ways[3] = InFlight {
-            rq: 12,
-            issued_ns: 40,
-        };
+        set.ways[1] = held(11, 30);
+        set.ways[3] = held(12, 40);
         // Full: the way issued longest ago, and its request is lost.
         assert_eq!(set.way_for(13), (2, true));
         assert_eq!(set.way_for(12), (3, false));
