@@ -97,6 +97,8 @@ pub struct Replay {
     pub skipped_lines: u64,
     pub dropped_items: u64,
     memory: Vec<String>,
+    /// (total time of its requests, its end-report line) of each `disk` line.
+    disks: Vec<(u64, String)>,
     net: Vec<String>,
 }
 
@@ -314,6 +316,22 @@ impl Replay {
                     s(v, "comm"),
                     s(v, "description")
                 ));
+            }
+            "disk" => {
+                let ops: Vec<(&str, u64, Option<u64>)> = v["ops"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(op, o)| (op.as_str(), u(o, "requests").unwrap_or(0), u(o, "p99_ns")))
+                    .collect();
+                let line = super::report::disk_line(
+                    v.get("device").and_then(Value::as_str).unwrap_or("?"),
+                    s(v, "dev"),
+                    u(v, "requests").unwrap_or(0),
+                    u(v, "p99_ns"),
+                    &ops,
+                );
+                self.disks.push((u(v, "total_ns").unwrap_or(0), line));
             }
             "summary" => self.take_summary(v),
             "drops" => {
@@ -670,6 +688,14 @@ impl Replay {
         let (pic, hists) = self.at(t);
         let mut memory = self.memory.clone();
         memory.truncate(15);
+        let mut disks = self.disks.clone();
+        disks.sort_by_key(|(total_ns, _)| std::cmp::Reverse(*total_ns));
+        memory.extend(
+            disks
+                .into_iter()
+                .take(super::report::REPORTED_DISKS)
+                .map(|(_, l)| l),
+        );
         ReportInput {
             hists: hists.into_iter().collect(),
             observed_ns: self.end_mono_ns - self.start_mono_ns,
@@ -755,6 +781,35 @@ mod tests {
         let all = &d.unwrap().hists[0].1;
         assert_eq!(all.hist.iter().sum::<u64>(), 40);
         assert!(all.percentile(0.5).unwrap() >= 8_388_608);
+    }
+
+    /// The end report of a recording lists its busiest disks as the live one does.
+    #[test]
+    fn a_recordings_report_lists_its_busiest_disks() {
+        let disk = |device: &str, dev: &str, total_ns: u64| {
+            line(
+                "disk",
+                5,
+                serde_json::json!({"dev": dev, "device": device, "requests": 3, "bytes": 8192,
+                    "total_ns": total_ns, "max_ns": 4_000_000, "p50_ns": 1_000_000,
+                    "p99_ns": 4_000_000,
+                    "ops": {"flush": {"requests": 1, "bytes": 0, "total_ns": 4_000_000,
+                                      "max_ns": 4_000_000, "p50_ns": 4_000_000, "p99_ns": 4_000_000},
+                            "write": {"requests": 2, "bytes": 8192, "total_ns": 2_000_000,
+                                      "max_ns": 1_000_000, "p50_ns": 1_000_000, "p99_ns": 1_000_000}}}),
+            )
+        };
+        let mut events = vec![pause(1, 7, 1, 0)];
+        events.extend((0..5).map(|i| disk(&format!("loop{i}"), &format!("7:{i}"), i * 1_000_000)));
+        let r = Replay::from_events("rec", events, 0).unwrap();
+        let memory = r.report_input(0.999).memory;
+        assert_eq!(
+            memory,
+            ["loop4", "loop3", "loop2"].map(|d| format!(
+                "   disk {d:<16} 7:{}: 3 requests, p99 4.0ms: flush 1 (p99 4.0ms), write 2 (p99 1.0ms)",
+                &d[4..]
+            ))
+        );
     }
 
     #[test]

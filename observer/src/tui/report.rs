@@ -152,7 +152,62 @@ fn memory_lines(st: &AgentState) -> Vec<String> {
     for m in stalls.iter().take(5) {
         out.push(format!("{:>7} {:<16} {}", m.pid, m.comm, m.describe()));
     }
+    out.extend(disk_lines(&st.mem.disks));
     out
+}
+
+/// Disks the end report lists: the three whose requests took the most time.
+pub(crate) const REPORTED_DISKS: usize = 3;
+
+/// One disk in the end report, each operation apart: "disk vda 254:0: 120 requests, p99
+/// 3.0ms: write 100 (p99 1.0ms), flush 20 (p99 4.0ms)". `ops`: (name, requests, p99).
+pub(crate) fn disk_line(
+    name: &str,
+    dev: &str,
+    requests: u64,
+    p99: Option<u64>,
+    ops: &[(&str, u64, Option<u64>)],
+) -> String {
+    let p = |v: Option<u64>| v.map_or("-".into(), fmt_ns);
+    let ops: Vec<String> = ops
+        .iter()
+        .map(|(op, n, p99)| format!("{op} {n} (p99 {})", p(*p99)))
+        .collect();
+    format!(
+        "{:>7} {:<16} {dev}: {requests} requests, p99 {}: {}",
+        "disk",
+        name,
+        p(p99),
+        ops.join(", ")
+    )
+}
+
+/// The disks whose requests took the most time.
+fn disk_lines(disks: &crate::model::memory::DiskTable) -> Vec<String> {
+    let mut busy: Vec<_> = disks
+        .iter()
+        .map(|d| (d, d.total()))
+        .filter(|(_, t)| t.count > 0)
+        .collect();
+    busy.sort_by_key(|(_, t)| std::cmp::Reverse(t.total_ns));
+    busy.iter()
+        .take(REPORTED_DISKS)
+        .map(|(d, t)| {
+            let ops: Vec<_> = d
+                .ops()
+                .iter()
+                .filter(|(_, o)| o.latency.count > 0)
+                .map(|(op, o)| (op.name(), o.latency.count, o.latency.percentile(0.99)))
+                .collect();
+            disk_line(
+                d.name.as_deref().unwrap_or("?"),
+                &crate::model::memory::dev_name(d.dev),
+                t.count,
+                t.percentile(0.99),
+                &ops,
+            )
+        })
+        .collect()
 }
 
 /// TCP retransmissions of the processes with the most.
@@ -477,8 +532,42 @@ pub(crate) mod tests {
             duration_ns: 12_000_000,
             result: 32,
         });
+        let agg = |values: &[u64]| {
+            let mut a = Aggregate::default();
+            values.iter().for_each(|&v| a.record(v));
+            a
+        };
+        use crate::model::memory::DiskOpTotals;
+        use observer_common::DiskOp;
+        st.mem.disks.apply(
+            7 << 20,
+            Some("loop0".into()),
+            [
+                (
+                    DiskOp::Write,
+                    DiskOpTotals {
+                        latency: agg(&[1_000_000, 1_000_000]),
+                        bytes: 8192,
+                    },
+                ),
+                (
+                    DiskOp::Flush,
+                    DiskOpTotals {
+                        latency: agg(&[4_000_000]),
+                        bytes: 0,
+                    },
+                ),
+                (DiskOp::Read, DiskOpTotals::default()),
+            ]
+            .into(),
+            1,
+        );
         let t = text_of(&st);
         assert!(t.contains("fsync of /data/wal (loop0) took 450.0ms"), "{t}");
+        assert!(
+            t.contains("   disk loop0            7:0: 3 requests, p99 4.0ms: write 2 (p99 1.0ms), flush 1 (p99 4.0ms)\n"),
+            "{t}"
+        );
         assert!(
             t.contains("memcg_reclaim 12.0ms (32 pages reclaimed)"),
             "{t}"
