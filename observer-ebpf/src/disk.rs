@@ -90,8 +90,14 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     // issued to the driver (a flush that the flush machinery served with its own flush
     // request) find none either.
     let Some(w) = set.ways.iter_mut().find(|w| w.rq == key) else { return 0 };
-    w.rq = 0;
-    let latency = sched::now().saturating_sub(w.issued_ns);
+    // The issue time before the way is freed: an issue on another CPU may take it then.
+    // SAFETY: fields of our own map value; volatile, so that the compiler keeps this order.
+    let issued_ns = unsafe {
+        let t = core::ptr::read_volatile(&raw const w.issued_ns);
+        core::ptr::write_volatile(&raw mut w.rq, 0);
+        t
+    };
+    let latency = sched::now().saturating_sub(issued_ns);
     let o = config::disk_offsets();
     let Some(disk) = task::read::<true, TaskPtr>(rq, o.rq_q)
         .filter(|q| !q.is_null())
