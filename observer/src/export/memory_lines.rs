@@ -170,23 +170,18 @@ mod tests {
     /// A disk line gives every request together and each operation that had any, with bytes.
     #[test]
     fn a_disk_line_breaks_requests_down_by_operation() {
-        let agg = |values: &[u64]| {
-            let mut a = Aggregate::default();
-            values.iter().for_each(|&v| a.record(v));
-            a
-        };
         let reading: DiskReading = [
             (
                 DiskOp::Write,
                 DiskOpTotals {
-                    latency: agg(&[1_000_000, 3_000_000]),
+                    latency: Aggregate::of(&[1_000_000, 3_000_000]),
                     bytes: 8192,
                 },
             ),
             (
                 DiskOp::Flush,
                 DiskOpTotals {
-                    latency: agg(&[20_000_000]),
+                    latency: Aggregate::of(&[20_000_000]),
                     bytes: 0,
                 },
             ),

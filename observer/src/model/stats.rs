@@ -32,6 +32,14 @@ impl From<&ComponentStats> for Aggregate {
 }
 
 impl Aggregate {
+    /// An aggregate of `values` (tests).
+    #[cfg(test)]
+    pub fn of(values: &[u64]) -> Self {
+        let mut a = Self::default();
+        values.iter().for_each(|&v| a.record(v));
+        a
+    }
+
     /// Adds another aggregate (e.g. a previous incarnation of an evicted kernel entry).
     pub fn merge(&mut self, o: &Aggregate) {
         self.count += o.count;

@@ -532,11 +532,6 @@ pub(crate) mod tests {
             duration_ns: 12_000_000,
             result: 32,
         });
-        let agg = |values: &[u64]| {
-            let mut a = Aggregate::default();
-            values.iter().for_each(|&v| a.record(v));
-            a
-        };
         use crate::model::memory::DiskOpTotals;
         use observer_common::DiskOp;
         st.mem.disks.apply(
@@ -546,14 +541,14 @@ pub(crate) mod tests {
                 (
                     DiskOp::Write,
                     DiskOpTotals {
-                        latency: agg(&[1_000_000, 1_000_000]),
+                        latency: Aggregate::of(&[1_000_000, 1_000_000]),
                         bytes: 8192,
                     },
                 ),
                 (
                     DiskOp::Flush,
                     DiskOpTotals {
-                        latency: agg(&[4_000_000]),
+                        latency: Aggregate::of(&[4_000_000]),
                         bytes: 0,
                     },
                 ),
